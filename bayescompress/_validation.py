@@ -1,0 +1,48 @@
+"""Range checks shared by every typed config: one message format, naming the field and the allowed range."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_in_range(
+    field: str,
+    value: float,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``field`` and the interval unless ``low <(=) value <(=) high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} must be a number; got {value!r}")
+    ok_low = value >= low if low_inclusive else value > low
+    ok_high = value <= high if high_inclusive else value < high
+    if not (ok_low and ok_high) or math.isnan(value):
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        raise ValueError(f"{field} must be in {left}{low}, {high}{right}; got {value!r}")
+
+
+def check_positive(field: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value > 0``."""
+    check_in_range(field, value, 0.0, math.inf, low_inclusive=False)
+
+
+def check_positive_int(field: str, value: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be an integer >= 1; got {value!r}")
+
+
+def check_non_negative_int(field: str, value: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field} must be an integer >= 0; got {value!r}")
+
+
+def check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(map(repr, choices))}; got {value!r}")

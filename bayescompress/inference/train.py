@@ -1,0 +1,243 @@
+"""The ELBO training loop shared by every method (and by plain pretraining, where the KL is zero).
+
+Per mini-batch the loss is ``mean NLL + beta_t * KL_total / N_train`` (SPEC section 0): the KL is summed over
+all layers and divided by the training-set size once. Methods plug in through :class:`Callback`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from bayescompress._validation import (
+    check_choice,
+    check_in_range,
+    check_non_negative_int,
+    check_positive,
+    check_positive_int,
+)
+from bayescompress.metrics import evaluate
+from bayescompress.nn.model import bayesian_layers, kl_divergence, update_priors
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; raised before the step so the weights stay the last finite ones."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`fit`, validated on construction.
+
+    Parameters
+    ----------
+    epochs: passes over the training data (>= 1).
+    lr: Adam learning rate (> 0).
+    weight_decay: Adam weight decay (>= 0); for deterministic pretraining only, VI has its prior.
+    lr_schedule: ``"constant"`` or ``"cosine"`` (annealed to 0 over all steps).
+    kl_weight: beta once warm-up is over (> 0; 1 is the ELBO).
+    kl_warmup_epochs: beta grows linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up).
+    eval_samples: Monte-Carlo samples for the per-epoch validation metrics (0 = posterior mean).
+    seed: seeds torch before training (None leaves the global RNG alone).
+    device: where to train, e.g. ``"cpu"`` or ``"cuda"``.
+    quiet: hide the progress bar.
+
+    Example
+    -------
+    >>> TrainConfig(epochs=5, kl_warmup_epochs=2).epochs
+    5
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    kl_weight: float = 1.0
+    kl_warmup_epochs: int = 0
+    eval_samples: int = 10
+    seed: int | None = 0
+    device: str = "cpu"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int("epochs", self.epochs)
+        check_in_range("lr", self.lr, 0.0, 10.0, low_inclusive=False)
+        check_in_range("weight_decay", self.weight_decay, 0.0)
+        check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_positive("kl_weight", self.kl_weight)
+        check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
+        check_non_negative_int("eval_samples", self.eval_samples)
+        if self.seed is not None:
+            check_non_negative_int("seed", self.seed)
+
+
+class Callback:
+    """Hooks a method plugs into the loop; every hook is optional. ``trainer`` is the running :class:`Trainer`."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_after_backward(self, trainer: Trainer) -> None:
+        """Gradients are available and the optimiser has not stepped yet."""
+
+    def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:
+        """After the priors' closed-form updates and validation; ``record`` may be extended."""
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class Trainer:
+    """Runs the ELBO loop; see :func:`fit` for the arguments.
+
+    Attributes callbacks may read or change: ``model``, ``optimizer``, ``config``, ``epoch`` (0-based),
+    ``step`` (global batch counter), ``beta`` (current KL weight), ``history`` (one record per epoch).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: Iterable,
+        val_loader: Iterable | None = None,
+        config: TrainConfig | None = None,
+        callbacks: Sequence[Callback] = (),
+        n_train: int | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.model = model
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.callbacks = list(callbacks)
+        self.n_train = n_train if n_train is not None else _dataset_size(train_loader)
+        check_positive_int("n_train", self.n_train)
+        self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        self.device = torch.device(self.config.device)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        total_steps = self.config.epochs * self.steps_per_epoch
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+            if self.config.lr_schedule == "cosine"
+            else None
+        )
+        self.epoch = 0
+        self.step = 0
+        self.beta = self.config.kl_weight
+        self.history: list[dict[str, float]] = []
+
+    def _beta(self) -> float:
+        warmup_steps = self.config.kl_warmup_epochs * self.steps_per_epoch
+        if warmup_steps == 0:
+            return self.config.kl_weight
+        return self.config.kl_weight * min(1.0, (self.step + 1) / warmup_steps)
+
+    def _emit(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, mean NLL, KL_total) of one mini-batch."""
+        nll = F.cross_entropy(self.model(x), y)
+        kl = kl_divergence(self.model).to(nll.device)
+        return nll + self.beta * kl / self.n_train, nll, kl
+
+    def fit(self) -> list[dict[str, float]]:
+        if self.config.seed is not None:
+            torch.manual_seed(self.config.seed)
+        self.model.to(self.device)
+        self._emit("on_train_begin")
+        epochs = tqdm(range(self.config.epochs), desc="train", unit="epoch", disable=self.config.quiet)
+        for self.epoch in epochs:
+            record = self._train_epoch()
+            update_priors(self.model)
+            if self.val_loader is not None:
+                samples = self.config.eval_samples if bayesian_layers(self.model) else 0
+                val = evaluate(self.model, self.val_loader, samples=samples, device=self.device)
+                record.update({f"val_{k}": v for k, v in val.items()})
+            self._emit("on_epoch_end", self.epoch, record)
+            self.history.append(record)
+            epochs.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "val_accuracy")})
+        self._emit("on_train_end")
+        return self.history
+
+    def _train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        sums = torch.zeros(3, dtype=torch.float64)
+        batches = 0
+        for batch, (x, y) in enumerate(self.train_loader):
+            x, y = x.to(self.device), y.to(self.device)
+            self.beta = self._beta()
+            loss, nll, kl = self.loss(x, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} "
+                    f"(NLL {nll.item():.4g}, KL {kl.item():.4g}); lower the learning rate (now {self.config.lr}) "
+                    "or check the inputs for NaN/Inf. The model keeps its last finite weights."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._emit("on_after_backward")
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.step += 1
+            batches += 1
+            sums += torch.tensor([loss.item(), nll.item(), kl.item()], dtype=torch.float64)
+            self._emit("on_batch_end", batch, loss.item())
+        mean = (sums / max(batches, 1)).tolist()
+        return {"epoch": self.epoch + 1, "loss": mean[0], "nll": mean[1], "kl": mean[2], "beta": self.beta}
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None = None,
+    config: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+    n_train: int | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` by minimising ``mean NLL + beta * KL / N_train`` with Adam.
+
+    A model without Bayesian layers trains by plain maximum likelihood (the KL is zero), which is how
+    ``bayescompress pretrain`` uses it. After every epoch the priors' closed-form updates run, then the
+    validation metrics are computed, then the callbacks' ``on_epoch_end``.
+
+    Parameters
+    ----------
+    model: the network, trained in place.
+    train_loader: iterable of (x, y) batches; ``len()`` must work.
+    val_loader: optional iterable of (x, y) batches for per-epoch metrics.
+    config: :class:`TrainConfig`.
+    callbacks: :class:`Callback` objects, called in order.
+    n_train: training-set size N; by default ``len(train_loader.dataset)``.
+
+    Returns
+    -------
+    One record per epoch: loss, nll, kl, beta and ``val_*`` metrics.
+
+    Example
+    -------
+    >>> from bayescompress.nn import bayesianize_
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> loader = [(x[:32], y[:32]), (x[32:], y[32:])]
+    >>> net = bayesianize_(nn.Sequential(nn.Linear(4, 2)))
+    >>> history = fit(net, loader, config=TrainConfig(epochs=2, quiet=True), n_train=64)
+    >>> len(history)
+    2
+    """
+    return Trainer(model, train_loader, val_loader, config, callbacks, n_train).fit()
+
+
+def _dataset_size(loader: Iterable) -> int:
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        raise ValueError("cannot tell the training-set size: the loader has no .dataset; pass n_train=N")
+    return len(dataset)
+
+
+__all__ = ["Callback", "NonFiniteLossError", "TrainConfig", "Trainer", "fit"]

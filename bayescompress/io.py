@@ -1,0 +1,101 @@
+"""Files: atomic writes, weights in safetensors (or torch.save state_dicts read with weights_only=True).
+
+Nothing here unpickles arbitrary objects: safetensors holds raw tensors only, and ``torch.load`` runs with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the model it is loaded into."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    A crash or an exception leaves any previous ``path`` untouched and no partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Mapping) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def save_weights(tensors: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
+    """Save a state_dict-like mapping as safetensors, atomically (tensors are copied to be contiguous)."""
+    payload = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(payload, str(tmp)))
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read tensors from a ``.safetensors`` file or a state_dict saved with ``torch.save``.
+
+    ``torch.save`` files are read with ``weights_only=True``, which refuses pickled code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"{path} is neither a .safetensors file nor a state_dict readable with torch.load(weights_only=True) "
+            f"({type(error).__name__}: {error}); save weights with safetensors or torch.save(model.state_dict())"
+        ) from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def load_weights_(model: nn.Module, state: Mapping[str, Tensor], *, source: str = "weights") -> nn.Module:
+    """Load ``state`` into ``model`` after checking that every name and shape fits.
+
+    Raises :class:`WeightsMismatchError` naming the first tensor that does not fit.
+    """
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise WeightsMismatchError(
+                f"{source} do not fit the model: tensor {name!r} (shape {tuple(tensor.shape)}) is missing"
+            )
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise WeightsMismatchError(
+                f"{source} do not fit the model: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                f"the model expects {tuple(tensor.shape)}"
+            )
+    unexpected = [name for name in state if name not in expected]
+    if unexpected:
+        raise WeightsMismatchError(
+            f"{source} do not fit the model: tensor {unexpected[0]!r} is not in the model "
+            f"({len(unexpected)} unexpected tensors)"
+        )
+    model.load_state_dict(dict(state))
+    return model

@@ -1,0 +1,289 @@
+"""Predictive-quality metrics and model-size accounting.
+
+All classification metrics take ``probs``, a float tensor of shape ``(N, C)``
+holding predictive probabilities (already averaged over posterior samples by
+the caller, rows summing to 1), and ``labels``, an integer tensor of shape
+``(N,)``. Each returns a Python ``float``. Ties in ``argmax`` resolve to the
+lowest class index.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import nn
+
+from bayescompress.nn.model import predict
+
+__all__ = [
+    "accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "classification_metrics",
+    "count_parameters",
+    "evaluate",
+]
+
+# Floor applied before the log so a zero probability on the true class
+# gives a large but finite NLL instead of inf.
+_NLL_EPS = 1e-12
+# Row sums of float32 softmax outputs drift from 1 by rounding; this is loose
+# enough for that yet far too tight for logits to pass.
+_ROW_SUM_TOL = 1e-3
+
+
+def _validate(probs: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raise if ``probs``/``labels`` are not a valid (N, C) / (N,) pair."""
+    if not isinstance(probs, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            "probs and labels must be torch tensors; "
+            f"got {type(probs).__name__} and {type(labels).__name__}"
+        )
+    if probs.dim() != 2:
+        raise ValueError(
+            "probs must be a 2-D (N, C) tensor of probabilities; "
+            f"got shape {tuple(probs.shape)}"
+        )
+    if labels.dim() != 1:
+        raise ValueError(
+            f"labels must be a 1-D (N,) tensor; got shape {tuple(labels.shape)}"
+        )
+    n, c = probs.shape
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"probs and labels must have the same number of samples; "
+            f"got {n} and {labels.shape[0]}"
+        )
+    if n < 1 or c < 1:
+        raise ValueError(
+            f"need at least one sample and one class; got probs of shape {(n, c)}"
+        )
+    if not probs.is_floating_point():
+        raise ValueError(f"probs must be a floating-point tensor; got {probs.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor; got {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= c:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"labels must lie in [0, {c}); got label {bad}")
+    if not torch.isfinite(probs).all():
+        raise ValueError("probs must be finite; found NaN or inf")
+    if (probs < 0).any():
+        raise ValueError(
+            f"probs must be non-negative (got minimum {float(probs.min()):g}); "
+            "pass softmax probabilities, not logits"
+        )
+    row_sums = probs.sum(dim=1)
+    worst = row_sums[(row_sums - 1).abs().argmax()]
+    if abs(float(worst) - 1) > _ROW_SUM_TOL:
+        raise ValueError(
+            f"rows of probs must sum to 1 (got a row summing to {float(worst):g}); "
+            "pass softmax probabilities, not logits"
+        )
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of samples whose most probable class equals the label.
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        ``(N, C)`` predictive probabilities.
+    labels : torch.Tensor
+        ``(N,)`` integer class labels.
+
+    Returns
+    -------
+    float
+        Top-1 accuracy in ``[0, 1]``.
+
+    Example
+    -------
+    >>> accuracy(torch.tensor([[0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 0]))
+    0.5
+    """
+    _validate(probs, labels)
+    return (probs.argmax(dim=1) == labels).double().mean().item()
+
+
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the labels, ``-log p[label]``.
+
+    Probabilities are clamped below at ``1e-12``, so a zero probability on the
+    true class contributes ``-log(1e-12) ≈ 27.63`` rather than ``inf``.
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        ``(N, C)`` predictive probabilities.
+    labels : torch.Tensor
+        ``(N,)`` integer class labels.
+
+    Returns
+    -------
+    float
+        Mean NLL in nats.
+
+    Example
+    -------
+    >>> round(nll(torch.tensor([[0.5, 0.5]]), torch.tensor([1])), 4)
+    0.6931
+    """
+    _validate(probs, labels)
+    p_true = probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    # Accumulate in float64 so the mean over large N does not lose precision.
+    return -p_true.double().clamp_min(_NLL_EPS).log().mean().item()
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Multiclass Brier score, ``sum_c (p_c - onehot_c)^2`` averaged over samples.
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        ``(N, C)`` predictive probabilities.
+    labels : torch.Tensor
+        ``(N,)`` integer class labels.
+
+    Returns
+    -------
+    float
+        Brier score in ``[0, 2]``.
+
+    Example
+    -------
+    >>> round(brier(torch.tensor([[0.8, 0.2]]), torch.tensor([0])), 4)
+    0.08
+    """
+    _validate(probs, labels)
+    p = probs.double()
+    onehot = torch.zeros_like(p).scatter_(1, labels.long().unsqueeze(1), 1.0)
+    return (p - onehot).pow(2).sum(dim=1).mean().item()
+
+
+def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Top-label expected calibration error with equal-width bins (L1).
+
+    Confidence is the maximum probability and a sample is correct when its
+    argmax equals the label. Bin ``k`` covers ``(k/B, (k+1)/B]``; confidence
+    0 falls in the first bin and confidence 1 in the last. Then
+    ``ECE = sum_k (n_k / N) * |acc_k - conf_k|``.
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        ``(N, C)`` predictive probabilities.
+    labels : torch.Tensor
+        ``(N,)`` integer class labels.
+    n_bins : int, default 15
+        Number of equal-width confidence bins ``B``; must be positive.
+
+    Returns
+    -------
+    float
+        ECE in ``[0, 1]``.
+
+    Example
+    -------
+    Both samples fall in bin (0.5, 1], so ECE = |0.5 - 0.75|:
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
+    >>> round(ece(probs, torch.tensor([0, 1]), n_bins=2), 4)
+    0.25
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
+    _validate(probs, labels)
+    n_bins = int(n_bins)
+    conf = probs.amax(dim=1)
+    correct = (probs.argmax(dim=1) == labels).double()
+    # Interior edges are built in probs' own dtype so a confidence equal to
+    # k/B as stored in that dtype is compared against the same value.
+    edges = torch.arange(1, n_bins, dtype=probs.dtype, device=probs.device) / n_bins
+    # right=False gives edges[i-1] < conf <= edges[i]: right-closed bins, with
+    # everything <= 1/B in bin 0 and everything > (B-1)/B in bin B-1.
+    bins = torch.bucketize(conf, edges, right=False)
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64, device=probs.device)
+    conf_sum.scatter_add_(0, bins, conf.double())
+    acc_sum = torch.zeros_like(conf_sum).scatter_add_(0, bins, correct)
+    # (n_k/N)|acc_k - conf_k| == |sum_acc_k - sum_conf_k| / N, which also
+    # makes empty bins contribute 0 without dividing by n_k.
+    return ((acc_sum - conf_sum).abs().sum() / probs.shape[0]).item()
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, NLL, Brier score and ECE (15 bins) in one dict.
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        ``(N, C)`` predictive probabilities.
+    labels : torch.Tensor
+        ``(N,)`` integer class labels.
+
+    Returns
+    -------
+    dict[str, float]
+        Keys ``"accuracy"``, ``"nll"``, ``"brier"``, ``"ece"``.
+
+    Example
+    -------
+    >>> m = classification_metrics(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    >>> m["accuracy"], m["ece"]
+    (1.0, 0.0)
+    """
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": nll(probs, labels),
+        "brier": brier(probs, labels),
+        "ece": ece(probs, labels),
+    }
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """Count the elements of a module's parameters, each shared one once.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Model to inspect.
+
+    Returns
+    -------
+    dict[str, int]
+        ``{"total": n}`` with ``n`` the number of parameter elements.
+
+    Example
+    -------
+    >>> count_parameters(nn.Linear(3, 2))
+    {'total': 8}
+    """
+    # Module.parameters() already de-duplicates tied/shared parameters.
+    return {"total": sum(p.numel() for p in module.parameters())}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader, samples: int = 10, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Classification metrics of ``model`` on every (x, y) batch of ``loader``.
+
+    Probabilities are averaged over ``samples`` posterior samples per input (0 = posterior mean), then
+    accuracy, NLL, Brier and ECE are computed over the whole set.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(4, 3))
+    >>> batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    >>> sorted(evaluate(net, batches, samples=0))
+    ['accuracy', 'brier', 'ece', 'nll']
+    """
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(predict(model, x.to(device), samples=samples).cpu())
+        labels.append(y)
+    if not probs:
+        raise ValueError("cannot evaluate on an empty loader")
+    return classification_metrics(torch.cat(probs), torch.cat(labels))

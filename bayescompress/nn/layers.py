@@ -1,0 +1,164 @@
+"""Mean-field Gaussian Bayesian Linear and Conv2d layers sharing one local-reparameterisation core.
+
+The Bayesian layers *are* ``nn.Linear`` / ``nn.Conv2d`` (subclasses): ``weight`` and ``bias`` hold the
+posterior means, so ``isinstance`` checks, ``torch.nn.utils.prune``, FLOP counters and Torch-Pruning see an
+ordinary layer, and the state_dict keeps the pretrained key names. The posterior standard deviation is
+``softplus(weight_rho)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bayescompress._validation import check_in_range, check_positive
+from bayescompress.priors.base import Prior
+from bayescompress.priors.gaussian import GaussianPrior
+
+# Added under the square root so a pre-activation whose variance is exactly zero keeps a finite gradient.
+_VARIANCE_FLOOR = 1e-8
+
+
+@dataclass(frozen=True)
+class PosteriorInit:
+    """How the posterior standard deviation starts when a pretrained layer is converted (SPEC section 0).
+
+    Either ``sigma = relative * |w| + floor`` (the default: small, and proportional to each weight) or,
+    when ``rho`` is given, the same ``rho`` for every weight (``sigma = softplus(rho)``).
+
+    Example
+    -------
+    >>> PosteriorInit(rho=-6.0).sigma(torch.zeros(2)).round(decimals=5)
+    tensor([0.0025, 0.0025])
+    """
+
+    relative: float = 1e-3
+    floor: float = 1e-5
+    rho: float | None = None
+
+    def __post_init__(self) -> None:
+        check_in_range("relative", self.relative, 0.0)
+        check_positive("floor", self.floor)
+        if self.rho is not None:
+            check_in_range("rho", self.rho, -30.0, 10.0)
+
+    def sigma(self, mean: Tensor) -> Tensor:
+        if self.rho is not None:
+            return torch.full_like(mean, F.softplus(torch.tensor(self.rho)).item())
+        return self.relative * mean.abs() + self.floor
+
+
+def inverse_softplus(sigma: Tensor) -> Tensor:
+    """rho with softplus(rho) = sigma, computed in float64 because expm1 of a tiny sigma loses digits."""
+    s = sigma.double()
+    return torch.where(s > 20, s, torch.log(torch.expm1(s))).to(sigma.dtype)
+
+
+class BayesianLayer(nn.Module):
+    """The shared core: a posterior N(mu, softplus(rho)^2) over ``weight`` and ``bias``.
+
+    Subclasses supply only :meth:`_op`, the deterministic operation (linear map or convolution). In
+    training mode (or inside :func:`bayescompress.nn.mc_sampling`) the forward pass samples pre-activations
+    with the local reparameterisation trick: mean ``op(x, mu) + b``, variance ``op(x^2, sigma^2) +
+    sigma_b^2``. In eval mode it returns the posterior-mean output ``op(x, mu) + b``.
+    """
+
+    prior: Prior
+
+    def __init__(self, *args, prior: Prior | None = None, init: PosteriorInit | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_posterior(prior, init)
+
+    def _setup_posterior(self, prior: Prior | None, init: PosteriorInit | None) -> None:
+        init = init or PosteriorInit()
+        self.mc_sample = False
+        self.prior = prior if prior is not None else GaussianPrior()
+        self.weight_rho = nn.Parameter(inverse_softplus(init.sigma(self.weight.detach())))
+        if self.bias is not None:
+            self.bias_rho = nn.Parameter(inverse_softplus(init.sigma(self.bias.detach())))
+        else:
+            self.register_parameter("bias_rho", None)
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def weight_sigma(self) -> Tensor:
+        return F.softplus(self.weight_rho)
+
+    @property
+    def bias_sigma(self) -> Tensor | None:
+        return None if self.bias_rho is None else F.softplus(self.bias_rho)
+
+    @property
+    def weight_keep(self) -> Tensor | None:
+        """The 0/1 keep mask that ``torch.nn.utils.prune`` registered on ``weight``, if any."""
+        return getattr(self, "weight_mask", None)
+
+    def weight_variance(self) -> Tensor:
+        """sigma^2 with pruned entries zeroed, so a pruned weight is exactly 0 in every sample."""
+        variance = self.weight_sigma**2
+        keep = self.weight_keep
+        return variance if keep is None else variance * keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = self._op(x, self.weight, self.bias)
+        if not (self.training or self.mc_sample):
+            return mean
+        bias_var = None if self.bias_rho is None else self.bias_sigma**2
+        variance = self._op(x * x, self.weight_variance(), bias_var)
+        return mean + torch.sqrt(variance + _VARIANCE_FLOOR) * torch.randn_like(mean)
+
+    def kl(self) -> Tensor:
+        """KL(q || prior) of this layer, summed."""
+        return self.prior.kl(self)
+
+    @classmethod
+    def convert_(cls, module: nn.Module, prior: Prior, init: PosteriorInit | None = None) -> BayesianLayer:
+        """Turn a deterministic ``module`` into this Bayesian class in place and return it.
+
+        Re-classing keeps the very same ``weight``/``bias`` Parameter objects (now the posterior means) and
+        every other attribute — stride, padding, hooks — without per-type constructor code.
+        """
+        module.__class__ = cls
+        module._setup_posterior(prior, init)
+        return module
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", bayesian=True"
+
+
+class BayesLinear(BayesianLayer, nn.Linear):
+    """Bayesian ``nn.Linear``; same constructor plus ``prior=`` and ``init=``.
+
+    Example
+    -------
+    >>> layer = BayesLinear(3, 2).eval()
+    >>> layer(torch.ones(1, 3)).shape
+    torch.Size([1, 2])
+    """
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+
+class BayesConv2d(BayesianLayer, nn.Conv2d):
+    """Bayesian ``nn.Conv2d``; same constructor plus ``prior=`` and ``init=``.
+
+    Example
+    -------
+    >>> layer = BayesConv2d(1, 4, 3).eval()
+    >>> layer(torch.ones(1, 1, 5, 5)).shape
+    torch.Size([1, 4, 3, 3])
+    """
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self._conv_forward(x, weight, bias)
+
+
+# Deterministic type -> Bayesian type; order matters only for subclasses of both (none in torch).
+BAYESIAN_TYPES: dict[type[nn.Module], type[BayesianLayer]] = {nn.Linear: BayesLinear, nn.Conv2d: BayesConv2d}
+

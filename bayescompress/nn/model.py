@@ -1,0 +1,158 @@
+"""Whole-model operations: convert a pretrained network, sum its KL, predict by Monte Carlo."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from bayescompress._validation import check_non_negative_int
+from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer, PosteriorInit
+from bayescompress.priors.base import Prior
+from bayescompress.priors.gaussian import GaussianPrior
+
+PriorFactory = Callable[[str, nn.Module], Prior]
+
+
+def _matches(name: str, patterns: Iterable[str] | None) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns or ())
+
+
+def bayesianize_(
+    model: nn.Module,
+    prior: Prior | PriorFactory | None = None,
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    init: PosteriorInit | None = None,
+) -> nn.Module:
+    """Convert every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` into its Bayesian version, in place.
+
+    The pretrained weights become the posterior means, so before training the converted model in
+    ``eval()`` computes exactly what the original did. BatchNorm and every other module stay deterministic.
+
+    Parameters
+    ----------
+    model:
+        Any ``nn.Module``; layers are found by ``isinstance`` anywhere in the module tree (the root too).
+    prior:
+        A :class:`~bayescompress.priors.Prior` (each layer gets its own deep copy), a factory
+        ``(qualified_name, layer) -> Prior`` for per-layer priors, or None for ``GaussianPrior()``.
+    include, exclude:
+        Glob patterns over qualified module names (e.g. ``"features.*"``); a layer is converted when it
+        matches ``include`` (or ``include`` is None) and does not match ``exclude``.
+    init:
+        Starting posterior standard deviation (:class:`PosteriorInit`).
+
+    Returns
+    -------
+    The same ``model`` object.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> _ = bayesianize_(net, GaussianPrior(scale=0.1), exclude=["2"])
+    >>> [type(m).__name__ for m in net]
+    ['BayesLinear', 'ReLU', 'Linear']
+    """
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, tuple(BAYESIAN_TYPES)) and not isinstance(module, BayesianLayer)
+    ]
+    if not candidates and not bayesian_layers(model):
+        supported = ", ".join(f"nn.{t.__name__}" for t in BAYESIAN_TYPES)
+        raise ValueError(
+            f"{type(model).__name__} has no layer that can be made Bayesian; supported types: {supported}. "
+            "Pass a model built from these layers."
+        )
+    selected = [
+        (name, module)
+        for name, module in candidates
+        if (include is None or _matches(name, include)) and not _matches(name, exclude)
+    ]
+    if candidates and not selected:
+        names = ", ".join(name or "<root>" for name, _ in candidates)
+        raise ValueError(f"include/exclude patterns select none of the convertible layers ({names})")
+    for name, module in selected:
+        bayes_type = next(b for t, b in BAYESIAN_TYPES.items() if isinstance(module, t))
+        bayes_type.convert_(module, _prior_for(prior, name, module), init)
+    return model
+
+
+def _prior_for(prior: Prior | PriorFactory | None, name: str, module: nn.Module) -> Prior:
+    if prior is None:
+        return GaussianPrior()
+    if isinstance(prior, Prior):
+        return copy.deepcopy(prior)
+    if callable(prior):
+        made = prior(name, module)
+        if not isinstance(made, Prior):
+            raise TypeError(f"the prior factory returned {type(made).__name__} for layer {name!r}, not a Prior")
+        return made
+    raise TypeError(f"prior must be a Prior, a factory (name, layer) -> Prior, or None; got {type(prior).__name__}")
+
+
+def bayesian_layers(model: nn.Module) -> list[tuple[str, BayesianLayer]]:
+    """(qualified name, layer) of every Bayesian layer of ``model``, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BayesianLayer)]
+
+
+def kl_divergence(model: nn.Module) -> Tensor:
+    """KL(q || p) of the whole model: the sum over its Bayesian layers (never an average)."""
+    terms = [layer.kl() for _, layer in bayesian_layers(model)]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def update_priors(model: nn.Module) -> None:
+    """Run every prior's closed-form update (between SGD phases)."""
+    for _, layer in bayesian_layers(model):
+        layer.prior.update(layer)
+
+
+@contextlib.contextmanager
+def mc_sampling(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Make Bayesian layers sample their weights even in ``eval()`` mode (BatchNorm stays in eval)."""
+    layers = [layer for _, layer in bayesian_layers(model)]
+    previous = [layer.mc_sample for layer in layers]
+    for layer in layers:
+        layer.mc_sample = enabled
+    try:
+        yield model
+    finally:
+        for layer, state in zip(layers, previous):
+            layer.mc_sample = state
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, samples: int = 10) -> Tensor:
+    """Predictive class probabilities: the softmax averaged over ``samples`` posterior samples.
+
+    ``samples=0`` (or a model with no Bayesian layer) gives the softmax at the posterior mean. The model is
+    evaluated in ``eval()`` mode and its previous mode restored afterwards.
+
+    Example
+    -------
+    >>> net = bayesianize_(nn.Sequential(nn.Linear(4, 3)))
+    >>> predict(net, torch.randn(5, 4), samples=8).sum(dim=1)
+    tensor([1.0000, 1.0000, 1.0000, 1.0000, 1.0000])
+    """
+    check_non_negative_int("samples", samples)
+    was_training = model.training
+    model.eval()
+    try:
+        if samples == 0 or not bayesian_layers(model):
+            return torch.softmax(model(x), dim=-1)
+        total = torch.zeros(())
+        with mc_sampling(model):
+            for _ in range(samples):
+                total = total + torch.softmax(model(x), dim=-1)
+        return total / samples
+    finally:
+        model.train(was_training)
