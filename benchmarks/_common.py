@@ -1,0 +1,33 @@
+"""Shared bits of the benchmark scripts: where MNIST is, machine description, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from bayescompress.io import write_json
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MNIST = ROOT.parent.parent / "shared" / "data" / "mnist"
+RESULTS = ROOT / "results"
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def save_results(name: str, payload: dict) -> Path:
+    """Write ``results/<name>.json`` atomically with the machine record attached."""
+    return write_json(RESULTS / f"{name}.json", {"machine": machine(), **payload})

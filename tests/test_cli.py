@@ -1,0 +1,67 @@
+"""The command line: JSON contract, --quiet everywhere, clear errors with exit code 2."""
+
+import json
+
+import pytest
+
+from bayescompress.cli import main
+
+
+def _last_json_line(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_demo_prints_the_table_and_writes_its_outputs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained" in out and "bayesian" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["pretrained"]["accuracy"] > 0.9
+    assert summary["bayesian"]["accuracy"] > 0.9
+    assert {"accuracy", "nll", "ece", "brier"} <= set(summary["bayesian"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["bayesian"] == summary["bayesian"]
+    assert (tmp_path / "pretrained.safetensors").is_file() and (tmp_path / "bayesian.safetensors").is_file()
+
+
+def test_pretrain_writes_weights_and_record_and_prints_json_last(tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    code = main(["pretrain", "--model", "mlp", "--dataset", "digits", "--epochs", "2", "--hidden", "16",
+                 "--out", str(out), "--quiet", "--json"])
+    assert code == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1  # --quiet: only the JSON line
+    result = json.loads(printed[0])
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert result["test_accuracy"] == record["test_accuracy"]
+    assert record["architecture"]["kwargs"]["hidden"] == [16]
+
+
+@pytest.mark.parametrize("command", ["pretrain", "demo"])
+def test_every_command_accepts_quiet(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--quiet" in capsys.readouterr().out
+
+
+def test_out_of_range_value_exits_2_naming_the_field(tmp_path, capsys):
+    code = main(["pretrain", "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "w.safetensors"),
+                 "--quiet"])
+    assert code == 2
+    assert "epochs" in capsys.readouterr().err
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_missing_idx_files_are_listed(tmp_path, capsys):
+    code = main(["pretrain", "--model", "lenet300", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                 "--epochs", "1", "--out", str(tmp_path / "w.safetensors"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and "t10k-labels-idx1-ubyte" in err
+
+
+def test_mnist_without_data_dir_says_what_is_needed(tmp_path, capsys):
+    code = main(["pretrain", "--model", "lenet5", "--dataset", "mnist", "--epochs", "1",
+                 "--out", str(tmp_path / "w.safetensors"), "--quiet"])
+    assert code == 2
+    assert "--data-dir" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""The ELBO loop: loss definition, warm-up, callbacks, seeds, divergence handling, config validation."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bayescompress.inference import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
+from bayescompress.nn import bayesianize_, kl_divergence
+from bayescompress.priors import GaussianPrior
+
+
+def _toy_problem(n=96, features=6, classes=3, batch=32):
+    x = torch.randn(n, features)
+    y = (x[:, :classes] * 2).argmax(1)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False), x, y
+
+
+def _bnn(features=6, classes=3):
+    return bayesianize_(nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes)),
+                        GaussianPrior(scale=1.0))
+
+
+def test_loss_is_mean_nll_plus_kl_over_training_set_size():
+    loader, x, y = _toy_problem()
+    model = _bnn()
+    trainer = Trainer(model, loader, config=TrainConfig(epochs=1, quiet=True))
+    torch.manual_seed(3)
+    loss, nll, kl = trainer.loss(x[:32], y[:32])
+    torch.manual_seed(3)
+    model.train()
+    expected_nll = F.cross_entropy(model(x[:32]), y[:32])
+    assert torch.allclose(nll, expected_nll)
+    assert torch.allclose(kl, kl_divergence(model))
+    assert torch.allclose(loss, expected_nll + kl / 96)
+
+
+def test_kl_warmup_ramps_beta_linearly_to_the_kl_weight():
+    loader, _, _ = _toy_problem()
+    betas = []
+
+    class Record(Callback):
+        def on_batch_end(self, trainer, batch, loss):
+            betas.append(trainer.beta)
+
+    config = TrainConfig(epochs=3, kl_warmup_epochs=2, kl_weight=0.5, quiet=True)
+    fit(_bnn(), loader, config=config, callbacks=[Record()])
+    steps_per_epoch = 3
+    expected = [0.5 * min(1.0, (s + 1) / (2 * steps_per_epoch)) for s in range(9)]
+    assert betas == pytest.approx(expected)
+
+
+def test_callbacks_are_called_in_order_with_history():
+    loader, _, _ = _toy_problem()
+    events = []
+
+    class Record(Callback):
+        def on_train_begin(self, trainer):
+            events.append("begin")
+
+        def on_after_backward(self, trainer):
+            assert all(p.grad is not None for p in trainer.model.parameters())
+            events.append("backward")
+
+        def on_batch_end(self, trainer, batch, loss):
+            events.append(f"batch{batch}")
+
+        def on_epoch_end(self, trainer, epoch, record):
+            assert record["epoch"] == epoch + 1 and "val_accuracy" in record
+            record["extra"] = 1.0
+            events.append(f"epoch{epoch}")
+
+        def on_train_end(self, trainer):
+            events.append("end")
+
+    history = fit(_bnn(), loader, loader, TrainConfig(epochs=2, eval_samples=2, quiet=True), [Record()])
+    per_epoch = ["backward", "batch0", "backward", "batch1", "backward", "batch2"]
+    assert events == ["begin", *per_epoch, "epoch0", *per_epoch, "epoch1", "end"]
+    assert [r["extra"] for r in history] == [1.0, 1.0]
+
+
+def test_training_fits_the_toy_problem():
+    loader, _, _ = _toy_problem(n=1024, batch=128)
+    history = fit(_bnn(), loader, config=TrainConfig(epochs=20, lr=1e-2, quiet=True))
+    assert history[-1]["nll"] < 0.5 * history[0]["nll"]
+
+
+def test_prior_updates_run_at_every_epoch_end():
+    loader, _, _ = _toy_problem()
+    model = bayesianize_(nn.Sequential(nn.Linear(6, 3)), GaussianPrior(scale=1.0, empirical_bayes=True))
+    scales = []
+
+    class Record(Callback):
+        def on_epoch_end(self, trainer, epoch, record):
+            scales.append(float(model[0].prior.scale))
+
+    fit(model, loader, config=TrainConfig(epochs=2, quiet=True), callbacks=[Record()])
+    second_moment = (model[0].weight**2 + model[0].weight_sigma**2).mean()
+    assert scales[-1] == pytest.approx(second_moment.item() ** 0.5, rel=1e-5)
+    assert scales[0] != 1.0
+
+
+def test_same_seed_gives_the_same_model():
+    loader, _, _ = _toy_problem()
+    torch.manual_seed(0)
+    start = _bnn()
+    a, b = copy.deepcopy(start), copy.deepcopy(start)
+    fit(a, loader, config=TrainConfig(epochs=2, seed=5, quiet=True))
+    fit(b, loader, config=TrainConfig(epochs=2, seed=5, quiet=True))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_deterministic_model_trains_by_maximum_likelihood():
+    loader, _, _ = _toy_problem()
+    model = nn.Sequential(nn.Linear(6, 3))
+    history = fit(model, loader, config=TrainConfig(epochs=5, lr=1e-2, quiet=True))
+    assert all(r["kl"] == 0.0 and r["loss"] == pytest.approx(r["nll"]) for r in history)
+
+
+def test_nan_loss_stops_with_epoch_and_batch_and_keeps_finite_weights():
+    loader, x, y = _toy_problem()
+    poisoned_x = x.clone()
+    poisoned_x[40] = float("nan")  # second batch of the first epoch
+    poisoned = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(poisoned_x, y), batch_size=32)
+    model = _bnn()
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 2"):
+        fit(model, poisoned, config=TrainConfig(epochs=2, quiet=True))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("epochs", 0), ("lr", 0.0), ("lr", -1e-3), ("kl_weight", 0.0), ("kl_warmup_epochs", -1),
+     ("eval_samples", -2), ("weight_decay", -0.1), ("lr_schedule", "step"), ("seed", -1)],
+)
+def test_out_of_range_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_loader_without_dataset_needs_n_train():
+    batches = [(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match="n_train"):
+        fit(_bnn(), batches, config=TrainConfig(epochs=1, quiet=True))
