@@ -7,7 +7,7 @@ from torch import Tensor
 
 from bayescompress._validation import check_positive
 from bayescompress.priors.base import Prior, masked_sum
-from bayescompress.priors.kl import kl_normal_normal
+from bayescompress.priors.kl import kl_normal_normal_sum
 
 
 class GaussianPrior(Prior):
@@ -37,9 +37,9 @@ class GaussianPrior(Prior):
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def kl(self, layer) -> Tensor:
-        total = masked_sum(kl_normal_normal(layer.weight, layer.weight_sigma, self.scale), layer.weight_keep)
+        total = kl_normal_normal_sum(layer.weight, layer.weight_sigma, self.scale, layer.weight_keep)
         if layer.bias is not None:
-            total = total + kl_normal_normal(layer.bias, layer.bias_sigma, self.scale).sum()
+            total = total + kl_normal_normal_sum(layer.bias, layer.bias_sigma, self.scale)
         return total
 
     @torch.no_grad()

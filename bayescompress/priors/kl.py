@@ -13,3 +13,18 @@ def kl_normal_normal(mu: Tensor, sigma: Tensor, prior_std: Tensor | float) -> Te
     """KL(N(mu, sigma^2) || N(0, prior_std^2)), elementwise."""
     prior_var = torch.as_tensor(prior_std, dtype=mu.dtype, device=mu.device) ** 2
     return 0.5 * (torch.log(prior_var) - 2.0 * torch.log(sigma) + (sigma**2 + mu**2) / prior_var - 1.0)
+
+
+def kl_normal_normal_sum(mu: Tensor, sigma: Tensor, prior_std: Tensor | float, keep: Tensor | None = None) -> Tensor:
+    """Sum of :func:`kl_normal_normal` over the entries ``keep`` marks (all when None).
+
+    Written with reductions (squared norms, one log-sum) instead of an elementwise KL, which halves the
+    full-size temporaries: this runs on every mini-batch over every weight.
+    """
+    if keep is not None:
+        kept = keep.bool()
+        mu, sigma = mu[kept], sigma[kept]
+    prior_var = torch.as_tensor(prior_std, dtype=mu.dtype, device=mu.device) ** 2
+    n = mu.numel()
+    second_moment = torch.linalg.vector_norm(mu) ** 2 + torch.linalg.vector_norm(sigma) ** 2
+    return 0.5 * (n * (torch.log(prior_var) - 1.0) - 2.0 * torch.log(sigma).sum() + second_moment / prior_var)

@@ -1,0 +1,68 @@
+"""Time one training epoch of the Bayesian (LRT) network against the deterministic one, same run.
+
+    python benchmarks/epoch_time.py [--data-dir ../shared/data/mnist] [--repeats 3]
+
+Both run through the same training loop (Adam, batch 128) on MNIST's training split; the Bayesian network is
+the deterministic one converted by ``bayesianize_``. The figure is the ratio of the best-of-``repeats``
+epoch times; the target is <= 2.0x (LRT does two passes per layer, which is the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from _common import DEFAULT_MNIST, save_results
+
+from bayescompress.data import make_loaders
+from bayescompress.inference import Trainer, TrainConfig
+from bayescompress.models import build_model
+from bayescompress.nn import bayesianize_
+from bayescompress.workflows import load_data_for
+
+TARGET = 2.0
+
+
+def epoch_seconds(model, batches, n_train: int, repeats: int) -> float:
+    """Best of ``repeats`` timed epochs, after one untimed warm-up epoch."""
+    trainer = Trainer(model, batches, config=TrainConfig(epochs=1, quiet=True), n_train=n_train)
+    trainer._train_epoch()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trainer._train_epoch()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batches", type=int, default=None, help="truncate the epoch (quick checks)")
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.models:
+        splits = load_data_for(name, "mnist", args.data_dir)
+        loader, _, _ = make_loaders(splits, batch_size=128)
+        if args.max_batches:
+            loader = list(loader)[: args.max_batches]
+        torch.manual_seed(0)
+        deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
+        bayesian = bayesianize_(copy.deepcopy(deterministic))
+        det = epoch_seconds(deterministic, loader, len(splits.train), args.repeats)
+        bay = epoch_seconds(bayesian, loader, len(splits.train), args.repeats)
+        rows.append({"model": name, "deterministic_s": det, "bayesian_s": bay, "ratio": bay / det})
+        print(f"{name:<10} deterministic {det:7.2f} s  bayesian {bay:7.2f} s  ratio {bay / det:5.2f}x", flush=True)
+    print(f"{'model':<10}{'det s':>9}{'bayes s':>9}{'ratio':>7}{'target':>8}")
+    for r in rows:
+        print(f"{r['model']:<10}{r['deterministic_s']:>9.2f}{r['bayesian_s']:>9.2f}{r['ratio']:>7.2f}{TARGET:>8}")
+    save_results("epoch_time", {"command": "python benchmarks/epoch_time.py", "target_ratio": TARGET, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
