@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 
 import torch
@@ -42,26 +43,32 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--max-batches", type=int, default=None, help="truncate the epoch (quick checks)")
     args = parser.parse_args()
 
     rows = []
     for name in args.models:
         splits = load_data_for(name, "mnist", args.data_dir)
-        loader, _, _ = make_loaders(splits, batch_size=128)
-        if args.max_batches:
-            loader = list(loader)[: args.max_batches]
-        torch.manual_seed(0)
-        deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
-        bayesian = bayesianize_(copy.deepcopy(deterministic))
-        det = epoch_seconds(deterministic, loader, len(splits.train), args.repeats)
-        bay = epoch_seconds(bayesian, loader, len(splits.train), args.repeats)
-        rows.append({"model": name, "deterministic_s": det, "bayesian_s": bay, "ratio": bay / det})
-        print(f"{name:<10} deterministic {det:7.2f} s  bayesian {bay:7.2f} s  ratio {bay / det:5.2f}x", flush=True)
-    print(f"{'model':<10}{'det s':>9}{'bayes s':>9}{'ratio':>7}{'target':>8}")
+        for batch_size in args.batch_sizes:
+            loader, _, _ = make_loaders(splits, batch_size=batch_size)
+            if args.max_batches:
+                loader = list(loader)[: args.max_batches]
+            torch.manual_seed(0)
+            deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
+            bayesian = bayesianize_(copy.deepcopy(deterministic))
+            det = epoch_seconds(deterministic, loader, len(splits.train), args.repeats)
+            bay = epoch_seconds(bayesian, loader, len(splits.train), args.repeats)
+            rows.append({"model": name, "batch_size": batch_size, "deterministic_s": det, "bayesian_s": bay,
+                         "ratio": bay / det})
+            print(f"{name:<10} batch {batch_size:<5} deterministic {det:7.2f} s  bayesian {bay:7.2f} s  "
+                  f"ratio {bay / det:5.2f}x", flush=True)
+    print(f"{'model':<10}{'batch':>6}{'det s':>9}{'bayes s':>9}{'ratio':>7}{'target':>8}")
     for r in rows:
-        print(f"{r['model']:<10}{r['deterministic_s']:>9.2f}{r['bayesian_s']:>9.2f}{r['ratio']:>7.2f}{TARGET:>8}")
-    save_results("epoch_time", {"command": "python benchmarks/epoch_time.py", "target_ratio": TARGET, "rows": rows})
+        print(f"{r['model']:<10}{r['batch_size']:>6}{r['deterministic_s']:>9.2f}{r['bayesian_s']:>9.2f}"
+              f"{r['ratio']:>7.2f}{TARGET:>8}")
+    command = "python benchmarks/epoch_time.py " + " ".join(sys.argv[1:])
+    save_results("epoch_time", {"command": command.strip(), "target_ratio": TARGET, "rows": rows})
 
 
 if __name__ == "__main__":
