@@ -1,0 +1,82 @@
+"""Export: a physically smaller network that computes what the masked posterior-mean network computes.
+
+Two modes: ``bayesian=False`` gives plain ``nn.Linear``/``nn.Conv2d`` layers at the posterior mean;
+``bayesian=True`` gives smaller Bayesian layers that keep sigma (and the prior) for MC prediction, with the
+weights still pruned inside kept units held by ``torch.nn.utils.prune`` masks.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.utils.prune as prune
+from torch import Tensor, nn
+
+from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear
+from bayescompress.pruning.masks import current_weight
+from bayescompress.pruning.structure import Structure, sequential_chain
+
+
+def _smaller_layer(layer: nn.Module, n_in: int, n_out: int, bayesian: bool) -> nn.Module:
+    """An empty layer like ``layer`` with ``n_in`` inputs and ``n_out`` outputs (the only linear/conv split)."""
+    has_bias = layer.bias is not None
+    if isinstance(layer, nn.Conv2d):
+        cls = BayesConv2d if bayesian else nn.Conv2d
+        return cls(n_in, n_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                   dilation=layer.dilation, bias=has_bias, padding_mode=layer.padding_mode)
+    cls = BayesLinear if bayesian else nn.Linear
+    return cls(n_in, n_out, bias=has_bias)
+
+
+def _columns(layer: nn.Module, previous_units: Tensor | None) -> Tensor:
+    """Index of the kept entries of dim 1 of ``layer``'s weight, given the previous layer's unit mask."""
+    n_in = layer.weight.shape[1]
+    if previous_units is None:
+        return torch.arange(n_in)
+    per_unit = n_in // previous_units.numel()  # spatial positions of one channel after a flatten, else 1
+    return torch.nonzero(previous_units.repeat_interleave(per_unit)).flatten()
+
+
+@torch.no_grad()
+def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = False) -> nn.Sequential:
+    """Build the smaller network of a sequential ``model`` from :func:`propagate`'s ``structure``.
+
+    The result is a flat ``nn.Sequential`` of the same operations; it has no prune buffers unless
+    ``bayesian=True`` and weights were pruned inside kept units.
+
+    Example
+    -------
+    >>> from bayescompress.pruning import MagnitudePruning, propagate
+    >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> s = propagate(net, MagnitudePruning(0.3).masks(net), torch.randn(1, 6))
+    >>> isinstance(export_sequential(net, s), nn.Sequential)
+    True
+    """
+    chain = sequential_chain(model)
+    if bayesian and not all(isinstance(layer, BayesianLayer) for layer in chain.layers):
+        raise ValueError("a Bayesian export needs every Linear/Conv2d layer to be Bayesian; use bayesian=False")
+    modules: list[nn.Module] = [copy.deepcopy(m) for m in chain.prefix]
+    previous_units = None
+    for name, layer, after in zip(chain.names, chain.layers, chain.after):
+        units = structure.masks.units[name].to(layer.weight.device)
+        rows = torch.nonzero(units).flatten()
+        cols = _columns(layer, previous_units)
+        # cols index input features of a linear layer and input channels of a conv alike (dim 1 of weight)
+        keep = structure.masks.weight[name].to(layer.weight.device)[rows][:, cols]
+        new = _smaller_layer(layer, int(cols.numel()), int(rows.numel()), bayesian)
+        new.weight.copy_(current_weight(layer)[rows][:, cols] * keep)
+        if layer.bias is not None:
+            new.bias.copy_((layer.bias.detach() + structure.bias_correction[name].to(layer.bias.device))[rows])
+        if bayesian:
+            new.weight_rho.copy_(layer.weight_rho.detach()[rows][:, cols])
+            if layer.bias is not None:
+                new.bias_rho.copy_(layer.bias_rho.detach()[rows])
+            new.prior = copy.deepcopy(layer.prior)
+            if not bool(keep.all()):
+                prune.custom_from_mask(new, "weight", keep.to(new.weight.dtype))
+        modules.append(new.to(layer.weight.device))
+        modules.extend(copy.deepcopy(m) for m in after)
+        previous_units = units
+    return nn.Sequential(*modules)
+

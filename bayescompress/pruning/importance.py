@@ -1,0 +1,54 @@
+"""Importance scores (higher = more worth keeping), separate from the strategies that threshold them.
+
+Weight-level scores have the weight's shape; unit-level scores have one entry per output unit, where a
+unit's row is its incoming weights (the whole kernel for a conv filter).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bayescompress.nn.layers import BayesianLayer
+from bayescompress.pruning.masks import current_weight
+
+
+def _require_bayesian(layer: nn.Module, score: str) -> BayesianLayer:
+    if not isinstance(layer, BayesianLayer):
+        raise TypeError(f"{score} needs a Bayesian layer (posterior sigma); got {type(layer).__name__}")
+    return layer
+
+
+@torch.no_grad()
+def weight_snr(layer: nn.Module) -> Tensor:
+    """|mu| / sigma per weight (Carannante et al.'s self-compression score)."""
+    layer = _require_bayesian(layer, "SNR")
+    return current_weight(layer).abs() / layer.weight_sigma.detach().clamp_min(1e-12)
+
+
+@torch.no_grad()
+def unit_snr(layer: nn.Module) -> Tensor:
+    """||mu_j|| / sqrt(sum sigma_j^2) per output unit (Frobenius norm of a conv kernel)."""
+    layer = _require_bayesian(layer, "SNR")
+    mu = current_weight(layer).flatten(1)
+    variance = (layer.weight_sigma.detach() ** 2).flatten(1)
+    return mu.norm(dim=1) / variance.sum(dim=1).sqrt().clamp_min(1e-12)
+
+
+@torch.no_grad()
+def weight_magnitude(layer: nn.Module) -> Tensor:
+    """|w| per weight: the non-Bayesian baseline (works on plain layers too)."""
+    return current_weight(layer).abs()
+
+
+@torch.no_grad()
+def inclusion_probability(layer: nn.Module, key: str) -> Tensor:
+    """A prior's inclusion probabilities, from ``layer.prior.statistics(layer)[key]``."""
+    layer = _require_bayesian(layer, "inclusion-threshold pruning")
+    stats = layer.prior.statistics(layer)
+    if key not in stats:
+        raise ValueError(
+            f"{type(layer.prior).__name__} does not provide {key!r} (it provides {', '.join(sorted(stats))}); "
+            "inclusion-threshold pruning needs a prior with inclusion probabilities"
+        )
+    return stats[key]

@@ -1,0 +1,87 @@
+"""Keep masks of a network: one per weight tensor and one per layer's output units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.utils.prune as prune
+from torch import Tensor, nn
+
+
+@dataclass
+class Masks:
+    """Weight-level and unit-level keep masks (bool), keyed by qualified layer name.
+
+    ``weight[name]`` has the layer's weight shape; ``units[name]`` has one entry per output unit (neuron or
+    filter). A layer missing from ``weight`` is kept whole.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(3, 2))
+    >>> masks = Masks({"0": torch.tensor([[True, False, True], [True, True, True]])}, {"0": torch.ones(2, dtype=torch.bool)})
+    >>> _ = masks.apply_(net)
+    >>> int((net[0].weight != 0).sum())
+    5
+    """
+
+    weight: dict[str, Tensor]
+    units: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.weight = {name: m.detach().bool().cpu() for name, m in self.weight.items()}
+        self.units = {name: m.detach().bool().cpu() for name, m in self.units.items()}
+        for name, mask in self.units.items():
+            if name in self.weight and mask.numel() != self.weight[name].shape[0]:
+                raise ValueError(
+                    f"unit mask of {name!r} has {mask.numel()} entries but the layer has "
+                    f"{self.weight[name].shape[0]} output units"
+                )
+
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Register the weight masks with ``torch.nn.utils.prune.custom_from_mask`` (buffers ``weight_mask``).
+
+        Masks already registered are combined (logical and), as ``torch.nn.utils.prune`` does.
+        """
+        modules = dict(model.named_modules())
+        for name, mask in self.weight.items():
+            if name not in modules:
+                raise KeyError(f"the masks name layer {name!r}, which the model does not have")
+            layer = modules[name]
+            prune.custom_from_mask(layer, "weight", mask.to(layer.weight.device, layer.weight.dtype))
+        return model
+
+    def kept_weights(self) -> int:
+        return int(sum(int(m.sum()) for m in self.weight.values()))
+
+    def total_weights(self) -> int:
+        return int(sum(m.numel() for m in self.weight.values()))
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Flat ``{"weight/<layer>": uint8, "units/<layer>": uint8}`` mapping for a safetensors file."""
+        tensors = {f"weight/{name}": m.to(torch.uint8) for name, m in self.weight.items()}
+        tensors.update({f"units/{name}": m.to(torch.uint8) for name, m in self.units.items()})
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> Masks:
+        """Inverse of :meth:`to_tensors`."""
+        weight, units = {}, {}
+        for key, value in tensors.items():
+            kind, _, name = key.partition("/")
+            if kind not in ("weight", "units") or not name:
+                raise ValueError(f"unexpected tensor {key!r} in a masks file (expected weight/<layer>, units/<layer>)")
+            (weight if kind == "weight" else units)[name] = value.bool()
+        return cls(weight, units)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every ``nn.Linear`` / ``nn.Conv2d`` (Bayesian or not), in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def current_weight(layer: nn.Module) -> Tensor:
+    """The layer's effective weight (posterior mean), with any registered prune mask applied."""
+    mask = getattr(layer, "weight_mask", None)
+    weight = getattr(layer, "weight_orig", layer.weight)
+    return weight.detach() if mask is None else (weight * mask).detach()

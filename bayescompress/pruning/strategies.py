@@ -1,0 +1,149 @@
+"""Pruning strategies: importance scores -> :class:`Masks` (SPEC section 5).
+
+A strategy only decides what to keep; structure propagation and export are separate steps
+(:mod:`bayescompress.pruning.structure`, :mod:`bayescompress.pruning.export`).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+from bayescompress._validation import check_choice, check_in_range
+from bayescompress.nn.model import bayesian_layers
+from bayescompress.pruning import importance
+from bayescompress.pruning.masks import Masks, prunable_layers
+
+
+def _check_fraction(value: float) -> None:
+    check_in_range("keep_fraction", value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+
+
+def _top_fraction_threshold(scores: Tensor, keep_fraction: float) -> Tensor:
+    """The score at or above which ``keep_fraction`` of the entries lie (at least one is kept)."""
+    flat = scores.flatten()
+    keep = max(1, round(keep_fraction * flat.numel()))
+    return torch.kthvalue(flat, flat.numel() - keep + 1).values
+
+
+class PruningStrategy(abc.ABC):
+    """Turns a trained network into keep masks. Subclasses implement :meth:`masks`."""
+
+    @abc.abstractmethod
+    def masks(self, model: nn.Module) -> Masks:
+        """Weight and unit keep masks of every Linear/Conv2d layer of ``model``."""
+
+    @staticmethod
+    def _layers(model: nn.Module, bayesian: bool) -> list[tuple[str, nn.Module]]:
+        if bayesian and not bayesian_layers(model):
+            raise ValueError(
+                f"{type(model).__name__} has no Bayesian layers to prune by posterior statistics; convert it "
+                "with bayescompress.bayesianize_ and train it first (or use magnitude pruning)"
+            )
+        layers = bayesian_layers(model) if bayesian else prunable_layers(model)
+        if not layers:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to prune")
+        return layers
+
+    @staticmethod
+    def _from_weight_masks(layers, weight_masks: list[Tensor]) -> Masks:
+        """Units are kept while any incoming weight is; the last layer (the output) keeps all its units."""
+        units = {name: mask.flatten(1).any(dim=1) for (name, _), mask in zip(layers, weight_masks)}
+        units[layers[-1][0]] = torch.ones_like(units[layers[-1][0]])
+        return Masks({name: mask for (name, _), mask in zip(layers, weight_masks)}, units)
+
+    @staticmethod
+    def _from_unit_masks(layers, unit_masks: list[Tensor]) -> Masks:
+        unit_masks[-1] = torch.ones_like(unit_masks[-1])  # the output layer keeps every class
+        weight = {
+            name: units.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone()
+            for (name, layer), units in zip(layers, unit_masks)
+        }
+        return Masks(weight, {name: units for (name, _), units in zip(layers, unit_masks)})
+
+
+class SNRPruning(PruningStrategy):
+    """Self-compression by signal-to-noise ratio (Carannante et al. 2020).
+
+    Parameters
+    ----------
+    threshold:
+        Keep entries with SNR >= threshold. Give exactly one of ``threshold`` and ``keep_fraction``.
+    keep_fraction:
+        Keep this fraction (0, 1) of the entries with the highest SNR; at weight level the ranking is
+        global across layers (SNR is scale-free), at unit level it is per layer.
+    level:
+        ``"weight"`` (|mu|/sigma per weight) or ``"unit"`` (||mu_j|| / sqrt(sum sigma_j^2) per neuron/filter).
+
+    Example
+    -------
+    >>> from bayescompress.nn import bayesianize_
+    >>> net = bayesianize_(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)))
+    >>> masks = SNRPruning(keep_fraction=0.5).masks(net)
+    >>> masks.kept_weights() == 20
+    True
+    """
+
+    def __init__(self, threshold: float | None = None, keep_fraction: float | None = None, level: str = "weight"):
+        if (threshold is None) == (keep_fraction is None):
+            raise ValueError("give exactly one of threshold and keep_fraction")
+        if threshold is not None:
+            check_in_range("threshold", threshold, 0.0)
+        if keep_fraction is not None:
+            _check_fraction(keep_fraction)
+        check_choice("level", level, ("weight", "unit"))
+        self.threshold, self.keep_fraction, self.level = threshold, keep_fraction, level
+
+    def masks(self, model: nn.Module) -> Masks:
+        layers = self._layers(model, bayesian=True)
+        if self.level == "unit":
+            scores = [importance.unit_snr(layer) for _, layer in layers]
+            cut = [self.threshold if self.threshold is not None else _top_fraction_threshold(s, self.keep_fraction)
+                   for s in scores]
+            return self._from_unit_masks(layers, [s >= c for s, c in zip(scores, cut)])
+        scores = [importance.weight_snr(layer) for _, layer in layers]
+        cut = self.threshold
+        if cut is None:
+            cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), self.keep_fraction)
+        return self._from_weight_masks(layers, [s >= cut for s in scores])
+
+
+class MagnitudePruning(PruningStrategy):
+    """Keep the ``keep_fraction`` largest |w| of each layer: the non-Bayesian baseline (Han et al. 2015).
+
+    Works on plain and Bayesian networks (it reads the posterior mean).
+    """
+
+    def __init__(self, keep_fraction: float):
+        _check_fraction(keep_fraction)
+        self.keep_fraction = keep_fraction
+
+    def masks(self, model: nn.Module) -> Masks:
+        layers = self._layers(model, bayesian=False)
+        scores = [importance.weight_magnitude(layer) for _, layer in layers]
+        return self._from_weight_masks(
+            layers, [s >= _top_fraction_threshold(s, self.keep_fraction) for s in scores]
+        )
+
+
+class InclusionPruning(PruningStrategy):
+    """Drop what a sparsity prior says is probably off: inclusion probability < ``threshold``.
+
+    Reads ``prior.statistics(layer)``: ``"inclusion"`` (per weight, e.g. Turbo-VBI's pi~) or
+    ``"unit_inclusion"`` (per unit, e.g. spike-and-slab gates g_j), whichever the prior provides.
+    """
+
+    def __init__(self, threshold: float = 0.5):
+        check_in_range("threshold", threshold, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        self.threshold = threshold
+
+    def masks(self, model: nn.Module) -> Masks:
+        layers = self._layers(model, bayesian=True)
+        stats = [layer.prior.statistics(layer) for _, layer in layers]
+        if all("unit_inclusion" in s for s in stats):
+            probs = [importance.inclusion_probability(layer, "unit_inclusion") for _, layer in layers]
+            return self._from_unit_masks(layers, [p >= self.threshold for p in probs])
+        probs = [importance.inclusion_probability(layer, "inclusion") for _, layer in layers]
+        return self._from_weight_masks(layers, [p >= self.threshold for p in probs])
