@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
+from bayescompress.compress import METHODS, CompressConfig
 from bayescompress.data import DATASETS
 from bayescompress.models import MODELS
 
@@ -33,10 +35,40 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, help="weights file, WEIGHTS.safetensors (WEIGHTS.json beside it)")
     _common(pre)
 
-    demo = commands.add_parser("demo", help="pretrain, convert and VI-train a small MLP on digits")
-    demo.add_argument("--out", help="folder to write the networks and metrics.json into")
+    comp = commands.add_parser("compress", help="train, prune and export a pretrained network")
+    comp.add_argument("--model", required=True,
+                      help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
+    comp.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
+    comp.add_argument("--dataset", choices=DATASETS, default="digits")
+    comp.add_argument("--data-dir", help="folder with the four IDX files (mnist, fashion-mnist)")
+    comp.add_argument("--method", choices=METHODS, default="gaussian-snr")
+    comp.add_argument("--epochs", type=int, required=True, help="VI epochs before pruning")
+    comp.add_argument("--out", required=True, help="run folder to write")
+    defaults = CompressConfig()
+    comp.add_argument("--lr", type=float, default=defaults.lr)
+    comp.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="Gaussian prior std s0")
+    comp.add_argument("--keep-fraction", type=float, default=defaults.keep_fraction,
+                      help=f"fraction of weights kept (default {defaults.keep_fraction})")
+    comp.add_argument("--snr-threshold", type=float, help="keep SNR >= this instead of a fraction")
+    comp.add_argument("--level", choices=("weight", "unit"), default=defaults.level)
+    comp.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
+    comp.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr)
+    comp.add_argument("--mc-samples", type=int, default=defaults.mc_samples)
+    comp.add_argument("--batch-size", type=int, default=128)
+    _common(comp)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on digits: pretrain, VI, prune, export")
+    demo.add_argument("--out", help="run folder to write")
     _common(demo)
     return parser
+
+
+def _run_output(result, folder, quiet: bool) -> dict:
+    if not quiet:
+        print(result.report())
+        if folder is not None:
+            print(f"wrote the run folder {folder}")
+    return {"method": result.method, "out": None if folder is None else str(folder), **result.metrics}
 
 
 def _print_table(rows: dict[str, dict[str, float]]) -> None:
@@ -48,7 +80,7 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from bayescompress import workflows  # imported late so --help answers without loading torch
+    from bayescompress import workflows
 
     try:
         if args.command == "pretrain":
@@ -61,12 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.quiet:
                 _print_table({args.model: result.metrics})
                 print(f"wrote {path} and {path.with_suffix('.json')}")
+        elif args.command == "compress":
+            config = CompressConfig(
+                epochs=args.epochs, lr=args.lr, prior_scale=args.prior_scale, keep_fraction=args.keep_fraction,
+                snr_threshold=args.snr_threshold, level=args.level, finetune_epochs=args.finetune_epochs,
+                finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, seed=args.seed, quiet=args.quiet,
+            )
+            result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,
+                                              config, batch_size=args.batch_size)
+            output = _run_output(result, result.save(args.out), args.quiet)
         else:
-            output = workflows.demo(args.out, seed=args.seed, quiet=args.quiet)
+            start = time.perf_counter()
+            result = workflows.demo(args.out, seed=args.seed, quiet=args.quiet)
+            output = _run_output(result, args.out, args.quiet)
             if not args.quiet:
-                _print_table({"pretrained": output["pretrained"], "bayesian": output["bayesian"]})
-                print(f"digits test set, Bayesian metrics from {output['mc_samples']} MC samples; "
-                      f"{output['seconds']:.1f} s")
+                print(f"digits test split; compressed metrics from {result.metrics['mc_samples']} MC samples; "
+                      f"{time.perf_counter() - start:.1f} s")
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"bayescompress {args.command}: error: {error}", file=sys.stderr)
         return 2

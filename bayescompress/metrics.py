@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import numbers
 
+import statistics
+import time
+from collections.abc import Mapping
+
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from bayescompress.nn.model import predict
 
@@ -24,6 +29,10 @@ __all__ = [
     "classification_metrics",
     "count_parameters",
     "evaluate",
+    "size_counts",
+    "dense_macs",
+    "sparse_macs",
+    "latency_seconds",
 ]
 
 # Floor applied before the log so a zero probability on the true class
@@ -287,3 +296,85 @@ def evaluate(
     if not probs:
         raise ValueError("cannot evaluate on an empty loader")
     return classification_metrics(torch.cat(probs), torch.cat(labels))
+
+
+def _effective_weight(layer: nn.Module) -> Tensor:
+    """A layer's weight with its prune mask applied (the posterior mean for a Bayesian layer)."""
+    mask = getattr(layer, "weight_mask", None)
+    weight = getattr(layer, "weight_orig", layer.weight)
+    return weight.detach() if mask is None else (weight * mask).detach()
+
+
+def size_counts(model: nn.Module) -> dict[str, int]:
+    """Sizes of the posterior-mean network ``model`` (variational scales ``*_rho`` are not counted).
+
+    Returns ``params_total`` / ``params_nonzero`` (every parameter: weights, biases, BatchNorm, ...) and
+    ``weights_total`` / ``weights_nonzero`` (Linear/Conv2d weights only, the |W| of compression rates).
+
+    Example
+    -------
+    >>> size_counts(nn.Linear(3, 2))["params_total"]
+    8
+    """
+    counts = dict.fromkeys(("params_total", "params_nonzero", "weights_total", "weights_nonzero"), 0)
+    for module in model.modules():
+        own = dict(module.named_parameters(recurse=False))
+        tensors = [t.detach() for name, t in own.items()
+                   if not name.endswith("_rho") and name not in ("weight", "weight_orig")]
+        if "weight" in own or "weight_orig" in own:
+            weight = _effective_weight(module)
+            tensors.append(weight)
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                counts["weights_total"] += weight.numel()
+                counts["weights_nonzero"] += int(torch.count_nonzero(weight))
+        for tensor in tensors:
+            counts["params_total"] += tensor.numel()
+            counts["params_nonzero"] += int(torch.count_nonzero(tensor))
+    return counts
+
+
+@torch.no_grad()
+def dense_macs(model: nn.Module, example_input: Tensor) -> int:
+    """Multiply-accumulates of one forward pass on one input, counted by ``torch.utils.flop_counter``
+    (MACs = FLOPs / 2); masked weights still count, as a dense kernel computes them."""
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def sparse_macs(weight_masks: Mapping[str, Tensor], output_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """MACs a sparse kernel would do: per layer, kept weights x output positions (1 for a linear layer).
+
+    ``output_shapes`` are per input, without the batch dimension: (features,) or (channels, H, W).
+    """
+    total = 0
+    for name, mask in weight_masks.items():
+        positions = 1
+        for size in output_shapes[name][1:]:
+            positions *= size
+        total += int(mask.sum()) * positions
+    return total
+
+
+@torch.no_grad()
+def latency_seconds(models: Mapping[str, nn.Module], x: Tensor, repeats: int = 20) -> dict[str, float]:
+    """Median CPU time of one eval-mode forward pass of each model on ``x``.
+
+    The models are timed interleaved, round by round, so a slowdown of the machine hits all of them alike
+    and their ratio is meaningful.
+    """
+    for model in models.values():
+        model.eval()
+        model(x)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -11,16 +11,17 @@ def _last_json_line(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_demo_prints_the_table_and_writes_its_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--json"]) == 0
+def test_demo_runs_the_pipeline_prints_the_report_and_writes_the_run(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "run"), "--json"]) == 0
     out = capsys.readouterr().out
-    assert "pretrained" in out and "bayesian" in out
+    assert "| original |" in out and "| compressed |" in out and "compression rate" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["pretrained"]["accuracy"] > 0.9
-    assert summary["bayesian"]["accuracy"] > 0.9
-    assert {"accuracy", "nll", "ece", "brier"} <= set(summary["bayesian"])
-    assert json.loads((tmp_path / "metrics.json").read_text())["bayesian"] == summary["bayesian"]
-    assert (tmp_path / "pretrained.safetensors").is_file() and (tmp_path / "bayesian.safetensors").is_file()
+    assert summary["original"]["accuracy"] > 0.95
+    assert summary["compressed"]["accuracy"] > summary["original"]["accuracy"] - 0.02
+    assert summary["compression_rate"] >= 3.9
+    assert summary["export_max_abs_diff"] <= 1e-4
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["compressed"] == summary["compressed"]
 
 
 def test_pretrain_writes_weights_and_record_and_prints_json_last(tmp_path, capsys):
@@ -36,7 +37,7 @@ def test_pretrain_writes_weights_and_record_and_prints_json_last(tmp_path, capsy
     assert record["architecture"]["kwargs"]["hidden"] == [16]
 
 
-@pytest.mark.parametrize("command", ["pretrain", "demo"])
+@pytest.mark.parametrize("command", ["pretrain", "compress", "demo"])
 def test_every_command_accepts_quiet(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

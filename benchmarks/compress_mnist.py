@@ -1,0 +1,80 @@
+"""Compress the pretrained reference networks on MNIST and check the issue's targets.
+
+    python benchmarks/pretrain_mnist.py                     # once: writes the pretrained weights
+    python benchmarks/compress_mnist.py [--models lenet300 lenet5] [--methods gaussian-snr magnitude]
+
+Each run's folder goes to benchmarks/results/runs/<model>-<method>/; the table to
+benchmarks/results/compress_mnist.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from _common import DEFAULT_MNIST, RESULTS, save_results
+
+from bayescompress.compress import CompressConfig, compress
+from bayescompress.data import make_loaders
+from bayescompress.workflows import load_data_for, load_pretrained
+
+# Recipes per (model, method); see docs/benchmarks.md for how they were chosen.
+RECIPES = {
+    ("lenet300", "gaussian-snr"): dict(epochs=10, prior_scale=0.1, keep_fraction=0.08, finetune_epochs=5,
+                                       finetune_lr=3e-4),
+    ("lenet300", "magnitude"): dict(keep_fraction=0.08, finetune_epochs=5, finetune_lr=3e-4),
+    ("lenet5", "gaussian-snr"): dict(epochs=6, prior_scale=0.1, keep_fraction=0.05, finetune_epochs=3,
+                                     finetune_lr=3e-4),
+    ("lenet5", "magnitude"): dict(keep_fraction=0.05, finetune_epochs=3, finetune_lr=3e-4),
+}
+TARGETS = {"lenet300": {"compression": 10.0, "max_accuracy_drop": 0.003}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
+    parser.add_argument("--methods", nargs="+", default=["gaussian-snr", "magnitude"])
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.models:
+        weights = RESULTS / f"{name}_mnist.safetensors"
+        if not weights.is_file():
+            sys.exit(f"{weights} is missing: run python benchmarks/pretrain_mnist.py first")
+        model, _ = load_pretrained(weights)
+        splits = load_data_for(name, "mnist", args.data_dir)
+        train, val, test = make_loaders(splits, batch_size=128)
+        for method in args.methods:
+            start = time.perf_counter()
+            result = compress(model, train, val, method, test_loader=test,
+                              config=CompressConfig(**RECIPES[(name, method)]))
+            seconds = time.perf_counter() - start
+            result.save(RESULTS / "runs" / f"{name}-{method}")
+            m = result.metrics
+            row = {
+                "model": name, "method": method, "recipe": RECIPES[(name, method)], "seconds": seconds,
+                "original_accuracy": m["original"]["accuracy"], "compressed_accuracy": m["compressed"]["accuracy"],
+                "exported_accuracy": m["exported"]["accuracy"], "compressed_ece": m["compressed"]["ece"],
+                "compressed_nll": m["compressed"]["nll"],
+                "accuracy_drop": m["original"]["accuracy"] - m["compressed"]["accuracy"],
+                "compression_rate": m["compression_rate"], "architecture": m["architecture"]["exported"],
+                "macs_dense": m["macs"]["dense"], "macs_sparse": m["macs"]["sparse"],
+                "macs_exported": m["macs"]["exported"], "macs_ratio": m["macs_ratio"],
+                "latency_ratio": m["latency_ratio"], "export_max_abs_diff": m["export_max_abs_diff"],
+            }
+            rows.append(row)
+            print(result.report(), flush=True)
+    print(f"{'model':<9}{'method':<14}{'orig':>7}{'comp':>7}{'drop':>7}{'W/W!=0':>8}{'MACs r':>8}{'lat r':>7}"
+          "  architecture")
+    for r in rows:
+        print(f"{r['model']:<9}{r['method']:<14}{r['original_accuracy']:>7.4f}{r['compressed_accuracy']:>7.4f}"
+              f"{r['accuracy_drop']:>7.4f}{r['compression_rate']:>8.1f}{r['macs_ratio']:>8.3f}"
+              f"{r['latency_ratio']:>7.3f}  {r['architecture']}")
+    command = "python benchmarks/compress_mnist.py " + " ".join(sys.argv[1:])
+    save_results("compress_mnist", {"command": command.strip(), "targets": TARGETS, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
