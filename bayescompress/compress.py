@@ -10,7 +10,6 @@ Recipes (SPEC sections 1, 5 and 6):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +28,17 @@ from bayescompress.inference import TrainConfig, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
 from bayescompress.nn import bayesianize_
 from bayescompress.priors import GaussianPrior
-from bayescompress.pruning import MagnitudePruning, SNRPruning, UnsupportedGraphError, export_sequential, propagate
+from bayescompress.pruning import (
+    MagnitudePruning,
+    SNRPruning,
+    UnsupportedGraphError,
+    export_sequential,
+    export_with_torch_pruning,
+    prunable_layers,
+    propagate,
+)
+from bayescompress.pruning.masks import copy_network
+from bayescompress.pruning.structure import layer_output_shapes
 from bayescompress.runs import CompressionResult, units_per_layer
 
 METHODS = ("gaussian-snr", "magnitude")
@@ -118,22 +127,24 @@ def compress(
         config = dataclasses.replace(config, epochs=epochs)
     eval_loader = test_loader if test_loader is not None else val_loader
     example = next(iter(val_loader))[0][:1].to(config.device)
-    original = copy.deepcopy(model).to(config.device).eval()
+    original = copy_network(model).to(config.device).eval()
 
     torch.manual_seed(config.seed)
     network, masks, history, samples = _train_and_prune(
-        copy.deepcopy(model), train_loader, val_loader, method, config
+        copy_network(model), train_loader, val_loader, method, config
     )
     try:
         structure = propagate(network, masks, example)
-    except UnsupportedGraphError as error:
-        error.masks, error.network = masks, network  # type: ignore[attr-defined]  # the work is not lost
-        raise
-    structure.masks.apply_(network)  # drops weights of units nothing reads: the function is unchanged
-    exported = export_sequential(network, structure).eval()
+        final_masks = structure.masks
+        final_masks.apply_(network)  # drops weights of units nothing reads: the function is unchanged
+        exported = export_sequential(network, structure).eval()
+    except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
+        structure, final_masks = None, masks
+        exported = export_with_torch_pruning(network, masks, example).eval()
+    shapes = layer_output_shapes(network, prunable_layers(network), example)
 
-    metrics = _measure(original, network, exported, structure, eval_loader, example, samples, config)
-    return CompressionResult(method, dataclasses.asdict(config), metrics, structure.masks, original, network,
+    metrics = _measure(original, network, exported, final_masks, shapes, eval_loader, example, samples, config)
+    return CompressionResult(method, dataclasses.asdict(config), metrics, final_masks, original, network,
                              exported, structure, history)
 
 
@@ -175,13 +186,13 @@ def _latency_batch(loader: Iterable, size: int) -> Tensor:
     return x.repeat(repeats, *([1] * (x.dim() - 1)))[:size]
 
 
-def _measure(original, network, exported, structure, loader, example, samples, config) -> dict:
+def _measure(original, network, exported, masks, output_shapes, loader, example, samples, config) -> dict:
     sizes_original, sizes_masked = size_counts(original), size_counts(network)
     batch = _latency_batch(loader, config.latency_batch).to(config.device)
     latency = latency_seconds({"original": original, "exported": exported}, batch)
     macs = {
         "dense": dense_macs(original, example),
-        "sparse": sparse_macs(structure.masks.weight, structure.output_shapes),
+        "sparse": sparse_macs(masks.weight, output_shapes),
         "exported": dense_macs(exported, example),
     }
     return {

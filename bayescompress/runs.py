@@ -85,13 +85,17 @@ class CompressionResult:
     original: nn.Module
     compressed: nn.Module
     exported: nn.Module
-    structure: Structure
+    structure: Structure | None  # None when Torch-Pruning exported a general graph
     history: list[dict] = field(default_factory=list)
 
     def export(self, bayesian: bool = False) -> nn.Module:
         """The smaller network: plain layers at the posterior mean, or (``bayesian=True``) Bayesian layers
         that keep sigma for MC prediction."""
-        return self.exported if not bayesian else export_sequential(self.compressed, self.structure, bayesian=True)
+        if not bayesian:
+            return self.exported
+        if self.structure is None:
+            raise ValueError("a Bayesian export is available for sequential networks only; use bayesian=False")
+        return export_sequential(self.compressed, self.structure, bayesian=True)
 
     def report(self) -> str:
         """A short markdown report of the run."""
@@ -100,6 +104,11 @@ class CompressionResult:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the run folder atomically (see the module docstring) and return its path."""
         directory = Path(directory)
+        if not isinstance(self.exported, nn.Sequential):
+            raise ValueError(
+                f"run folders describe sequential exports only; this export is a {type(self.exported).__name__}. "
+                "Save its state_dict with bayescompress.io.save_weights and the masks with Masks.to_tensors"
+            )
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:

@@ -13,6 +13,8 @@ import argparse
 import sys
 import time
 
+import torch
+
 from _common import DEFAULT_MNIST, RESULTS, save_results
 
 from bayescompress.compress import CompressConfig, compress
@@ -21,12 +23,12 @@ from bayescompress.workflows import load_data_for, load_pretrained
 
 # Recipes per (model, method); see docs/benchmarks.md for how they were chosen.
 RECIPES = {
-    ("lenet300", "gaussian-snr"): dict(epochs=10, prior_scale=0.1, keep_fraction=0.08, finetune_epochs=5,
+    ("lenet300", "gaussian-snr"): dict(epochs=10, prior_scale=1.0, keep_fraction=0.09, finetune_epochs=5,
                                        finetune_lr=3e-4),
-    ("lenet300", "magnitude"): dict(keep_fraction=0.08, finetune_epochs=5, finetune_lr=3e-4),
-    ("lenet5", "gaussian-snr"): dict(epochs=6, prior_scale=0.1, keep_fraction=0.05, finetune_epochs=3,
+    ("lenet300", "magnitude"): dict(keep_fraction=0.09, finetune_epochs=15, finetune_lr=1e-3),
+    ("lenet5", "gaussian-snr"): dict(epochs=6, prior_scale=1.0, keep_fraction=0.04, finetune_epochs=3,
                                      finetune_lr=3e-4),
-    ("lenet5", "magnitude"): dict(keep_fraction=0.05, finetune_epochs=3, finetune_lr=3e-4),
+    ("lenet5", "magnitude"): dict(keep_fraction=0.04, finetune_epochs=9, finetune_lr=1e-3),
 }
 TARGETS = {"lenet300": {"compression": 10.0, "max_accuracy_drop": 0.003}}
 
@@ -36,7 +38,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--methods", nargs="+", default=["gaussian-snr", "magnitude"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--tag", default="", help="suffix of the results file, for runs split across processes")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = []
     for name in args.models:
@@ -73,7 +79,7 @@ def main() -> None:
               f"{r['accuracy_drop']:>7.4f}{r['compression_rate']:>8.1f}{r['macs_ratio']:>8.3f}"
               f"{r['latency_ratio']:>7.3f}  {r['architecture']}")
     command = "python benchmarks/compress_mnist.py " + " ".join(sys.argv[1:])
-    save_results("compress_mnist", {"command": command.strip(), "targets": TARGETS, "rows": rows})
+    save_results(f"compress_mnist{args.tag}", {"command": command.strip(), "targets": TARGETS, "rows": rows})
 
 
 if __name__ == "__main__":

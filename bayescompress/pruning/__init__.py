@@ -1,6 +1,7 @@
 """Posterior statistics -> masks -> structure -> a physically smaller network."""
 
 from bayescompress.pruning.export import export_sequential
+from bayescompress.pruning.graph_export import export_with_torch_pruning, to_plain_network
 from bayescompress.pruning.masks import Masks, prunable_layers
 from bayescompress.pruning.strategies import InclusionPruning, MagnitudePruning, PruningStrategy, SNRPruning
 from bayescompress.pruning.structure import Structure, UnsupportedGraphError, propagate, sequential_chain
@@ -14,7 +15,9 @@ __all__ = [
     "Structure",
     "UnsupportedGraphError",
     "export_sequential",
+    "export_with_torch_pruning",
     "propagate",
     "prunable_layers",
     "sequential_chain",
+    "to_plain_network",
 ]

@@ -18,13 +18,13 @@ from bayescompress.pruning.masks import current_weight
 from bayescompress.pruning.structure import Structure, sequential_chain
 
 
-def _smaller_layer(layer: nn.Module, n_in: int, n_out: int, bayesian: bool) -> nn.Module:
-    """An empty layer like ``layer`` with ``n_in`` inputs and ``n_out`` outputs (the only linear/conv split)."""
+def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, groups: int = 1) -> nn.Module:
+    """A fresh layer like ``layer`` with ``n_in`` inputs and ``n_out`` outputs (the only linear/conv split)."""
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Conv2d):
         cls = BayesConv2d if bayesian else nn.Conv2d
         return cls(n_in, n_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                   dilation=layer.dilation, bias=has_bias, padding_mode=layer.padding_mode)
+                   dilation=layer.dilation, groups=groups, bias=has_bias, padding_mode=layer.padding_mode)
     cls = BayesLinear if bayesian else nn.Linear
     return cls(n_in, n_out, bias=has_bias)
 
@@ -64,7 +64,7 @@ def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = F
         cols = _columns(layer, previous_units)
         # cols index input features of a linear layer and input channels of a conv alike (dim 1 of weight)
         keep = structure.masks.weight[name].to(layer.weight.device)[rows][:, cols]
-        new = _smaller_layer(layer, int(cols.numel()), int(rows.numel()), bayesian)
+        new = plain_layer_like(layer, int(cols.numel()), int(rows.numel()), bayesian)
         new.weight.copy_(current_weight(layer)[rows][:, cols] * keep)
         if layer.bias is not None:
             new.bias.copy_((layer.bias.detach() + structure.bias_correction[name].to(layer.bias.device))[rows])

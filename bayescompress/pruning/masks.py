@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -85,3 +86,18 @@ def current_weight(layer: nn.Module) -> Tensor:
     mask = getattr(layer, "weight_mask", None)
     weight = getattr(layer, "weight_orig", layer.weight)
     return weight.detach() if mask is None else (weight * mask).detach()
+
+
+@torch.no_grad()
+def copy_network(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on networks carrying ``torch.nn.utils.prune`` masks.
+
+    prune keeps ``weight = weight_orig * weight_mask`` as a plain attribute; computed with autograd on, it is
+    not a graph leaf and cannot be deep-copied. Recomputing it without autograd first is harmless: the next
+    forward pass recomputes it anyway.
+    """
+    for module in model.modules():
+        mask = getattr(module, "weight_mask", None)
+        if mask is not None and hasattr(module, "weight_orig"):
+            module.weight = module.weight_orig * mask
+    return copy.deepcopy(model)

@@ -57,7 +57,7 @@ def sequential_chain(model: nn.Module) -> Chain:
     if not isinstance(model, nn.Sequential):
         raise UnsupportedGraphError(
             f"{type(model).__name__} is not an nn.Sequential: the built-in structural export handles sequential "
-            "MLPs and CNNs; use export(..., backend='torch-pruning') for general graphs. The masks are still "
+            "MLPs and CNNs; use bayescompress.pruning.export_with_torch_pruning for general graphs. The masks are still "
             "available."
         )
     chain = Chain([], [], [], [])
@@ -77,7 +77,7 @@ def sequential_chain(model: nn.Module) -> Chain:
             raise UnsupportedGraphError(
                 f"module {name!r} ({type(leaf).__name__}) is not supported by the built-in structural export "
                 f"(supported between layers: {', '.join(t.__name__ for t in CHANNELWISE)}); the masks are still "
-                "available, and export(..., backend='torch-pruning') handles general graphs"
+                "available, and bayescompress.pruning.export_with_torch_pruning handles general graphs"
             )
     if not chain.layers:
         raise UnsupportedGraphError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer")
@@ -107,11 +107,12 @@ class Structure:
 
 
 @torch.no_grad()
-def _output_shapes(model: nn.Module, chain: Chain, example: Tensor) -> dict[str, tuple[int, ...]]:
+def layer_output_shapes(model: nn.Module, layers, example: Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of each named layer in ``layers`` on the first item of ``example``."""
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [
         layer.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
-        for name, layer in zip(chain.names, chain.layers)
+        for name, layer in layers
     ]
     was_training = model.training
     model.eval()
@@ -133,7 +134,7 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
     the bias correction that carries the folded constants of removed units of the layer before it.
     """
     chain = sequential_chain(model)
-    shapes = _output_shapes(model, chain, example_input)
+    shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example_input)
     names, layers = chain.names, chain.layers
     weight_keep = []
     for name, layer in zip(names, layers):
