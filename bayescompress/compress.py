@@ -26,7 +26,7 @@ from bayescompress._validation import (
 )
 from bayescompress.inference import TrainConfig, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
-from bayescompress.nn import bayesianize_
+from bayescompress.nn import PosteriorInit, bayesianize_
 from bayescompress.priors import GaussianPrior
 from bayescompress.pruning import (
     MagnitudePruning,
@@ -53,6 +53,8 @@ class CompressConfig:
     epochs: VI epochs before pruning (gaussian-snr; magnitude prunes the pretrained weights directly).
     lr: Adam learning rate of those epochs.
     prior_scale: standard deviation s0 of the Gaussian prior.
+    init_rho: starting rho of every weight (sigma = softplus(rho)); None = sigma proportional to |w|
+        (:class:`~bayescompress.nn.PosteriorInit`).
     kl_warmup_epochs: linear KL warm-up (epochs).
     keep_fraction: fraction of weights (or, with ``level="unit"``, of each layer's units) kept, in (0, 1).
     snr_threshold: keep SNR >= this instead of a fraction (gaussian-snr only).
@@ -72,6 +74,7 @@ class CompressConfig:
     epochs: int = 10
     lr: float = 1e-3
     prior_scale: float = 0.1
+    init_rho: float | None = None
     kl_warmup_epochs: int = 0
     keep_fraction: float = 0.1
     snr_threshold: float | None = None
@@ -153,7 +156,7 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     train = dict(seed=config.seed, device=config.device, quiet=config.quiet, eval_samples=0)
     records: list[dict] = []
     if method == "gaussian-snr":
-        bayesianize_(network, GaussianPrior(scale=config.prior_scale))
+        bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=PosteriorInit(rho=config.init_rho))
         records += fit(network, train_loader, val_loader, TrainConfig(
             epochs=config.epochs, lr=config.lr, kl_warmup_epochs=config.kl_warmup_epochs, **train))
         strategy = SNRPruning(threshold=config.snr_threshold, level=config.level,
