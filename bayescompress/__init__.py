@@ -1,5 +1,6 @@
 """bayescompress: structured Bayesian compression of neural networks with hierarchical sparsity priors."""
 
+from bayescompress.compress import CompressConfig, compress
 from bayescompress.inference import Callback, TrainConfig, fit
 from bayescompress.metrics import classification_metrics, evaluate
 from bayescompress.nn import (
@@ -11,6 +12,7 @@ from bayescompress.nn import (
     predict,
 )
 from bayescompress.priors import GaussianPrior, Prior
+from bayescompress.runs import CompressionResult, load
 
 __version__ = "0.1.0"
 
@@ -18,14 +20,18 @@ __all__ = [
     "BayesConv2d",
     "BayesLinear",
     "Callback",
+    "CompressConfig",
+    "CompressionResult",
     "GaussianPrior",
     "PosteriorInit",
     "Prior",
     "TrainConfig",
     "bayesianize_",
     "classification_metrics",
+    "compress",
     "evaluate",
     "fit",
     "kl_divergence",
+    "load",
     "predict",
 ]
