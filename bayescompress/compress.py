@@ -168,8 +168,8 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     masks = strategy.masks(network)
     masks.apply_(network)
     if config.finetune_epochs:
-        records += fit(network, train_loader, val_loader, TrainConfig(
-            epochs=config.finetune_epochs, lr=config.finetune_lr, **train))
+        records += fit(network, train_loader, val_loader, TrainConfig(  # annealed: settle the survivors
+            epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine", **train))
     return network, masks, records, samples
 
 

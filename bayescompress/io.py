@@ -17,6 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 
+# Version of the JSON records this package writes (pretrained-weight records, run folders); readers refuse newer.
+FORMAT_VERSION = 1
+
+
 class WeightsMismatchError(ValueError):
     """A weights file does not fit the model it is loaded into."""
 
@@ -99,3 +103,21 @@ def load_weights_(model: nn.Module, state: Mapping[str, Tensor], *, source: str 
         )
     model.load_state_dict(dict(state))
     return model
+
+
+def read_json_record(path: str | os.PathLike, what: str) -> dict:
+    """Read a JSON record this package wrote, refusing one from a newer format version.
+
+    ``what`` says what the file is, for the message when it is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing ({what})")
+    record = json.loads(path.read_text())
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {version!r}, newer than this bayescompress reads ({FORMAT_VERSION}); "
+            "upgrade bayescompress to load it"
+        )
+    return record

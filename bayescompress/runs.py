@@ -7,7 +7,6 @@ renamed into place, so a crash never leaves a half-written run where a complete 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,10 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from bayescompress.io import save_weights, write_json
+from bayescompress.io import FORMAT_VERSION, read_json_record, save_weights, write_json
 from bayescompress.pruning import Masks, Structure, export_sequential
-
-FORMAT_VERSION = 1
 
 # Constructor arguments of every module the exported sequential network can contain.
 _MODULE_ARGS: dict[str, tuple[str, ...]] = {
@@ -149,19 +146,6 @@ class SavedRun:
     architecture: list[dict]
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: not a complete bayescompress run folder")
-    data = json.loads(path.read_text())
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format version {version!r}, newer than this bayescompress reads ({FORMAT_VERSION}); "
-            "upgrade bayescompress to load it"
-        )
-    return data
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a complete bayescompress run folder")
@@ -182,8 +166,8 @@ def load(directory: str | os.PathLike) -> SavedRun:
     >>> run.model(x)             # doctest: +SKIP
     """
     directory = Path(directory)
-    architecture = _read_json(directory / "architecture.json")
-    metrics = _read_json(directory / "metrics.json")
+    architecture = read_json_record(directory / "architecture.json", "not a complete bayescompress run folder")
+    metrics = read_json_record(directory / "metrics.json", "not a complete bayescompress run folder")
     model = build_sequential(architecture["layers"])
     model.load_state_dict(_read_safetensors(directory / "model.safetensors"))
     masks = Masks.from_tensors(_read_safetensors(directory / "masks.safetensors"))

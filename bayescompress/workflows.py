@@ -4,7 +4,6 @@ and the demo."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,13 +15,17 @@ from torch import nn
 from bayescompress.compress import CompressConfig, compress
 from bayescompress.data import DatasetSplits, load_dataset, make_loaders
 from bayescompress.inference import TrainConfig, fit
-from bayescompress.io import load_state_dict_file, load_weights_, save_weights, write_json
+from bayescompress.io import (
+    FORMAT_VERSION,
+    load_state_dict_file,
+    load_weights_,
+    read_json_record,
+    save_weights,
+    write_json,
+)
 from bayescompress.metrics import evaluate
 from bayescompress.models import REQUIRED_IMAGE_SIZE, build_model, model_from_architecture
 from bayescompress.runs import CompressionResult
-
-FORMAT_VERSION = 1
-
 
 def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_classes: int) -> nn.Module:
     """The network to compress: a reference model name or ``package.module:factory``, with its weights.
@@ -121,16 +124,7 @@ def pretrain(
 def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild a network written by :meth:`PretrainResult.save` from its weights and ``.json`` record."""
     path = Path(path)
-    record_path = path.with_suffix(".json")
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} (the architecture record written beside {path.name}) is missing")
-    record = json.loads(record_path.read_text())
-    version = record.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{record_path} has format version {version!r}; this bayescompress reads up to {FORMAT_VERSION}: "
-            "upgrade bayescompress"
-        )
+    record = read_json_record(path.with_suffix(".json"), f"the architecture record written beside {path.name}")
     model = model_from_architecture(record["architecture"])
     load_weights_(model, load_state_dict_file(path), source=f"weights in {path.name}")
     return model, record

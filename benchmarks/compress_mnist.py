@@ -23,12 +23,12 @@ from bayescompress.workflows import load_data_for, load_pretrained
 
 # Recipes per (model, method); see docs/benchmarks.md for how they were chosen.
 RECIPES = {
-    ("lenet300", "gaussian-snr"): dict(epochs=10, prior_scale=1.0, keep_fraction=0.09, finetune_epochs=5,
-                                       finetune_lr=3e-4),
-    ("lenet300", "magnitude"): dict(keep_fraction=0.09, finetune_epochs=15, finetune_lr=1e-3),
-    ("lenet5", "gaussian-snr"): dict(epochs=6, prior_scale=1.0, keep_fraction=0.04, finetune_epochs=3,
-                                     finetune_lr=3e-4),
-    ("lenet5", "magnitude"): dict(keep_fraction=0.04, finetune_epochs=9, finetune_lr=1e-3),
+    ("lenet300", "gaussian-snr"): dict(epochs=5, prior_scale=0.3, init_rho=-6.0, keep_fraction=0.09,
+                                       finetune_epochs=15, finetune_lr=1e-3),
+    ("lenet300", "magnitude"): dict(keep_fraction=0.09, finetune_epochs=20, finetune_lr=1e-3),
+    ("lenet5", "gaussian-snr"): dict(epochs=4, prior_scale=0.3, init_rho=-6.0, keep_fraction=0.05,
+                                     finetune_epochs=6, finetune_lr=1e-3),
+    ("lenet5", "magnitude"): dict(keep_fraction=0.05, finetune_epochs=10, finetune_lr=1e-3),
 }
 TARGETS = {"lenet300": {"compression": 10.0, "max_accuracy_drop": 0.003}}
 
