@@ -23,7 +23,7 @@ from bayescompress.workflows import load_data_for, load_pretrained
 
 # Recipes per (model, method); see docs/benchmarks.md for how they were chosen.
 RECIPES = {
-    ("lenet300", "gaussian-snr"): dict(epochs=5, prior_scale=0.3, init_rho=-6.0, keep_fraction=0.09,
+    ("lenet300", "gaussian-snr"): dict(epochs=5, prior_scale=0.5, init_rho=-6.0, keep_fraction=0.09,
                                        finetune_epochs=15, finetune_lr=1e-3),
     ("lenet300", "magnitude"): dict(keep_fraction=0.09, finetune_epochs=20, finetune_lr=1e-3),
     ("lenet5", "gaussian-snr"): dict(epochs=4, prior_scale=0.3, init_rho=-6.0, keep_fraction=0.05,
