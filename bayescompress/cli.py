@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     defaults = CompressConfig()
     comp.add_argument("--lr", type=float, default=defaults.lr)
     comp.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="Gaussian prior std s0")
+    comp.add_argument("--init-rho", type=float, default=defaults.init_rho,
+                      help=f"starting rho of every weight, sigma = softplus(rho) (default {defaults.init_rho})")
     comp.add_argument("--keep-fraction", type=float, default=defaults.keep_fraction,
                       help=f"fraction of weights kept (default {defaults.keep_fraction})")
     comp.add_argument("--snr-threshold", type=float, help="keep SNR >= this instead of a fraction")
@@ -95,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"wrote {path} and {path.with_suffix('.json')}")
         elif args.command == "compress":
             config = CompressConfig(
-                epochs=args.epochs, lr=args.lr, prior_scale=args.prior_scale, keep_fraction=args.keep_fraction,
+                epochs=args.epochs, lr=args.lr, prior_scale=args.prior_scale, init_rho=args.init_rho,
+                keep_fraction=args.keep_fraction,
                 snr_threshold=args.snr_threshold, level=args.level, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, seed=args.seed, quiet=args.quiet,
             )
