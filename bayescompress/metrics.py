@@ -27,7 +27,6 @@ __all__ = [
     "brier",
     "ece",
     "classification_metrics",
-    "count_parameters",
     "evaluate",
     "size_counts",
     "dense_macs",
@@ -251,28 +250,6 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
     }
 
 
-def count_parameters(module: nn.Module) -> dict[str, int]:
-    """Count the elements of a module's parameters, each shared one once.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        Model to inspect.
-
-    Returns
-    -------
-    dict[str, int]
-        ``{"total": n}`` with ``n`` the number of parameter elements.
-
-    Example
-    -------
-    >>> count_parameters(nn.Linear(3, 2))
-    {'total': 8}
-    """
-    # Module.parameters() already de-duplicates tied/shared parameters.
-    return {"total": sum(p.numel() for p in module.parameters())}
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader, samples: int = 10, device: str | torch.device = "cpu"
@@ -317,8 +294,10 @@ def size_counts(model: nn.Module) -> dict[str, int]:
     8
     """
     counts = dict.fromkeys(("params_total", "params_nonzero", "weights_total", "weights_nonzero"), 0)
+    seen: set[int] = set()  # a parameter shared between modules counts once
     for module in model.modules():
-        own = dict(module.named_parameters(recurse=False))
+        own = {name: t for name, t in module.named_parameters(recurse=False) if id(t) not in seen}
+        seen.update(id(t) for t in own.values())
         tensors = [t.detach() for name, t in own.items()
                    if not name.endswith("_rho") and name not in ("weight", "weight_orig")]
         if "weight" in own or "weight_orig" in own:

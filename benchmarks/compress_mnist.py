@@ -26,6 +26,9 @@ RECIPES = {
     ("lenet300", "gaussian-snr"): dict(epochs=5, prior_scale=0.5, init_rho=-6.0, keep_fraction=0.09,
                                        finetune_epochs=15, finetune_lr=1e-3),
     ("lenet300", "magnitude"): dict(keep_fraction=0.09, finetune_epochs=20, finetune_lr=1e-3),
+    # structured: keep 30 % of each hidden layer's neurons by group SNR
+    ("lenet300", "gaussian-snr-unit"): dict(epochs=5, prior_scale=0.5, init_rho=-6.0, level="unit",
+                                            keep_fraction=0.3, finetune_epochs=15, finetune_lr=1e-3),
     ("lenet5", "gaussian-snr"): dict(epochs=4, prior_scale=0.3, init_rho=-6.0, keep_fraction=0.05,
                                      finetune_epochs=6, finetune_lr=1e-3),
     ("lenet5", "magnitude"): dict(keep_fraction=0.05, finetune_epochs=10, finetune_lr=1e-3),
@@ -37,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
-    parser.add_argument("--methods", nargs="+", default=["gaussian-snr", "magnitude"])
+    parser.add_argument("--methods", nargs="+", default=["gaussian-snr", "magnitude"],
+                        help="gaussian-snr, magnitude, or gaussian-snr-unit (SNR pruning of whole neurons)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--tag", default="", help="suffix of the results file, for runs split across processes")
     args = parser.parse_args()
@@ -54,7 +58,7 @@ def main() -> None:
         train, val, test = make_loaders(splits, batch_size=128)
         for method in args.methods:
             start = time.perf_counter()
-            result = compress(model, train, val, method, test_loader=test,
+            result = compress(model, train, val, method.removesuffix("-unit"), test_loader=test,
                               config=CompressConfig(**RECIPES[(name, method)]))
             seconds = time.perf_counter() - start
             result.save(RESULTS / "runs" / f"{name}-{method}")

@@ -13,7 +13,7 @@ from bayescompress.metrics import (
     accuracy,
     brier,
     classification_metrics,
-    count_parameters,
+    size_counts,
     ece,
     nll,
 )
@@ -215,14 +215,45 @@ def test_rejects_non_positive_integer_n_bins(n_bins: object) -> None:
 # --- parameter counting -----------------------------------------------------
 
 
-def test_count_parameters_linear() -> None:
+def test_size_counts_linear() -> None:
     # 3*2 weights + 2 biases
-    assert count_parameters(nn.Linear(3, 2)) == {"total": 8}
+    assert size_counts(nn.Linear(3, 2)) == {
+        "params_total": 8, "params_nonzero": 8, "weights_total": 6, "weights_nonzero": 6}
 
 
-def test_count_parameters_counts_shared_parameter_once() -> None:
+def test_size_counts_count_a_shared_parameter_once() -> None:
     model = nn.Module()
     model.a = nn.Linear(3, 3)
     model.b = nn.Linear(3, 3)
     model.b.weight = model.a.weight  # tied: 9 shared weights + two 3-element biases
-    assert count_parameters(model) == {"total": 9 + 3 + 3}
+    assert size_counts(model)["params_total"] == 9 + 3 + 3
+
+
+def test_size_counts_of_a_pruned_bayesian_layer_skip_rho_and_count_masked_zeros() -> None:
+    import torch.nn.utils.prune as prune
+
+    from bayescompress.nn import BayesLinear
+
+    layer = BayesLinear(4, 3)
+    keep = torch.ones(3, 4)
+    keep[0] = 0
+    prune.custom_from_mask(layer, "weight", keep)
+    counts = size_counts(layer)
+    assert counts["params_total"] == 15 and counts["weights_total"] == 12
+    assert counts["weights_nonzero"] == int(torch.count_nonzero(layer.weight_orig[1:]))
+
+
+def test_dense_macs_match_a_hand_count_for_lenet5() -> None:
+    from bayescompress.metrics import dense_macs
+    from bayescompress.models import lenet5
+
+    # conv1 20*1*5*5 at 24x24, conv2 50*20*5*5 at 8x8, fc 800*500, fc 500*10
+    expected = 20 * 25 * 24 * 24 + 50 * 20 * 25 * 8 * 8 + 800 * 500 + 500 * 10
+    assert dense_macs(lenet5(), torch.randn(4, 1, 28, 28)) == expected == 2_293_000
+
+
+def test_latency_is_measured_for_every_model() -> None:
+    from bayescompress.metrics import latency_seconds
+
+    times = latency_seconds({"a": nn.Linear(8, 4), "b": nn.Linear(8, 2)}, torch.randn(16, 8), repeats=3)
+    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
