@@ -95,13 +95,6 @@ def _validate(probs: torch.Tensor, labels: torch.Tensor) -> None:
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of samples whose most probable class equals the label.
 
-    Parameters
-    ----------
-    probs : torch.Tensor
-        ``(N, C)`` predictive probabilities.
-    labels : torch.Tensor
-        ``(N,)`` integer class labels.
-
     Returns
     -------
     float
@@ -122,13 +115,6 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
     Probabilities are clamped below at ``1e-12``, so a zero probability on the
     true class contributes ``-log(1e-12) ≈ 27.63`` rather than ``inf``.
 
-    Parameters
-    ----------
-    probs : torch.Tensor
-        ``(N, C)`` predictive probabilities.
-    labels : torch.Tensor
-        ``(N,)`` integer class labels.
-
     Returns
     -------
     float
@@ -147,13 +133,6 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Multiclass Brier score, ``sum_c (p_c - onehot_c)^2`` averaged over samples.
-
-    Parameters
-    ----------
-    probs : torch.Tensor
-        ``(N, C)`` predictive probabilities.
-    labels : torch.Tensor
-        ``(N,)`` integer class labels.
 
     Returns
     -------
@@ -223,13 +202,6 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, NLL, Brier score and ECE (15 bins) in one dict.
-
-    Parameters
-    ----------
-    probs : torch.Tensor
-        ``(N, C)`` predictive probabilities.
-    labels : torch.Tensor
-        ``(N,)`` integer class labels.
 
     Returns
     -------
