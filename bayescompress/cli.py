@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bayescompress.compress import METHODS, CompressConfig
 from bayescompress.data import DATASETS
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--batch-size", type=int, default=128)
     _common(comp)
 
+    plot = commands.add_parser("plot", help="draw a run folder's weight masks per layer")
+    plot.add_argument("run", help="run folder written by compress or demo")
+    plot.add_argument("--out", help="image file (default: RUN/masks.png)")
+    plot.add_argument("--quiet", action="store_true", help="print nothing")
+
     demo = commands.add_parser("demo", help="the whole pipeline on digits: pretrain, VI, prune, export")
     demo.add_argument("--out", help="run folder to write")
     _common(demo)
@@ -95,6 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.quiet:
                 _print_table({args.model: result.metrics})
                 print(f"wrote {path} and {path.with_suffix('.json')}")
+        elif args.command == "plot":
+            from matplotlib import pyplot
+
+            from bayescompress import plot, runs
+
+            target = args.out or str(Path(args.run) / "masks.png")
+            pyplot.close(plot.masks(runs.load(args.run).masks, target))
+            if not args.quiet:
+                print(f"wrote {target}")
+            return 0
         elif args.command == "compress":
             config = CompressConfig(
                 epochs=args.epochs, lr=args.lr, prior_scale=args.prior_scale, init_rho=args.init_rho,

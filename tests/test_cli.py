@@ -37,7 +37,7 @@ def test_pretrain_writes_weights_and_record_and_prints_json_last(tmp_path, capsy
     assert record["architecture"]["kwargs"]["hidden"] == [16]
 
 
-@pytest.mark.parametrize("command", ["pretrain", "compress", "demo"])
+@pytest.mark.parametrize("command", ["pretrain", "compress", "plot", "demo"])
 def test_every_command_accepts_quiet(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
