@@ -130,7 +130,10 @@ def compress(
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
     eval_loader = test_loader if test_loader is not None else val_loader
-    example = next(iter(val_loader))[0][:1].to(config.device)
+    first = next(iter(val_loader), None)
+    if first is None:
+        raise ValueError("val_loader yields no batch; compress needs validation data (use a val_fraction > 0)")
+    example = first[0][:1].to(config.device)
     original = copy_network(model).to(config.device).eval()
 
     torch.manual_seed(config.seed)

@@ -25,6 +25,7 @@ from bayescompress.io import (
 )
 from bayescompress.metrics import evaluate
 from bayescompress.models import REQUIRED_IMAGE_SIZE, build_model, model_from_architecture
+from bayescompress.pruning import UnsupportedGraphError, sequential_chain
 from bayescompress.runs import CompressionResult
 
 def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_classes: int) -> nn.Module:
@@ -144,6 +145,13 @@ def compress_files(
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
     splits = load_dataset(dataset, data_dir, image_size=image_size, seed=config.seed)
     model = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
+    try:  # a run folder describes sequential exports only: say so before any training, not after
+        sequential_chain(model)
+    except UnsupportedGraphError as error:
+        raise ValueError(
+            f"{error}. The command line writes run folders, which need this sequential path; compress general "
+            "graphs from Python with bayescompress.compress (the result keeps the exported network and masks)"
+        ) from error
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=config.seed)
     return compress(model, train_loader, val_loader, method, test_loader=test_loader, config=config)
 

@@ -163,3 +163,33 @@ def test_cli_compress_with_weights_that_do_not_fit(tmp_path, capsys):
     assert code == 2
     assert "'1.weight'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_non_sequential_model_before_training(tmp_path, capsys, monkeypatch):
+    (tmp_path / "resnet_like.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1))\n"
+        "def build():\n"
+        "    return Net()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    torch.save(importlib.import_module("resnet_like").build().state_dict(), tmp_path / "w.pt")
+    code = main(["compress", "--model", "resnet_like:build", "--weights", str(tmp_path / "w.pt"),
+                 "--epochs", "50", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not an nn.Sequential" in err and "bayescompress.compress" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_validation_loader_is_a_clear_error(pretrained, digits):
+    train, _, _ = digits
+    with pytest.raises(ValueError, match="val_loader yields no batch"):
+        compress(pretrained, train, [], "magnitude")
