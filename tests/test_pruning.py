@@ -231,3 +231,13 @@ def test_pruned_weights_are_zero_in_every_sample_and_get_no_gradient():
     assert (net[1].weight_orig.grad[dropped] == 0).all()
     assert (net[1].weight_rho.grad[dropped] == 0).all()
     assert (net[1].weight_variance()[dropped] == 0).all()
+
+
+def test_the_unit_kept_in_an_emptied_layer_is_one_still_alive():
+    from bayescompress.pruning.structure import _keep_best_unit
+
+    weight = torch.tensor([[9.0, 9.0], [2.0, 1.0], [1.0, 1.0]])  # unit 0 is strongest but already removed
+    alive = torch.tensor([False, True, True])
+    with pytest.warns(UserWarning, match="keeping its strongest unit \\(1\\)"):
+        remove = _keep_best_unit("1", alive.clone(), weight, alive)
+    assert remove.tolist() == [False, False, True]

@@ -169,7 +169,7 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
             if not remove.any():
                 continue
             if bool(remove.sum() == units[i].sum()):
-                remove = _keep_best_unit(names[i], remove, weights[i])
+                remove = _keep_best_unit(names[i], remove, weights[i], units[i])
                 fold &= remove
             if fold.any() and not _fold_constants(chain, i, fold, biases, correction, weights, shapes):
                 remove &= ~fold  # not foldable exactly: those units stay
@@ -209,8 +209,10 @@ def _fold_constants(chain: Chain, i: int, fold: Tensor, biases, correction, weig
     return True
 
 
-def _keep_best_unit(name: str, remove: Tensor, weight: Tensor) -> Tensor:
-    best = int(weight.flatten(1).abs().sum(dim=1).argmax())
+def _keep_best_unit(name: str, remove: Tensor, weight: Tensor, alive: Tensor) -> Tensor:
+    """``remove`` minus the alive unit with the largest incoming weights (L1)."""
+    strength = weight.flatten(1).abs().sum(dim=1).masked_fill(~alive, -1.0)
+    best = int(strength.argmax())
     warnings.warn(
         f"pruning would remove every unit of layer {name!r}; keeping its strongest unit ({best}) so the exported "
         "network stays valid",
