@@ -148,7 +148,9 @@ def compress(
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
         exported = export_with_torch_pruning(network, masks, example).eval()
-    shapes = layer_output_shapes(network, prunable_layers(network), example)
+    # propagate already measured the layer shapes on the sequential path
+    shapes = structure.output_shapes if structure else layer_output_shapes(
+        network, prunable_layers(network), example)
 
     metrics = _measure(original, network, exported, final_masks, shapes, eval_loader, example, samples, config)
     return CompressionResult(method, dataclasses.asdict(config), metrics, final_masks, original, network,

@@ -7,7 +7,7 @@ from torch.distributions import Normal, kl_divergence
 
 from bayescompress.nn import BayesLinear
 from bayescompress.priors import GaussianPrior
-from bayescompress.priors.kl import kl_normal_normal
+from bayescompress.priors.kl import kl_normal_normal_sum
 
 
 def test_normal_kl_matches_monte_carlo_estimate():
@@ -15,14 +15,16 @@ def test_normal_kl_matches_monte_carlo_estimate():
     q, p = Normal(mu, sigma), Normal(0.0, prior_std)
     w = q.sample((100_000,))
     mc = (q.log_prob(w) - p.log_prob(w)).mean()
-    closed = kl_normal_normal(mu, sigma, prior_std)
+    closed = kl_normal_normal_sum(mu.reshape(1), sigma.reshape(1), prior_std)
     assert abs(closed - mc) / closed <= 0.02
 
 
-def test_normal_kl_matches_torch_reference_elementwise():
+def test_normal_kl_matches_torch_reference():
     mu, sigma = torch.randn(50), torch.rand(50) + 0.01
     expected = kl_divergence(Normal(mu, sigma), Normal(torch.zeros(50), torch.full((50,), 0.3)))
-    assert torch.allclose(kl_normal_normal(mu, sigma, 0.3), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(kl_normal_normal_sum(mu, sigma, 0.3), expected.sum(), rtol=1e-5, atol=1e-6)
+    keep = torch.rand(50) > 0.5
+    assert torch.allclose(kl_normal_normal_sum(mu, sigma, 0.3, keep), expected[keep].sum(), rtol=1e-5, atol=1e-6)
 
 
 def test_layer_kl_sums_weights_and_bias_and_skips_pruned_weights():

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.utils.prune as prune
 from torch import nn
 
 from bayescompress.metrics import dense_macs, sparse_macs

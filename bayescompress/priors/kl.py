@@ -1,4 +1,4 @@
-"""Closed-form KL divergences, elementwise (callers sum).
+"""Closed-form KL divergences.
 
 Each function is checked against a Monte-Carlo estimate made with torch distributions in the tests.
 """
@@ -9,14 +9,8 @@ import torch
 from torch import Tensor
 
 
-def kl_normal_normal(mu: Tensor, sigma: Tensor, prior_std: Tensor | float) -> Tensor:
-    """KL(N(mu, sigma^2) || N(0, prior_std^2)), elementwise."""
-    prior_var = torch.as_tensor(prior_std, dtype=mu.dtype, device=mu.device) ** 2
-    return 0.5 * (torch.log(prior_var) - 2.0 * torch.log(sigma) + (sigma**2 + mu**2) / prior_var - 1.0)
-
-
 def kl_normal_normal_sum(mu: Tensor, sigma: Tensor, prior_std: Tensor | float, keep: Tensor | None = None) -> Tensor:
-    """Sum of :func:`kl_normal_normal` over the entries ``keep`` marks (all when None).
+    """Sum over the entries ``keep`` marks (all when None) of KL(N(mu, sigma^2) || N(0, prior_std^2)).
 
     Written with reductions (two dot products, one log-sum) instead of an elementwise KL, which halves the
     full-size temporaries: this runs on every mini-batch over every weight. (``vector_norm`` would be the
