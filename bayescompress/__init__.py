@@ -11,7 +11,7 @@ from bayescompress.nn import (
     kl_divergence,
     predict,
 )
-from bayescompress.priors import GaussianPrior, Prior
+from bayescompress.priors import GaussianPrior, Prior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.runs import CompressionResult, load
 
 __version__ = "0.1.0"
@@ -25,6 +25,8 @@ __all__ = [
     "GaussianPrior",
     "PosteriorInit",
     "Prior",
+    "SpikeSlabGroupHorseshoe",
+    "SpikeSlabGroupLasso",
     "TrainConfig",
     "bayesianize_",
     "classification_metrics",

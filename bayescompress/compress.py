@@ -4,6 +4,10 @@ Recipes (SPEC sections 1, 5 and 6):
 - ``"gaussian-snr"``: convert to a mean-field Bayesian network with a Gaussian prior, train it by VI, keep the
   weights (or units) with the highest signal-to-noise ratio |mu|/sigma (self-compression), fine-tune the
   survivors by masked VI, propagate structure, export.
+- ``"ss-gl"`` / ``"ss-ghs"``: convert with a spike-and-slab group-lasso / group-horseshoe prior (a gate per
+  neuron or filter, optionally per input feature), train gates, scales and weights by relaxed-Bernoulli VI,
+  drop every unit whose inclusion probability is below 1/2, fold the surviving gates and scales into the
+  weights, fine-tune by masked VI under a Gaussian prior, propagate structure, export.
 - ``"magnitude"``: the non-Bayesian baseline — keep each layer's largest |w| of the pretrained network,
   fine-tune the survivors deterministically, propagate structure, export.
 """
@@ -24,11 +28,12 @@ from bayescompress._validation import (
     check_positive,
     check_positive_int,
 )
-from bayescompress.inference import TrainConfig, fit
+from bayescompress.inference import GateMonitor, TrainConfig, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
-from bayescompress.nn import PosteriorInit, bayesianize_
-from bayescompress.priors import GaussianPrior
+from bayescompress.nn import PosteriorInit, bayesianize_, fold_multipliers_
+from bayescompress.priors import GaussianPrior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.pruning import (
+    InclusionPruning,
     MagnitudePruning,
     SNRPruning,
     UnsupportedGraphError,
@@ -41,7 +46,8 @@ from bayescompress.pruning.masks import copy_network
 from bayescompress.pruning.structure import layer_output_shapes
 from bayescompress.runs import CompressionResult, units_per_layer
 
-METHODS = ("gaussian-snr", "magnitude")
+METHODS = ("gaussian-snr", "ss-gl", "ss-ghs", "magnitude")
+SPIKE_SLAB_PRIORS = {"ss-gl": SpikeSlabGroupLasso, "ss-ghs": SpikeSlabGroupHorseshoe}
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,15 @@ class CompressConfig:
 
     Parameters
     ----------
-    epochs: VI epochs before pruning (gaussian-snr; magnitude prunes the pretrained weights directly).
+    epochs: VI epochs before pruning (magnitude prunes the pretrained weights directly).
     lr: Adam learning rate of those epochs.
-    prior_scale: standard deviation s0 of the Gaussian prior.
+    prior_lr: learning rate of the spike-and-slab gate logits and log-scales (ss-gl, ss-ghs).
+    rho_lr: learning rate of the posterior rho (ss-gl, ss-ghs): sigma must widen before the gates decide.
+    prior_scale: standard deviation s0 of the Gaussian prior (gaussian-snr; every method's fine-tuning).
+    prior_inclusion: lambda, the spike-and-slab prior probability that a unit is on (ss-gl, ss-ghs).
+    temperature: temperature of the relaxed-Bernoulli gates (ss-gl, ss-ghs).
+    input_gates: also gate the network's input features, so inputs that carry nothing are removed (ss-gl,
+        ss-ghs).
     init_rho: starting rho of every weight (sigma = softplus(rho) = 0.0025 at -6); None = sigma proportional
         to |w| (:class:`~bayescompress.nn.PosteriorInit`). Starting well above 1e-3 |w| spares VI the many
         epochs it otherwise spends growing sigma (the defaults follow the benchmarked LeNet-300-100 recipe).
@@ -74,7 +86,12 @@ class CompressConfig:
 
     epochs: int = 10
     lr: float = 1e-3
+    prior_lr: float = 3e-3
+    rho_lr: float = 1e-2
     prior_scale: float = 0.5
+    prior_inclusion: float = 1e-3
+    temperature: float = 0.5
+    input_gates: bool = True
     init_rho: float | None = -6.0
     kl_warmup_epochs: int = 0
     keep_fraction: float = 0.1
@@ -91,7 +108,11 @@ class CompressConfig:
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
         check_in_range("lr", self.lr, 0.0, 10.0, low_inclusive=False)
+        check_in_range("prior_lr", self.prior_lr, 0.0, 10.0, low_inclusive=False)
+        check_in_range("rho_lr", self.rho_lr, 0.0, 10.0, low_inclusive=False)
         check_positive("prior_scale", self.prior_scale)
+        check_in_range("prior_inclusion", self.prior_inclusion, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_positive("temperature", self.temperature)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
         check_in_range("keep_fraction", self.keep_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         if self.snr_threshold is not None:
@@ -161,17 +182,29 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     """The trained, masked network, its masks, the training records, and the MC samples its metrics use."""
     train = dict(seed=config.seed, device=config.device, quiet=config.quiet, eval_samples=0)
     records: list[dict] = []
+    init = PosteriorInit(rho=config.init_rho)
     if method == "gaussian-snr":
-        bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=PosteriorInit(rho=config.init_rho))
+        bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=init)
         records += fit(network, train_loader, val_loader, TrainConfig(
             epochs=config.epochs, lr=config.lr, kl_warmup_epochs=config.kl_warmup_epochs, **train))
-        strategy = SNRPruning(threshold=config.snr_threshold, level=config.level,
-                              keep_fraction=None if config.snr_threshold is not None else config.keep_fraction)
+        masks = SNRPruning(threshold=config.snr_threshold, level=config.level,
+                           keep_fraction=None if config.snr_threshold is not None else config.keep_fraction,
+                           ).masks(network)
+        samples = config.mc_samples
+    elif method in SPIKE_SLAB_PRIORS:
+        prior = SPIKE_SLAB_PRIORS[method](prior_inclusion=config.prior_inclusion, temperature=config.temperature,
+                                          input_gates=config.input_gates)
+        bayesianize_(network, prior, init=init)
+        records += fit(network, train_loader, val_loader, TrainConfig(
+            epochs=config.epochs, lr=config.lr, prior_lr=config.prior_lr, rho_lr=config.rho_lr,
+            kl_warmup_epochs=config.kl_warmup_epochs, **train), callbacks=[GateMonitor()])
+        masks = InclusionPruning(threshold=0.5).masks(network)
+        # gates and scales become part of the weights: fine-tuning and export then see ordinary layers
+        fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))
         samples = config.mc_samples
     else:
-        strategy = MagnitudePruning(config.keep_fraction)
+        masks = MagnitudePruning(config.keep_fraction).masks(network)
         samples = 0
-    masks = strategy.masks(network)
     masks.apply_(network)
     if config.finetune_epochs:
         records += fit(network, train_loader, val_loader, TrainConfig(  # annealed: settle the survivors

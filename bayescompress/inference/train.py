@@ -37,6 +37,12 @@ class TrainConfig:
     ----------
     epochs: passes over the training data (>= 1).
     lr: Adam learning rate (> 0).
+    prior_lr: learning rate of the priors' own variational parameters (spike-and-slab gate logits and
+        log-scales); None = ``lr``. These live on a log-odds / log scale and need to travel several units
+        in a few epochs, which a weight-sized step cannot do.
+    rho_lr: learning rate of the posterior standard deviations' parameters rho; None = ``lr``. A larger value
+        lets sigma reach the width the data allow within an epoch or two — before spike-and-slab gates
+        decide, since a unit's slab KL, which the gate weighs against the data, depends on it.
     weight_decay: Adam weight decay (>= 0); for deterministic pretraining only, VI has its prior.
     lr_schedule: ``"constant"`` or ``"cosine"`` (annealed to 0 over all steps).
     kl_weight: beta once warm-up is over (> 0; 1 is the ELBO).
@@ -54,6 +60,8 @@ class TrainConfig:
 
     epochs: int = 10
     lr: float = 1e-3
+    prior_lr: float | None = None
+    rho_lr: float | None = None
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     kl_weight: float = 1.0
@@ -66,6 +74,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
         check_in_range("lr", self.lr, 0.0, 10.0, low_inclusive=False)
+        for name in ("prior_lr", "rho_lr"):
+            if getattr(self, name) is not None:
+                check_in_range(name, getattr(self, name), 0.0, 10.0, low_inclusive=False)
         check_in_range("weight_decay", self.weight_decay, 0.0)
         check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_positive("kl_weight", self.kl_weight)
@@ -118,7 +129,7 @@ class Trainer:
         self.device = torch.device(self.config.device)
         # fused Adam updates each tensor in one pass: VI doubles the parameter count, so the optimiser matters
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
+            _parameter_groups(model, self.config), lr=self.config.lr, weight_decay=self.config.weight_decay,
             fused=_fused_adam_supported(self.device),
         )
         total_steps = self.config.epochs * self.steps_per_epoch
@@ -233,6 +244,21 @@ def fit(
     2
     """
     return Trainer(model, train_loader, val_loader, config, callbacks, n_train).fit()
+
+
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Three Adam groups: the posterior means (and any deterministic parameter) at ``lr``, the posterior
+    rho at ``rho_lr``, the priors' variational parameters at ``prior_lr`` (empty groups are left out)."""
+    layers = [layer for _, layer in bayesian_layers(model)]
+    prior = {id(p) for layer in layers for p in layer.prior.parameters()}
+    rho = {id(p) for layer in layers for p in (layer.weight_rho, layer.bias_rho) if p is not None}
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if id(p) not in prior and id(p) not in rho]},
+        {"params": [p for p in params if id(p) in rho], "lr": config.rho_lr or config.lr},
+        {"params": [p for p in params if id(p) in prior], "lr": config.prior_lr or config.lr},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def _fused_adam_supported(device: torch.device) -> bool:

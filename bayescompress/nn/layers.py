@@ -20,6 +20,8 @@ from bayescompress.priors.gaussian import GaussianPrior
 
 # Added under the square root so a pre-activation whose variance is exactly zero keeps a finite gradient.
 _VARIANCE_FLOOR = 1e-8
+# Smallest sigma a folded posterior keeps: a factor of 0 (a pruned unit) would otherwise make rho = -inf.
+_SIGMA_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class PosteriorInit:
 
     def sigma(self, mean: Tensor) -> Tensor:
         if self.rho is not None:
-            return torch.full_like(mean, F.softplus(torch.tensor(self.rho)).item())
+            return torch.full_like(mean, F.softplus(torch.tensor(float(self.rho))).item())
         return self.relative * mean.abs() + self.floor
 
 
@@ -55,6 +57,20 @@ def inverse_softplus(sigma: Tensor) -> Tensor:
     """rho with softplus(rho) = sigma, computed in float64 because expm1 of a tiny sigma loses digits."""
     s = sigma.double()
     return torch.where(s > 20, s, torch.log(torch.expm1(s))).to(sigma.dtype)
+
+
+def _scale_channels(x: Tensor, factor: Tensor | None) -> Tensor:
+    """x times a per-channel factor along dim 1 (features of a linear layer, channels of a conv)."""
+    if factor is None:
+        return x
+    return x * factor.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _scale_posterior_(mean: Tensor, rho: Tensor, factor: Tensor) -> None:
+    """mu <- factor mu, sigma <- |factor| sigma (kept above a floor so rho stays finite where factor is 0)."""
+    sigma = F.softplus(rho) * factor.abs()
+    mean.mul_(factor)
+    rho.copy_(inverse_softplus(sigma.clamp_min(_SIGMA_FLOOR)))
 
 
 class BayesianLayer(nn.Module):
@@ -75,12 +91,13 @@ class BayesianLayer(nn.Module):
     def _setup_posterior(self, prior: Prior | None, init: PosteriorInit | None) -> None:
         init = init or PosteriorInit()
         self.mc_sample = False
-        self.prior = prior if prior is not None else GaussianPrior()
         self.weight_rho = nn.Parameter(inverse_softplus(init.sigma(self.weight.detach())))
         if self.bias is not None:
             self.bias_rho = nn.Parameter(inverse_softplus(init.sigma(self.bias.detach())))
         else:
             self.register_parameter("bias_rho", None)
+        self.prior = prior if prior is not None else GaussianPrior()
+        self.prior.attach(self)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -106,12 +123,46 @@ class BayesianLayer(nn.Module):
         return variance if keep is None else variance * keep
 
     def forward(self, x: Tensor) -> Tensor:
+        sample = self.training or self.mc_sample
+        x = _scale_channels(x, self.prior.input_multiplier(self, sample))
         mean = self._op(x, self.weight, self.bias)
-        if not (self.training or self.mc_sample):
-            return mean
-        bias_var = None if self.bias_rho is None else self.bias_sigma * self.bias_sigma
-        variance = self._op(x * x, self.weight_variance(), bias_var)
-        return mean + torch.sqrt(variance + _VARIANCE_FLOOR) * torch.randn_like(mean)
+        if sample:
+            bias_var = None if self.bias_rho is None else self.bias_sigma * self.bias_sigma
+            variance = self._op(x * x, self.weight_variance(), bias_var)
+            mean = mean + torch.sqrt(variance + _VARIANCE_FLOOR) * torch.randn_like(mean)
+        return _scale_channels(mean, self.prior.unit_multiplier(self, sample))
+
+    @torch.no_grad()
+    def scale_posterior_(self, units: Tensor | None = None, inputs: Tensor | None = None) -> BayesianLayer:
+        """Multiply the posterior of weight (j, i) by u_j v_i and of bias j by u_j; returns the layer.
+
+        mu <- u v mu and sigma <- |u v| sigma, i.e. the posterior of the scaled variable. ``units`` (u, one
+        per output unit) and ``inputs`` (v, one per input channel) default to ones.
+        """
+        weight = getattr(self, "weight_orig", self.weight)  # the Parameter, also when a prune mask is registered
+        factor = torch.ones_like(weight)
+        if units is not None:
+            factor = factor * units.view(-1, *([1] * (weight.dim() - 1)))
+        if inputs is not None:
+            factor = _scale_channels(factor, inputs)
+        _scale_posterior_(weight, self.weight_rho, factor)
+        if self.bias is not None and units is not None:
+            _scale_posterior_(self.bias, self.bias_rho, units)
+        return self
+
+    @torch.no_grad()
+    def fold_multipliers_(self, prior: Prior) -> BayesianLayer:
+        """Fold the prior's point multipliers into the posterior and switch to ``prior``; returns the layer.
+
+        Unit factor u_j and input factor v_i (spike-and-slab gates times scales) become part of the
+        weights (:meth:`scale_posterior_`). The eval-mode function is unchanged, and what follows (masked
+        fine-tuning, pruning scores, export) sees ordinary weights.
+        """
+        self.scale_posterior_(self.prior.unit_multiplier(self, sample=False),
+                              self.prior.input_multiplier(self, sample=False))
+        self.prior = prior
+        prior.attach(self)
+        return self
 
     def kl(self) -> Tensor:
         """KL(q || prior) of this layer, summed."""

@@ -40,7 +40,8 @@ def bayesianize_(
     model:
         Any ``nn.Module``; layers are found by ``isinstance`` anywhere in the module tree (the root too).
     prior:
-        A :class:`~bayescompress.priors.Prior` (each layer gets its own deep copy), a factory
+        A :class:`~bayescompress.priors.Prior` (each layer gets its own deep copy of
+        ``prior.for_position(first, last)``, so e.g. the output layer can be slab-only), a factory
         ``(qualified_name, layer) -> Prior`` for per-layer priors, or None for ``GaussianPrior()``.
     include, exclude:
         Glob patterns over qualified module names (e.g. ``"features.*"``); a layer is converted when it
@@ -78,17 +79,20 @@ def bayesianize_(
     if candidates and not selected:
         names = ", ".join(name or "<root>" for name, _ in candidates)
         raise ValueError(f"include/exclude patterns select none of the convertible layers ({names})")
+    # the network's first and last layers (the output layer keeps its units under spike-and-slab priors)
+    order = [name for name, m in model.named_modules() if isinstance(m, tuple(BAYESIAN_TYPES))]
     for name, module in selected:
         bayes_type = next(b for t, b in BAYESIAN_TYPES.items() if isinstance(module, t))
-        bayes_type.convert_(module, _prior_for(prior, name, module), init)
+        position = dict(first=name == order[0], last=name == order[-1])
+        bayes_type.convert_(module, _prior_for(prior, name, module, position), init)
     return model
 
 
-def _prior_for(prior: Prior | PriorFactory | None, name: str, module: nn.Module) -> Prior:
+def _prior_for(prior: Prior | PriorFactory | None, name: str, module: nn.Module, position: dict) -> Prior:
     if prior is None:
         return GaussianPrior()
     if isinstance(prior, Prior):
-        return copy.deepcopy(prior)
+        return copy.deepcopy(prior.for_position(**position))
     if callable(prior):
         made = prior(name, module)
         if not isinstance(made, Prior):
@@ -108,6 +112,17 @@ def kl_divergence(model: nn.Module) -> Tensor:
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()
+
+
+def fold_multipliers_(model: nn.Module, prior: Prior | None = None) -> nn.Module:
+    """Fold every layer's prior multipliers into its weights and give it a copy of ``prior`` (Gaussian default).
+
+    After spike-and-slab training this turns each layer into an ordinary mean-field layer whose eval-mode
+    function is the same (see :meth:`BayesianLayer.fold_multipliers_`); returns ``model``.
+    """
+    for _, layer in bayesian_layers(model):
+        layer.fold_multipliers_(copy.deepcopy(prior) if prior is not None else GaussianPrior())
+    return model
 
 
 def update_priors(model: nn.Module) -> None:

@@ -2,5 +2,6 @@
 
 from bayescompress.priors.base import Prior
 from bayescompress.priors.gaussian import GaussianPrior
+from bayescompress.priors.spike_slab import SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso, SpikeSlabPrior
 
-__all__ = ["Prior", "GaussianPrior"]
+__all__ = ["Prior", "GaussianPrior", "SpikeSlabGroupHorseshoe", "SpikeSlabGroupLasso", "SpikeSlabPrior"]

@@ -21,8 +21,30 @@ class Prior(nn.Module, abc.ABC):
     """Base class of the priors over one layer's weights and bias.
 
     Subclasses implement :meth:`kl`; :meth:`update` (closed-form steps between SGD phases) and
-    :meth:`statistics` (posterior summaries used by pruning) have sensible defaults.
+    :meth:`statistics` (posterior summaries used by pruning) have sensible defaults. Families with
+    per-unit latent variables (spike-and-slab gates and scales) also override :meth:`attach`, which creates
+    their layer-shaped variational parameters, and :meth:`unit_multiplier` / :meth:`input_multiplier`,
+    through which those variables act on the layer's output units and input channels.
     """
+
+    def attach(self, layer: BayesianLayer) -> None:
+        """Called once when the prior is attached to ``layer`` (whose posterior is already set up).
+
+        A family that re-expresses the weights (e.g. w = s * beta) creates its parameters here and rescales
+        the posterior with ``layer.scale_posterior_`` so the layer still computes the same function.
+        """
+
+    def for_position(self, first: bool, last: bool) -> Prior:
+        """The prior to use for a layer at this place in the network (the output layer may differ)."""
+        return self
+
+    def unit_multiplier(self, layer: BayesianLayer, sample: bool) -> Tensor | None:
+        """Per-output-unit factor on the layer's output (a sample when ``sample``, else a point value)."""
+        return None
+
+    def input_multiplier(self, layer: BayesianLayer, sample: bool) -> Tensor | None:
+        """Per-input-channel factor on the layer's input (a sample when ``sample``, else a point value)."""
+        return None
 
     @abc.abstractmethod
     def kl(self, layer: BayesianLayer) -> Tensor:

@@ -7,6 +7,7 @@ A strategy only decides what to keep; structure propagation and export are separ
 from __future__ import annotations
 
 import abc
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -132,7 +133,9 @@ class InclusionPruning(PruningStrategy):
     """Drop what a sparsity prior says is probably off: inclusion probability < ``threshold``.
 
     Reads ``prior.statistics(layer)``: ``"inclusion"`` (per weight, e.g. Turbo-VBI's pi~) or
-    ``"unit_inclusion"`` (per unit, e.g. spike-and-slab gates g_j), whichever the prior provides.
+    ``"unit_inclusion"`` (per unit, e.g. spike-and-slab gates g_j), whichever the prior provides, and
+    ``"input_inclusion"`` (per input feature or channel) where the inputs are gated. A hidden layer left with
+    no unit triggers a warning naming it; structure propagation then keeps the network valid.
     """
 
     def __init__(self, threshold: float = 0.5):
@@ -144,6 +147,20 @@ class InclusionPruning(PruningStrategy):
         stats = [layer.prior.statistics(layer) for _, layer in layers]
         if all("unit_inclusion" in s for s in stats):
             probs = [importance.inclusion_probability(layer, "unit_inclusion") for _, layer in layers]
-            return self._from_unit_masks(layers, [p >= self.threshold for p in probs])
-        probs = [importance.inclusion_probability(layer, "inclusion") for _, layer in layers]
-        return self._from_weight_masks(layers, [p >= self.threshold for p in probs])
+            masks = self._from_unit_masks(layers, [p >= self.threshold for p in probs])
+        else:
+            probs = [importance.inclusion_probability(layer, "inclusion") for _, layer in layers]
+            masks = self._from_weight_masks(layers, [p >= self.threshold for p in probs])
+        for (name, layer), layer_stats in zip(layers, stats):
+            if "input_inclusion" in layer_stats:
+                inputs = layer_stats["input_inclusion"] >= self.threshold
+                masks.weight[name] &= inputs.view(1, -1, *([1] * (layer.weight.dim() - 2)))
+        for name, _ in layers[:-1]:
+            if not masks.weight[name].any():
+                warnings.warn(
+                    f"inclusion pruning removed every unit of hidden layer {name!r}: the network's output no "
+                    "longer depends on its input there (its constant is kept); train with a larger "
+                    "prior_inclusion, or a lower threshold",
+                    stacklevel=2,
+                )
+        return masks

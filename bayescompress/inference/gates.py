@@ -1,0 +1,66 @@
+"""Relaxed-Bernoulli gates: the reparameterised samples of spike-and-slab inclusion variables (SPEC section 3).
+
+A gate z ~ Bernoulli(sigmoid(logit)) has no reparameterisation gradient. The binary Concrete relaxation
+(Maddison et al. 2017; Jang et al. 2017) does, and its straight-through form keeps the forward pass exactly
+binary: the network sees hard 0/1 gates (as the pruned network will) while the gradient flows through the
+relaxed sample. ``pyro.distributions.RelaxedBernoulliStraightThrough`` implements exactly this.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from pyro.distributions import RelaxedBernoulliStraightThrough
+from torch import Tensor
+
+from bayescompress.inference.train import Callback, Trainer
+from bayescompress.nn.model import bayesian_layers
+
+
+def sample_gates(logits: Tensor, temperature: Tensor | float) -> Tensor:
+    """One hard 0/1 sample per logit, with the binary-Concrete straight-through gradient.
+
+    Example
+    -------
+    >>> import torch
+    >>> sample_gates(torch.tensor([20.0, -20.0]), 0.5)
+    tensor([1., 0.])
+    """
+    return RelaxedBernoulliStraightThrough(temperature, logits=logits).rsample()
+
+
+def point_gates(logits: Tensor) -> Tensor:
+    """The gates' point value: 1 where the inclusion probability sigmoid(logit) is at least 1/2, else 0.
+
+    The median of Bernoulli(g), and the decision the inclusion-threshold pruning takes, so the eval-mode
+    network equals the network pruned at g < 0.5.
+    """
+    return (logits >= 0).to(logits.dtype)
+
+
+class GateMonitor(Callback):
+    """Adds ``units/<layer>`` (units with inclusion probability >= 1/2) to every epoch record, and warns
+    once per hidden layer whose every unit has been switched off: the output would no longer depend on the
+    input there.
+    """
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    @torch.no_grad()
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:
+        layers = bayesian_layers(trainer.model)
+        for index, (name, layer) in enumerate(layers):
+            stats = layer.prior.statistics(layer)
+            if "unit_inclusion" not in stats:
+                continue
+            alive = int((stats["unit_inclusion"] >= 0.5).sum())
+            record[f"units/{name}"] = alive
+            if alive == 0 and index < len(layers) - 1 and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"every unit of hidden layer {name!r} has inclusion probability < 0.5 after epoch {epoch + 1}; "
+                    "pruning would cut the network there. Raise prior_inclusion or train fewer epochs.",
+                    stacklevel=2,
+                )
