@@ -2,7 +2,6 @@
 distributions (seeded by the conftest fixture), torch's registered KLs, and a KS test of the half-Cauchy
 scale-mixture identity that the Gamma x InvGamma KL pair relies on."""
 
-import math
 
 import pytest
 import scipy.stats
