@@ -80,6 +80,21 @@ def test_constant_unit_is_folded_into_the_next_bias():
     assert exported[1].out_features == 2 and exported[3].in_features == 2
 
 
+@pytest.mark.parametrize("bias, dropped", [(-1.0, True), (0.5, False)])
+def test_outgoing_weights_of_a_folded_unit_are_dropped_only_when_its_constant_is_zero(bias, dropped):
+    net = _random_bnn(mlp(4, (3,), 2))
+    with torch.no_grad():
+        net[1].bias[1] = bias  # relu(-1) = 0: the unit is silent; relu(0.5) is a constant the next layer reads
+    keep = torch.ones(3, 4, dtype=torch.bool)
+    keep[1] = False
+    x = torch.randn(5, 1, 2, 2)
+    masked = Masks({"1": keep}).apply_(net)
+    expected = masked(x)
+    structure = propagate(masked, Masks({"1": keep}), x)
+    assert structure.masks.weight["3"][:, 1].any() != dropped
+    assert torch.allclose(structure.masks.apply_(masked)(x), expected, atol=1e-6)
+
+
 def test_unit_without_outgoing_weights_is_removed_and_its_row_dropped():
     net = _random_bnn(mlp(4, (3,), 2))
     out_keep = torch.ones(2, 3, dtype=torch.bool)

@@ -40,7 +40,8 @@ def point_gates(logits: Tensor) -> Tensor:
 
 
 class GateMonitor(Callback):
-    """Adds ``units/<layer>`` (units with inclusion probability >= 1/2) to every epoch record, and warns
+    """Adds ``units/<layer>`` (units with inclusion probability >= 1/2), and ``inputs/<layer>`` where the
+    inputs are gated, to every epoch record, and warns
     once per hidden layer whose every unit has been switched off: the output would no longer depend on the
     input there.
     """
@@ -57,6 +58,8 @@ class GateMonitor(Callback):
                 continue
             alive = int((stats["unit_inclusion"] >= 0.5).sum())
             record[f"units/{name}"] = alive
+            if "input_inclusion" in stats:
+                record[f"inputs/{name}"] = int((stats["input_inclusion"] >= 0.5).sum())
             if alive == 0 and index < len(layers) - 1 and name not in self._warned:
                 self._warned.add(name)
                 warnings.warn(

@@ -147,6 +147,7 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
     # every unit starts alive: one without incoming weights still outputs act(bias), which must be folded
     units = [torch.ones(k.shape[0], dtype=torch.bool, device=k.device) for k in weight_keep]
     unused = [torch.zeros_like(u) for u in units]  # removed because nothing reads them
+    silent = [torch.zeros_like(u) for u in units]  # folded units whose constant output is exactly 0
     correction = [torch.zeros_like(b) for b in biases]
 
     def incoming(i: int) -> Tensor:
@@ -171,16 +172,25 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
             if bool(remove.sum() == units[i].sum()):
                 remove = _keep_best_unit(names[i], remove, weights[i], units[i])
                 fold &= remove
-            if fold.any() and not _fold_constants(chain, i, fold, biases, correction, weights, shapes):
-                remove &= ~fold  # not foldable exactly: those units stay
+            if fold.any():
+                folded = _fold_constants(chain, i, fold, biases, correction, weights, shapes)
+                if folded is None:
+                    remove &= ~fold  # not foldable exactly: those units stay
+                else:
+                    silent[i] |= folded
             if remove.any():
                 units[i] &= ~remove
                 unused[i] |= remove & dead_out
                 changed = True
 
-    # Incoming weights of unused units can go without changing the function; those of folded units cannot
-    # (the masked network still computes the constant through them).
+    # Incoming weights of unused units can go without changing the function, and so can the outgoing
+    # weights of folded units whose constant is 0 (e.g. ReLU of a zero pre-activation); the outgoing weights
+    # of other folded units cannot (the masked network still computes the constant through them).
     final_weight = {n: k & ~d.view(-1, *([1] * (k.dim() - 1))) for n, k, d in zip(names, weight_keep, unused)}
+    for i in range(len(layers) - 1):
+        keep = final_weight[names[i + 1]]
+        grouped = keep.reshape(keep.shape[0], units[i].numel(), -1) & ~silent[i].view(1, -1, 1)
+        final_weight[names[i + 1]] = grouped.reshape(keep.shape)
     return Structure(
         Masks({n: w.cpu() for n, w in final_weight.items()}, {n: u.cpu() for n, u in zip(names, units)}),
         {n: c.cpu() for n, c in zip(names, correction)},
@@ -188,12 +198,13 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
     )
 
 
-def _fold_constants(chain: Chain, i: int, fold: Tensor, biases, correction, weights, shapes) -> bool:
+def _fold_constants(chain: Chain, i: int, fold: Tensor, biases, correction, weights, shapes) -> Tensor | None:
     """Add the effect of the constant units ``fold`` of layer i to layer i+1's bias correction.
 
     The constant pre-activation is bias + correction; it is pushed through the channel-wise modules after
-    layer i and through layer i+1's (masked) weights. Returns False, folding nothing, when the result is not
-    spatially constant (a padded convolution sees the zero border), so those units are kept instead.
+    layer i and through layer i+1's (masked) weights. Returns the folded units whose constant output is
+    exactly 0, or None, folding nothing, when the result is not spatially constant (a padded convolution
+    sees the zero border), so those units are kept instead.
     """
     constant = (biases[i] + correction[i]) * fold
     spatial = shapes[chain.names[i]][1:]
@@ -204,9 +215,9 @@ def _fold_constants(chain: Chain, i: int, fold: Tensor, biases, correction, weig
     delta = linear_op(chain.layers[i + 1], u, weights[i + 1])
     flat = delta.reshape(delta.shape[1], -1)
     if not torch.allclose(flat, flat[:, :1].expand_as(flat), rtol=1e-5, atol=1e-6):
-        return False
+        return None
     correction[i + 1] += flat[:, 0]
-    return True
+    return fold & (u.reshape(fold.numel(), -1) == 0).all(dim=1)
 
 
 def _keep_best_unit(name: str, remove: Tensor, weight: Tensor, alive: Tensor) -> Tensor:
