@@ -57,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
     comp.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr)
     comp.add_argument("--mc-samples", type=int, default=defaults.mc_samples)
+    comp.add_argument("--kl-warmup-epochs", type=int, default=defaults.kl_warmup_epochs)
+    spike_slab = comp.add_argument_group("spike-and-slab (ss-gl, ss-ghs)")
+    spike_slab.add_argument("--prior-inclusion", type=float, default=defaults.prior_inclusion,
+                            help=f"prior probability lambda that a unit is on (default {defaults.prior_inclusion})")
+    spike_slab.add_argument("--temperature", type=float, default=defaults.temperature,
+                            help=f"relaxed-Bernoulli temperature (default {defaults.temperature})")
+    spike_slab.add_argument("--no-input-gates", dest="input_gates", action="store_false",
+                            help="do not gate the input features")
+    spike_slab.add_argument("--prior-lr", type=float, default=defaults.prior_lr,
+                            help=f"learning rate of gate logits and log-scales (default {defaults.prior_lr})")
+    spike_slab.add_argument("--rho-lr", type=float, default=defaults.rho_lr,
+                            help=f"learning rate of the posterior rho (default {defaults.rho_lr})")
     comp.add_argument("--batch-size", type=int, default=128)
     _common(comp)
 
@@ -116,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 epochs=args.epochs, lr=args.lr, prior_scale=args.prior_scale, init_rho=args.init_rho,
                 keep_fraction=args.keep_fraction,
                 snr_threshold=args.snr_threshold, level=args.level, finetune_epochs=args.finetune_epochs,
-                finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, seed=args.seed, quiet=args.quiet,
+                finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, kl_warmup_epochs=args.kl_warmup_epochs,
+                prior_inclusion=args.prior_inclusion, temperature=args.temperature, input_gates=args.input_gates,
+                prior_lr=args.prior_lr, rho_lr=args.rho_lr, seed=args.seed, quiet=args.quiet,
             )
             result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,
                                               config, batch_size=args.batch_size)

@@ -61,6 +61,32 @@ def test_compress_reports_every_documented_metric(results, method):
     assert metrics["architecture"]["exported"][-1] == 10
 
 
+@pytest.fixture(scope="module")
+def spike_slab_results(pretrained, digits):
+    train, val, test = digits
+    config = CompressConfig(epochs=6, kl_warmup_epochs=1, prior_lr=5e-2, rho_lr=5e-2, finetune_epochs=2,
+                            mc_samples=4, quiet=True)
+    return {method: compress(pretrained, train, val, method, test_loader=test, config=config)
+            for method in ("ss-gl", "ss-ghs")}
+
+
+@pytest.mark.parametrize("method", ["ss-gl", "ss-ghs"])
+def test_spike_slab_methods_remove_whole_units_and_inputs_and_export_exactly(spike_slab_results, method, tmp_path):
+    result = spike_slab_results[method]
+    metrics = result.metrics
+    for key in REQUIRED_KEYS:
+        _get(metrics, key)
+    hidden = metrics["architecture"]["exported"][0]
+    assert hidden < 32 and metrics["architecture"]["exported"][-1] == 10  # units removed, classes kept
+    first = result.masks.weight[next(iter(result.masks.weight))]
+    assert not first.any(dim=0).all()  # some input features (digits' blank pixels) were gated off
+    assert metrics["export_max_abs_diff"] <= 1e-4
+    assert metrics["compressed"]["accuracy"] > 0.85
+    assert any(key.startswith("units/") for key in result.history[0])  # the gate monitor ran
+    loaded = load(result.save(tmp_path / "run"))
+    assert loaded.metrics["compression_rate"] == metrics["compression_rate"]
+
+
 def test_compress_leaves_the_input_model_untouched(pretrained, results):
     assert all(type(m).__name__ in ("Sequential", "Flatten", "Linear", "ReLU") for m in pretrained.modules())
 
@@ -113,7 +139,8 @@ def test_a_run_folder_from_a_newer_format_is_refused(results, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("keep_fraction", 1.0), ("keep_fraction", 0.0), ("prior_scale", 0.0),
-                                          ("finetune_epochs", -1), ("level", "filter")])
+                                          ("finetune_epochs", -1), ("level", "filter"), ("prior_inclusion", 1.0),
+                                          ("temperature", 0.0), ("prior_lr", 0.0), ("rho_lr", -1.0)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         CompressConfig(**{field: value})
