@@ -30,7 +30,7 @@ from bayescompress._validation import (
 )
 from bayescompress.inference import GateMonitor, TrainConfig, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
-from bayescompress.nn import PosteriorInit, bayesianize_, fold_multipliers_
+from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_, fold_multipliers_
 from bayescompress.priors import GaussianPrior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.pruning import (
     InclusionPruning,
@@ -69,6 +69,8 @@ class CompressConfig:
         to |w| (:class:`~bayescompress.nn.PosteriorInit`). Starting well above 1e-3 |w| spares VI the many
         epochs it otherwise spends growing sigma (the defaults follow the benchmarked LeNet-300-100 recipe).
     kl_warmup_epochs: linear KL warm-up (epochs).
+    kl_weight: weight of the KL after warm-up in the training before pruning (1 = the ELBO; below 1 a
+        tempered posterior, which prunes less).
     keep_fraction: fraction of weights (or, with ``level="unit"``, of each layer's units) kept, in (0, 1).
     snr_threshold: keep SNR >= this instead of a fraction (gaussian-snr only).
     level: ``"weight"`` or ``"unit"`` (gaussian-snr).
@@ -94,6 +96,7 @@ class CompressConfig:
     input_gates: bool = True
     init_rho: float | None = -6.0
     kl_warmup_epochs: int = 0
+    kl_weight: float = 1.0
     keep_fraction: float = 0.1
     snr_threshold: float | None = None
     level: str = "weight"
@@ -114,6 +117,7 @@ class CompressConfig:
         check_in_range("prior_inclusion", self.prior_inclusion, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_positive("temperature", self.temperature)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
+        check_in_range("kl_weight", self.kl_weight, 0.0, 1.0, low_inclusive=False)
         check_in_range("keep_fraction", self.keep_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         if self.snr_threshold is not None:
             check_in_range("snr_threshold", self.snr_threshold, 0.0)
@@ -186,7 +190,8 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     if method == "gaussian-snr":
         bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=init)
         records += fit(network, train_loader, val_loader, TrainConfig(
-            epochs=config.epochs, lr=config.lr, kl_warmup_epochs=config.kl_warmup_epochs, **train))
+            epochs=config.epochs, lr=config.lr, kl_warmup_epochs=config.kl_warmup_epochs,
+            kl_weight=config.kl_weight, **train))
         masks = SNRPruning(threshold=config.snr_threshold, level=config.level,
                            keep_fraction=None if config.snr_threshold is not None else config.keep_fraction,
                            ).masks(network)
@@ -197,10 +202,15 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
         bayesianize_(network, prior, init=init)
         records += fit(network, train_loader, val_loader, TrainConfig(
             epochs=config.epochs, lr=config.lr, prior_lr=config.prior_lr, rho_lr=config.rho_lr,
-            kl_warmup_epochs=config.kl_warmup_epochs, **train), callbacks=[GateMonitor()])
+            kl_warmup_epochs=config.kl_warmup_epochs, kl_weight=config.kl_weight, **train),
+            callbacks=[GateMonitor()])
         masks = InclusionPruning(threshold=0.5).masks(network)
         # gates and scales become part of the weights: fine-tuning and export then see ordinary layers
         fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))
+        # Under the slab, a weight the data leave free has sigma = s0 * s_j, the unit's whole weight scale;
+        # as a Gaussian-prior posterior that is pure noise, so the fine-tuning restarts sigma as conversion did.
+        for _, layer in bayesian_layers(network):
+            layer.reset_sigma_(init)
         samples = config.mc_samples
     else:
         masks = MagnitudePruning(config.keep_fraction).masks(network)

@@ -204,3 +204,17 @@ def test_bad_posterior_init_names_the_field():
         PosteriorInit(floor=0.0)
     with pytest.raises(ValueError, match="relative"):
         PosteriorInit(relative=-1.0)
+
+
+def test_reset_sigma_restarts_from_the_current_means_and_respects_prune_masks():
+    layer = BayesLinear(4, 3)
+    with torch.no_grad():
+        layer.weight.mul_(5.0)
+        layer.weight_rho.fill_(1.0)
+    torch.nn.utils.prune.custom_from_mask(layer, "weight", torch.ones(3, 4))
+    init = PosteriorInit(relative=0.01, floor=1e-4)
+    layer.reset_sigma_(init)
+    assert torch.allclose(layer.weight_sigma, 0.01 * layer.weight_orig.abs() + 1e-4, rtol=1e-4)
+    assert torch.allclose(layer.bias_sigma, 0.01 * layer.bias.abs() + 1e-4, rtol=1e-4)
+    layer.reset_sigma_(PosteriorInit(rho=-6.0))
+    assert torch.allclose(layer.weight_sigma, torch.full((3, 4), 0.00247568), rtol=1e-4)

@@ -151,6 +151,15 @@ class BayesianLayer(nn.Module):
         return self
 
     @torch.no_grad()
+    def reset_sigma_(self, init: PosteriorInit) -> BayesianLayer:
+        """Restart the posterior standard deviations from the current means as conversion does; returns the layer."""
+        weight = getattr(self, "weight_orig", self.weight)
+        self.weight_rho.copy_(inverse_softplus(init.sigma(weight)))
+        if self.bias is not None:
+            self.bias_rho.copy_(inverse_softplus(init.sigma(self.bias)))
+        return self
+
+    @torch.no_grad()
     def fold_multipliers_(self, prior: Prior) -> BayesianLayer:
         """Fold the prior's point multipliers into the posterior and switch to ``prior``; returns the layer.
 
