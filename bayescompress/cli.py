@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr)
     comp.add_argument("--mc-samples", type=int, default=defaults.mc_samples)
     comp.add_argument("--kl-warmup-epochs", type=int, default=defaults.kl_warmup_epochs)
+    comp.add_argument("--kl-weight", type=float, default=defaults.kl_weight,
+                      help="KL weight before pruning, in (0, 1]; 1 = the ELBO (default)")
     spike_slab = comp.add_argument_group("spike-and-slab (ss-gl, ss-ghs)")
     spike_slab.add_argument("--prior-inclusion", type=float, default=defaults.prior_inclusion,
                             help=f"prior probability lambda that a unit is on (default {defaults.prior_inclusion})")
@@ -129,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep_fraction=args.keep_fraction,
                 snr_threshold=args.snr_threshold, level=args.level, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, kl_warmup_epochs=args.kl_warmup_epochs,
-                prior_inclusion=args.prior_inclusion, temperature=args.temperature, input_gates=args.input_gates,
+                kl_weight=args.kl_weight, prior_inclusion=args.prior_inclusion, temperature=args.temperature,
+                input_gates=args.input_gates,
                 prior_lr=args.prior_lr, rho_lr=args.rho_lr, seed=args.seed, quiet=args.quiet,
             )
             result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,
