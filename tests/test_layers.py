@@ -218,3 +218,29 @@ def test_reset_sigma_restarts_from_the_current_means_and_respects_prune_masks():
     assert torch.allclose(layer.bias_sigma, 0.01 * layer.bias.abs() + 1e-4, rtol=1e-4)
     layer.reset_sigma_(PosteriorInit(rho=-6.0))
     assert torch.allclose(layer.weight_sigma, torch.full((3, 4), 0.00247568), rtol=1e-4)
+
+
+def test_softplus_squared_gradient_matches_finite_differences():
+    from bayescompress.nn.layers import _SoftplusSquared
+
+    rho = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    keep = (torch.rand(4, 3) > 0.5).double()
+    assert torch.autograd.gradcheck(lambda r: _SoftplusSquared.apply(r, None), (rho,))
+    assert torch.autograd.gradcheck(lambda r: _SoftplusSquared.apply(r, keep), (rho,))
+    assert torch.allclose(_SoftplusSquared.apply(rho, keep), F.softplus(rho) ** 2 * keep)
+
+
+def test_sampled_output_is_the_plain_formula_with_the_same_noise_and_its_gradient_checks():
+    from bayescompress.nn.layers import _VARIANCE_FLOOR, _SampleOutput
+
+    mean = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    variance = (torch.rand(3, 5, dtype=torch.float64) + 0.1).requires_grad_()
+
+    def seeded(m, v):
+        torch.manual_seed(0)
+        return _SampleOutput.apply(m, v)
+
+    torch.manual_seed(0)
+    plain = mean + torch.sqrt(variance + _VARIANCE_FLOOR) * torch.randn_like(mean)
+    assert torch.allclose(seeded(mean, variance), plain)
+    assert torch.autograd.gradcheck(seeded, (mean, variance))

@@ -68,3 +68,15 @@ def test_scale_is_a_buffer_in_the_state_dict():
 def test_non_positive_scale_is_refused(scale):
     with pytest.raises(ValueError, match="scale"):
         GaussianPrior(scale=scale)
+
+
+def test_normal_kl_gradient_matches_finite_differences_and_is_zero_for_pruned_entries():
+    mu = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    sigma = (torch.rand(4, 3, dtype=torch.float64) + 0.1).requires_grad_()
+    prior_std = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    keep = (torch.rand(4, 3) > 0.5).float()
+    assert torch.autograd.gradcheck(kl_normal_normal_sum, (mu, sigma, prior_std))
+    assert torch.autograd.gradcheck(lambda m, s, p: kl_normal_normal_sum(m, s, p, keep), (mu, sigma, prior_std))
+    kl_normal_normal_sum(mu, sigma, prior_std, keep).backward()
+    pruned = keep == 0
+    assert (mu.grad[pruned] == 0).all() and (sigma.grad[pruned] == 0).all()
