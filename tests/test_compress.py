@@ -64,7 +64,7 @@ def test_compress_reports_every_documented_metric(results, method):
 @pytest.fixture(scope="module")
 def spike_slab_results(pretrained, digits):
     train, val, test = digits
-    config = CompressConfig(epochs=6, kl_warmup_epochs=1, prior_lr=5e-2, rho_lr=5e-2, finetune_epochs=2,
+    config = CompressConfig(epochs=6, kl_warmup_epochs=1, prior_lr=3e-2, rho_lr=3e-2, finetune_epochs=5,
                             mc_samples=4, quiet=True)
     return {method: compress(pretrained, train, val, method, test_loader=test, config=config)
             for method in ("ss-gl", "ss-ghs")}
@@ -81,7 +81,7 @@ def test_spike_slab_methods_remove_whole_units_and_inputs_and_export_exactly(spi
     first = result.masks.weight[next(iter(result.masks.weight))]
     assert not first.any(dim=0).all()  # some input features (digits' blank pixels) were gated off
     assert metrics["export_max_abs_diff"] <= 1e-4
-    assert metrics["compressed"]["accuracy"] > 0.85
+    assert metrics["compressed"]["accuracy"] > 0.93
     assert any(key.startswith("units/") for key in result.history[0])  # the gate monitor ran
     loaded = load(result.save(tmp_path / "run"))
     assert loaded.metrics["compression_rate"] == metrics["compression_rate"]
