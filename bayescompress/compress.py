@@ -28,7 +28,7 @@ from bayescompress._validation import (
     check_positive,
     check_positive_int,
 )
-from bayescompress.inference import GateMonitor, TrainConfig, fit
+from bayescompress.inference import Callback, GateMonitor, SilentUnits, TrainConfig, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
 from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_, fold_multipliers_
 from bayescompress.priors import GaussianPrior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
@@ -186,6 +186,7 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     """The trained, masked network, its masks, the training records, and the MC samples its metrics use."""
     train = dict(seed=config.seed, device=config.device, quiet=config.quiet, eval_samples=0)
     records: list[dict] = []
+    callbacks: list[Callback] = []
     init = PosteriorInit(rho=config.init_rho)
     if method == "gaussian-snr":
         bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=init)
@@ -211,6 +212,7 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
         # as a Gaussian-prior posterior that is pure noise, so the fine-tuning restarts sigma as conversion did.
         for _, layer in bayesian_layers(network):
             layer.reset_sigma_(init)
+        callbacks = [SilentUnits(network, masks.units)]
         samples = config.mc_samples
     else:
         masks = MagnitudePruning(config.keep_fraction).masks(network)
@@ -218,7 +220,7 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     masks.apply_(network)
     if config.finetune_epochs:
         records += fit(network, train_loader, val_loader, TrainConfig(  # annealed: settle the survivors
-            epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine", **train))
+            epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine", **train), callbacks)
     return network, masks, records, samples
 
 

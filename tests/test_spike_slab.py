@@ -286,3 +286,21 @@ def test_teacher_student_recovery_keeps_the_active_units_and_prunes_the_rest(fam
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     assert (student.eval()(x).argmax(1) == y).float().mean() > 0.95
+
+
+def test_silent_units_keep_a_pruned_unit_at_zero_through_fine_tuning():
+    from bayescompress.inference import SilentUnits
+
+    net = bayesianize_(_mlp(), SpikeSlabGroupLasso())
+    _switch_off(net, 0, [2, 7])
+    masks = InclusionPruning().masks(net)
+    fold_multipliers_(net)
+    masks.apply_(net)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    fit(net, [(x, y)], config=TrainConfig(epochs=5, lr=1e-2, quiet=True), n_train=64,
+        callbacks=[SilentUnits(net, masks.units)])
+    assert torch.equal(net[0].bias[[2, 7]].detach(), torch.zeros(2))
+    assert net[0].bias_sigma[[2, 7]].max() < 1e-6
+    assert net[0].bias[[0, 1, 3]].abs().min() > 0  # the kept units trained
+    structure = propagate(net, masks, x[:1])
+    assert not structure.masks.weight["2"][:, [2, 7]].any()  # nothing reads a silent unit

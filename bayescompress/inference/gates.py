@@ -17,6 +17,9 @@ from torch import Tensor
 from bayescompress.inference.train import Callback, Trainer
 from bayescompress.nn.model import bayesian_layers
 
+# rho of a silenced bias: sigma = softplus(-14) ~ 8e-7, so sampled networks see (almost exactly) 0 too
+_SILENT_RHO = -14.0
+
 
 def sample_gates(logits: Tensor, temperature: Tensor | float) -> Tensor:
     """One hard 0/1 sample per logit, with the binary-Concrete straight-through gradient.
@@ -67,3 +70,32 @@ class GateMonitor(Callback):
                     "pruning would cut the network there. Raise prior_inclusion or train fewer epochs.",
                     stacklevel=2,
                 )
+
+
+class SilentUnits(Callback):
+    """Keeps the units a gate switched off silent while the network is fine-tuned under its masks.
+
+    A spike-and-slab gate multiplies the whole unit, bias included, so after folding (bias times 0) a pruned
+    unit outputs act(0). The weight masks hold its incoming weights at 0, but not its bias: left to train, the
+    bias would turn the unit into a constant that the next layer then has to read. This pins those biases at
+    exactly 0 (mean, and a negligible sigma) by zeroing their gradients.
+
+    ``units`` maps layer names to unit keep masks (``Masks.units``).
+    """
+
+    def __init__(self, model: torch.nn.Module, units: dict[str, Tensor]) -> None:
+        self._off = []
+        for name, layer in bayesian_layers(model):
+            if layer.bias is None or name not in units or units[name].all():
+                continue
+            off = ~units[name].to(layer.bias.device)
+            with torch.no_grad():
+                layer.bias[off] = 0.0
+                layer.bias_rho[off] = _SILENT_RHO
+            self._off.append((layer, off))
+
+    def on_after_backward(self, trainer: Trainer) -> None:
+        for layer, off in self._off:
+            for param in (layer.bias, layer.bias_rho):
+                if param.grad is not None:
+                    param.grad[off] = 0.0
