@@ -127,9 +127,3 @@ def kl_normal_normal(mu: Tensor, sigma: Tensor, prior_std: Tensor | float) -> Te
     prior_std = _like(prior_std, mu)
     return torch.log(prior_std / sigma) + (sigma * sigma + mu * mu) / (2 * prior_std**2) - 0.5
 
-
-def kl_normal_normal_rows(mu: Tensor, sigma: Tensor, prior_std: Tensor | float) -> Tensor:
-    """Per output unit (row) sums of :func:`kl_normal_normal`, summed over every dim but dim 0: mu of shape
-    (out, ...) gives shape (out,). ``prior_std`` broadcasts (a scalar, or one value per row of shape (out, 1, ...)).
-    """
-    return kl_normal_normal(mu, sigma, prior_std).flatten(1).sum(1)
