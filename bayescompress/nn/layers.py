@@ -137,11 +137,12 @@ class BayesianLayer(nn.Module):
     def _setup_posterior(self, prior: Prior | None, init: PosteriorInit | None) -> None:
         init = init or PosteriorInit()
         self.mc_sample = False
-        self.weight_rho = nn.Parameter(inverse_softplus(init.sigma(self.weight.detach())))
+        self.weight_rho = nn.Parameter(torch.empty_like(self.weight))
         if self.bias is not None:
-            self.bias_rho = nn.Parameter(inverse_softplus(init.sigma(self.bias.detach())))
+            self.bias_rho = nn.Parameter(torch.empty_like(self.bias))
         else:
             self.register_parameter("bias_rho", None)
+        self.reset_sigma_(init)
         self.prior = prior if prior is not None else GaussianPrior()
         self.prior.attach(self)
 

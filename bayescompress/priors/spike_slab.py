@@ -206,11 +206,11 @@ class SpikeSlabPrior(Prior, abc.ABC):
         """Per-weight SNR statistics of beta, and per unit: ``unit_inclusion`` g_j (1 where ungated) and
         ``unit_scale`` (the point value of s_j); ``input_inclusion`` when the inputs are gated."""
         stats = super().statistics(layer)
-        units = self._point_scale().shape[0]
+        scale = self._point_scale().detach().clone()
         stats["unit_inclusion"] = (
-            torch.ones(units) if self.gate_logit is None else torch.sigmoid(self.gate_logit).detach().clone()
+            torch.ones_like(scale) if self.gate_logit is None else torch.sigmoid(self.gate_logit).detach().clone()
         )
-        stats["unit_scale"] = self._point_scale().detach().clone()
+        stats["unit_scale"] = scale
         if self.input_gate_logit is not None:
             stats["input_inclusion"] = torch.sigmoid(self.input_gate_logit).detach().clone()
         return stats
