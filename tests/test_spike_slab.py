@@ -304,3 +304,8 @@ def test_silent_units_keep_a_pruned_unit_at_zero_through_fine_tuning():
     assert net[0].bias[[0, 1, 3]].abs().min() > 0  # the kept units trained
     structure = propagate(net, masks, x[:1])
     assert not structure.masks.weight["2"][:, [2, 7]].any()  # nothing reads a silent unit
+
+
+def test_input_gates_on_a_grouped_first_conv_are_refused():
+    with pytest.raises(ValueError, match="groups=1"):
+        bayesianize_(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), SpikeSlabGroupLasso(input_gates=True))
