@@ -1,7 +1,7 @@
 """bayescompress: structured Bayesian compression of neural networks with hierarchical sparsity priors."""
 
 from bayescompress.compress import CompressConfig, compress
-from bayescompress.inference import Callback, TrainConfig, fit
+from bayescompress.inference import Callback, TrainConfig, TurboCallback, fit
 from bayescompress.metrics import classification_metrics, evaluate
 from bayescompress.nn import (
     BayesConv2d,
@@ -11,7 +11,7 @@ from bayescompress.nn import (
     kl_divergence,
     predict,
 )
-from bayescompress.priors import GaussianPrior, Prior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
+from bayescompress.priors import GaussianPrior, HierarchicalPrior, Prior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.runs import CompressionResult, load
 
 __version__ = "0.1.0"
@@ -23,11 +23,13 @@ __all__ = [
     "CompressConfig",
     "CompressionResult",
     "GaussianPrior",
+    "HierarchicalPrior",
     "PosteriorInit",
     "Prior",
     "SpikeSlabGroupHorseshoe",
     "SpikeSlabGroupLasso",
     "TrainConfig",
+    "TurboCallback",
     "bayesianize_",
     "classification_metrics",
     "compress",

@@ -1,7 +1,17 @@
-"""Training: the ELBO loop, the callbacks inference methods plug into, and relaxed-Bernoulli gates."""
+"""Training: the ELBO loop, the callbacks inference methods plug into, relaxed-Bernoulli gates, and Turbo-VBI
+(module A's closed-form updates, module B's message passing on the support's factor graph)."""
 
 from bayescompress.inference.gates import GateMonitor, SilentUnits, point_gates, sample_gates
+from bayescompress.inference.message_passing import (
+    BeliefPropagationWarning,
+    FactorGraph,
+    TransitionPotential,
+    belief_propagation,
+    gibbs_sample,
+)
 from bayescompress.inference.train import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
+from bayescompress.inference.turbo import TurboCallback
 
-__all__ = ["Callback", "GateMonitor", "NonFiniteLossError", "SilentUnits", "TrainConfig", "Trainer", "fit", "point_gates",
-           "sample_gates"]
+__all__ = ["BeliefPropagationWarning", "Callback", "FactorGraph", "GateMonitor", "NonFiniteLossError", "SilentUnits",
+           "TrainConfig", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
+           "gibbs_sample", "point_gates", "sample_gates"]

@@ -2,6 +2,7 @@
 
 from bayescompress.priors.base import Prior
 from bayescompress.priors.gaussian import GaussianPrior
+from bayescompress.priors.hierarchical import HierarchicalPrior
 from bayescompress.priors.spike_slab import SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso, SpikeSlabPrior
 
-__all__ = ["Prior", "GaussianPrior", "SpikeSlabGroupHorseshoe", "SpikeSlabGroupLasso", "SpikeSlabPrior"]
+__all__ = ["Prior", "GaussianPrior", "HierarchicalPrior", "SpikeSlabGroupHorseshoe", "SpikeSlabGroupLasso", "SpikeSlabPrior"]
