@@ -112,10 +112,26 @@ def module_a_(prior, layer) -> Tensor:
     return extrinsic
 
 
-def module_b(graph: FactorGraph, logit_pi0: float, extrinsic: Tensor, **bp) -> tuple[Tensor, BPResult]:
-    """Module B: BP on ``graph`` with unary log-odds ``logit pi0 + extrinsic``; returns (the message to module A,
-    ``logit pi0 + sum of incoming messages`` = belief - extrinsic, and the :class:`BPResult`)."""
-    result = belief_propagation(graph, extrinsic + logit_pi0, **bp)
+def module_b(graph: FactorGraph, logit_pi0: float, extrinsic: Tensor, *, check_evidence: bool = True,
+             name: str = "layer", **bp) -> tuple[Tensor, BPResult]:
+    """Module B: loopy BP on ``graph`` with unary log-odds ``logit pi0 + extrinsic`` (phi0 times module A's
+    evidence). Returns the message to module A, ``logit pi0 + sum of incoming messages`` (= belief - extrinsic,
+    i.e. belief / evidence), and the :class:`BPResult`.
+
+    With ``check_evidence``, warns (:class:`BeliefPropagationWarning`) when the couplings outweigh the evidence
+    (:func:`evidence_stability` above ``WEAK_EVIDENCE_GAIN``): there the exact posterior can be bimodal and BP
+    reports one mode. ``bp`` goes to :func:`belief_propagation` (damping, tol, max_iter, messages).
+    """
+    unary = extrinsic + logit_pi0
+    if check_evidence and graph.families:
+        gain = evidence_stability(graph, unary)
+        if gain > WEAK_EVIDENCE_GAIN:
+            warnings.warn(
+                f"{name}: the MRF couplings outweigh the evidence (linearised BP gain {gain:.2f} > "
+                f"{WEAK_EVIDENCE_GAIN}); loopy BP may lock onto one mode of the support posterior. Weaken the "
+                "couplings (p11 and p01 closer together) or train longer before pruning",
+                BeliefPropagationWarning, stacklevel=2)
+    result = belief_propagation(graph, unary, name=name, **bp)
     return result.incoming + logit_pi0, result
 
 
@@ -140,7 +156,7 @@ class TurboCallback(Callback):
     >>> fit(net, train, val, TrainConfig(epochs=5), callbacks=[TurboCallback()])   # doctest: +SKIP
     """
 
-    def __init__(self, updates_per_epoch: int = 1, damping: float = 0.5, tol: float = 1e-4, max_iter: int = 50):
+    def __init__(self, updates_per_epoch: int = 1, damping: float = 0.5, tol: float = 1e-4, max_iter: int = 100):
         check_positive_int("updates_per_epoch", updates_per_epoch)
         check_in_range("damping", damping, 0.0, 1.0, high_inclusive=False)
         check_in_range("tol", tol, 0.0, low_inclusive=False)
@@ -150,7 +166,7 @@ class TurboCallback(Callback):
         self._graphs: dict[str, FactorGraph] = {}
         self._messages: dict[str, tuple] = {}
         self._bp_iterations: dict[str, int] = {}
-        self._warned: set[str] = set()
+        self._checked: set[str] = set()
 
     @staticmethod
     def turbo_layers(model: nn.Module):
@@ -168,18 +184,10 @@ class TurboCallback(Callback):
                 self._graphs[name] = prior.factor_graph(prior.prior_logit.shape)
             graph = self._graphs[name]
             pi0 = float(prior.pi0)
-            logit_pi0 = math.log(pi0) - math.log1p(-pi0)
-            if name not in self._warned and graph.families:
-                gain = evidence_stability(graph, extrinsic + logit_pi0)
-                if gain > WEAK_EVIDENCE_GAIN:
-                    self._warned.add(name)
-                    warnings.warn(
-                        f"layer {name!r}: the MRF couplings outweigh module A's evidence (linearised BP gain "
-                        f"{gain:.2f} > {WEAK_EVIDENCE_GAIN}); loopy BP may lock onto one mode of the support. "
-                        "Weaken the couplings (p11 and p01 closer together) or train longer before pruning",
-                        BeliefPropagationWarning, stacklevel=2)
-            message, result = module_b(graph, logit_pi0, extrinsic, messages=self._messages.get(name),
-                                       name=f"layer {name!r}", **self.bp)
+            message, result = module_b(graph, math.log(pi0) - math.log1p(-pi0), extrinsic,
+                                       check_evidence=name not in self._checked, name=f"layer {name!r}",
+                                       messages=self._messages.get(name), **self.bp)
+            self._checked.add(name)  # once per layer, at its first iteration: one warning, not one per epoch
             prior.prior_logit.copy_(message)
             self._messages[name] = result.messages
             self._bp_iterations[name] = result.iterations
