@@ -13,6 +13,7 @@ from pathlib import Path
 from bayescompress.compress import METHODS, CompressConfig
 from bayescompress.data import DATASETS
 from bayescompress.models import MODELS
+from bayescompress.priors.hierarchical import GRAPHS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -70,11 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     spike_slab.add_argument("--prior-lr", type=float, default=defaults.prior_lr,
                             help=f"learning rate of gate logits and log-scales (default {defaults.prior_lr})")
     spike_slab.add_argument("--rho-lr", type=float, default=defaults.rho_lr,
-                            help=f"learning rate of the posterior rho (default {defaults.rho_lr})")
+                            help=f"learning rate of the posterior rho (default {defaults.rho_lr}; turbo-vbi too)")
+    turbo = comp.add_argument_group("Turbo-VBI (turbo-vbi)")
+    turbo.add_argument("--pi0", type=float, default=defaults.pi0,
+                       help=f"MRF prior probability that a weight is active (default {defaults.pi0})")
+    turbo.add_argument("--mrf-p11", type=float, default=defaults.mrf_p11,
+                       help=f"P(active | active neighbour), rows and columns (default {defaults.mrf_p11})")
+    turbo.add_argument("--mrf-p01", type=float, default=defaults.mrf_p01,
+                       help=f"P(active | inactive neighbour), rows and columns (default {defaults.mrf_p01})")
+    turbo.add_argument("--mrf-graph", choices=GRAPHS, default=defaults.mrf_graph,
+                       help=f"the support's factor graph per layer (default {defaults.mrf_graph})")
+    turbo.add_argument("--turbo-updates-per-epoch", type=int, default=defaults.turbo_updates_per_epoch,
+                       help="turbo iterations (module A + module B) per epoch "
+                            f"(default {defaults.turbo_updates_per_epoch})")
     comp.add_argument("--batch-size", type=int, default=128)
     _common(comp)
 
-    plot = commands.add_parser("plot", help="draw a run folder's weight masks per layer")
+    plot = commands.add_parser("plot", help="draw a run folder's weight masks per layer (and, for Turbo-VBI runs, "
+                                            "the inclusion probabilities in MASKS-inclusion.png)")
     plot.add_argument("run", help="run folder written by compress or demo")
     plot.add_argument("--out", help="image file (default: RUN/masks.png)")
     plot.add_argument("--quiet", action="store_true", help="print nothing")
@@ -120,10 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from bayescompress import plot, runs
 
+            run = runs.load(args.run)
             target = args.out or str(Path(args.run) / "masks.png")
-            pyplot.close(plot.masks(runs.load(args.run).masks, target))
+            pyplot.close(plot.masks(run.masks, target))
+            written = [target]
+            if run.inclusion:  # Turbo-VBI runs: the posterior inclusion probabilities beside the masks
+                written.append(str(Path(target).with_name(Path(target).stem + "-inclusion" + Path(target).suffix)))
+                pyplot.close(plot.inclusion(run.inclusion, written[-1]))
             if not args.quiet:
-                print(f"wrote {target}")
+                print("wrote " + " and ".join(written))
             return 0
         elif args.command == "compress":
             config = CompressConfig(
@@ -132,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 snr_threshold=args.snr_threshold, level=args.level, finetune_epochs=args.finetune_epochs,
                 finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, kl_warmup_epochs=args.kl_warmup_epochs,
                 kl_weight=args.kl_weight, prior_inclusion=args.prior_inclusion, temperature=args.temperature,
-                input_gates=args.input_gates,
+                input_gates=args.input_gates, pi0=args.pi0, mrf_p11=args.mrf_p11, mrf_p01=args.mrf_p01,
+                mrf_graph=args.mrf_graph, turbo_updates_per_epoch=args.turbo_updates_per_epoch,
                 prior_lr=args.prior_lr, rho_lr=args.rho_lr, seed=args.seed, quiet=args.quiet,
             )
             result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,

@@ -182,7 +182,7 @@ def compress(
     original = copy_network(model).to(config.device).eval()
 
     torch.manual_seed(config.seed)
-    network, masks, history, samples = _train_and_prune(
+    network, masks, history, samples, inclusion = _train_and_prune(
         copy_network(model), train_loader, val_loader, method, config
     )
     try:
@@ -199,13 +199,15 @@ def compress(
 
     metrics = _measure(original, network, exported, final_masks, shapes, eval_loader, example, samples, config)
     return CompressionResult(method, dataclasses.asdict(config), metrics, final_masks, original, network,
-                             exported, structure, history)
+                             exported, structure, history, inclusion)
 
 
 def _train_and_prune(network, train_loader, val_loader, method, config):
-    """The trained, masked network, its masks, the training records, and the MC samples its metrics use."""
+    """The trained, masked network, its masks, the training records, the MC samples its metrics use, and the
+    per-weight inclusion probabilities the pruning thresholded (Turbo-VBI only)."""
     train = dict(seed=config.seed, device=config.device, quiet=config.quiet, eval_samples=0)
     records: list[dict] = []
+    inclusion: dict[str, Tensor] = {}
     callbacks: list[Callback] = []
     init = PosteriorInit(rho=config.init_rho)
     if method == "gaussian-snr":
@@ -242,6 +244,8 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
             epochs=config.epochs, lr=config.lr, rho_lr=config.rho_lr, kl_warmup_epochs=config.kl_warmup_epochs,
             kl_weight=config.kl_weight, **train), callbacks=[TurboCallback(config.turbo_updates_per_epoch)])
         masks = InclusionPruning(threshold=0.5).masks(network)
+        inclusion = {name: layer.prior.statistics(layer)["inclusion"].cpu()
+                     for name, layer in TurboCallback.turbo_layers(network)}
         fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))  # no multipliers: a change of prior
         samples = config.mc_samples
     else:
@@ -251,7 +255,7 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     if config.finetune_epochs:
         records += fit(network, train_loader, val_loader, TrainConfig(  # annealed: settle the survivors
             epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine", **train), callbacks)
-    return network, masks, records, samples
+    return network, masks, records, samples, inclusion
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """Compression results: the object ``compress`` returns, and its run folder (safetensors + JSON, no pickle).
 
 A run folder holds ``model.safetensors`` (the exported network), ``architecture.json`` (how to rebuild it),
-``masks.safetensors``, ``metrics.json`` and ``report.md``. It is written into a temporary sibling folder and
-renamed into place, so a crash never leaves a half-written run where a complete one was.
+``masks.safetensors``, ``metrics.json``, ``report.md`` and, for Turbo-VBI runs, ``inclusion.safetensors``. It is
+written into a temporary sibling folder and renamed into place, so a crash never leaves a half-written run where a
+complete one was.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class CompressionResult:
 
     Attributes: ``method``, ``config`` (dict), ``metrics`` (nested dict, see docs/metrics-json.md),
     ``masks`` (final :class:`Masks`), ``original`` (the dense input network), ``compressed`` (the trained,
-    masked network), ``exported`` (the smaller deterministic network), ``structure``, ``history``.
+    masked network), ``exported`` (the smaller deterministic network), ``structure``, ``history``, and
+    ``inclusion`` (per layer, the posterior inclusion probabilities the pruning thresholded: Turbo-VBI's pi~
+    per weight; empty for methods without them).
     """
 
     method: str
@@ -84,6 +87,7 @@ class CompressionResult:
     exported: nn.Module
     structure: Structure | None  # None when Torch-Pruning exported a general graph
     history: list[dict] = field(default_factory=list)
+    inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def export(self, bayesian: bool = False) -> nn.Module:
         """The smaller network: plain layers at the posterior mean, or (``bayesian=True``) Bayesian layers
@@ -111,6 +115,8 @@ class CompressionResult:
         try:
             save_weights(self.exported.state_dict(), staging / "model.safetensors")
             save_weights(self.masks.to_tensors(), staging / "masks.safetensors")
+            if self.inclusion:
+                save_weights(self.inclusion, staging / "inclusion.safetensors")
             write_json(staging / "architecture.json", {
                 "format_version": FORMAT_VERSION,
                 "layers": describe_sequential(self.exported),
@@ -138,12 +144,14 @@ def _replace_directory(staging: Path, directory: Path) -> None:
 
 @dataclass
 class SavedRun:
-    """A run folder read back: the exported network, its metrics and the masks."""
+    """A run folder read back: the exported network, its metrics, the masks and (Turbo-VBI runs) the
+    inclusion probabilities."""
 
     model: nn.Sequential
     metrics: dict
     masks: Masks
     architecture: list[dict]
+    inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -171,7 +179,9 @@ def load(directory: str | os.PathLike) -> SavedRun:
     model = build_sequential(architecture["layers"])
     model.load_state_dict(_read_safetensors(directory / "model.safetensors"))
     masks = Masks.from_tensors(_read_safetensors(directory / "masks.safetensors"))
-    return SavedRun(model.eval(), metrics, masks, architecture["layers"])
+    inclusion_path = directory / "inclusion.safetensors"
+    inclusion = _read_safetensors(inclusion_path) if inclusion_path.exists() else {}
+    return SavedRun(model.eval(), metrics, masks, architecture["layers"], inclusion)
 
 
 def render_report(method: str, metrics: dict) -> str:

@@ -87,6 +87,55 @@ def test_spike_slab_methods_remove_whole_units_and_inputs_and_export_exactly(spi
     assert loaded.metrics["compression_rate"] == metrics["compression_rate"]
 
 
+@pytest.fixture(scope="module")
+def turbo_result(pretrained, digits):
+    train, val, test = digits
+    config = CompressConfig(epochs=8, pi0=0.01, finetune_epochs=5, mc_samples=4, quiet=True)
+    return compress(pretrained, train, val, "turbo-vbi", test_loader=test, config=config)
+
+
+def test_turbo_vbi_prunes_weights_by_inclusion_and_exports_exactly(turbo_result, tmp_path):
+    metrics = turbo_result.metrics
+    for key in REQUIRED_KEYS:
+        _get(metrics, key)
+    assert metrics["compression_rate"] > 5
+    assert metrics["compressed"]["accuracy"] > 0.9
+    assert metrics["export_max_abs_diff"] <= 1e-4
+    assert metrics["architecture"]["exported"][-1] == 10
+    # the masks are exactly the weights with pi~ >= 1/2 (before structure propagation removed more)
+    for name, probabilities in turbo_result.inclusion.items():
+        kept = turbo_result.masks.weight[name]
+        assert not kept[probabilities < 0.5].any()
+    first = next(iter(turbo_result.history))
+    assert any(key.startswith("turbo/") and key.endswith("/active") for key in first)
+    loaded = load(turbo_result.save(tmp_path / "run"))
+    assert loaded.inclusion.keys() == turbo_result.inclusion.keys()
+    torch.testing.assert_close(next(iter(loaded.inclusion.values())), next(iter(turbo_result.inclusion.values())))
+
+
+def test_cli_compress_turbo_vbi_and_plot_its_inclusion(tmp_path, capsys):
+    weights = tmp_path / "mlp.safetensors"
+    assert main(["pretrain", "--model", "mlp", "--epochs", "3", "--hidden", "16", "--out", str(weights),
+                 "--quiet"]) == 0
+    code = main(["compress", "--model", "mlp", "--weights", str(weights), "--method", "turbo-vbi", "--epochs", "2",
+                 "--pi0", "0.01", "--mrf-graph", "rows", "--finetune-epochs", "1", "--out", str(tmp_path / "run"),
+                 "--quiet", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["method"] == "turbo-vbi"
+    assert load(tmp_path / "run").metrics["config"]["mrf_graph"] == "rows"
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert "masks-inclusion.png" in capsys.readouterr().out
+    assert (tmp_path / "run" / "masks-inclusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("field, value", [("pi0", 0.0), ("mrf_p11", 1.0), ("mrf_p01", -0.2),
+                                          ("mrf_graph", "ring"), ("turbo_updates_per_epoch", 0)])
+def test_bad_turbo_settings_are_refused_before_any_work(field, value):
+    with pytest.raises(ValueError, match=field):
+        CompressConfig(**{field: value})
+
+
 def test_compress_leaves_the_input_model_untouched(pretrained, results):
     assert all(type(m).__name__ in ("Sequential", "Flatten", "Linear", "ReLU") for m in pretrained.modules())
 
@@ -149,7 +198,7 @@ def test_bad_config_names_the_field(field, value):
 def test_unknown_method_is_refused(pretrained, digits):
     train, val, _ = digits
     with pytest.raises(ValueError, match="method must be one of"):
-        compress(pretrained, train, val, "turbo")
+        compress(pretrained, train, val, "turbo-vb")
 
 
 def test_cli_compress_with_a_reference_model_and_json(tmp_path, capsys):
