@@ -24,6 +24,10 @@ from torch import Tensor
 from bayescompress._validation import check_in_range, check_positive_int
 
 
+# Log-odds beyond which a message no longer changes (to within e^-50).
+_SATURATION = 50.0
+
+
 class BeliefPropagationWarning(UserWarning):
     """Loopy BP did not converge, or runs where its answer may be a single mode of a bimodal posterior."""
 
@@ -55,14 +59,18 @@ class TransitionPotential:
 
     @staticmethod
     def _constants(table: Tensor) -> tuple[float, float, float]:
-        # lambda(h) = log(t01 + t11 e^h) - log(t00 + t10 e^h) = offset + softplus(h + up) - softplus(h + down)
+        # lambda(h) = log(t01 + t11 e^h) - log(t00 + t10 e^h) = offset + log((1 + e^(h + up)) / (1 + e^(h + down)))
         return float(table[0, 1] - table[0, 0]), float(table[1, 1] - table[0, 1]), float(table[1, 0] - table[0, 0])
 
     def message(self, cavity: Tensor, forward: bool) -> Tensor:
         """The message to one endpoint given the other endpoint's cavity log-odds (first -> second when
         ``forward``, else second -> first)."""
         offset, up, down = self._constants(self.log_table if forward else self.log_table.T)
-        return F.softplus(cavity + up).sub_(F.softplus(cavity + down)).add_(offset)
+        # one exp and one log per message (two softplus would cost two of each); beyond |h| = 50 the message
+        # has saturated to within e^-50, so the clamp only keeps exp finite
+        t = torch.clamp(cavity, -_SATURATION, _SATURATION).exp_()
+        numerator = t.mul(math.exp(up)).add_(1.0)
+        return numerator.div_(t.mul_(math.exp(down)).add_(1.0)).log_().add_(offset)
 
     def message_slope(self, cavity: Tensor, forward: bool) -> Tensor:
         """d message / d cavity (bounded by tanh|J| in absolute value)."""
