@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from bayescompress._validation import check_in_range, check_positive_int
