@@ -39,10 +39,18 @@ RECIPES = {
                                  finetune_lr=1e-3),
     ("lenet5", "ss-gl"): dict(epochs=10, kl_warmup_epochs=1, finetune_epochs=6, finetune_lr=1e-3),
     ("lenet5", "ss-ghs"): dict(epochs=9, kl_warmup_epochs=1, finetune_epochs=6, finetune_lr=1e-3),
+    # Turbo-VBI: pi0 sets the compression, the VI epochs how far the inactive weights are pulled to zero
+    ("lenet300", "turbo-vbi"): dict(epochs=8, pi0=0.01, finetune_epochs=10, finetune_lr=1e-3),
+    ("lenet5", "turbo-vbi"): dict(epochs=4, pi0=0.01, finetune_epochs=4, finetune_lr=1e-3),
 }
+# "gaussian-snr-matched": the gaussian-snr recipe keeping as many weights as the turbo-vbi row of the same
+# network in the same run kept (so the two are compared at equal non-zero weights)
+MATCHED = "gaussian-snr-matched"
 TARGETS = {"lenet300": {"compression": 10.0, "max_accuracy_drop": 0.003},
            "ss-gl/ss-ghs": {"lenet300": {"compression": 10.0, "max_error": 0.019},
-                            "lenet5": {"compression": 30.0, "max_error": 0.011}}}
+                            "lenet5": {"compression": 30.0, "max_error": 0.011}},
+           "turbo-vbi": {"lenet300": {"compression": 30.0, "max_error": 0.019},
+                         "lenet5": {"compression": 60.0, "max_error": 0.011}}}
 
 
 def main() -> None:
@@ -50,7 +58,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--methods", nargs="+", default=["gaussian-snr", "magnitude"],
-                        help="gaussian-snr, ss-gl, ss-ghs, magnitude, or gaussian-snr-unit (SNR pruning of whole neurons)")
+                        help="gaussian-snr, ss-gl, ss-ghs, turbo-vbi, magnitude, gaussian-snr-unit (SNR pruning of "
+                             f"whole neurons), or {MATCHED} (after turbo-vbi: the same number of weights)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--tag", default="", help="suffix of the results file, for runs split across processes")
     args = parser.parse_args()
@@ -66,14 +75,20 @@ def main() -> None:
         splits = load_data_for(name, "mnist", args.data_dir)
         train, val, test = make_loaders(splits, batch_size=128)
         for method in args.methods:
+            recipe = RECIPES.get((name, method))
+            if method == MATCHED:
+                turbo = [r for r in rows if r["model"] == name and r["method"] == "turbo-vbi"]
+                if not turbo:
+                    sys.exit(f"{MATCHED} needs a turbo-vbi row of {name} earlier in the same run")
+                recipe = {**RECIPES[(name, "gaussian-snr")], "keep_fraction": 1 / turbo[-1]["compression_rate"]}
             start = time.perf_counter()
-            result = compress(model, train, val, method.removesuffix("-unit"), test_loader=test,
-                              config=CompressConfig(**RECIPES[(name, method)]))
+            result = compress(model, train, val, method.removesuffix("-unit").removesuffix("-matched"),
+                              test_loader=test, config=CompressConfig(**recipe))
             seconds = time.perf_counter() - start
             result.save(RESULTS / "runs" / f"{name}-{method}")
             m = result.metrics
             row = {
-                "model": name, "method": method, "recipe": RECIPES[(name, method)], "seconds": seconds,
+                "model": name, "method": method, "recipe": recipe, "seconds": seconds,
                 "original_accuracy": m["original"]["accuracy"], "compressed_accuracy": m["compressed"]["accuracy"],
                 "exported_accuracy": m["exported"]["accuracy"], "compressed_ece": m["compressed"]["ece"],
                 "compressed_nll": m["compressed"]["nll"],
