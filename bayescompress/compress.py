@@ -105,7 +105,7 @@ class CompressConfig:
     prior_inclusion: float = 1e-3
     temperature: float = 0.5
     input_gates: bool = True
-    pi0: float = 0.1
+    pi0: float = 0.01
     mrf_p11: float = 0.7
     mrf_p01: float = 0.3
     mrf_graph: str = "grid"

@@ -72,7 +72,7 @@ class HierarchicalPrior(Prior):
         active_rate: float | None = None,
         inactive_shape: float = 1.0,
         inactive_rate: float | None = None,
-        pi0: float = 0.1,
+        pi0: float = 0.01,
         row_p11: float = 0.7,
         row_p01: float = 0.3,
         column_p11: float = 0.7,
