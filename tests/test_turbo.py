@@ -173,3 +173,17 @@ def test_turbo_callback_needs_a_hierarchical_prior():
     with pytest.raises(ValueError, match="HierarchicalPrior"):
         fit(model, [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))], config=TrainConfig(epochs=1, quiet=True),
             n_train=4, callbacks=[TurboCallback()])
+
+
+def test_turbo_iterations_run_before_training_and_evenly_within_each_epoch():
+    calls = []
+
+    class Counting(TurboCallback):
+        def iterate(self, model):
+            calls.append(len(calls))
+            super().iterate(model)
+
+    model = bayesianize_(nn.Sequential(nn.Linear(6, 3)), HierarchicalPrior())
+    loader = [(torch.randn(5, 6), torch.randint(0, 3, (5,))) for _ in range(7)]
+    fit(model, loader, config=TrainConfig(epochs=2, quiet=True), n_train=35, callbacks=[Counting(updates_per_epoch=3)])
+    assert len(calls) == 1 + 2 * 3
