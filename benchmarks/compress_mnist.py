@@ -40,7 +40,7 @@ RECIPES = {
     ("lenet5", "ss-gl"): dict(epochs=10, kl_warmup_epochs=1, finetune_epochs=6, finetune_lr=1e-3),
     ("lenet5", "ss-ghs"): dict(epochs=9, kl_warmup_epochs=1, finetune_epochs=6, finetune_lr=1e-3),
     # Turbo-VBI: pi0 sets the compression, the VI epochs how far the inactive weights are pulled to zero
-    ("lenet300", "turbo-vbi"): dict(epochs=8, pi0=0.01, finetune_epochs=10, finetune_lr=1e-3),
+    ("lenet300", "turbo-vbi"): dict(epochs=8, pi0=0.01, finetune_epochs=15, finetune_lr=1e-3),
     ("lenet5", "turbo-vbi"): dict(epochs=4, pi0=0.005, finetune_epochs=4, finetune_lr=1e-3),
 }
 # "gaussian-snr-matched": the gaussian-snr recipe keeping as many weights as the turbo-vbi row of the same
