@@ -1,5 +1,6 @@
 """Module B: loopy BP and Gibbs sampling on binary pairwise MRFs, against brute-force enumeration."""
 
+import functools
 import itertools
 import math
 import warnings
@@ -31,14 +32,18 @@ def grid_edges(rows, columns, horizontal=True, vertical=True):
     return edges
 
 
+@functools.cache
+def all_states(n):
+    return torch.tensor(list(itertools.product([0, 1], repeat=n)), dtype=DOUBLE)
+
+
 def exact_marginals(unary, edges, p11, p01):
     """P(s_n = 1) of p(s) ∝ prod exp(unary_n s_n) prod P(s_b | s_a) by enumerating all 2^n states."""
-    n = unary.numel()
-    states = torch.tensor(list(itertools.product([0, 1], repeat=n)), dtype=DOUBLE)
+    states = all_states(unary.numel())
     log_p = states @ unary.reshape(-1).double()
     transition = torch.tensor([[1 - p01, p01], [1 - p11, p11]], dtype=DOUBLE).log()
-    for a, b in edges:
-        log_p = log_p + transition[states[:, a].long(), states[:, b].long()]
+    first, second = (torch.tensor(ends, dtype=torch.long) for ends in zip(*edges))
+    log_p = log_p + transition[states[:, first].long(), states[:, second].long()].sum(1)
     weights = torch.softmax(log_p, dim=0)
     return (weights[:, None] * states).sum(0)
 
@@ -71,17 +76,30 @@ def test_bp_on_a_tree_equals_enumeration():
     torch.testing.assert_close(torch.sigmoid(result.belief), exact, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("std", [1.0, 2.0])
-def test_loopy_bp_on_a_4x4_grid_at_the_default_couplings_is_within_0_05(std):
+@pytest.mark.parametrize("std, worst", [(1.0, 0.07), (2.0, 0.05)])
+def test_loopy_bp_on_a_4x4_grid_at_the_default_couplings_is_close_to_enumeration(std, worst):
+    """30 draws: at N(0, 2^2) evidence every draw is within 0.05; at N(0, 1), 27 of 30 are (the others
+    reach 0.061, a limit of loopy BP itself at these couplings, see docs/turbo-vbi.md)."""
     default = TransitionPotential(0.7, 0.3)
     graph = FactorGraph.grid((4, 4), rows=default, columns=default)
     errors = []
-    for seed in range(8):
+    for seed in range(30):
         unary = random_unary((4, 4), std, seed)
         result = belief_propagation(graph, unary, tol=1e-10, max_iter=500)
         exact = exact_marginals(unary, grid_edges(4, 4), 0.7, 0.3)
         errors.append(float((torch.sigmoid(result.belief).reshape(-1) - exact).abs().max()))
-    assert max(errors) <= 0.05, errors
+    errors = torch.tensor(errors)
+    assert errors.max() <= worst and errors.mean() <= 0.04, errors
+    assert (errors <= 0.05).float().mean() >= 0.9, errors
+
+
+def test_bp_on_a_column_chain_with_different_row_and_column_potentials_equals_enumeration():
+    """An n x 1 grid has only column edges: checks the column family's orientation (first = upper node)."""
+    unary = random_unary((9, 1), 1.5, seed=11)
+    graph = FactorGraph.grid((9, 1), rows=TransitionPotential(0.6, 0.5), columns=TransitionPotential(0.85, 0.1))
+    result = belief_propagation(graph, unary, tol=1e-12, max_iter=200)
+    exact = exact_marginals(unary, grid_edges(9, 1), 0.85, 0.1)
+    torch.testing.assert_close(torch.sigmoid(result.belief).reshape(-1), exact, atol=1e-6, rtol=0)
 
 
 def test_strong_coupling_with_weak_evidence_breaks_loopy_bp_and_module_b_warns():
@@ -99,7 +117,7 @@ def test_strong_coupling_with_weak_evidence_breaks_loopy_bp_and_module_b_warns()
     assert max(errors) > 0.3, errors
 
 
-def test_module_b_does_not_warn_at_the_default_couplings_with_unit_evidence():
+def test_module_b_does_not_warn_on_a_4x4_grid_at_the_default_couplings_with_unit_evidence():
     default = TransitionPotential(0.7, 0.3)
     graph = FactorGraph.grid((4, 4), rows=default, columns=default)
     with warnings.catch_warnings():
@@ -182,10 +200,21 @@ def test_mrf_samples_have_longer_row_runs_than_iid_samples_of_the_same_density()
     assert mean_run_length(mrf) > 1.3 * mean_run_length(iid)
 
 
-def test_gibbs_needs_a_colouring():
+def test_gibbs_needs_a_valid_colouring():
     graph = FactorGraph.from_edges(3, [0, 1], [1, 2], TransitionPotential(0.7, 0.3))
     with pytest.raises(ValueError, match="colouring"):
         gibbs_sample(graph, torch.zeros(3))
+    with pytest.raises(ValueError, match="one colour"):
+        FactorGraph.from_edges(3, [0, 1], [1, 2], TransitionPotential(0.7, 0.3), colouring=torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        FactorGraph.from_edges(3, [0, 1], [1, 2], TransitionPotential(0.7, 0.3), colouring=torch.tensor([0, 1]))
+
+
+def test_warm_start_messages_from_another_graph_are_refused():
+    default = TransitionPotential(0.7, 0.3)
+    small = belief_propagation(FactorGraph.grid((3, 4), default, default), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="warm-start messages do not fit"):
+        belief_propagation(FactorGraph.grid((4, 4), default, default), torch.zeros(4, 4), messages=small.messages)
 
 
 @pytest.mark.parametrize("p11, p01", [(0.0, 0.3), (1.0, 0.3), (0.7, -0.1), (0.7, 1.5)])

@@ -168,6 +168,26 @@ def test_turbo_callback_prunes_the_inputs_a_teacher_ignores():
     assert "turbo/0/active" in history[-1] and history[-1]["turbo/0/bp_iterations"] >= 1
 
 
+def test_a_turbo_callback_reused_on_another_model_starts_afresh():
+    callback = TurboCallback()
+    batch = [(torch.randn(4, 6), torch.tensor([0, 1, 0, 1]))]
+    for hidden in (6, 4):  # same layer names, different grid shapes: stale caches would not fit
+        model = bayesianize_(nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 2)), HierarchicalPrior())
+        fit(model, batch, config=TrainConfig(epochs=1, quiet=True), n_train=4, callbacks=[callback])
+
+
+def test_more_updates_than_batches_warn():
+    model = bayesianize_(nn.Sequential(nn.Linear(3, 2)), HierarchicalPrior())
+    with pytest.warns(UserWarning, match="one turbo iteration per batch"):
+        fit(model, [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))], config=TrainConfig(epochs=1, quiet=True),
+            n_train=4, callbacks=[TurboCallback(updates_per_epoch=3)])
+
+
+def test_probabilities_close_to_one_survive_storage():
+    prior = HierarchicalPrior(row_p11=1 - 1e-9)
+    assert prior.potentials()[0].p11 == 1 - 1e-9
+
+
 def test_turbo_callback_needs_a_hierarchical_prior():
     model = bayesianize_(nn.Sequential(nn.Linear(3, 2)))
     with pytest.raises(ValueError, match="HierarchicalPrior"):

@@ -165,6 +165,14 @@ class FactorGraph:
                     max(int(edges.first_index.max()), int(edges.second_index.max())) >= math.prod(self.shape)
                     or min(int(edges.first_index.min()), int(edges.second_index.min())) < 0):
                 raise ValueError(f"an edge refers to a node outside 0..{math.prod(self.shape) - 1}")
+        if colouring is not None:
+            colouring = torch.as_tensor(colouring)
+            if colouring.shape != self.shape:
+                raise ValueError(f"the colouring has shape {tuple(colouring.shape)}, the nodes {tuple(self.shape)}")
+            for edges, _ in self.families:
+                if (edges.first(colouring) == edges.second(colouring)).any():
+                    raise ValueError("the colouring puts both ends of an edge in one colour; Gibbs sampling "
+                                     "updates a colour at once, so no edge may stay inside one")
         self.colouring = colouring
 
     @property
@@ -198,11 +206,10 @@ class FactorGraph:
         check_positive_int("num_nodes", num_nodes)
         return cls((num_nodes,), [(IndexEdges(first, second), potential)], colouring)
 
-    def incoming(self, forward: list[Tensor], backward: list[Tensor]) -> Tensor:
-        """Sum over each node of the messages it receives (``forward[k]`` first -> second in family k)."""
-        reference = forward[0] if forward else None
-        total = torch.zeros(self.shape, dtype=reference.dtype if reference is not None else torch.float32,
-                            device=reference.device if reference is not None else None)
+    def incoming(self, forward: list[Tensor], backward: list[Tensor], like: Tensor) -> Tensor:
+        """Sum over each node of the messages it receives (``forward[k]`` first -> second in family k), with
+        ``like``'s dtype and device."""
+        total = torch.zeros(self.shape, dtype=like.dtype, device=like.device)
         for (edges, _), fwd, bwd in zip(self.families, forward, backward):
             edges.add_to_second_(total, fwd)
             edges.add_to_first_(total, bwd)
@@ -264,10 +271,14 @@ def belief_propagation(
         forward = [unary.new_zeros(e.message_shape(graph.shape)) for e, _ in graph.families]
         backward = [unary.new_zeros(e.message_shape(graph.shape)) for e, _ in graph.families]
     else:
+        expected = [e.message_shape(graph.shape) for e, _ in graph.families]
+        if [m.shape for m in messages[0]] != expected or [m.shape for m in messages[1]] != expected:
+            raise ValueError(f"{name}: the warm-start messages do not fit this graph (shapes "
+                             f"{[tuple(m.shape) for m in messages[0]]}, expected {[tuple(s) for s in expected]})")
         forward, backward = [m.clone() for m in messages[0]], [m.clone() for m in messages[1]]
     residual, iterations, converged = 0.0, 0, not graph.families
     while graph.families and iterations < max_iter:
-        belief = graph.incoming(forward, backward).add_(unary)
+        belief = graph.incoming(forward, backward, like=unary).add_(unary)
         changes = []
         for k, (edges, potential) in enumerate(graph.families):
             # cavity of an endpoint = its belief without the message that came along this very edge
@@ -290,17 +301,20 @@ def belief_propagation(
             f"{name}: loopy BP did not converge in {max_iter} iterations (largest message change {residual:.3g} "
             f"> tol {tol:g}); the beliefs are the last iterate. Raise max_iter or the damping, or weaken the "
             "couplings", BeliefPropagationWarning, stacklevel=2)
-    incoming = graph.incoming(forward, backward) if graph.families else torch.zeros_like(unary)
+    incoming = graph.incoming(forward, backward, like=unary)
     return BPResult(unary + incoming, incoming, iterations, residual, converged, (forward, backward))
 
 
 @torch.no_grad()
 def evidence_stability(graph: FactorGraph, unary: Tensor, iterations: int = 30) -> float:
-    """Spectral radius of BP's linearisation at the evidence-only state (all messages 0), by power iteration.
+    """Gain of BP's linearisation at the evidence-only state (all messages 0): the growth factor of a positive
+    message perturbation per iteration after ``iterations`` power-iteration steps (an estimate of the
+    spectral radius of the linearisation with entries |d message / d cavity| at the unary log-odds; on long
+    chains, where perturbations die out only after they cross the chain, it overestimates it).
 
-    Each entry is |d message / d cavity| evaluated at the unary log-odds. Below 1, perturbations of the
-    messages decay and BP settles near the evidence; above 1 the couplings amplify them, so BP can lock onto
-    one mode of a bimodal posterior (strong coupling, weak evidence: SPEC section 2).
+    Below 1, perturbations of the messages decay and BP settles near the evidence; above 1 the couplings
+    amplify them, so BP can lock onto one mode of a bimodal posterior (strong coupling, weak evidence:
+    SPEC section 2).
     """
     if not graph.families:
         return 0.0
@@ -315,7 +329,7 @@ def evidence_stability(graph: FactorGraph, unary: Tensor, iterations: int = 30) 
         total = sum(float(m.sum()) for m in forward + backward)
         if total == 0.0:
             return 0.0
-        incoming = graph.incoming(forward, backward)
+        incoming = graph.incoming(forward, backward, like=unary)
         new_forward, new_backward = [], []
         for (edges, _), (slope_f, slope_b), fwd, bwd in zip(graph.families, slopes, forward, backward):
             new_forward.append(slope_f * (edges.first(incoming) - bwd))
@@ -339,14 +353,19 @@ def gibbs_sample(graph: FactorGraph, unary: Tensor, sweeps: int = 200,
     if unary.shape != graph.shape:
         raise ValueError(f"unary log-odds have shape {tuple(unary.shape)}, the graph's nodes {tuple(graph.shape)}")
     colours = graph.colouring.to(unary.device)
-    state = (torch.rand(graph.shape, generator=generator, dtype=unary.dtype) < torch.sigmoid(unary)).to(unary.dtype)
+    palette = torch.unique(colours).tolist()
+
+    def uniform() -> Tensor:  # drawn on the CPU generator, then moved: a CPU generator cannot fill a GPU tensor
+        return torch.rand(graph.shape, generator=generator, dtype=unary.dtype).to(unary.device)
+
+    state = (uniform() < torch.sigmoid(unary)).to(unary.dtype)
     for _ in range(sweeps):
-        for colour in torch.unique(colours).tolist():
+        for colour in palette:
             logits = unary.clone()
             for edges, potential in graph.families:
                 edges.add_to_second_(logits, potential.conditional(edges.first(state), forward=True))
                 edges.add_to_first_(logits, potential.conditional(edges.second(state), forward=False))
-            draw = (torch.rand(graph.shape, generator=generator, dtype=unary.dtype) < torch.sigmoid(logits))
+            draw = uniform() < torch.sigmoid(logits)
             state = torch.where(colours == colour, draw.to(unary.dtype), state)
     return state
 

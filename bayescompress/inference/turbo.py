@@ -197,7 +197,13 @@ class TurboCallback(Callback):
         if not layers:
             raise ValueError("TurboCallback found no layer with a HierarchicalPrior; convert the model with "
                              "bayesianize_(model, HierarchicalPrior()) first")
+        if self.updates_per_epoch > trainer.steps_per_epoch:
+            warnings.warn(f"updates_per_epoch={self.updates_per_epoch} exceeds the {trainer.steps_per_epoch} batches "
+                          "of an epoch: one turbo iteration per batch will run instead", stacklevel=2)
         self._interval = max(1, trainer.steps_per_epoch // self.updates_per_epoch)
+        # a fresh start per fit: graphs, warm-start messages and the evidence check belong to one model
+        for cache in (self._graphs, self._messages, self._bp_iterations, self._checked):
+            cache.clear()
         self.iterate(trainer.model)
 
     def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None:

@@ -99,8 +99,10 @@ class HierarchicalPrior(Prior):
         self.register_buffer("inactive_shape", torch.tensor(float(inactive_shape)))
         self.register_buffer("active_rate", torch.tensor(float(active_rate or math.nan)))
         self.register_buffer("inactive_rate", torch.tensor(float(inactive_rate or math.nan)))
-        self.register_buffer("pi0", torch.tensor(float(pi0)))
-        self.register_buffer("transitions", torch.tensor([[row_p11, row_p01], [column_p11, column_p01]]))
+        # float64: a probability like 1 - 1e-9 would round to 1 in float32
+        self.register_buffer("pi0", torch.tensor(float(pi0), dtype=torch.float64))
+        self.register_buffer("transitions", torch.tensor([[row_p11, row_p01], [column_p11, column_p01]],
+                                                         dtype=torch.float64))
         self.register_buffer("bias_scale", torch.tensor(float(bias_scale)))
 
     def attach(self, layer) -> None:
