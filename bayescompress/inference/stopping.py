@@ -27,7 +27,9 @@ class EarlyStopping(Callback):
 
     After training: ``reference_accuracy`` (the starting accuracy), ``checks`` (one ``(step, accuracy)``
     pair per check), ``kept_step`` (the global step of the restored state; 0 = the starting state) and
-    ``stopped`` (whether the budget was exceeded). Each epoch record gains ``early_stopping/kept_step``.
+    ``stopped`` (whether the budget was exceeded). Each epoch record gains ``early_stopping/kept_step``; the
+    rest of the last record (and e.g. ``GateMonitor``'s counts) describes the state training stopped in, not
+    the restored one.
 
     Example
     -------
