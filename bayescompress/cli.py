@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"learning rate of gate logits and log-scales (default {defaults.prior_lr})")
     spike_slab.add_argument("--rho-lr", type=float, default=defaults.rho_lr,
                             help=f"learning rate of the posterior rho (default {defaults.rho_lr}; turbo-vbi too)")
+    spike_slab.add_argument("--input-gate-lr", type=float, default=defaults.input_gate_lr,
+                            help="learning rate of the input gates' logits (default: --prior-lr)")
+    spike_slab.add_argument("--max-val-drop", type=float, default=defaults.max_val_drop,
+                            help="stop the training before pruning once the validation accuracy falls more than "
+                                 "this below its start, and prune the last state within it (default: off)")
+    spike_slab.add_argument("--val-checks-per-epoch", type=int, default=defaults.val_checks_per_epoch,
+                            help=f"validation checks per epoch for --max-val-drop "
+                                 f"(default {defaults.val_checks_per_epoch})")
     turbo = comp.add_argument_group("Turbo-VBI (turbo-vbi)")
     turbo.add_argument("--pi0", type=float, default=defaults.pi0,
                        help=f"MRF prior probability that a weight is active (default {defaults.pi0})")
@@ -153,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kl_weight=args.kl_weight, prior_inclusion=args.prior_inclusion, temperature=args.temperature,
                 input_gates=args.input_gates, pi0=args.pi0, mrf_p11=args.mrf_p11, mrf_p01=args.mrf_p01,
                 mrf_graph=args.mrf_graph, turbo_updates_per_epoch=args.turbo_updates_per_epoch,
-                prior_lr=args.prior_lr, rho_lr=args.rho_lr, seed=args.seed, quiet=args.quiet,
+                prior_lr=args.prior_lr, rho_lr=args.rho_lr, input_gate_lr=args.input_gate_lr,
+                max_val_drop=args.max_val_drop, val_checks_per_epoch=args.val_checks_per_epoch,
+                seed=args.seed, quiet=args.quiet,
             )
             result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,
                                               config, batch_size=args.batch_size)

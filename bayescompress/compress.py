@@ -32,7 +32,7 @@ from bayescompress._validation import (
     check_positive,
     check_positive_int,
 )
-from bayescompress.inference import Callback, GateMonitor, SilentUnits, TrainConfig, TurboCallback, fit
+from bayescompress.inference import Callback, EarlyStopping, GateMonitor, SilentUnits, TrainConfig, TurboCallback, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
 from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_, fold_multipliers_
 from bayescompress.priors import GaussianPrior, HierarchicalPrior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
@@ -64,6 +64,9 @@ class CompressConfig:
     epochs: VI epochs before pruning (magnitude prunes the pretrained weights directly).
     lr: Adam learning rate of those epochs.
     prior_lr: learning rate of the spike-and-slab gate logits and log-scales (ss-gl, ss-ghs).
+    input_gate_lr: learning rate of the input gates' logits (ss-gl, ss-ghs with ``input_gates``); None =
+        ``prior_lr``. Faster, it removes uninformative inputs before the first layer's units are weighed
+        (see :class:`~bayescompress.TrainConfig`).
     rho_lr: learning rate of the posterior rho (ss-gl, ss-ghs, turbo-vbi): sigma must widen before the gates
         or supports decide.
     prior_scale: standard deviation s0 of the Gaussian prior (gaussian-snr; every method's fine-tuning).
@@ -82,6 +85,13 @@ class CompressConfig:
     kl_warmup_epochs: linear KL warm-up (epochs).
     kl_weight: weight of the KL after warm-up in the training before pruning (1 = the ELBO; below 1 a
         tempered posterior, which prunes less).
+    max_val_drop: early stopping of the training before pruning (ss-gl, ss-ghs): stop once the validation
+        accuracy of the posterior-mean network (point gates: the network pruning keeps) falls more than this
+        below its starting value, and prune the last state within that budget, so ``epochs`` becomes an
+        upper bound (:class:`~bayescompress.inference.EarlyStopping`). None = train all ``epochs``. The
+        budget is on the network before fine-tuning, which recovers part of the loss.
+    val_checks_per_epoch: how often per epoch that accuracy is measured (evenly spaced batches); more checks
+        give a finer choice of where to stop, at the cost of a validation pass each.
     keep_fraction: fraction of weights (or, with ``level="unit"``, of each layer's units) kept, in (0, 1).
     snr_threshold: keep SNR >= this instead of a fraction (gaussian-snr only).
     level: ``"weight"`` or ``"unit"`` (gaussian-snr).
@@ -100,6 +110,7 @@ class CompressConfig:
     epochs: int = 10
     lr: float = 1e-3
     prior_lr: float = 3e-3
+    input_gate_lr: float | None = None
     rho_lr: float = 1e-2
     prior_scale: float = 0.5
     prior_inclusion: float = 1e-3
@@ -113,6 +124,8 @@ class CompressConfig:
     init_rho: float | None = -6.0
     kl_warmup_epochs: int = 0
     kl_weight: float = 1.0
+    max_val_drop: float | None = None
+    val_checks_per_epoch: int = 1
     keep_fraction: float = 0.1
     snr_threshold: float | None = None
     level: str = "weight"
@@ -128,6 +141,8 @@ class CompressConfig:
         check_positive_int("epochs", self.epochs)
         check_in_range("lr", self.lr, 0.0, 10.0, low_inclusive=False)
         check_in_range("prior_lr", self.prior_lr, 0.0, 10.0, low_inclusive=False)
+        if self.input_gate_lr is not None:
+            check_in_range("input_gate_lr", self.input_gate_lr, 0.0, 10.0, low_inclusive=False)
         check_in_range("rho_lr", self.rho_lr, 0.0, 10.0, low_inclusive=False)
         check_positive("prior_scale", self.prior_scale)
         check_in_range("prior_inclusion", self.prior_inclusion, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
@@ -138,6 +153,9 @@ class CompressConfig:
         check_positive_int("turbo_updates_per_epoch", self.turbo_updates_per_epoch)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
         check_in_range("kl_weight", self.kl_weight, 0.0, 1.0, low_inclusive=False)
+        if self.max_val_drop is not None:
+            check_in_range("max_val_drop", self.max_val_drop, 0.0, 1.0)
+        check_positive_int("val_checks_per_epoch", self.val_checks_per_epoch)
         check_in_range("keep_fraction", self.keep_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         if self.snr_threshold is not None:
             check_in_range("snr_threshold", self.snr_threshold, 0.0)
@@ -223,10 +241,13 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
         prior = SPIKE_SLAB_PRIORS[method](prior_inclusion=config.prior_inclusion, temperature=config.temperature,
                                           input_gates=config.input_gates)
         bayesianize_(network, prior, init=init)
+        callbacks = [GateMonitor()]
+        if config.max_val_drop is not None:  # last: it restores the kept state after the others have run
+            callbacks.append(EarlyStopping(val_loader, config.max_val_drop, config.val_checks_per_epoch))
         records += fit(network, train_loader, val_loader, TrainConfig(
-            epochs=config.epochs, lr=config.lr, prior_lr=config.prior_lr, rho_lr=config.rho_lr,
-            kl_warmup_epochs=config.kl_warmup_epochs, kl_weight=config.kl_weight, **train),
-            callbacks=[GateMonitor()])
+            epochs=config.epochs, lr=config.lr, prior_lr=config.prior_lr, input_gate_lr=config.input_gate_lr,
+            rho_lr=config.rho_lr, kl_warmup_epochs=config.kl_warmup_epochs, kl_weight=config.kl_weight, **train),
+            callbacks=callbacks)
         masks = InclusionPruning(threshold=0.5).masks(network)
         # gates and scales become part of the weights: fine-tuning and export then see ordinary layers
         fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))

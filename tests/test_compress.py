@@ -136,6 +136,20 @@ def test_bad_turbo_settings_are_refused_before_any_work(field, value):
         CompressConfig(**{field: value})
 
 
+def test_spike_slab_early_stopping_prunes_an_earlier_state_within_the_budget(pretrained, digits,
+                                                                          spike_slab_results):
+    train, val, test = digits
+    config = CompressConfig(epochs=6, kl_warmup_epochs=1, prior_lr=3e-2, rho_lr=3e-2, finetune_epochs=5,
+                            mc_samples=4, quiet=True, max_val_drop=0.0, val_checks_per_epoch=2)
+    result = compress(pretrained, train, val, "ss-ghs", test_loader=test, config=config)
+    vi = [r for r in result.history if "early_stopping/kept_step" in r]
+    kept = vi[-1]["early_stopping/kept_step"]
+    assert len(vi) <= 6 and kept < 6 * len(train)  # the budget of 0 stopped the pruning phase early
+    full = spike_slab_results["ss-ghs"].metrics  # same recipe, all 6 epochs
+    assert result.metrics["compression_rate"] < full["compression_rate"]
+    assert result.metrics["architecture"]["exported"][0] > full["architecture"]["exported"][0]
+
+
 def test_compress_leaves_the_input_model_untouched(pretrained, results):
     assert all(type(m).__name__ in ("Sequential", "Flatten", "Linear", "ReLU") for m in pretrained.modules())
 
@@ -189,7 +203,9 @@ def test_a_run_folder_from_a_newer_format_is_refused(results, tmp_path):
 
 @pytest.mark.parametrize("field, value", [("keep_fraction", 1.0), ("keep_fraction", 0.0), ("prior_scale", 0.0),
                                           ("finetune_epochs", -1), ("level", "filter"), ("prior_inclusion", 1.0),
-                                          ("temperature", 0.0), ("prior_lr", 0.0), ("rho_lr", -1.0)])
+                                          ("temperature", 0.0), ("prior_lr", 0.0), ("rho_lr", -1.0),
+                                          ("input_gate_lr", 0.0), ("max_val_drop", -0.01), ("max_val_drop", 1.5),
+                                          ("val_checks_per_epoch", 0)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         CompressConfig(**{field: value})

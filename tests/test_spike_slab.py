@@ -251,6 +251,25 @@ def test_rho_and_prior_parameters_get_their_own_learning_rates():
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
 
 
+def test_input_gates_get_their_own_learning_rate():
+    from bayescompress.inference import Trainer
+
+    net = bayesianize_(_mlp(), SpikeSlabGroupHorseshoe(input_gates=True))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    trainer = Trainer(net, [(x, y)], config=TrainConfig(epochs=1, lr=1e-3, prior_lr=1e-3, input_gate_lr=0.1,
+                                                        quiet=True), n_train=16)
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3, 1e-3, 0.1]
+    assert [id(p) for p in groups[3]["params"]] == [id(net[0].prior.input_gate_logit)]
+    before = {name: p.detach().clone() for name, p in net.named_parameters() if "gate_logit" in name}
+    trainer.fit()
+    # Adam's first step moves every parameter with a nonzero gradient by its learning rate
+    moved = {name: (p.detach() - before[name]).abs() for name, p in net.named_parameters() if name in before}
+    assert torch.allclose(moved["0.prior.input_gate_logit"], torch.tensor(0.1), rtol=1e-3)
+    assert torch.allclose(moved["0.prior.gate_logit"], torch.tensor(1e-3), rtol=1e-3)
+    assert torch.allclose(moved["2.prior.gate_logit"], torch.tensor(1e-3), rtol=1e-3)
+
+
 def _teacher_student(active=5, hidden=50, features=10, classes=3, n=3000):
     """Labels from a teacher MLP whose hidden units 0..active-1 alone reach the output, and a pretrained
     student of the same shape: the teacher's first layer, and small random output weights on the units the

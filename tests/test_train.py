@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescompress.inference import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
+from bayescompress.inference import Callback, EarlyStopping, NonFiniteLossError, Trainer, TrainConfig, fit
+from bayescompress.metrics import evaluate
 from bayescompress.nn import bayesianize_, kl_divergence
 from bayescompress.priors import GaussianPrior
 
@@ -131,10 +132,85 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_finite_weights():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_stop_training_ends_after_the_current_batch_and_its_epoch():
+    loader, _, _ = _toy_problem()  # 3 batches per epoch
+    events = []
+
+    class Stop(Callback):
+        def on_batch_end(self, trainer, batch, loss):
+            events.append((trainer.epoch, batch))
+            if (trainer.epoch, batch) == (1, 0):
+                trainer.stop_training = True
+
+        def on_epoch_end(self, trainer, epoch, record):
+            events.append(f"epoch{epoch}")
+
+        def on_train_end(self, trainer):
+            events.append("end")
+
+    history = fit(_bnn(), loader, config=TrainConfig(epochs=5, quiet=True), callbacks=[Stop()])
+    assert events == [(0, 0), (0, 1), (0, 2), "epoch0", (1, 0), "epoch1", "end"]
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def _pretrained_then_mislabelled():
+    """A BNN fitted to the toy problem, and a loader of the same inputs with every label shifted by one, so
+    that training on it steadily lowers the accuracy on the true labels."""
+    torch.manual_seed(0)
+    loader, x, y = _toy_problem(n=192, batch=32)
+    model = _bnn()
+    fit(model, loader, config=TrainConfig(epochs=30, lr=1e-2, quiet=True))
+    wrong = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (y + 1) % 3), batch_size=32)
+    return model, wrong, loader
+
+
+def test_early_stopping_restores_the_last_state_within_the_accuracy_budget():
+    model, wrong, val = _pretrained_then_mislabelled()
+    replay = copy.deepcopy(model)
+    config = TrainConfig(epochs=10, lr=1e-2, eval_samples=0, quiet=True)
+    stop = EarlyStopping(val, max_drop=0.1, checks_per_epoch=2)  # 6 batches: checks after batches 2 and 5
+    history = fit(model, wrong, val, config, callbacks=[stop])
+    reference = stop.reference_accuracy
+    assert reference > 0.9
+    assert stop.stopped and len(history) < 10
+    assert [s % 3 for s, _ in stop.checks[1:]] == [0] * (len(stop.checks) - 1)
+    assert stop.checks[-1][1] < reference - 0.1  # the check that stopped training was over the budget
+    kept_step, kept_accuracy = stop.checks[-2]
+    assert kept_step == stop.kept_step > 0 and kept_accuracy >= reference - 0.1
+    assert history[-1]["early_stopping/kept_step"] == kept_step
+
+    # the restored model is exactly the state after kept_step steps of the same run without the checks
+    class StopAt(Callback):
+        def on_batch_end(self, trainer, batch, loss):
+            trainer.stop_training = trainer.step == kept_step
+
+    fit(replay, wrong, val, config, callbacks=[StopAt()])
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), replay.state_dict().values()))
+    assert evaluate(model, val, samples=0)["accuracy"] == kept_accuracy
+
+
+def test_early_stopping_with_room_to_spare_changes_nothing():
+    model, wrong, val = _pretrained_then_mislabelled()
+    plain = copy.deepcopy(model)
+    config = TrainConfig(epochs=3, lr=3e-3, eval_samples=0, quiet=True)
+    stop = EarlyStopping(val, max_drop=1.0)
+    fit(model, wrong, val, config, callbacks=[stop])
+    fit(plain, wrong, val, config)
+    assert not stop.stopped and stop.kept_step == 3 * 6
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
+@pytest.mark.parametrize("field, value", [("max_drop", -0.01), ("max_drop", 1.5), ("checks_per_epoch", 0)])
+def test_early_stopping_settings_are_validated(field, value):
+    settings = {"max_drop": 0.01, "checks_per_epoch": 1, field: value}
+    with pytest.raises(ValueError, match=field):
+        EarlyStopping([], **settings)
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("epochs", 0), ("lr", 0.0), ("lr", -1e-3), ("kl_weight", 0.0), ("kl_warmup_epochs", -1),
-     ("eval_samples", -2), ("weight_decay", -0.1), ("lr_schedule", "step"), ("seed", -1)],
+     ("eval_samples", -2), ("weight_decay", -0.1), ("lr_schedule", "step"), ("seed", -1), ("input_gate_lr", 0.0)],
 )
 def test_out_of_range_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -9,9 +9,10 @@ from bayescompress.inference.message_passing import (
     belief_propagation,
     gibbs_sample,
 )
+from bayescompress.inference.stopping import EarlyStopping
 from bayescompress.inference.train import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
 from bayescompress.inference.turbo import TurboCallback
 
-__all__ = ["BeliefPropagationWarning", "Callback", "FactorGraph", "GateMonitor", "NonFiniteLossError", "SilentUnits",
-           "TrainConfig", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
+__all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "NonFiniteLossError",
+           "SilentUnits", "TrainConfig", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
            "gibbs_sample", "point_gates", "sample_gates"]

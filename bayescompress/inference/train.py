@@ -40,6 +40,10 @@ class TrainConfig:
     prior_lr: learning rate of the priors' own variational parameters (spike-and-slab gate logits and
         log-scales); None = ``lr``. These live on a log-odds / log scale and need to travel several units
         in a few epochs, which a weight-sized step cannot do.
+    input_gate_lr: learning rate of the input-feature gate logits (spike-and-slab ``input_gates``); None =
+        the prior's rate. Under Adam every gate whose gradient the KL dominates falls at the same speed, so
+        inputs and units are removed together; a faster rate removes the inputs that carry nothing first,
+        which lowers the first layer's per-unit slab KL (fewer weights per unit) before its units are weighed.
     rho_lr: learning rate of the posterior standard deviations' parameters rho; None = ``lr``. A larger value
         lets sigma reach the width the data allow within an epoch or two — before spike-and-slab gates
         decide, since a unit's slab KL, which the gate weighs against the data, depends on it.
@@ -61,6 +65,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
     prior_lr: float | None = None
+    input_gate_lr: float | None = None
     rho_lr: float | None = None
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
@@ -74,7 +79,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
         check_in_range("lr", self.lr, 0.0, 10.0, low_inclusive=False)
-        for name in ("prior_lr", "rho_lr"):
+        for name in ("prior_lr", "input_gate_lr", "rho_lr"):
             if getattr(self, name) is not None:
                 check_in_range(name, getattr(self, name), 0.0, 10.0, low_inclusive=False)
         check_in_range("weight_decay", self.weight_decay, 0.0)
@@ -106,7 +111,9 @@ class Trainer:
     """Runs the ELBO loop; see :func:`fit` for the arguments.
 
     Attributes callbacks may read or change: ``model``, ``optimizer``, ``config``, ``epoch`` (0-based),
-    ``step`` (global batch counter), ``beta`` (current KL weight), ``history`` (one record per epoch).
+    ``step`` (global batch counter), ``beta`` (current KL weight), ``history`` (one record per epoch),
+    ``stop_training`` (set it to True to end training: the current epoch stops after this batch, its record,
+    the priors' updates, validation and ``on_epoch_end`` still run, then ``on_train_end``).
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class Trainer:
         self.step = 0
         self.beta = self.config.kl_weight
         self.history: list[dict[str, float]] = []
+        self.stop_training = False
 
     def _beta(self) -> float:
         warmup_steps = self.config.kl_warmup_epochs * self.steps_per_epoch
@@ -175,6 +183,8 @@ class Trainer:
             self._emit("on_epoch_end", self.epoch, record)
             self.history.append(record)
             epochs.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "val_accuracy")})
+            if self.stop_training:
+                break
         self._emit("on_train_end")
         return self.history
 
@@ -202,6 +212,8 @@ class Trainer:
             batches += 1
             sums += torch.tensor([loss.item(), nll.item(), kl.item()], dtype=torch.float64)
             self._emit("on_batch_end", batch, loss.item())
+            if self.stop_training:
+                break
         mean = (sums / max(batches, 1)).tolist()
         return {"epoch": self.epoch + 1, "loss": mean[0], "nll": mean[1], "kl": mean[2], "beta": self.beta}
 
@@ -247,16 +259,22 @@ def fit(
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """Three Adam groups: the posterior means (and any deterministic parameter) at ``lr``, the posterior
-    rho at ``rho_lr``, the priors' variational parameters at ``prior_lr`` (empty groups are left out)."""
+    """Four Adam groups: the posterior means (and any deterministic parameter) at ``lr``, the posterior
+    rho at ``rho_lr``, the priors' variational parameters at ``prior_lr`` except the input gates' logits, at
+    ``input_gate_lr`` (empty groups are left out)."""
     layers = [layer for _, layer in bayesian_layers(model)]
-    prior = {id(p) for layer in layers for p in layer.prior.parameters()}
+    inputs = {id(layer.prior.input_gate_logit) for layer in layers
+              if getattr(layer.prior, "input_gate_logit", None) is not None}
+    prior = {id(p) for layer in layers for p in layer.prior.parameters()} - inputs
     rho = {id(p) for layer in layers for p in (layer.weight_rho, layer.bias_rho) if p is not None}
     params = list(model.parameters())
+    prior_lr = config.prior_lr or config.lr
+    special = prior | inputs | rho
     groups = [
-        {"params": [p for p in params if id(p) not in prior and id(p) not in rho]},
+        {"params": [p for p in params if id(p) not in special]},
         {"params": [p for p in params if id(p) in rho], "lr": config.rho_lr or config.lr},
-        {"params": [p for p in params if id(p) in prior], "lr": config.prior_lr or config.lr},
+        {"params": [p for p in params if id(p) in prior], "lr": prior_lr},
+        {"params": [p for p in params if id(p) in inputs], "lr": config.input_gate_lr or prior_lr},
     ]
     return [group for group in groups if group["params"]]
 
