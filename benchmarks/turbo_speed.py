@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args()
 
     splits = load_data_for("lenet300", "mnist", args.data_dir)
@@ -86,7 +87,7 @@ def main() -> None:
     print(f"epoch: plain VI {plain:.2f} s, Turbo-VBI {turbo:.2f} s, ratio {turbo / plain:.2f}x "
           f"(target <= {EPOCH_TARGET}x)", flush=True)
     command = "python benchmarks/turbo_speed.py " + " ".join(sys.argv[1:])
-    save_results("turbo_speed", {
+    save_results(f"turbo_speed{args.tag}", {
         "command": command.strip(), "bp": {"iterations": args.iterations, "weights": weights, "seconds": bp,
                                            "target_s": BP_TARGET_S},
         "epoch": {"model": "lenet300", "batch_size": 128, "plain_vi_s": plain, "turbo_vbi_s": turbo,
