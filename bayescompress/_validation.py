@@ -25,6 +25,11 @@ def check_in_range(
         raise ValueError(f"{field} must be in {left}{low}, {high}{right}; got {value!r}")
 
 
+def check_probability(field: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``0 < value < 1`` (a probability that may be neither certain nor impossible)."""
+    check_in_range(field, value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+
+
 def check_positive(field: str, value: float) -> None:
     """Raise ``ValueError`` unless ``value > 0``."""
     check_in_range(field, value, 0.0, math.inf, low_inclusive=False)

@@ -31,6 +31,7 @@ from bayescompress._validation import (
     check_non_negative_int,
     check_positive,
     check_positive_int,
+    check_probability,
 )
 from bayescompress.inference import Callback, EarlyStopping, GateMonitor, SilentUnits, TrainConfig, TurboCallback, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
@@ -145,10 +146,10 @@ class CompressConfig:
             check_in_range("input_gate_lr", self.input_gate_lr, 0.0, 10.0, low_inclusive=False)
         check_in_range("rho_lr", self.rho_lr, 0.0, 10.0, low_inclusive=False)
         check_positive("prior_scale", self.prior_scale)
-        check_in_range("prior_inclusion", self.prior_inclusion, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_probability("prior_inclusion", self.prior_inclusion)
         check_positive("temperature", self.temperature)
         for name in ("pi0", "mrf_p11", "mrf_p01"):
-            check_in_range(name, getattr(self, name), 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+            check_probability(name, getattr(self, name))
         check_choice("mrf_graph", self.mrf_graph, GRAPHS)
         check_positive_int("turbo_updates_per_epoch", self.turbo_updates_per_epoch)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import datetime
 import os
 import platform
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from bayescompress.compress import CompressConfig
 from bayescompress.io import write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -26,6 +29,23 @@ def machine() -> dict:
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
     }
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["pi0=0.01", "mrf_graph=grid"]`` -> {"pi0": 0.01, "mrf_graph": "grid"}: CompressConfig fields from the
+    command line (values are Python literals; anything else is taken as a string)."""
+    fields = {f.name for f in dataclasses.fields(CompressConfig)}
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"expected FIELD=VALUE with FIELD a CompressConfig field ({', '.join(sorted(fields))}); "
+                             f"got {item!r}")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    return settings
 
 
 def save_results(name: str, payload: dict) -> Path:

@@ -11,13 +11,12 @@ benchmarks/results/compress_mnist.json.
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import time
 
 import torch
 
-from _common import DEFAULT_MNIST, RESULTS, save_results
+from _common import DEFAULT_MNIST, RESULTS, parse_settings, save_results
 
 from bayescompress.compress import CompressConfig, compress
 from bayescompress.data import make_loaders
@@ -72,12 +71,7 @@ def main() -> None:
                         help="override recipe fields for this run, e.g. --set epochs=14 max_val_drop=0.01 "
                              "(recorded in the results file's recipe)")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects FIELD=VALUE; got {item!r}")
-        overrides[field] = ast.literal_eval(value)
+    overrides = parse_settings(args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
 

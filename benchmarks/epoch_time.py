@@ -26,9 +26,12 @@ from bayescompress.workflows import load_data_for
 TARGET = 2.0
 
 
-def epoch_seconds(model, batches, n_train: int, repeats: int) -> float:
-    """Best of ``repeats`` timed epochs, after one untimed warm-up epoch."""
-    trainer = Trainer(model, batches, config=TrainConfig(epochs=1, quiet=True), n_train=n_train)
+def epoch_seconds(model, batches, n_train: int, repeats: int, callbacks=()) -> float:
+    """Best of ``repeats`` timed epochs (callbacks included), after one untimed warm-up epoch."""
+    trainer = Trainer(model, batches, config=TrainConfig(epochs=1, quiet=True), callbacks=callbacks,
+                      n_train=n_train)
+    for callback in callbacks:
+        callback.on_train_begin(trainer)
     trainer._train_epoch()
     best = float("inf")
     for _ in range(repeats):

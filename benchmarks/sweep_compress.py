@@ -11,31 +11,14 @@ recipes in compress_mnist.py were chosen (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import sys
 import time
 
-from _common import DEFAULT_MNIST, RESULTS, save_results
+from _common import DEFAULT_MNIST, RESULTS, parse_settings, save_results
 
 from bayescompress.compress import METHODS, CompressConfig, compress
 from bayescompress.data import make_loaders
 from bayescompress.workflows import load_data_for, load_pretrained
-
-
-def parse_config(text: str) -> dict:
-    """``"pi0=0.01,epochs=8,mrf_graph=grid"`` -> {"pi0": 0.01, "epochs": 8, "mrf_graph": "grid"}."""
-    fields = {f.name for f in dataclasses.fields(CompressConfig)}
-    settings = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"{key!r} is not a CompressConfig field ({', '.join(sorted(fields))})")
-        try:
-            settings[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[key] = value
-    return settings
 
 
 def main() -> None:
@@ -58,7 +41,7 @@ def main() -> None:
     train, val, test = make_loaders(load_data_for(args.model, "mnist", args.data_dir), batch_size=128)
     rows = []
     for text in args.configs:
-        settings = parse_config(text)
+        settings = parse_settings(text.split(","))
         start = time.perf_counter()
         result = compress(model, train, val, args.method, test_loader=test,
                           config=CompressConfig(**{"quiet": True, **settings}))

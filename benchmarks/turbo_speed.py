@@ -18,9 +18,10 @@ import warnings
 
 import torch
 from _common import DEFAULT_MNIST, save_results
+from epoch_time import epoch_seconds
 
 from bayescompress.data import make_loaders
-from bayescompress.inference import Trainer, TrainConfig, TurboCallback, belief_propagation
+from bayescompress.inference import TurboCallback, belief_propagation
 from bayescompress.models import build_model
 from bayescompress.nn import bayesianize_
 from bayescompress.priors import GaussianPrior, HierarchicalPrior
@@ -48,21 +49,6 @@ def _run_quietly(graph, evidence, iterations):
     with warnings.catch_warnings():  # it is told never to converge, so that all iterations run
         warnings.simplefilter("ignore")
         return belief_propagation(graph, evidence, tol=1e-30, max_iter=iterations)
-
-
-def epoch_seconds(model, batches, n_train: int, repeats: int, callbacks=()) -> float:
-    """Best of ``repeats`` timed epochs (callbacks included), after one untimed warm-up epoch."""
-    trainer = Trainer(model, batches, config=TrainConfig(epochs=1, quiet=True), callbacks=callbacks,
-                      n_train=n_train)
-    for callback in callbacks:
-        callback.on_train_begin(trainer)
-    trainer._train_epoch()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        trainer._train_epoch()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

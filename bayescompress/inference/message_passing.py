@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bayescompress._validation import check_in_range, check_positive_int
+from bayescompress._validation import check_in_range, check_positive_int, check_probability
 
 
 # Log-odds beyond which a message no longer changes (to within e^-50).
@@ -45,7 +45,7 @@ class TransitionPotential:
 
     def __init__(self, p11: float, p01: float) -> None:
         for name, value in (("p11", p11), ("p01", p01)):
-            check_in_range(name, value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+            check_probability(name, value)
         self.p11, self.p01 = float(p11), float(p01)
         self.log_table = torch.tensor([[math.log1p(-p01), math.log(p01)], [math.log1p(-p11), math.log(p11)]],
                                       dtype=torch.float64)

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from bayescompress._validation import check_choice, check_in_range, check_positive
+from bayescompress._validation import check_choice, check_positive, check_probability
 from bayescompress.priors.base import Prior
 from bayescompress.priors.kl import kl_normal_normal_sum
 
@@ -28,9 +28,6 @@ GRAPHS = ("grid", "rows", "columns", "independent")
 # so the slab's standard deviation is about the layer's weight scale and the spike's about 1 % of it.
 _INACTIVE_RATE_FACTOR = 1e-4
 
-
-def _check_probability(name: str, value: float) -> None:
-    check_in_range(name, value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
 
 
 class HierarchicalPrior(Prior):
@@ -88,7 +85,7 @@ class HierarchicalPrior(Prior):
                 check_positive(name, value)
         for name, value in (("pi0", pi0), ("row_p11", row_p11), ("row_p01", row_p01), ("column_p11", column_p11),
                             ("column_p01", column_p01)):
-            _check_probability(name, value)
+            check_probability(name, value)
         check_choice("graph", graph, GRAPHS)
         check_positive("bias_scale", bias_scale)
         if active_rate is not None and inactive_rate is not None:

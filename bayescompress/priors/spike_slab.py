@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bayescompress._validation import check_in_range, check_positive
+from bayescompress._validation import check_positive, check_probability
 from bayescompress.priors.base import Prior
 from bayescompress.priors.kl import (
     kl_bernoulli,
@@ -35,9 +35,6 @@ _INIT_LOG_STD = math.log(1e-2)
 # Smallest starting scale, for units whose pretrained weights are all zero.
 _MIN_INIT_SCALE = 1e-4
 
-
-def _check_probability(name: str, value: float) -> None:
-    check_in_range(name, value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
 
 
 class _LogNormal(nn.Module):
@@ -98,10 +95,10 @@ class SpikeSlabPrior(Prior, abc.ABC):
         gated: bool = True,
     ) -> None:
         super().__init__()
-        _check_probability("prior_inclusion", prior_inclusion)
+        check_probability("prior_inclusion", prior_inclusion)
         check_positive("slab_scale", slab_scale)
         check_positive("temperature", temperature)
-        _check_probability("init_inclusion", init_inclusion)
+        check_probability("init_inclusion", init_inclusion)
         self.register_buffer("prior_inclusion", torch.tensor(float(prior_inclusion)))
         self.register_buffer("slab_scale", torch.tensor(float(slab_scale)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
