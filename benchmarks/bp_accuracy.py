@@ -2,7 +2,8 @@
 
     python benchmarks/bp_accuracy.py [--draws 30]
 
-For each coupling / evidence setting: ``draws`` random unary log-odds (seeds 0..draws-1, N(0, std^2)), BP run
+For each coupling / evidence setting: ``draws`` random unary log-odds (seeds 0..draws-1, N(mean, std^2); mean
+logit 0.01 is module B's unary at the default pi0, phi0 times evidence of that spread), BP run
 to convergence (tol 1e-10), the largest |BP marginal - exact marginal| per draw, and the gain
 ``evidence_stability`` reports (module B warns above ``WEAK_EVIDENCE_GAIN``); then that gain at the default
 couplings and N(0, 1) evidence on grids from 4x4 to 256x256 (3 draws each).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 
 import torch
@@ -25,7 +27,10 @@ from bayescompress.inference.message_passing import (
 )
 from bayescompress.inference.turbo import WEAK_EVIDENCE_GAIN
 
-SETTINGS = [(0.7, 0.3, 1.0), (0.7, 0.3, 2.0), (0.3, 0.7, 0.5), (0.8, 0.2, 1.0), (0.9, 0.1, 1.0)]
+LOGIT_DEFAULT_PI0 = math.log(0.01 / 0.99)
+# (p11, p01, unary mean, unary std)
+SETTINGS = [(0.7, 0.3, 0.0, 1.0), (0.7, 0.3, 0.0, 1.5), (0.7, 0.3, 0.0, 2.0), (0.7, 0.3, LOGIT_DEFAULT_PI0, 1.0),
+            (0.3, 0.7, 0.0, 0.5), (0.8, 0.2, 0.0, 1.0), (0.9, 0.1, 0.0, 1.0)]
 SIDE = 4
 
 
@@ -44,22 +49,23 @@ def main() -> None:
     args = parser.parse_args()
     states = torch.tensor(list(itertools.product([0, 1], repeat=SIDE * SIDE)), dtype=torch.float64)
     rows = []
-    for p11, p01, std in SETTINGS:
+    for p11, p01, mean, std in SETTINGS:
         potential = TransitionPotential(p11, p01)
         graph = FactorGraph.grid((SIDE, SIDE), potential, potential)
         errors, gains = [], []
         for seed in range(args.draws):
-            unary = torch.randn((SIDE, SIDE), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * std
+            draw = torch.randn((SIDE, SIDE), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            unary = draw * std + mean
             result = belief_propagation(graph, unary, tol=1e-10, max_iter=2000)
             errors.append(float((torch.sigmoid(result.belief) - exact_marginals(unary, potential, states)).abs().max()))
             gains.append(evidence_stability(graph, unary))
         errors_t, gains_t = torch.tensor(errors), torch.tensor(gains)
-        rows.append({"p11": p11, "p01": p01, "unary_std": std, "max_error": float(errors_t.max()),
+        rows.append({"p11": p11, "p01": p01, "unary_mean": mean, "unary_std": std, "max_error": float(errors_t.max()),
                      "mean_error": float(errors_t.mean()), "within_0_05": int((errors_t <= 0.05).sum()),
                      "gain_min": float(gains_t.min()), "gain_max": float(gains_t.max()),
                      "warns": int((gains_t > WEAK_EVIDENCE_GAIN).sum())})
         r = rows[-1]
-        print(f"p11 {p11} p01 {p01} std {std}: max error {r['max_error']:.3f}, mean {r['mean_error']:.3f}, "
+        print(f"p11 {p11} p01 {p01} mean {mean:.2f} std {std}: max error {r['max_error']:.3f}, mean {r['mean_error']:.3f}, "
               f"{r['within_0_05']}/{args.draws} within 0.05, gain {r['gain_min']:.2f}-{r['gain_max']:.2f}, "
               f"warns {r['warns']}/{args.draws}", flush=True)
     # the gain grows with the grid: the same evidence and couplings on layer-sized grids
