@@ -65,7 +65,8 @@ def main() -> None:
                      "gain_min": float(gains_t.min()), "gain_max": float(gains_t.max()),
                      "warns": int((gains_t > WEAK_EVIDENCE_GAIN).sum())})
         r = rows[-1]
-        print(f"p11 {p11} p01 {p01} mean {mean:.2f} std {std}: max error {r['max_error']:.3f}, mean {r['mean_error']:.3f}, "
+        print(f"p11 {p11} p01 {p01} mean {mean:.2f} std {std}: max error {r['max_error']:.3f}, "
+              f"mean {r['mean_error']:.3f}, "
               f"{r['within_0_05']}/{args.draws} within 0.05, gain {r['gain_min']:.2f}-{r['gain_max']:.2f}, "
               f"warns {r['warns']}/{args.draws}", flush=True)
     # the gain grows with the grid: the same evidence and couplings on layer-sized grids
