@@ -3,7 +3,7 @@
     python benchmarks/bp_accuracy.py [--draws 30]
 
 For each coupling / evidence setting: ``draws`` random unary log-odds (seeds 0..draws-1, N(mean, std^2); mean
-logit 0.01 is module B's unary at the default pi0, phi0 times evidence of that spread), BP run
+logit pi0 at HierarchicalPrior's default is module B's unary, phi0 times evidence of that spread), BP run
 to convergence (tol 1e-10), the largest |BP marginal - exact marginal| per draw, and the gain
 ``evidence_stability`` reports (module B warns above ``WEAK_EVIDENCE_GAIN``); then that gain at the default
 couplings and N(0, 1) evidence on grids from 4x4 to 256x256 (3 draws each).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
 
 import torch
@@ -26,8 +25,9 @@ from bayescompress.inference.message_passing import (
     evidence_stability,
 )
 from bayescompress.inference.turbo import WEAK_EVIDENCE_GAIN
+from bayescompress.priors import HierarchicalPrior
 
-LOGIT_DEFAULT_PI0 = math.log(0.01 / 0.99)
+LOGIT_DEFAULT_PI0 = float(torch.logit(HierarchicalPrior().pi0))
 # (p11, p01, unary mean, unary std)
 SETTINGS = [(0.7, 0.3, 0.0, 1.0), (0.7, 0.3, 0.0, 1.5), (0.7, 0.3, 0.0, 2.0), (0.7, 0.3, LOGIT_DEFAULT_PI0, 1.0),
             (0.3, 0.7, 0.0, 0.5), (0.8, 0.2, 0.0, 1.0), (0.9, 0.1, 0.0, 1.0)]
@@ -65,9 +65,9 @@ def main() -> None:
                      "gain_min": float(gains_t.min()), "gain_max": float(gains_t.max()),
                      "warns": int((gains_t > WEAK_EVIDENCE_GAIN).sum())})
         r = rows[-1]
-        print(f"p11 {p11} p01 {p01} mean {mean:.2f} std {std}: max error {r['max_error']:.3f}, "
-              f"mean {r['mean_error']:.3f}, "
-              f"{r['within_0_05']}/{args.draws} within 0.05, gain {r['gain_min']:.2f}-{r['gain_max']:.2f}, "
+        print(f"p11 {p11} p01 {p01} mean {mean:.2f} std {std}: max error {r['max_error']:.3f}, mean "
+              f"{r['mean_error']:.3f}, {r['within_0_05']}/{args.draws} within 0.05, "
+              f"gain {r['gain_min']:.2f}-{r['gain_max']:.2f}, "
               f"warns {r['warns']}/{args.draws}", flush=True)
     # the gain grows with the grid: the same evidence and couplings on layer-sized grids
     default = TransitionPotential(0.7, 0.3)

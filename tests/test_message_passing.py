@@ -17,6 +17,7 @@ from bayescompress.inference.message_passing import (
     gibbs_sample,
 )
 from bayescompress.inference.turbo import WEAK_EVIDENCE_GAIN, module_b
+from bayescompress.priors import HierarchicalPrior
 
 DOUBLE = torch.float64
 
@@ -77,11 +78,11 @@ def test_bp_on_a_tree_equals_enumeration():
 
 
 @pytest.mark.parametrize("mean, std, worst", [(0.0, 1.0, 0.07), (0.0, 1.5, 0.05), (0.0, 2.0, 0.05),
-                                              (math.log(0.01 / 0.99), 1.0, 0.05)])
+                                              (float(torch.logit(HierarchicalPrior().pi0)), 1.0, 0.05)])
 def test_loopy_bp_on_a_4x4_grid_at_the_default_couplings_is_close_to_enumeration(mean, std, worst):
     """30 draws of unary log-odds N(mean, std^2). Zero mean is the hardest case (no field): at std 1.5 and 2
     every draw is within 0.05; at std 1, 27 of 30 are (the others reach 0.061, a limit of loopy BP itself at
-    these couplings, see docs/turbo-vbi.md). With module B's unary at the default pi0 = 0.01 (mean logit pi0)
+    these couplings, see docs/turbo-vbi.md). With module B's unary at the default pi0 (mean logit pi0)
     and unit evidence every draw is within 0.05."""
     default = TransitionPotential(0.7, 0.3)
     graph = FactorGraph.grid((4, 4), rows=default, columns=default)
