@@ -51,3 +51,22 @@ def check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{field} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_device(field: str, value: str) -> None:
+    """Raise ``ValueError`` unless ``value`` names a device this machine has ("cpu", "cuda", "cuda:N")."""
+    import torch  # here: the other checks need no torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{field} must be a device such as 'cpu', 'cuda' or 'cuda:0'; got {value!r}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{field} is {value!r} but this machine has no CUDA device (torch.cuda.is_available() "
+                             "is False); use 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{field} is {value!r} but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+    elif device.type != "cpu":
+        raise ValueError(f"{field} must be 'cpu', 'cuda' or 'cuda:N'; got {value!r}")

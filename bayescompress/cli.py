@@ -20,6 +20,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
+
+
+def _overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run folder at --out (never a folder holding anything else)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--data-dir", help="folder with the four IDX files (mnist, fashion-mnist)")
     comp.add_argument("--method", choices=METHODS, default="gaussian-snr")
     comp.add_argument("--epochs", type=int, required=True, help="VI epochs before pruning")
-    comp.add_argument("--out", required=True, help="run folder to write")
+    comp.add_argument("--out", required=True, help="run folder to write (a new or empty folder)")
+    _overwrite(comp)
     defaults = CompressConfig()
     comp.add_argument("--lr", type=float, default=defaults.lr)
     comp.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="Gaussian prior std s0")
@@ -102,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--quiet", action="store_true", help="print nothing")
 
     demo = commands.add_parser("demo", help="the whole pipeline on digits: pretrain, VI, prune, export")
-    demo.add_argument("--out", help="run folder to write")
+    demo.add_argument("--out", help="run folder to write (a new or empty folder)")
+    _overwrite(demo)
     _common(demo)
     return parser
 
@@ -125,12 +133,19 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from bayescompress import workflows
+    from bayescompress._validation import check_device
+    from bayescompress.runs import check_run_destination
 
     try:
+        if getattr(args, "device", None) is not None:  # before any work
+            check_device("--device", args.device)
+        if args.command in ("compress", "demo") and args.out is not None:
+            check_run_destination(args.out, args.overwrite)
         if args.command == "pretrain":
             result = workflows.pretrain(
                 args.model, args.dataset, args.data_dir, epochs=args.epochs, lr=args.lr,
-                batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, quiet=args.quiet,
+                batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, device=args.device,
+                quiet=args.quiet,
             )
             path = result.save(args.out)
             output = {"weights": str(path), **{f"test_{k}": v for k, v in result.metrics.items()}}
@@ -163,14 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mrf_graph=args.mrf_graph, turbo_updates_per_epoch=args.turbo_updates_per_epoch,
                 prior_lr=args.prior_lr, rho_lr=args.rho_lr, input_gate_lr=args.input_gate_lr,
                 max_val_drop=args.max_val_drop, val_checks_per_epoch=args.val_checks_per_epoch,
-                seed=args.seed, quiet=args.quiet,
+                seed=args.seed, device=args.device, quiet=args.quiet,
             )
             result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,
                                               config, batch_size=args.batch_size)
-            output = _run_output(result, result.save(args.out), args.quiet)
+            output = _run_output(result, result.save(args.out, overwrite=args.overwrite), args.quiet)
         else:
             start = time.perf_counter()
-            result = workflows.demo(args.out, seed=args.seed, quiet=args.quiet)
+            result = workflows.demo(args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite,
+                                    device=args.device)
             output = _run_output(result, args.out, args.quiet)
             if not args.quiet:
                 print(f"digits test split; compressed metrics from {result.metrics['mc_samples']} MC samples; "

@@ -19,6 +19,7 @@ Recipes (SPEC sections 1, 5 and 6):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from bayescompress._validation import (
     check_choice,
+    check_device,
     check_in_range,
     check_non_negative_int,
     check_positive,
@@ -35,7 +37,8 @@ from bayescompress._validation import (
 )
 from bayescompress.inference import Callback, EarlyStopping, GateMonitor, SilentUnits, TrainConfig, TurboCallback, fit
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
-from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_, fold_multipliers_
+from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_, fold_multipliers_, output_layer
+from bayescompress.nn.model import warn_unhandled
 from bayescompress.priors import GaussianPrior, HierarchicalPrior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.priors.hierarchical import GRAPHS
 from bayescompress.pruning import (
@@ -48,9 +51,14 @@ from bayescompress.pruning import (
     prunable_layers,
     propagate,
 )
+from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
+from bayescompress.pruning.graph_export import bayesian_export
 from bayescompress.pruning.masks import copy_network
 from bayescompress.pruning.structure import layer_output_shapes
-from bayescompress.runs import CompressionResult, units_per_layer
+from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
+
+# Validation inputs kept with a run: the graph export's constant test and a saved run's output check use them.
+PROBE_SIZE = 8
 
 METHODS = ("gaussian-snr", "ss-gl", "ss-ghs", "turbo-vbi", "magnitude")
 SPIKE_SLAB_PRIORS = {"ss-gl": SpikeSlabGroupLasso, "ss-ghs": SpikeSlabGroupHorseshoe}
@@ -99,7 +107,11 @@ class CompressConfig:
     finetune_epochs: epochs of training of the surviving weights under the masks (0 = none).
     finetune_lr: peak learning rate of the fine-tuning (annealed to 0 by a cosine schedule).
     mc_samples: posterior samples for the compressed network's metrics.
-    latency_batch: batch size of the latency measurement.
+    latency_batch: batch size of the latency measurement (halved until one pass fits the budget).
+    latency_budget: about how many seconds the latency measurement may take per network.
+    fold_batchnorm: fold every BatchNorm that directly follows a Linear/Conv2d into it before conversion, so
+        the channels a prior switches off are exactly zero and can be removed (the function is unchanged; see
+        :mod:`bayescompress.pruning.batchnorm`).
     seed, device, quiet: as in :class:`~bayescompress.TrainConfig`.
 
     Example
@@ -134,6 +146,8 @@ class CompressConfig:
     finetune_lr: float = 1e-3
     mc_samples: int = 10
     latency_batch: int = 256
+    latency_budget: float = 1.0
+    fold_batchnorm: bool = True
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
@@ -165,7 +179,9 @@ class CompressConfig:
         check_in_range("finetune_lr", self.finetune_lr, 0.0, 10.0, low_inclusive=False)
         check_non_negative_int("mc_samples", self.mc_samples)
         check_positive_int("latency_batch", self.latency_batch)
+        check_positive("latency_budget", self.latency_budget)
         check_non_negative_int("seed", self.seed)
+        check_device("device", self.device)
 
 
 def compress(
@@ -197,51 +213,79 @@ def compress(
     first = next(iter(val_loader), None)
     if first is None:
         raise ValueError("val_loader yields no batch; compress needs validation data (use a val_fraction > 0)")
-    example = first[0][:1].to(config.device)
+    # a few inputs: the graph export recognises constant channels by their being equal on all of them
+    probe = first[0][:PROBE_SIZE].to(config.device)
+    example = probe[:1]
     original = copy_network(model).to(config.device).eval()
 
+    network = copy_network(model).to(config.device).eval()
+    folded = _fold_batchnorm(network, probe) if config.fold_batchnorm else []
+    output = output_layer(network, example)
     torch.manual_seed(config.seed)
     network, masks, history, samples, inclusion = _train_and_prune(
-        copy_network(model), train_loader, val_loader, method, config
+        network, train_loader, val_loader, method, config, example, output
     )
+    network.eval()  # what follows runs the deployed network: Dropout off, BatchNorm on its running statistics
+    surgery = None
     try:
         structure = propagate(network, masks, example)
         final_masks = structure.masks
         final_masks.apply_(network)  # drops weights of units nothing reads: the function is unchanged
         exported = export_sequential(network, structure).eval()
+        posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
-        exported = export_with_torch_pruning(network, masks, example).eval()
+        exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=output)
+        exported.eval()
+        posterior = bayesian_export(network, exported, surgery, probe).eval() if samples else None
     # propagate already measured the layer shapes on the sequential path
     shapes = structure.output_shapes if structure else layer_output_shapes(
         network, prunable_layers(network), example)
 
-    metrics = _measure(original, network, exported, final_masks, shapes, eval_loader, example, samples, config)
+    metrics = _measure(original, network, exported, posterior, final_masks, shapes, eval_loader, example, samples,
+                       config)
+    export = ExportRecord(folded, surgery, probe.detach().cpu())
     return CompressionResult(method, dataclasses.asdict(config), metrics, final_masks, original, network,
-                             exported, structure, history, inclusion)
+                             exported, structure, history, inclusion, posterior=posterior, export_record=export)
 
 
-def _train_and_prune(network, train_loader, val_loader, method, config):
+def _fold_batchnorm(network: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
+    """Fold every BatchNorm that directly follows a Linear/Conv2d into it (see
+    :mod:`bayescompress.pruning.batchnorm`); a graph Torch-Pruning cannot trace keeps its BatchNorms."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+        return []
+    try:
+        pairs = foldable_pairs(network, probe)
+    except Exception as error:  # tracing can fail on arbitrary user code; folding is an improvement only
+        warnings.warn(f"BatchNorm is not folded: Torch-Pruning could not trace the network ({error}); channels "
+                      "behind a BatchNorm then cannot be removed", stacklevel=3)
+        return []
+    fold_batchnorm_(network, pairs)
+    return pairs
+
+
+def _train_and_prune(network, train_loader, val_loader, method, config, example, output):
     """The trained, masked network, its masks, the training records, the MC samples its metrics use, and the
-    per-weight inclusion probabilities the pruning thresholded (Turbo-VBI only)."""
+    per-weight inclusion probabilities the pruning thresholded (Turbo-VBI only). ``output`` names the output
+    layer (kept whole); ``example`` is an input, for the layer order."""
     train = dict(seed=config.seed, device=config.device, quiet=config.quiet, eval_samples=0)
     records: list[dict] = []
     inclusion: dict[str, Tensor] = {}
     callbacks: list[Callback] = []
     init = PosteriorInit(rho=config.init_rho)
     if method == "gaussian-snr":
-        bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=init)
+        bayesianize_(network, GaussianPrior(scale=config.prior_scale), init=init, example_input=example)
         records += fit(network, train_loader, val_loader, TrainConfig(
             epochs=config.epochs, lr=config.lr, kl_warmup_epochs=config.kl_warmup_epochs,
             kl_weight=config.kl_weight, **train))
         masks = SNRPruning(threshold=config.snr_threshold, level=config.level,
                            keep_fraction=None if config.snr_threshold is not None else config.keep_fraction,
-                           ).masks(network)
+                           ).masks(network, output)
         samples = config.mc_samples
     elif method in SPIKE_SLAB_PRIORS:
         prior = SPIKE_SLAB_PRIORS[method](prior_inclusion=config.prior_inclusion, temperature=config.temperature,
                                           input_gates=config.input_gates)
-        bayesianize_(network, prior, init=init)
+        bayesianize_(network, prior, init=init, example_input=example)
         callbacks = [GateMonitor()]
         if config.max_val_drop is not None:  # last: it restores the kept state after the others have run
             callbacks.append(EarlyStopping(val_loader, config.max_val_drop, config.val_checks_per_epoch))
@@ -249,7 +293,7 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
             epochs=config.epochs, lr=config.lr, prior_lr=config.prior_lr, input_gate_lr=config.input_gate_lr,
             rho_lr=config.rho_lr, kl_warmup_epochs=config.kl_warmup_epochs, kl_weight=config.kl_weight, **train),
             callbacks=callbacks)
-        masks = InclusionPruning(threshold=0.5).masks(network)
+        masks = InclusionPruning(threshold=0.5).masks(network, output)
         # gates and scales become part of the weights: fine-tuning and export then see ordinary layers
         fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))
         # Under the slab, a weight the data leave free has sigma = s0 * s_j, the unit's whole weight scale;
@@ -261,17 +305,18 @@ def _train_and_prune(network, train_loader, val_loader, method, config):
     elif method == "turbo-vbi":
         prior = HierarchicalPrior(pi0=config.pi0, row_p11=config.mrf_p11, row_p01=config.mrf_p01,
                                   column_p11=config.mrf_p11, column_p01=config.mrf_p01, graph=config.mrf_graph)
-        bayesianize_(network, prior, init=init)
+        bayesianize_(network, prior, init=init, example_input=example)
         records += fit(network, train_loader, val_loader, TrainConfig(
             epochs=config.epochs, lr=config.lr, rho_lr=config.rho_lr, kl_warmup_epochs=config.kl_warmup_epochs,
             kl_weight=config.kl_weight, **train), callbacks=[TurboCallback(config.turbo_updates_per_epoch)])
-        masks = InclusionPruning(threshold=0.5).masks(network)
+        masks = InclusionPruning(threshold=0.5).masks(network, output)
         inclusion = {name: layer.prior.statistics(layer)["inclusion"].cpu()
                      for name, layer in TurboCallback.turbo_layers(network)}
         fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))  # no multipliers: a change of prior
         samples = config.mc_samples
     else:
-        masks = MagnitudePruning(config.keep_fraction).masks(network)
+        warn_unhandled(network, stacklevel=4)
+        masks = MagnitudePruning(config.keep_fraction).masks(network, output)
         samples = 0
     masks.apply_(network)
     if config.finetune_epochs:
@@ -296,18 +341,22 @@ def _latency_batch(loader: Iterable, size: int) -> Tensor:
     return x.repeat(repeats, *([1] * (x.dim() - 1)))[:size]
 
 
-def _measure(original, network, exported, masks, output_shapes, loader, example, samples, config) -> dict:
+def _measure(original, network, exported, posterior, masks, output_shapes, loader, example, samples, config) -> dict:
     sizes_original, sizes_masked = size_counts(original), size_counts(network)
     batch = _latency_batch(loader, config.latency_batch).to(config.device)
-    latency = latency_seconds({"original": original, "exported": exported}, batch)
+    latency, batch_size = latency_seconds({"original": original, "exported": exported}, batch,
+                                          budget_seconds=config.latency_budget)
     macs = {
         "dense": dense_macs(original, example),
         "sparse": sparse_macs(masks.weight, output_shapes),
         "exported": dense_macs(exported, example),
     }
+    # the MC metrics are those of the posterior the run keeps (the Bayesian export), with a fixed seed, so a
+    # saved run reproduces them exactly
+    compressed = posterior if posterior is not None else network
     return {
         "original": evaluate(original, loader, samples=0, device=config.device),
-        "compressed": evaluate(network, loader, samples=samples, device=config.device),
+        "compressed": evaluate(compressed, loader, samples=samples, device=config.device, seed=config.seed),
         "exported": evaluate(exported, loader, samples=0, device=config.device),
         "mc_samples": samples,
         "params": {"total": sizes_original["params_total"], "nonzero": sizes_masked["params_nonzero"],
@@ -316,7 +365,7 @@ def _measure(original, network, exported, masks, output_shapes, loader, example,
         "compression_rate": sizes_original["weights_total"] / max(sizes_masked["weights_nonzero"], 1),
         "macs": macs,
         "macs_ratio": macs["exported"] / macs["dense"],
-        "latency": {"batch_size": int(batch.shape[0]), "original_s": latency["original"],
+        "latency": {"batch_size": batch_size, "original_s": latency["original"],
                     "exported_s": latency["exported"]},
         "latency_ratio": latency["exported"] / latency["original"],
         "architecture": {"original": units_per_layer(original), "exported": units_per_layer(exported)},

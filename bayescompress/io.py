@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -66,7 +67,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return read_safetensors(path, "a weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -77,6 +78,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, or a clear error when it is missing, truncated or corrupt.
+
+    ``what`` says what the file belongs to, for the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing ({what})")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{path} is not a valid safetensors file, truncated or corrupt ({error}); write it again (nothing "
+            "in it was loaded, and a .safetensors file never holds a pickle)"
+        ) from error
 
 
 def load_weights_(model: nn.Module, state: Mapping[str, Tensor], *, source: str = "weights") -> nn.Module:

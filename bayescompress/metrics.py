@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bayescompress._validation import check_positive_int
 from bayescompress.nn.model import predict
 
 __all__ = [
@@ -224,12 +225,14 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, samples: int = 10, device: str | torch.device = "cpu"
+    model: nn.Module, loader, samples: int = 10, device: str | torch.device = "cpu", seed: int | None = None
 ) -> dict[str, float]:
     """Classification metrics of ``model`` on every (x, y) batch of ``loader``.
 
     Probabilities are averaged over ``samples`` posterior samples per input (0 = posterior mean), then
-    accuracy, NLL, Brier and ECE are computed over the whole set.
+    accuracy, NLL, Brier and ECE are computed over the whole set. With ``seed`` the samples are drawn from
+    that seed (the global random state is restored afterwards), so the same network and data give the same
+    metrics.
 
     Example
     -------
@@ -238,10 +241,14 @@ def evaluate(
     >>> sorted(evaluate(net, batches, samples=0))
     ['accuracy', 'brier', 'ece', 'nll']
     """
+    device = torch.device(device)
     probs, labels = [], []
-    for x, y in loader:
-        probs.append(predict(model, x.to(device), samples=samples).cpu())
-        labels.append(y)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for x, y in loader:
+            probs.append(predict(model, x.to(device), samples=samples).cpu())
+            labels.append(y)
     if not probs:
         raise ValueError("cannot evaluate on an empty loader")
     return classification_metrics(torch.cat(probs), torch.cat(labels))
@@ -312,20 +319,49 @@ def sparse_macs(weight_masks: Mapping[str, Tensor], output_shapes: Mapping[str, 
     return total
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
-def latency_seconds(models: Mapping[str, nn.Module], x: Tensor, repeats: int = 20) -> dict[str, float]:
-    """Median CPU time of one eval-mode forward pass of each model on ``x``.
+def latency_seconds(
+    models: Mapping[str, nn.Module], x: Tensor, repeats: int = 20, budget_seconds: float = 1.0
+) -> tuple[dict[str, float], int]:
+    """Median wall time of one eval-mode forward pass of each model on ``x``, within about
+    ``budget_seconds`` per model.
 
     The models are timed interleaved, round by round, so a slowdown of the machine hits all of them alike
-    and their ratio is meaningful.
+    and their ratio is meaningful. After a warm-up pass each, the batch is halved until one pass of the slowest
+    model fits a third of the budget, and the rounds (at most ``repeats``, at least one) fill the rest; CUDA
+    is synchronised around every pass, so kernels are timed rather than their launches. Returns the seconds
+    per model and the batch size used.
+
+    Example
+    -------
+    >>> times, batch_size = latency_seconds({"a": nn.Linear(4, 2)}, torch.randn(8, 4), budget_seconds=0.05)
+    >>> sorted(times), batch_size
+    (['a'], 8)
     """
+    check_positive_int("repeats", repeats)
+    device = x.device
+
+    def timed(model: nn.Module, batch: Tensor) -> float:
+        _synchronize(device)
+        start = time.perf_counter()
+        model(batch)
+        _synchronize(device)
+        return time.perf_counter() - start
+
     for model in models.values():
         model.eval()
-        model(x)  # warm-up
+    slowest = max(timed(model, x) for model in models.values())  # warm-up, and the cost of one pass
+    while slowest > budget_seconds / 3 and x.shape[0] > 1:
+        x = x[: x.shape[0] // 2]
+        slowest = max(timed(model, x) for model in models.values())
+    rounds = max(1, min(repeats, int(budget_seconds * 2 / 3 / max(slowest, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, model in models.items():
-            start = time.perf_counter()
-            model(x)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(timed(model, x))
+    return {name: statistics.median(values) for name, values in times.items()}, int(x.shape[0])

@@ -1,13 +1,27 @@
 """Compression results: the object ``compress`` returns, and its run folder (safetensors + JSON, no pickle).
 
-A run folder holds ``model.safetensors`` (the exported network), ``architecture.json`` (how to rebuild it),
-``masks.safetensors``, ``metrics.json``, ``report.md`` and, for Turbo-VBI runs, ``inclusion.safetensors``. It is
-written into a temporary sibling folder and renamed into place, so a crash never leaves a half-written run where a
-complete one was.
+A run folder holds ``model.safetensors`` (the exported network), ``posterior.safetensors`` (the exported
+network's posterior: means, rho, prior and masks inside kept units; Bayesian methods only),
+``architecture.json`` (how to rebuild the exported network), ``masks.safetensors``, ``probe.safetensors`` (a
+few inputs and the exported network's outputs on them), ``metrics.json``, ``report.md`` and, for Turbo-VBI
+runs, ``inclusion.safetensors``.
+
+Rebuild rule. A sequential export is described layer by layer and rebuilt from that description alone. Any
+other export is rebuilt from the *original* architecture: ``architecture.json`` says how to build it (a
+reference model record, a ``package.module:factory``, or, for runs saved from Python, a model the caller passes
+to :func:`load`), which BatchNorms were folded and which channels the graph surgery removed; :func:`load`
+builds it, replays the same deterministic surgery, loads the weights (naming the first tensor that does not
+fit) and checks the outputs on the stored probe inputs.
+
+A folder is written into a temporary sibling and renamed into place, so a crash never leaves a half-written
+run. Saving refuses a non-empty folder that is not a run folder, and replaces a run folder only when asked to.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -15,12 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from torch import nn
+import torch.nn.utils.prune
+from torch import Tensor, nn
 
-from bayescompress.io import FORMAT_VERSION, read_json_record, save_weights, write_json
+from bayescompress.io import FORMAT_VERSION, load_weights_, read_json_record, read_safetensors, save_weights, write_json
+from bayescompress.nn.layers import BAYESIAN_TYPES
+from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.pruning import Masks, Structure, export_sequential
+from bayescompress.pruning.batchnorm import fold_batchnorm_
+from bayescompress.pruning.graph_export import GraphSurgery, replay_surgery_, to_plain_network
+from bayescompress.pruning.masks import prunable_layers
+
+# Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
+_PROBE_RTOL = 1e-4
 
 # Constructor arguments of every module the exported sequential network can contain.
 _MODULE_ARGS: dict[str, tuple[str, ...]] = {
@@ -68,14 +89,25 @@ def units_per_layer(model: nn.Module) -> list[int]:
 
 
 @dataclass
+class ExportRecord:
+    """How ``compress`` turned the original network into the exported one, for a run folder to replay."""
+
+    batchnorm_folded: list[tuple[str, str]]
+    surgery: GraphSurgery | None  # None: a sequential export, described layer by layer instead
+    probe: Tensor  # a few validation inputs
+
+
+@dataclass
 class CompressionResult:
     """What :func:`bayescompress.compress` returns.
 
     Attributes: ``method``, ``config`` (dict), ``metrics`` (nested dict, see docs/metrics-json.md),
     ``masks`` (final :class:`Masks`), ``original`` (the dense input network), ``compressed`` (the trained,
-    masked network), ``exported`` (the smaller deterministic network), ``structure``, ``history``, and
-    ``inclusion`` (per layer, the posterior inclusion probabilities the pruning thresholded: Turbo-VBI's pi~
-    per weight; empty for methods without them).
+    masked network), ``exported`` (the smaller deterministic network), ``structure`` (sequential exports),
+    ``history``, ``inclusion`` (per layer, the posterior inclusion probabilities the pruning thresholded:
+    Turbo-VBI's pi~ per weight; empty for methods without them), ``posterior`` (the smaller Bayesian network,
+    None for magnitude pruning), ``export_record`` (how the export was made) and ``source`` (how to rebuild the
+    original architecture: set by the command line; None for a model passed from Python).
     """
 
     method: str
@@ -88,39 +120,54 @@ class CompressionResult:
     structure: Structure | None  # None when Torch-Pruning exported a general graph
     history: list[dict] = field(default_factory=list)
     inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
+    posterior: nn.Module | None = None
+    export_record: ExportRecord | None = None
+    source: dict | None = None
 
     def export(self, bayesian: bool = False) -> nn.Module:
         """The smaller network: plain layers at the posterior mean, or (``bayesian=True``) Bayesian layers
-        that keep sigma for MC prediction."""
+        that keep sigma for MC prediction (``bayescompress.predict(net, x, samples=K)``)."""
         if not bayesian:
             return self.exported
-        if self.structure is None:
-            raise ValueError("a Bayesian export is available for sequential networks only; use bayesian=False")
-        return export_sequential(self.compressed, self.structure, bayesian=True)
+        if self.posterior is None:
+            raise ValueError(f"the {self.method} run has no posterior (it is not Bayesian); use bayesian=False")
+        return self.posterior
 
     def report(self) -> str:
         """A short markdown report of the run."""
         return render_report(self.method, self.metrics)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write the run folder atomically (see the module docstring) and return its path."""
-        directory = Path(directory)
-        if not isinstance(self.exported, nn.Sequential):
-            raise ValueError(
-                f"run folders describe sequential exports only; this export is a {type(self.exported).__name__}. "
-                "Save its state_dict with bayescompress.io.save_weights and the masks with Masks.to_tensors"
-            )
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the run folder atomically (see the module docstring) and return its path.
+
+        A non-empty folder that is not a run folder is refused; an existing run folder is replaced only with
+        ``overwrite=True``.
+        """
+        directory = check_run_destination(directory, overwrite)
+        if self.export_record is None:
+            raise ValueError("this result has no export record (it was not made by bayescompress.compress)")
+        record = self.export_record
+        probe_input = record.probe.to(_device_of(self.exported))
+        with torch.no_grad():
+            probe_output = self.exported.eval()(probe_input)
+        architecture: dict = {"format_version": FORMAT_VERSION}
+        if record.surgery is None:
+            architecture.update(export="sequential", layers=describe_sequential(self.exported))
+        else:
+            architecture.update(export="graph", source=self.source or _caller_source(self.original),
+                                batchnorm_folded=[list(pair) for pair in record.batchnorm_folded],
+                                surgery=record.surgery.to_json())
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             save_weights(self.exported.state_dict(), staging / "model.safetensors")
+            if self.posterior is not None:
+                save_weights(self.posterior.state_dict(), staging / "posterior.safetensors")
             save_weights(self.masks.to_tensors(), staging / "masks.safetensors")
+            save_weights({"input": probe_input, "output": probe_output}, staging / "probe.safetensors")
             if self.inclusion:
                 save_weights(self.inclusion, staging / "inclusion.safetensors")
-            write_json(staging / "architecture.json", {
-                "format_version": FORMAT_VERSION,
-                "layers": describe_sequential(self.exported),
-            })
+            write_json(staging / "architecture.json", architecture)
             write_json(staging / "metrics.json", {"format_version": FORMAT_VERSION, "method": self.method,
                                                    "config": self.config, **self.metrics})
             (staging / "report.md").write_text(self.report())
@@ -131,57 +178,170 @@ class CompressionResult:
         return directory
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _caller_source(original: nn.Module) -> dict:
+    return {"kind": "caller", "class": f"{type(original).__module__}.{type(original).__qualname__}"}
+
+
+def is_run_folder(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a run folder this package wrote (its metrics.json names a method)."""
+    metrics = Path(directory) / "metrics.json"
+    if not (metrics.is_file() and (Path(directory) / "architecture.json").is_file()):
+        return False
+    try:
+        record = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "format_version" in record and "method" in record
+
+
+def check_run_destination(directory: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``directory`` as a Path if a run folder may be written there, else a ``ValueError`` that says why.
+
+    Call it before the work that produces the run, so a bad ``--out`` costs nothing.
+    """
+    directory = Path(directory).expanduser()
+    for ancestor in (directory, *directory.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            raise ValueError(f"cannot write the run folder {directory}: {ancestor} is a file, not a folder; "
+                             "choose another path")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not is_run_folder(directory):
+            raise ValueError(f"{directory} is not empty and is not a bayescompress run folder; choose a new or "
+                             "empty folder (nothing there is replaced)")
+        if not overwrite:
+            raise ValueError(f"{directory} already holds a bayescompress run; pass overwrite=True (--overwrite on "
+                             "the command line) to replace it, or choose another folder")
+    return directory
+
+
 def _replace_directory(staging: Path, directory: Path) -> None:
-    if not directory.exists():
-        os.replace(staging, directory)
+    if not directory.exists() or not any(directory.iterdir()):
+        os.replace(staging, directory)  # a rename onto an empty folder replaces it
         return
-    backup = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(backup, ignore_errors=True)
-    os.replace(directory, backup)
+    backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+    os.replace(directory, backup / directory.name)
     os.replace(staging, directory)
     shutil.rmtree(backup, ignore_errors=True)
 
 
 @dataclass
 class SavedRun:
-    """A run folder read back: the exported network, its metrics, the masks and (Turbo-VBI runs) the
-    inclusion probabilities."""
+    """A run folder read back: the exported network, its posterior (Bayesian runs; for MC prediction), the
+    metrics, the masks, the architecture record and (Turbo-VBI runs) the inclusion probabilities."""
 
-    model: nn.Sequential
+    model: nn.Module
     metrics: dict
     masks: Masks
-    architecture: list[dict]
+    architecture: dict
     inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
+    posterior: nn.Module | None = None
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: not a complete bayescompress run folder")
+def call_factory(spec: str) -> nn.Module:
+    """The network ``package.module:factory`` builds (called with no arguments), with clear errors."""
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise ValueError(f"a model factory is written package.module:factory; got {spec!r}")
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(
-            f"{path} is not a valid safetensors file ({error}); run folders never contain pickles and none is loaded"
-        ) from error
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load the model factory {spec!r}: {error}") from error
+    try:
+        model = factory()
+    except Exception as error:
+        raise ValueError(f"the model factory {spec!r} raised {type(error).__name__}: {error}") from error
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
-def load(directory: str | os.PathLike) -> SavedRun:
-    """Rebuild a saved run's exported network from safetensors and JSON only (nothing is unpickled).
+def build_original(source: dict, model: nn.Module | None = None) -> nn.Module:
+    """The original architecture a graph run folder was saved from (fresh weights): ``model`` when given,
+    else what ``source`` says."""
+    if model is not None:
+        return copy.deepcopy(model)
+    kind = source.get("kind")
+    if kind == "reference":
+        from bayescompress.models import model_from_architecture  # here: models is only needed for this kind
+
+        return model_from_architecture(source["architecture"])
+    if kind == "factory":
+        return call_factory(source["spec"])
+    if kind == "caller":
+        raise ValueError(f"this run was saved from Python for a {source.get('class', 'user')} network: pass the "
+                         "original architecture, e.g. bayescompress.load(folder, model=MyNet())")
+    raise ValueError(f"architecture.json has an unknown source {source!r}")
+
+
+def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedRun:
+    """Rebuild a saved run from safetensors and JSON only (nothing is unpickled); see the module docstring.
+
+    ``model`` is the original architecture (its weights do not matter), needed for a non-sequential run saved
+    from Python; otherwise the folder says how to build it.
 
     Example
     -------
-    >>> run = load("runs/demo")  # doctest: +SKIP
-    >>> run.model(x)             # doctest: +SKIP
+    >>> run = load("runs/demo")                   # doctest: +SKIP
+    >>> run.model(x)                              # doctest: +SKIP
+    >>> bayescompress.predict(run.posterior, x, samples=20)   # doctest: +SKIP
     """
     directory = Path(directory)
-    architecture = read_json_record(directory / "architecture.json", "not a complete bayescompress run folder")
-    metrics = read_json_record(directory / "metrics.json", "not a complete bayescompress run folder")
-    model = build_sequential(architecture["layers"])
-    model.load_state_dict(_read_safetensors(directory / "model.safetensors"))
-    masks = Masks.from_tensors(_read_safetensors(directory / "masks.safetensors"))
+    what = "not a complete bayescompress run folder"
+    architecture = read_json_record(directory / "architecture.json", what)
+    metrics = read_json_record(directory / "metrics.json", what)
+    probe = read_safetensors(directory / "probe.safetensors", what)
+    if architecture.get("export", "sequential") == "sequential":
+        exported = build_sequential(architecture["layers"])
+    else:
+        original = build_original(architecture["source"], model).cpu().eval()
+        fold_batchnorm_(original, [tuple(pair) for pair in architecture["batchnorm_folded"]])
+        exported = replay_surgery_(to_plain_network(original), GraphSurgery.from_json(architecture["surgery"]),
+                                   probe["input"][:1])
+    load_weights_(exported, read_safetensors(directory / "model.safetensors", what),
+                  source=f"the weights in {directory / 'model.safetensors'}")
+    exported.eval()
+    _check_probe(exported, probe, directory)
+    posterior = None
+    if (directory / "posterior.safetensors").is_file():
+        state = read_safetensors(directory / "posterior.safetensors", what)
+        posterior = load_weights_(bayesian_like(exported, state), state,
+                                  source=f"the posterior in {directory / 'posterior.safetensors'}").eval()
+    masks = Masks.from_tensors(read_safetensors(directory / "masks.safetensors", what))
     inclusion_path = directory / "inclusion.safetensors"
-    inclusion = _read_safetensors(inclusion_path) if inclusion_path.exists() else {}
-    return SavedRun(model.eval(), metrics, masks, architecture["layers"], inclusion)
+    inclusion = read_safetensors(inclusion_path, what) if inclusion_path.exists() else {}
+    return SavedRun(exported, metrics, masks, architecture, inclusion, posterior)
+
+
+@torch.no_grad()
+def _check_probe(exported: nn.Module, probe: dict[str, Tensor], directory: Path) -> None:
+    output = exported(probe["input"])
+    expected = probe["output"]
+    if output.shape != expected.shape:
+        raise ValueError(f"the network rebuilt from {directory} gives outputs of shape {tuple(output.shape)} on the "
+                         f"stored probe inputs, the run saved {tuple(expected.shape)}: the architecture's code has "
+                         "changed since the run was saved")
+    difference = float((output - expected).abs().max())
+    if difference > _PROBE_RTOL * max(1.0, float(expected.abs().max())):
+        raise ValueError(f"the network rebuilt from {directory} does not reproduce the saved outputs on the stored "
+                         f"probe inputs (max |difference| {difference:.3g}): the architecture's code has changed "
+                         "since the run was saved")
+
+
+def bayesian_like(exported: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """A Bayesian copy of ``exported`` shaped to receive the posterior ``state``: every Linear/Conv2d converted
+    (Gaussian prior, whose scale the state carries), with a prune mask where the state holds one."""
+    result = copy.deepcopy(exported)
+    for name, layer in prunable_layers(result):
+        prefix = f"{name}." if name else ""
+        BAYESIAN_TYPES[type(layer)].convert_(layer, GaussianPrior())
+        if f"{prefix}weight_mask" in state:
+            torch.nn.utils.prune.custom_from_mask(layer, "weight", torch.ones_like(layer.weight))
+    return result
 
 
 def render_report(method: str, metrics: dict) -> str:

@@ -3,7 +3,6 @@ and the demo."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,35 +24,39 @@ from bayescompress.io import (
 )
 from bayescompress.metrics import evaluate
 from bayescompress.models import REQUIRED_IMAGE_SIZE, build_model, model_from_architecture
-from bayescompress.pruning import UnsupportedGraphError, sequential_chain
-from bayescompress.runs import CompressionResult
+from bayescompress.runs import CompressionResult, call_factory, check_run_destination
 
-def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_classes: int) -> nn.Module:
-    """The network to compress: a reference model name or ``package.module:factory``, with its weights.
+def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_classes: int) -> tuple[nn.Module, dict]:
+    """The network to compress: a reference model name or ``package.module:factory``, with its weights, and
+    the record of how to rebuild its architecture (kept in run folders).
 
     A reference name whose weights have a ``.json`` record beside them (written by ``pretrain``) is rebuilt
-    from that record; otherwise it is built for ``input_shape`` and ``num_classes``. A factory is called with
-    no arguments. Weights come from a safetensors file or a ``torch.save``d state_dict (read without pickle).
+    from that record, which must name the same model; otherwise it is built for ``input_shape`` and
+    ``num_classes``. A factory is called with no arguments. Weights come from a safetensors file or a
+    ``torch.save``d state_dict (read without pickle).
     """
     weights = Path(weights)
     if spec in REQUIRED_IMAGE_SIZE:
-        if weights.with_suffix(".json").is_file():
-            return load_pretrained(weights)[0]
-        model, _ = build_model(spec, input_shape, num_classes)
+        record_path = weights.with_suffix(".json")
+        if record_path.is_file():
+            record = read_json_record(record_path, f"the architecture record written beside {weights.name}")
+            recorded = record.get("architecture", {}).get("model")
+            if recorded != spec:
+                raise ValueError(
+                    f"{weights.name} was pretrained as {recorded!r} (its record {record_path.name} says so), not "
+                    f"{spec!r}: pass --model {recorded}, or weights of a {spec}"
+                )
+            model, record = load_pretrained(weights)
+            return model, {"kind": "reference", "architecture": record["architecture"]}
+        model, architecture = build_model(spec, input_shape, num_classes)
+        source = {"kind": "reference", "architecture": architecture}
     elif ":" in spec:
-        module_name, _, factory_name = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), factory_name)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"cannot load the model factory {spec!r}: {error}") from error
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        model, source = call_factory(spec), {"kind": "factory", "spec": spec}
     else:
         raise ValueError(
             f"--model must be one of {', '.join(REQUIRED_IMAGE_SIZE)} or package.module:factory; got {spec!r}"
         )
-    return load_weights_(model, load_state_dict_file(weights), source=f"weights in {weights.name}")
+    return load_weights_(model, load_state_dict_file(weights), source=f"weights in {weights.name}"), source
 
 
 def load_data_for(
@@ -144,37 +147,39 @@ def compress_files(
     config = config or CompressConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
     splits = load_dataset(dataset, data_dir, image_size=image_size, seed=config.seed)
-    model = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
-    try:  # a run folder describes sequential exports only: say so before any training, not after
-        sequential_chain(model)
-    except UnsupportedGraphError as error:
-        raise ValueError(
-            f"{error}. The command line writes run folders, which need this sequential path; compress general "
-            "graphs from Python with bayescompress.compress (the result keeps the exported network and masks)"
-        ) from error
+    model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=config.seed)
-    return compress(model, train_loader, val_loader, method, test_loader=test_loader, config=config)
+    result = compress(model, train_loader, val_loader, method, test_loader=test_loader, config=config)
+    result.source = source
+    return result
 
 
-def demo(out: str | os.PathLike | None = None, *, seed: int = 0, quiet: bool = False) -> CompressionResult:
+def demo(
+    out: str | os.PathLike | None = None, *, seed: int = 0, quiet: bool = False, overwrite: bool = False,
+    device: str = "cpu",
+) -> CompressionResult:
     """The whole pipeline on scikit-learn's digits, in seconds on a CPU.
 
     Pretrains a 64-100-10 MLP, converts it to a Bayesian network with a N(0, 1) prior, trains it by VI, keeps
     the weights with the highest signal-to-noise ratio, fine-tunes them by masked VI, and exports the smaller
     network; the result's report compares original, compressed (MC) and exported networks on the test split.
-    With ``out``, the run folder is written there.
+    With ``out``, the run folder is written there (an existing run folder only with ``overwrite``).
     """
-    pretrained = pretrain("mlp", "digits", epochs=30, lr=3e-3, batch_size=64, seed=seed, quiet=quiet)
+    if out is not None:
+        check_run_destination(out, overwrite)
+    pretrained = pretrain("mlp", "digits", epochs=30, lr=3e-3, batch_size=64, seed=seed, quiet=quiet,
+                          device=device)
     splits = load_data_for("mlp", "digits", seed=seed)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=64, seed=seed)
     config = CompressConfig(epochs=DEMO_RECIPE["epochs"], prior_scale=DEMO_RECIPE["prior_scale"],
                             keep_fraction=DEMO_RECIPE["keep_fraction"],
                             finetune_epochs=DEMO_RECIPE["finetune_epochs"],
-                            finetune_lr=DEMO_RECIPE["finetune_lr"], mc_samples=20, seed=seed, quiet=quiet)
+                            finetune_lr=DEMO_RECIPE["finetune_lr"], mc_samples=20, seed=seed, quiet=quiet,
+                            device=device)
     result = compress(pretrained.model, train_loader, val_loader, "gaussian-snr", test_loader=test_loader,
                       config=config)
     if out is not None:
-        result.save(out)
+        result.save(out, overwrite=overwrite)
     return result
 
 

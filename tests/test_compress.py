@@ -169,7 +169,8 @@ def test_save_then_load_reproduces_outputs_exactly(results, digits, tmp_path):
     result = results["gaussian-snr"]
     result.save(tmp_path / "run")
     assert {p.name for p in (tmp_path / "run").iterdir()} == {
-        "model.safetensors", "architecture.json", "masks.safetensors", "metrics.json", "report.md"}
+        "model.safetensors", "posterior.safetensors", "probe.safetensors", "architecture.json",
+        "masks.safetensors", "metrics.json", "report.md"}
     run = load(tmp_path / "run")
     x = next(iter(test))[0]
     assert torch.equal(run.model(x), result.exported(x))
@@ -177,11 +178,35 @@ def test_save_then_load_reproduces_outputs_exactly(results, digits, tmp_path):
     assert all(torch.equal(run.masks.weight[k], v) for k, v in result.masks.weight.items())
 
 
-def test_saving_over_an_existing_run_replaces_it_whole(results, tmp_path):
+def test_saving_over_an_existing_run_needs_overwrite_and_then_replaces_it_whole(results, tmp_path):
     results["magnitude"].save(tmp_path / "run")
-    results["gaussian-snr"].save(tmp_path / "run")
+    with pytest.raises(ValueError, match="already holds a bayescompress run; pass overwrite=True"):
+        results["gaussian-snr"].save(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == "magnitude"
+    results["gaussian-snr"].save(tmp_path / "run", overwrite=True)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == "gaussian-snr"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_saving_into_a_folder_of_other_work_is_refused_and_its_files_survive(results, tmp_path):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "notes.txt").write_text("an hour of work")
+    (experiments / "older-run").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="is not empty and is not a bayescompress run folder"):
+            results["magnitude"].save(experiments, overwrite=overwrite)
+    assert (experiments / "notes.txt").read_text() == "an hour of work"
+    assert sorted(p.name for p in experiments.iterdir()) == ["notes.txt", "older-run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments"]  # no staging folder left behind
+    results["magnitude"].save(experiments / "run")  # a new folder inside it is fine
+    assert (experiments / "notes.txt").read_text() == "an hour of work"
+
+
+def test_saving_below_an_existing_file_is_a_clear_error(results, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        results["magnitude"].save(tmp_path / "taken" / "run")
 
 
 def test_a_pickle_in_a_run_folder_is_refused(results, tmp_path):
@@ -257,15 +282,17 @@ def test_cli_compress_with_weights_that_do_not_fit(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_refuses_a_non_sequential_model_before_training(tmp_path, capsys, monkeypatch):
+def test_cli_compresses_a_non_sequential_model_and_saves_a_run_that_loads(tmp_path, capsys, monkeypatch):
     (tmp_path / "resnet_like.py").write_text(
         "import torch.nn as nn\n"
         "class Net(nn.Module):\n"
         "    def __init__(self):\n"
         "        super().__init__()\n"
-        "        self.fc = nn.Linear(64, 10)\n"
+        "        self.fc = nn.Linear(24, 10)\n"
+        "        self.body = nn.Linear(64, 24)\n"
         "    def forward(self, x):\n"
-        "        return self.fc(x.flatten(1))\n"
+        "        h = self.body(x.flatten(1)).relu()\n"
+        "        return self.fc(h + h.relu())\n"
         "def build():\n"
         "    return Net()\n"
     )
@@ -274,11 +301,14 @@ def test_cli_refuses_a_non_sequential_model_before_training(tmp_path, capsys, mo
 
     torch.save(importlib.import_module("resnet_like").build().state_dict(), tmp_path / "w.pt")
     code = main(["compress", "--model", "resnet_like:build", "--weights", str(tmp_path / "w.pt"),
-                 "--epochs", "50", "--out", str(tmp_path / "run"), "--quiet"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "not an nn.Sequential" in err and "bayescompress.compress" in err
-    assert not (tmp_path / "run").exists()
+                 "--method", "gaussian-snr", "--epochs", "1", "--finetune-epochs", "0", "--keep-fraction", "0.3",
+                 "--out", str(tmp_path / "run"), "--quiet", "--json"])
+    assert code == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = load(tmp_path / "run")  # rebuilt from the factory named in the run folder
+    assert run.architecture["source"] == {"kind": "factory", "spec": "resnet_like:build"}
+    assert run.model.fc.out_features == 10  # the head, registered first, keeps its classes
+    assert printed["architecture"]["exported"] == [run.model.fc.out_features, run.model.body.out_features]
 
 
 def test_empty_validation_loader_is_a_clear_error(pretrained, digits):

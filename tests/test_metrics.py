@@ -255,5 +255,7 @@ def test_dense_macs_match_a_hand_count_for_lenet5() -> None:
 def test_latency_is_measured_for_every_model() -> None:
     from bayescompress.metrics import latency_seconds
 
-    times = latency_seconds({"a": nn.Linear(8, 4), "b": nn.Linear(8, 2)}, torch.randn(16, 8), repeats=3)
+    times, batch_size = latency_seconds({"a": nn.Linear(8, 4), "b": nn.Linear(8, 2)}, torch.randn(16, 8),
+                                        repeats=3)
+    assert batch_size == 16
     assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from bayescompress._validation import (
     check_choice,
+    check_device,
     check_in_range,
     check_non_negative_int,
     check_positive,
@@ -89,6 +90,7 @@ class TrainConfig:
         check_non_negative_int("eval_samples", self.eval_samples)
         if self.seed is not None:
             check_non_negative_int("seed", self.seed)
+        check_device("device", self.device)
 
 
 class Callback:

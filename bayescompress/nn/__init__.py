@@ -1,13 +1,24 @@
 """Bayesian layers and whole-model operations."""
 
-from bayescompress.nn.layers import BAYESIAN_TYPES, BayesConv2d, BayesianLayer, BayesLinear, PosteriorInit
+from bayescompress.nn.layers import (
+    BAYESIAN_TYPES,
+    BayesConv2d,
+    BayesianLayer,
+    BayesLinear,
+    PosteriorInit,
+    is_handled_layer,
+)
 from bayescompress.nn.model import (
     bayesian_layers,
     bayesianize_,
+    execution_order,
     fold_multipliers_,
+    handled_layers,
     kl_divergence,
     mc_sampling,
+    output_layer,
     predict,
+    unhandled_modules,
     update_priors,
 )
 
@@ -19,9 +30,14 @@ __all__ = [
     "PosteriorInit",
     "bayesian_layers",
     "bayesianize_",
+    "execution_order",
     "fold_multipliers_",
+    "handled_layers",
+    "is_handled_layer",
     "kl_divergence",
     "mc_sampling",
+    "output_layer",
     "predict",
+    "unhandled_modules",
     "update_priors",
 ]

@@ -105,11 +105,18 @@ def inverse_softplus(sigma: Tensor) -> Tensor:
     return torch.where(s > 20, s, torch.log(torch.expm1(s))).to(sigma.dtype)
 
 
-def _scale_channels(x: Tensor, factor: Tensor | None) -> Tensor:
-    """x times a per-channel factor along dim 1 (features of a linear layer, channels of a conv)."""
+def _scale_channels(x: Tensor, factor: Tensor | None, spatial_dims: int) -> Tensor:
+    """x times a per-channel factor on the channel dimension: the last one of a linear layer's input (so
+    (batch, tokens, features) works), the one before the ``spatial_dims`` trailing ones of a convolution's, and
+    dim 1 of either weight."""
     if factor is None:
         return x
-    return x * factor.view(1, -1, *([1] * (x.dim() - 2)))
+    return x * factor.view(-1, *([1] * spatial_dims))
+
+
+def _calls_forward(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing: fused fast paths (``nn.TransformerEncoderLayer`` in eval mode)
+    read their submodules' weights directly unless a hook is attached, which would skip sampling and masks."""
 
 
 def _scale_posterior_(mean: Tensor, rho: Tensor, factor: Tensor) -> None:
@@ -129,6 +136,7 @@ class BayesianLayer(nn.Module):
     """
 
     prior: Prior
+    spatial_dims: int  # trailing dimensions after the channel one: 0 for Linear, 2 for Conv2d
 
     def __init__(self, *args, prior: Prior | None = None, init: PosteriorInit | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -145,6 +153,8 @@ class BayesianLayer(nn.Module):
         self.reset_sigma_(init)
         self.prior = prior if prior is not None else GaussianPrior()
         self.prior.attach(self)
+        if _calls_forward not in self._forward_pre_hooks.values():
+            self.register_forward_pre_hook(_calls_forward)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -168,13 +178,13 @@ class BayesianLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         sample = self.training or self.mc_sample
-        x = _scale_channels(x, self.prior.input_multiplier(self, sample))
+        x = _scale_channels(x, self.prior.input_multiplier(self, sample), self.spatial_dims)
         mean = self._op(x, self.weight, self.bias)
         if sample:
             bias_var = None if self.bias_rho is None else _SoftplusSquared.apply(self.bias_rho, None)
             variance = self._op(x * x, self.weight_variance(), bias_var)
             mean = _SampleOutput.apply(mean, variance)
-        return _scale_channels(mean, self.prior.unit_multiplier(self, sample))
+        return _scale_channels(mean, self.prior.unit_multiplier(self, sample), self.spatial_dims)
 
     @torch.no_grad()
     def scale_posterior_(self, units: Tensor | None = None, inputs: Tensor | None = None) -> BayesianLayer:
@@ -188,7 +198,7 @@ class BayesianLayer(nn.Module):
         if units is not None:
             factor = factor * units.view(-1, *([1] * (weight.dim() - 1)))
         if inputs is not None:
-            factor = _scale_channels(factor, inputs)
+            factor = _scale_channels(factor, inputs, weight.dim() - 2)
         _scale_posterior_(weight, self.weight_rho, factor)
         if self.bias is not None and units is not None:
             _scale_posterior_(self.bias, self.bias_rho, units)
@@ -246,6 +256,8 @@ class BayesLinear(BayesianLayer, nn.Linear):
     torch.Size([1, 2])
     """
 
+    spatial_dims = 0
+
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
 
@@ -260,10 +272,19 @@ class BayesConv2d(BayesianLayer, nn.Conv2d):
     torch.Size([1, 4, 3, 3])
     """
 
+    spatial_dims = 2
+
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return self._conv_forward(x, weight, bias)
 
 
-# Deterministic type -> Bayesian type; order matters only for subclasses of both (none in torch).
+# Deterministic type -> Bayesian type. Only these exact types are converted and pruned: a subclass (e.g.
+# MultiheadAttention's out_proj) may have an owner that reads its weight directly, bypassing forward.
 BAYESIAN_TYPES: dict[type[nn.Module], type[BayesianLayer]] = {nn.Linear: BayesLinear, nn.Conv2d: BayesConv2d}
+
+
+def is_handled_layer(module: nn.Module) -> bool:
+    """Whether bayescompress converts, prunes and exports ``module``: a plain ``nn.Linear`` / ``nn.Conv2d``
+    (exactly that type) or one of our Bayesian layers."""
+    return type(module) in BAYESIAN_TYPES or isinstance(module, BayesianLayer)
 

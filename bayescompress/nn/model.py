@@ -5,17 +5,83 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from bayescompress._validation import check_non_negative_int
-from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer, PosteriorInit
+from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer, PosteriorInit, is_handled_layer
 from bayescompress.priors.base import Prior
 from bayescompress.priors.gaussian import GaussianPrior
 
 PriorFactory = Callable[[str, nn.Module], Prior]
+
+# Modules with weights of their own that stay deterministic by design: normalisation layers.
+_DETERMINISTIC_BY_DESIGN = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def handled_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every layer bayescompress converts, prunes and exports, in registration order."""
+    return [(name, m) for name, m in model.named_modules() if is_handled_layer(m)]
+
+
+def unhandled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules that own weights but are neither handled layers nor normalisation layers (attention,
+    embeddings, nn.Linear subclasses, other convolutions): they stay deterministic and unpruned."""
+    found = []
+    for name, module in model.named_modules():
+        if is_handled_layer(module) or isinstance(module, _DETERMINISTIC_BY_DESIGN):
+            continue
+        if any(True for _ in module.parameters(recurse=False)) or isinstance(module, (nn.Linear, nn.Conv2d)):
+            found.append((name, module))
+    return found
+
+
+def warn_unhandled(model: nn.Module, stacklevel: int = 3) -> None:
+    """One warning naming every module :func:`unhandled_modules` finds, if any."""
+    skipped = unhandled_modules(model)
+    if skipped:
+        names = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in skipped)
+        warnings.warn(
+            f"kept deterministic and unpruned (only exact nn.Linear / nn.Conv2d layers are converted; a subclass "
+            f"such as MultiheadAttention.out_proj has an owner that reads its weight directly): {names}",
+            stacklevel=stacklevel,
+        )
+
+
+@torch.no_grad()
+def execution_order(model: nn.Module, example_input: Tensor) -> list[str]:
+    """Names of the handled layers in the order one eval-mode forward pass on ``example_input`` first calls
+    them (the last is the network's output layer, whatever order the modules were registered in); layers the
+    pass never calls come last, in registration order."""
+    called: list[str] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, _o, name=name: called.append(name))
+             for name, layer in handled_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    order = list(dict.fromkeys(called))
+    return order + [name for name, _ in handled_layers(model) if name not in order]
+
+
+def output_layer(model: nn.Module, example_input: Tensor | None = None) -> str:
+    """The network's output layer: the last handled layer the forward pass runs, or without an example input
+    the last one registered."""
+    if example_input is not None:
+        called = execution_order(model, example_input)
+        if called:
+            return called[-1]
+    layers = handled_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer")
+    return layers[-1][0]
 
 
 def _matches(name: str, patterns: Iterable[str] | None) -> bool:
@@ -29,11 +95,14 @@ def bayesianize_(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
     init: PosteriorInit | None = None,
+    example_input: Tensor | None = None,
 ) -> nn.Module:
     """Convert every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` into its Bayesian version, in place.
 
     The pretrained weights become the posterior means, so before training the converted model in
-    ``eval()`` computes exactly what the original did. BatchNorm and every other module stay deterministic.
+    ``eval()`` computes exactly what the original did. BatchNorm and every other module stay deterministic;
+    modules with weights that cannot be converted (attention, embeddings, subclasses of nn.Linear such as
+    ``MultiheadAttention.out_proj``) are named in one warning and left as they are.
 
     Parameters
     ----------
@@ -48,6 +117,9 @@ def bayesianize_(
         matches ``include`` (or ``include`` is None) and does not match ``exclude``.
     init:
         Starting posterior standard deviation (:class:`PosteriorInit`).
+    example_input:
+        A batch the model accepts. With it the first and output layers (``for_position``) are the first and
+        last the forward pass runs; without it, the first and last registered.
 
     Returns
     -------
@@ -60,11 +132,7 @@ def bayesianize_(
     >>> [type(m).__name__ for m in net]
     ['BayesLinear', 'ReLU', 'Linear']
     """
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, tuple(BAYESIAN_TYPES)) and not isinstance(module, BayesianLayer)
-    ]
+    candidates = [(name, module) for name, module in handled_layers(model) if not isinstance(module, BayesianLayer)]
     if not candidates and not bayesian_layers(model):
         supported = ", ".join(f"nn.{t.__name__}" for t in BAYESIAN_TYPES)
         raise ValueError(
@@ -79,10 +147,12 @@ def bayesianize_(
     if candidates and not selected:
         names = ", ".join(name or "<root>" for name, _ in candidates)
         raise ValueError(f"include/exclude patterns select none of the convertible layers ({names})")
+    warn_unhandled(model)
     # the network's first and last layers (the output layer keeps its units under spike-and-slab priors)
-    order = [name for name, m in model.named_modules() if isinstance(m, tuple(BAYESIAN_TYPES))]
+    order = (execution_order(model, example_input) if example_input is not None
+             else [name for name, _ in handled_layers(model)])
     for name, module in selected:
-        bayes_type = next(b for t, b in BAYESIAN_TYPES.items() if isinstance(module, t))
+        bayes_type = BAYESIAN_TYPES[type(module)]
         position = dict(first=name == order[0], last=name == order[-1])
         bayes_type.convert_(module, _prior_for(prior, name, module, position), init)
     return model

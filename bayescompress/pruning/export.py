@@ -17,10 +17,15 @@ from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear
 from bayescompress.pruning.masks import current_weight
 from bayescompress.pruning.structure import Structure, sequential_chain
 
+# rho of a bias that only carries folded constants: sigma = softplus(-14) ~ 8e-7
+_DETERMINISTIC_RHO = -14.0
 
-def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, groups: int = 1) -> nn.Module:
-    """A fresh layer like ``layer`` with ``n_in`` inputs and ``n_out`` outputs (the only linear/conv split)."""
-    has_bias = layer.bias is not None
+
+def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, groups: int = 1,
+                     bias: bool | None = None) -> nn.Module:
+    """A fresh layer like ``layer`` with ``n_in`` inputs and ``n_out`` outputs (the only linear/conv split);
+    ``bias`` overrides whether it has a bias (default: as ``layer``)."""
+    has_bias = layer.bias is not None if bias is None else bias
     if isinstance(layer, nn.Conv2d):
         cls = BayesConv2d if bayesian else nn.Conv2d
         return cls(n_in, n_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
@@ -64,14 +69,20 @@ def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = F
         cols = _columns(layer, previous_units)
         # cols index input features of a linear layer and input channels of a conv alike (dim 1 of weight)
         keep = structure.masks.weight[name].to(layer.weight.device)[rows][:, cols]
-        new = plain_layer_like(layer, int(cols.numel()), int(rows.numel()), bayesian)
+        correction = structure.bias_correction[name].to(layer.weight.device)
+        # a folded constant needs a bias even where the layer had none
+        new = plain_layer_like(layer, int(cols.numel()), int(rows.numel()), bayesian,
+                               bias=layer.bias is not None or bool(correction.ne(0).any()))
         new.weight.copy_(current_weight(layer)[rows][:, cols] * keep)
-        if layer.bias is not None:
-            new.bias.copy_((layer.bias.detach() + structure.bias_correction[name].to(layer.bias.device))[rows])
+        if new.bias is not None:
+            bias = correction if layer.bias is None else layer.bias.detach() + correction
+            new.bias.copy_(bias[rows])
         if bayesian:
             new.weight_rho.copy_(layer.weight_rho.detach()[rows][:, cols])
             if layer.bias is not None:
                 new.bias_rho.copy_(layer.bias_rho.detach()[rows])
+            elif new.bias is not None:  # the folded constant is exact: (almost) no posterior spread
+                new.bias_rho.fill_(_DETERMINISTIC_RHO)
             new.prior = copy.deepcopy(layer.prior)
             if not bool(keep.all()):
                 prune.custom_from_mask(new, "weight", keep.to(new.weight.dtype))

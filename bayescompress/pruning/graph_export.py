@@ -1,19 +1,63 @@
-"""Export of general graphs (residual blocks, concatenations) through Torch-Pruning's DependencyGraph.
+"""Export of general graphs (residual blocks, concatenations, attention) through Torch-Pruning's DependencyGraph.
 
 Torch-Pruning knows which layers are coupled — a residual sum ties the output channels of every layer that
 feeds it, BatchNorm follows its convolution — so removing a channel removes it everywhere at once. We feed it
-our masks: a unit is removed when every layer that reads it (every in-channel consumer in its dependency
-group) has all the corresponding weights pruned, so removing it cannot change the function. Constant folding
-is left to the sequential path; the exported network is verified against the masked one on the example input.
+our masks. A channel of a dependency group is removed when removing it cannot change the function:
+- *unread*: every layer that reads it (every in-channel consumer in the group) has all the corresponding
+  weights pruned; or
+- *constant*: every layer that produces it (every out-channel member of the group) has its whole row pruned,
+  so the channel carries a constant whatever the input (act(bias), 0 under a closed spike-and-slab gate with
+  BatchNorm folded). The constant each reader sees is measured on the example input and folded into the
+  reader's bias; a convolution with padding reads a constant non-uniformly at its border, so there only a
+  zero constant (or unread weights) lets the channel go.
+A group holding any other module that might mix channels (LayerNorm, attention, embeddings) is left whole.
+
+The surgery is recorded as a :class:`GraphSurgery` (which layer's group lost which channels, in order), so a
+run folder can replay it on a freshly built copy of the original architecture, and the same surgery applied to
+a copy holding the posterior's rho gives the Bayesian export. The exported network is verified against the
+masked one on the example input.
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
+from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer
+from bayescompress.priors.base import Prior
 from bayescompress.pruning.export import plain_layer_like
 from bayescompress.pruning.masks import Masks, copy_network, current_weight, prunable_layers
+
+
+@dataclass(frozen=True)
+class SurgeryStep:
+    """One removal: ``layer``'s output group lost ``channels`` (in its numbering at that step), after the
+    readers in ``new_bias`` were given a bias to receive folded constants."""
+
+    layer: str
+    channels: tuple[int, ...]
+    new_bias: tuple[str, ...] = ()
+
+
+@dataclass
+class GraphSurgery:
+    """The channels removed from a traced graph, step by step; replaying the steps in order is deterministic."""
+
+    steps: list[SurgeryStep] = field(default_factory=list)
+
+    def to_json(self) -> list[dict]:
+        return [{"layer": s.layer, "channels": list(s.channels), "new_bias": list(s.new_bias)} for s in self.steps]
+
+    @classmethod
+    def from_json(cls, steps: list) -> GraphSurgery:
+        try:
+            return cls([SurgeryStep(str(s["layer"]), tuple(int(i) for i in s["channels"]),
+                                    tuple(str(n) for n in s.get("new_bias", ()))) for s in steps])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"not a graph-surgery record: {steps!r} ({error})") from error
 
 
 def _may_mix_channels(module) -> bool:
@@ -26,72 +70,207 @@ def _may_mix_channels(module) -> bool:
 def to_plain_network(model: nn.Module) -> nn.Module:
     """A deterministic copy of ``model``: every Linear/Conv2d becomes a plain layer at its posterior mean with
     its prune mask baked into the weight (no ``weight_rho``, no prune buffers)."""
+    return _replace_layers(model, lambda layer: current_weight(layer),
+                           lambda layer: None if layer.bias is None else layer.bias.detach())
+
+
+@torch.no_grad()
+def _replace_layers(model: nn.Module, weight_of, bias_of) -> nn.Module:
+    """A copy of ``model`` whose Linear/Conv2d layers are fresh plain layers holding ``weight_of(layer)`` and
+    ``bias_of(layer)``."""
     plain = copy_network(model)
     for name, layer in prunable_layers(plain):
         n_in = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
         fresh = plain_layer_like(layer, n_in, layer.weight.shape[0], bayesian=False, groups=getattr(layer, "groups", 1))
-        fresh.weight.copy_(current_weight(layer))
+        fresh.weight.copy_(weight_of(layer))
         if layer.bias is not None:
-            fresh.bias.copy_(layer.bias.detach())
+            fresh.bias.copy_(bias_of(layer))
         fresh.to(layer.weight.device)
-        if name:
-            parent, _, child = name.rpartition(".")
-            setattr(plain.get_submodule(parent) if parent else plain, child, fresh)
-        else:
-            plain = fresh
+        plain = _set_submodule(plain, name, fresh)
     return plain
 
 
-def _unread_units(dg, layer: nn.Module, out_fn) -> Tensor:
-    """Per output unit of ``layer``: True when every layer reading it has all the corresponding weights zero.
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    if not name:
+        return module
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+    return root
 
-    Readers are the Linear/Conv2d layers whose input channels the dependency group prunes; BatchNorm and
-    Torch-Pruning's own element-wise/reshaping nodes pass channels through. Any other module in the group
-    might mix channels, so then nothing is removed.
-    """
+
+def dependency_graph(model: nn.Module, example_input: Tensor):
+    """Torch-Pruning's DependencyGraph of ``model``, traced on ``example_input`` (with autograd, which tracing
+    needs, even inside ``torch.no_grad``)."""
+    import torch_pruning as tp
+
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def _out_fn(layer: nn.Module):
+    import torch_pruning as tp
+
+    return tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+
+
+@torch.no_grad()
+def _reader_inputs(model: nn.Module, example: Tensor) -> dict[int, Tensor]:
+    """Per Linear/Conv2d (by id), its input on ``example`` as (channels, everything else)."""
+    seen: dict[int, Tensor] = {}
+
+    def record(module, inputs, _output):
+        x = inputs[0].detach()
+        channels = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
+        seen[id(module)] = x.reshape(-1, channels).T if isinstance(module, nn.Linear) else x.transpose(0, 1).flatten(1)
+
+    hooks = [m.register_forward_hook(record) for _, m in prunable_layers(model)]
+    try:
+        model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@torch.no_grad()
+def _removable_channels(dg, layer: nn.Module, inputs: dict[int, Tensor], keep: int | None = None) -> tuple[Tensor, list]:
+    """Per output channel of ``layer``, whether the module docstring's rules let it go (never channel
+    ``keep``), and the bias folds [(reader, delta)] that removing those channels needs."""
     import torch_pruning as tp
 
     readers = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
+    producers = {tp.prune_conv_out_channels, tp.prune_linear_out_channels}
     n = layer.weight.shape[0]
-    group = dg.get_pruning_group(layer, out_fn, list(range(n)))
+    nothing = torch.zeros(n, dtype=torch.bool)
+    group = dg.get_pruning_group(layer, _out_fn(layer), list(range(n)))
     read = torch.zeros(n, dtype=torch.bool)
     has_reader = torch.zeros(n, dtype=torch.bool)
+    live_row = torch.zeros(n, dtype=torch.bool)  # some producer's row still has a weight
+    unfoldable = torch.zeros(n, dtype=torch.bool)  # a reader sees a non-uniform or input-dependent value
+    reads = []  # (reader, its weight's input columns, their root channels, which are read, the constant seen)
     for item in group.items:
         module = item.dep.target.module
-        if item.dep.handler in readers and isinstance(module, (nn.Linear, nn.Conv2d)):
-            # idxs: the reader's input index; root_idxs: which unit of ``layer`` it carries
-            columns, roots = torch.tensor(item.idxs), torch.tensor(item.root_idxs)
-            nonzero = module.weight.detach().transpose(0, 1).flatten(1).ne(0).any(dim=1)[columns]
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or getattr(module, "groups", 1) != 1:
+            if _may_mix_channels(module) or isinstance(module, nn.Conv2d):
+                return nothing, []
+            continue
+        idxs = torch.tensor(item.idxs, dtype=torch.long)
+        roots = torch.tensor(item.root_idxs, dtype=torch.long)
+        weight = module.weight.detach()
+        if item.dep.handler in producers:
+            live_row.index_put_((roots,), weight.flatten(1)[idxs].ne(0).any(dim=1).cpu(), accumulate=True)
+        elif item.dep.handler in readers:
+            nonzero = weight.transpose(0, 1).flatten(1).ne(0).any(dim=1)[idxs].cpu()
             read.index_put_((roots,), nonzero, accumulate=True)
             has_reader[roots] = True
-        elif _may_mix_channels(module):
-            return torch.zeros(n, dtype=torch.bool)
-    return has_reader & ~read
+            seen = inputs[id(module)][idxs].cpu()
+            constant = seen[:, 0]
+            uniform = (seen == constant[:, None]).all(dim=1)
+            padded = isinstance(module, nn.Conv2d) and _padded(module)
+            # a non-zero constant read through a padded convolution differs at the border
+            unfoldable.index_put_((roots,), nonzero & (~uniform | (padded & constant.ne(0))), accumulate=True)
+            reads.append((module, idxs, roots, nonzero, constant))
+    removable = has_reader & (~read | (~live_row & ~unfoldable))
+    if keep is not None:
+        removable[keep] = False
+    folds = []
+    for module, idxs, roots, nonzero, constant in reads:
+        take = removable[roots] & nonzero & constant.ne(0)  # only read non-zero constants move into a bias
+        if take.any():
+            columns = module.weight.detach().transpose(0, 1)[idxs[take].to(module.weight.device)]
+            per_column = columns.reshape(columns.shape[0], columns.shape[1], -1).sum(dim=2)  # (columns, out)
+            folds.append((module, (per_column * constant[take].to(columns)[:, None]).sum(dim=0)))
+    return removable, folds
 
 
-def export_with_torch_pruning(model: nn.Module, masks: Masks, example_input: Tensor, atol: float = 1e-4) -> nn.Module:
-    """A smaller deterministic copy of any ``model`` Torch-Pruning can trace, at the masked posterior mean.
+def _padded(conv: nn.Conv2d) -> bool:
+    return isinstance(conv.padding, str) or any(p != 0 for p in conv.padding)
 
-    The last Linear/Conv2d layer (the output) keeps its units; a layer never loses its last unit.
-    Raises ``RuntimeError`` if the result does not reproduce the masked network on ``example_input``.
+
+def _fold_into_bias(module: nn.Module, delta: Tensor) -> None:
+    if module.bias is None:
+        _add_zero_bias(module)
+    module.bias.data += delta
+
+
+def _add_zero_bias(module: nn.Module) -> None:
+    module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
+
+
+def plan_and_prune_(plain: nn.Module, example_input: Tensor, output_layer: str | None = None) -> GraphSurgery:
+    """Remove every removable channel of the plain network ``plain`` in place (see the module docstring) and
+    return the surgery. ``output_layer`` keeps its units (default: the last registered layer); a layer never
+    loses its last unit."""
+    import torch_pruning as tp
+
+    surgery = GraphSurgery()
+    dg = dependency_graph(plain, example_input)
+    layers = prunable_layers(plain)
+    output = output_layer if output_layer is not None else layers[-1][0]
+    for name, layer in layers:
+        if name == output:
+            continue
+        inputs = _reader_inputs(plain, example_input)
+        removable, folds = _removable_channels(dg, layer, inputs)
+        if bool(removable.all()):  # keep the strongest channel; its constant stays where it is
+            strongest = int(current_weight(layer).flatten(1).abs().sum(dim=1).argmax())
+            removable, folds = _removable_channels(dg, layer, inputs, keep=strongest)
+        idxs = torch.nonzero(removable).flatten().tolist()
+        if not idxs:
+            continue
+        group = dg.get_pruning_group(layer, _out_fn(layer), idxs)
+        if not dg.check_pruning_group(group):
+            continue
+        names = {id(m): n for n, m in plain.named_modules()}
+        new_bias = tuple(names[id(module)] for module, _ in folds if module.bias is None)
+        for module, delta in folds:
+            _fold_into_bias(module, delta)
+        group.prune()
+        surgery.steps.append(SurgeryStep(name, tuple(idxs), new_bias))
+    return surgery
+
+
+def replay_surgery_(plain: nn.Module, surgery: GraphSurgery, example_input: Tensor) -> nn.Module:
+    """Apply a recorded surgery to a plain network of the same architecture (e.g. freshly built), in place.
+
+    Only the structure is replayed; the values come from the weights loaded afterwards.
     """
     import torch_pruning as tp
 
+    dg = dependency_graph(plain, example_input)
+    modules = dict(plain.named_modules())
+    for step in surgery.steps:
+        for name in (step.layer, *step.new_bias):
+            if not isinstance(modules.get(name), (nn.Linear, nn.Conv2d)):
+                raise ValueError(f"the recorded surgery names layer {name!r}, which this architecture does not "
+                                 "have: it is not the one the run was saved from")
+        for name in step.new_bias:
+            if modules[name].bias is None:
+                _add_zero_bias(modules[name])
+        layer = modules[step.layer]
+        if max(step.channels) >= layer.weight.shape[0]:
+            raise ValueError(f"the recorded surgery removes channel {max(step.channels)} of layer {step.layer!r}, "
+                             f"which has {layer.weight.shape[0]}: the architecture is not the one the run was "
+                             "saved from")
+        dg.get_pruning_group(layer, _out_fn(layer), list(step.channels)).prune()
+    return plain
+
+
+def export_with_torch_pruning(
+    model: nn.Module, masks: Masks, example_input: Tensor, atol: float = 1e-4, output_layer: str | None = None,
+) -> tuple[nn.Module, GraphSurgery]:
+    """A smaller deterministic copy of any ``model`` Torch-Pruning can trace, at the masked posterior mean, and
+    the surgery that made it.
+
+    ``output_layer`` keeps its units (default: the last registered Linear/Conv2d layer); a layer never loses
+    its last unit. Raises ``RuntimeError`` if the result does not reproduce the masked network on
+    ``example_input`` (use a few inputs: constants are recognised by being the same on all of them).
+    """
     masked = masks.apply_(copy_network(model))
     plain = to_plain_network(masked).eval()
     with torch.no_grad():
         reference = plain(example_input)
-    dg = tp.DependencyGraph().build_dependency(plain, example_inputs=example_input)  # traces with autograd
-    for _, layer in prunable_layers(plain)[:-1]:
-        out_fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-        unread = _unread_units(dg, layer, out_fn)
-        if bool(unread.all()):
-            unread[int(current_weight(layer).flatten(1).abs().sum(dim=1).argmax())] = False
-        idxs = torch.nonzero(unread).flatten().tolist()
-        if idxs:
-            group = dg.get_pruning_group(layer, out_fn, idxs)
-            if dg.check_pruning_group(group):
-                group.prune()
+    surgery = plan_and_prune_(plain, example_input, output_layer)
     with torch.no_grad():
         difference = float((plain(example_input) - reference).abs().max())
     if difference > atol:
@@ -99,4 +278,45 @@ def export_with_torch_pruning(model: nn.Module, masks: Masks, example_input: Ten
             f"the Torch-Pruning export changed the network's output by {difference:.3g} on the example input; "
             "the masks are still valid — apply them with Masks.apply_ instead of exporting"
         )
-    return plain
+    return plain, surgery
+
+
+@torch.no_grad()
+def bayesian_export(
+    model: nn.Module, exported: nn.Module, surgery: GraphSurgery, example_input: Tensor
+) -> nn.Module:
+    """The Bayesian counterpart of a Torch-Pruning export: ``exported``'s means with the posterior sigma (and
+    the prior, and the masks inside kept units) of the Bayesian, masked ``model``.
+
+    The same surgery is replayed on copies of ``model`` whose layers hold rho and the keep masks in place of
+    the weights, which carries them through every coupled removal exactly as the means went.
+    """
+    layers = dict(prunable_layers(model))
+    if not all(isinstance(layer, BayesianLayer) for layer in layers.values()):
+        raise ValueError("a Bayesian export needs every Linear/Conv2d layer to be Bayesian; use bayesian=False")
+    mask_of = lambda layer: torch.ones_like(layer.weight) if layer.weight_keep is None else layer.weight_keep  # noqa: E731
+    rho = replay_surgery_(_replace_layers(model, lambda l: l.weight_rho.detach(), lambda l: l.bias_rho.detach()).eval(),
+                          surgery, example_input)
+    keep = replay_surgery_(_replace_layers(model, mask_of, lambda l: torch.ones_like(l.bias)).eval(),
+                           surgery, example_input)
+    rho_layers, keep_layers = dict(prunable_layers(rho)), dict(prunable_layers(keep))
+    result = copy.deepcopy(exported)
+    for name, layer in prunable_layers(result):
+        source = layers[name]
+        bayesian = make_bayesian_(result, name, layer, copy.deepcopy(source.prior))
+        bayesian.weight_rho.copy_(rho_layers[name].weight)
+        if bayesian.bias is not None:
+            if source.bias is not None:
+                bayesian.bias_rho.copy_(rho_layers[name].bias)
+            else:  # a bias that only carries folded constants
+                bayesian.bias_rho.fill_(-14.0)
+        kept = keep_layers[name].weight.bool()
+        if not bool(kept.all()):
+            torch.nn.utils.prune.custom_from_mask(bayesian, "weight", kept.to(bayesian.weight.dtype))
+    return result
+
+
+def make_bayesian_(root: nn.Module, name: str, layer: nn.Module, prior: Prior) -> BayesianLayer:
+    """Convert the plain layer ``name`` of ``root`` into its Bayesian type in place (sigma to be set by the
+    caller) and return it."""
+    return BAYESIAN_TYPES[type(layer)].convert_(layer, prior)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
+from bayescompress.nn.layers import is_handled_layer
+
 
 @dataclass
 class Masks:
@@ -77,8 +79,9 @@ class Masks:
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every ``nn.Linear`` / ``nn.Conv2d`` (Bayesian or not), in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    """(name, layer) of every ``nn.Linear`` / ``nn.Conv2d`` (Bayesian or not; exactly those types, see
+    :func:`~bayescompress.nn.is_handled_layer`), in module order."""
+    return [(name, m) for name, m in model.named_modules() if is_handled_layer(m)]
 
 
 def current_weight(layer: nn.Module) -> Tensor:

@@ -30,11 +30,25 @@ def _top_fraction_threshold(scores: Tensor, keep_fraction: float) -> Tensor:
 
 
 class PruningStrategy(abc.ABC):
-    """Turns a trained network into keep masks. Subclasses implement :meth:`masks`."""
+    """Turns a trained network into keep masks. Subclasses implement :meth:`masks`.
+
+    ``output_layer`` names the layer whose units (the classes) are all kept; by default the last registered.
+    Pass :func:`~bayescompress.nn.output_layer` of an example input for a model whose head is registered
+    before its body.
+    """
 
     @abc.abstractmethod
-    def masks(self, model: nn.Module) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
         """Weight and unit keep masks of every Linear/Conv2d layer of ``model``."""
+
+    @staticmethod
+    def _output(layers, output_layer: str | None) -> str:
+        if output_layer is None:
+            return layers[-1][0]
+        if output_layer not in dict(layers):
+            raise ValueError(f"output_layer {output_layer!r} is not one of the layers pruned "
+                             f"({', '.join(name for name, _ in layers)})")
+        return output_layer
 
     @staticmethod
     def _layers(model: nn.Module, bayesian: bool) -> list[tuple[str, nn.Module]]:
@@ -49,15 +63,16 @@ class PruningStrategy(abc.ABC):
         return layers
 
     @staticmethod
-    def _from_weight_masks(layers, weight_masks: list[Tensor]) -> Masks:
-        """Units are kept while any incoming weight is; the last layer (the output) keeps all its units."""
+    def _from_weight_masks(layers, weight_masks: list[Tensor], output: str) -> Masks:
+        """Units are kept while any incoming weight is; the output layer keeps all its units."""
         units = {name: mask.flatten(1).any(dim=1) for (name, _), mask in zip(layers, weight_masks)}
-        units[layers[-1][0]] = torch.ones_like(units[layers[-1][0]])
+        units[output] = torch.ones_like(units[output])
         return Masks({name: mask for (name, _), mask in zip(layers, weight_masks)}, units)
 
     @staticmethod
-    def _from_unit_masks(layers, unit_masks: list[Tensor]) -> Masks:
-        unit_masks[-1] = torch.ones_like(unit_masks[-1])  # the output layer keeps every class
+    def _from_unit_masks(layers, unit_masks: list[Tensor], output: str) -> Masks:
+        # the output layer keeps every class
+        unit_masks = [torch.ones_like(u) if name == output else u for (name, _), u in zip(layers, unit_masks)]
         weight = {
             name: units.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone()
             for (name, layer), units in zip(layers, unit_masks)
@@ -97,18 +112,19 @@ class SNRPruning(PruningStrategy):
         check_choice("level", level, ("weight", "unit"))
         self.threshold, self.keep_fraction, self.level = threshold, keep_fraction, level
 
-    def masks(self, model: nn.Module) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
         layers = self._layers(model, bayesian=True)
+        output = self._output(layers, output_layer)
         if self.level == "unit":
             scores = [importance.unit_snr(layer) for _, layer in layers]
             cut = [self.threshold if self.threshold is not None else _top_fraction_threshold(s, self.keep_fraction)
                    for s in scores]
-            return self._from_unit_masks(layers, [s >= c for s, c in zip(scores, cut)])
+            return self._from_unit_masks(layers, [s >= c for s, c in zip(scores, cut)], output)
         scores = [importance.weight_snr(layer) for _, layer in layers]
         cut = self.threshold
         if cut is None:
             cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), self.keep_fraction)
-        return self._from_weight_masks(layers, [s >= cut for s in scores])
+        return self._from_weight_masks(layers, [s >= cut for s in scores], output)
 
 
 class MagnitudePruning(PruningStrategy):
@@ -121,11 +137,12 @@ class MagnitudePruning(PruningStrategy):
         _check_fraction(keep_fraction)
         self.keep_fraction = keep_fraction
 
-    def masks(self, model: nn.Module) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
         layers = self._layers(model, bayesian=False)
         scores = [importance.weight_magnitude(layer) for _, layer in layers]
         return self._from_weight_masks(
-            layers, [s >= _top_fraction_threshold(s, self.keep_fraction) for s in scores]
+            layers, [s >= _top_fraction_threshold(s, self.keep_fraction) for s in scores],
+            self._output(layers, output_layer),
         )
 
 
@@ -142,21 +159,22 @@ class InclusionPruning(PruningStrategy):
         check_in_range("threshold", threshold, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         self.threshold = threshold
 
-    def masks(self, model: nn.Module) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
         layers = self._layers(model, bayesian=True)
+        output = self._output(layers, output_layer)
         stats = [layer.prior.statistics(layer) for _, layer in layers]
         if all("unit_inclusion" in s for s in stats):
             probs = [importance.inclusion_probability(layer, "unit_inclusion") for _, layer in layers]
-            masks = self._from_unit_masks(layers, [p >= self.threshold for p in probs])
+            masks = self._from_unit_masks(layers, [p >= self.threshold for p in probs], output)
         else:
             probs = [importance.inclusion_probability(layer, "inclusion") for _, layer in layers]
-            masks = self._from_weight_masks(layers, [p >= self.threshold for p in probs])
+            masks = self._from_weight_masks(layers, [p >= self.threshold for p in probs], output)
         for (name, layer), layer_stats in zip(layers, stats):
             if "input_inclusion" in layer_stats:
                 inputs = layer_stats["input_inclusion"] >= self.threshold
                 masks.weight[name] &= inputs.view(1, -1, *([1] * (layer.weight.dim() - 2)))
-        for name, _ in layers[:-1]:
-            if not masks.weight[name].any():
+        for name, _ in layers:
+            if name != output and not masks.weight[name].any():
                 warnings.warn(
                     f"inclusion pruning removed every unit of hidden layer {name!r}: the network's output no "
                     "longer depends on its input there (its constant is kept); train with a larger "

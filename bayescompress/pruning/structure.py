@@ -134,6 +134,15 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
     the bias correction that carries the folded constants of removed units of the layer before it.
     """
     chain = sequential_chain(model)
+    was_training = model.training
+    model.eval()  # the modules between layers fold constants as the deployed network runs them (Dropout off)
+    try:
+        return _propagate(chain, model, masks, example_input)
+    finally:
+        model.train(was_training)
+
+
+def _propagate(chain: Chain, model: nn.Module, masks: Masks, example_input: Tensor) -> Structure:
     shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example_input)
     names, layers = chain.names, chain.layers
     weight_keep = []
@@ -143,7 +152,7 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
             keep = keep & masks.units[name].to(keep.device).view(-1, *([1] * (keep.dim() - 1)))
         weight_keep.append(keep)
     weights = [current_weight(l) * k for l, k in zip(layers, weight_keep)]
-    biases = [l.bias.detach() if l.bias is not None else torch.zeros(l.weight.shape[0]) for l in layers]
+    biases = [l.bias.detach() if l.bias is not None else l.weight.new_zeros(l.weight.shape[0]) for l in layers]
     # every unit starts alive: one without incoming weights still outputs act(bias), which must be folded
     units = [torch.ones(k.shape[0], dtype=torch.bool, device=k.device) for k in weight_keep]
     unused = [torch.zeros_like(u) for u in units]  # removed because nothing reads them
