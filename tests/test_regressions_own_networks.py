@@ -1,0 +1,272 @@
+"""Regression tests for the ways a user's own network went wrong (issue 11), one per case."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from bayescompress.cli import main
+from bayescompress.io import load_state_dict_file, save_weights, write_json
+from bayescompress.metrics import latency_seconds
+from bayescompress.models import build_model
+from bayescompress.nn import BayesLinear, bayesianize_, output_layer
+from bayescompress.priors import SpikeSlabGroupLasso
+from bayescompress.pruning import InclusionPruning, Masks, SNRPruning, export_sequential, propagate
+from bayescompress.pruning.masks import copy_network
+
+
+def _folded_unit_chain(*between: nn.Module, bias: bool = True) -> tuple[nn.Sequential, Masks]:
+    """A 4-6-3 chain whose first hidden unit has no incoming weights left (its constant ReLU(2) is folded)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), *between, nn.Linear(6, 3, bias=bias))
+    with torch.no_grad():
+        net[0].bias[0] = 2.0
+    keep = torch.ones(6, 4, dtype=torch.bool)
+    keep[0] = False
+    return net, Masks({"0": keep}, {"0": torch.ones(6, dtype=torch.bool)})
+
+
+def test_structure_propagation_runs_dropout_as_the_deployed_network_does():
+    net, masks = _folded_unit_chain(nn.Dropout(0.5))
+    net.train()  # as fit leaves it
+    exported = export_sequential(net, propagate(net, masks, torch.randn(1, 4))).eval()
+    assert exported[0].out_features == 5  # the constant unit was folded away
+    masked = masks.apply_(copy_network(net)).eval()
+    x = torch.randn(32, 4)
+    assert (exported(x) - masked(x)).abs().max() <= 1e-5
+    assert net.training  # the caller's mode is restored
+
+
+def test_a_constant_folded_into_a_bias_free_layer_gives_it_a_bias():
+    net, masks = _folded_unit_chain(bias=False)
+    exported = export_sequential(net, propagate(net, masks, torch.randn(1, 4))).eval()
+    assert exported[-1].bias is not None
+    masked = masks.apply_(copy_network(net)).eval()
+    x = torch.randn(32, 4)
+    assert (exported(x) - masked(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("tokens", [3, 5])  # 3 == the layer's output units, where dim 1 broadcasts silently
+def test_spike_and_slab_gates_act_on_the_features_of_token_inputs(tokens):
+    torch.manual_seed(0)
+    layer = BayesLinear(4, 3, prior=SpikeSlabGroupLasso(input_gates=True)).eval()
+    with torch.no_grad():
+        layer.prior.gate_logit.copy_(torch.tensor([3.0, -3.0, 3.0]))  # unit 1 is switched off
+        layer.prior.input_gate_logit.copy_(torch.tensor([3.0, 3.0, -3.0, 3.0]))  # input 2 is switched off
+    x = torch.randn(2, tokens, 4)
+    out = layer(x)
+    per_token = torch.stack([layer(x[:, t]) for t in range(tokens)], dim=1)
+    assert torch.allclose(out, per_token, atol=1e-6)
+    assert bool((out[..., 1] == 0).all())
+    moved = x.clone()
+    moved[..., 2] += 5.0
+    assert torch.allclose(layer(moved), out, atol=1e-6)  # the gated-off input feature is ignored
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(dim=1))
+
+
+def test_bayesianize_leaves_multihead_attention_alone_and_says_so():
+    torch.manual_seed(0)
+    net = _Attention().eval()
+    x = torch.randn(2, 5, 8)
+    before = net(x)
+    with pytest.warns(UserWarning, match=r"attn\.out_proj \(NonDynamicallyQuantizableLinear\)"):
+        bayesianize_(net, SpikeSlabGroupLasso())
+    assert type(net.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert isinstance(net.head, BayesLinear)
+    assert torch.allclose(net(x), before, atol=1e-5)  # out_proj's weight was not rescaled under MHA's feet
+
+
+class _HeadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(6, 3)
+        self.body = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.head(self.body(x).relu())
+
+
+def test_the_output_layer_is_the_last_the_forward_pass_runs():
+    net = _HeadFirst()
+    x = torch.randn(2, 4)
+    assert output_layer(net, x) == "head"
+    bayesianize_(net, SpikeSlabGroupLasso(), example_input=x)
+    assert net.head.prior.gated is False and net.body.prior.gated is True
+    with torch.no_grad():
+        net.body.prior.gate_logit.fill_(-5.0)  # every body unit off: the head must still keep its classes
+    masks = InclusionPruning().masks(net, output_layer="head")
+    assert bool(masks.units["head"].all())
+
+
+def test_strategies_keep_the_named_output_layer_whole():
+    net = bayesianize_(_HeadFirst())
+    masks = SNRPruning(threshold=1e9).masks(net, output_layer="head")  # nothing passes the threshold
+    assert bool(masks.units["head"].all()) and not bool(masks.units["body"].any())
+    with pytest.raises(ValueError, match="output_layer 'tail' is not one of the layers"):
+        SNRPruning(threshold=1.0).masks(net, output_layer="tail")
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _CostlyModel(nn.Module):
+    """Advances a fake clock by ``per_item`` seconds per input item, and counts its calls."""
+
+    def __init__(self, clock, per_item):
+        super().__init__()
+        self.clock, self.per_item, self.calls = clock, per_item, 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.clock.now += self.per_item * x.shape[0]
+        return x
+
+
+def test_latency_measurement_is_bounded_whatever_the_network_costs(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr("bayescompress.metrics.time.perf_counter", clock)
+    slow, fast = _CostlyModel(clock, 0.01), _CostlyModel(clock, 0.001)  # 2.56 s and 0.26 s on 256 items
+    times, batch_size = latency_seconds({"slow": slow, "fast": fast}, torch.zeros(256, 1), budget_seconds=1.0)
+    assert batch_size == 32  # halved until one pass of the slowest fits a third of the budget
+    assert times["slow"] == pytest.approx(0.32) and times["fast"] == pytest.approx(0.032)
+    assert clock.now <= 3 * 2.56 + 2 * 1.0  # the probing passes plus about the budget, not 20 full rounds
+
+
+def test_latency_synchronises_cuda_around_every_pass(monkeypatch):
+    from bayescompress import metrics
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    metrics._synchronize(torch.device("cuda:0"))
+    metrics._synchronize(torch.device("cpu"))
+    assert calls == [torch.device("cuda:0")]
+
+
+def test_a_corrupt_or_truncated_safetensors_file_is_a_clear_error(tmp_path):
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all")
+    save_weights({"w": torch.randn(64, 64)}, tmp_path / "whole.safetensors")
+    data = (tmp_path / "whole.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    for name in ("corrupt", "truncated"):
+        with pytest.raises(ValueError, match="not a valid safetensors file, truncated or corrupt"):
+            load_state_dict_file(tmp_path / f"{name}.safetensors")
+
+
+def test_cli_reports_corrupt_weights_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "w.safetensors").write_bytes(b"garbage")
+    code = main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "not a valid safetensors file" in capsys.readouterr().err
+
+
+def test_cli_refuses_weights_pretrained_as_another_reference_model(tmp_path, capsys):
+    model, architecture = build_model("lenet300", (1, 28, 28), 10)
+    save_weights(model.state_dict(), tmp_path / "net.safetensors")
+    write_json(tmp_path / "net.json", {"format_version": 1, "architecture": architecture, "dataset": "mnist"})
+    code = main(["compress", "--model", "lenet5", "--weights", str(tmp_path / "net.safetensors"), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "was pretrained as 'lenet300'" in err and "--model lenet300" in err
+
+
+def test_cli_refuses_an_out_below_a_file_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main(["compress", "--model", "mlp", "--weights", str(tmp_path / "missing.safetensors"), "--epochs", "1",
+                 "--out", str(tmp_path / "file" / "run"), "--quiet"])
+    assert code == 2  # the destination is checked first: the missing weights are not even looked at
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_folder_of_other_work(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    code = main(["demo", "--out", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "not a bayescompress run folder" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command", [["demo"], ["pretrain", "--model", "mlp", "--epochs", "1", "--out", "w.safetensors"]])
+def test_cli_device_cuda_without_cuda_is_refused_before_any_work(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--device", "cuda", "--quiet"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_device_name_is_refused():
+    from bayescompress.compress import CompressConfig
+
+    with pytest.raises(ValueError, match="device must be"):
+        CompressConfig(device="tpu")
+
+
+def test_a_graph_run_whose_architecture_changed_names_the_first_mismatching_tensor(tmp_path, monkeypatch):
+    from bayescompress.compress import CompressConfig, compress
+    from bayescompress.runs import load
+
+    (tmp_path / "usernet.py").write_text(
+        "import torch.nn as nn\n"
+        "WIDTH = 12\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Linear(4, WIDTH)\n"
+        "        self.head = nn.Linear(WIDTH, 3)\n"
+        "    def forward(self, x):\n"
+        "        h = self.body(x).relu()\n"
+        "        return self.head(h + h.relu())\n"
+        "def build():\n"
+        "    return Net()\n"
+        "def broken():\n"
+        "    raise RuntimeError('no GPU here')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    usernet = importlib.import_module("usernet")
+    data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    result = compress(usernet.build(), data, data, "magnitude",
+                      config=CompressConfig(keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
+    result.source = {"kind": "factory", "spec": "usernet:build"}
+    folder = result.save(tmp_path / "run")
+    assert load(folder).model.head.out_features == 3
+    monkeypatch.setattr(usernet, "WIDTH", 20)  # the user's code changed since the run was saved
+    with pytest.raises(ValueError, match="'body.weight' has shape"):
+        load(folder)
+    record = json.loads((folder / "architecture.json").read_text())
+    record["source"]["spec"] = "usernet:broken"
+    (folder / "architecture.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="the model factory 'usernet:broken' raised RuntimeError: no GPU here"):
+        load(folder)
+    record["source"] = {"kind": "caller", "class": "usernet.Net"}
+    (folder / "architecture.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"pass the original architecture, e.g. bayescompress.load\(folder, model="):
+        load(folder)
+
+
+def test_cli_factory_that_raises_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "badnet.py").write_text("def build():\n    raise ImportError('needs torchvision')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    save_weights({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
+    code = main(["compress", "--model", "badnet:build", "--weights", str(tmp_path / "w.safetensors"),
+                 "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "the model factory 'badnet:build' raised ImportError: needs torchvision" in capsys.readouterr().err
