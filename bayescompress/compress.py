@@ -52,7 +52,7 @@ from bayescompress.pruning import (
     propagate,
 )
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
-from bayescompress.pruning.graph_export import bayesian_export
+from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import copy_network
 from bayescompress.pruning.structure import layer_output_shapes
 from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
@@ -235,7 +235,11 @@ def compress(
         posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
-        exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=output)
+        try:
+            exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=output)
+        except Exception as error:  # an untraceable graph, or an export that failed its check: keep the work
+            warnings.warn(f"the exported network keeps every channel (the masks still hold): {error}", stacklevel=2)
+            exported, surgery = to_plain_network(network), GraphSurgery()
         exported.eval()
         posterior = bayesian_export(network, exported, surgery, probe).eval() if samples else None
     # propagate already measured the layer shapes on the sequential path

@@ -235,6 +235,8 @@ def replay_surgery_(plain: nn.Module, surgery: GraphSurgery, example_input: Tens
 
     Only the structure is replayed; the values come from the weights loaded afterwards.
     """
+    if not surgery.steps:  # nothing to replay, and no need for a graph that may not trace
+        return plain
     import torch_pruning as tp
 
     dg = dependency_graph(plain, example_input)
