@@ -222,7 +222,7 @@ def test_a_graph_run_whose_architecture_changed_names_the_first_mismatching_tens
     from bayescompress.compress import CompressConfig, compress
     from bayescompress.runs import load
 
-    (tmp_path / "usernet.py").write_text(
+    (tmp_path / "changing_net.py").write_text(
         "import torch.nn as nn\n"
         "WIDTH = 12\n"
         "class Net(nn.Module):\n"
@@ -241,22 +241,22 @@ def test_a_graph_run_whose_architecture_changed_names_the_first_mismatching_tens
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
 
-    usernet = importlib.import_module("usernet")
+    changing_net = importlib.import_module("changing_net")
     data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
-    result = compress(usernet.build(), data, data, "magnitude",
+    result = compress(changing_net.build(), data, data, "magnitude",
                       config=CompressConfig(keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
-    result.source = {"kind": "factory", "spec": "usernet:build"}
+    result.source = {"kind": "factory", "spec": "changing_net:build"}
     folder = result.save(tmp_path / "run")
     assert load(folder).model.head.out_features == 3
-    monkeypatch.setattr(usernet, "WIDTH", 20)  # the user's code changed since the run was saved
+    monkeypatch.setattr(changing_net, "WIDTH", 20)  # the user's code changed since the run was saved
     with pytest.raises(ValueError, match="'body.weight' has shape"):
         load(folder)
     record = json.loads((folder / "architecture.json").read_text())
-    record["source"]["spec"] = "usernet:broken"
+    record["source"]["spec"] = "changing_net:broken"
     (folder / "architecture.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="the model factory 'usernet:broken' raised RuntimeError: no GPU here"):
+    with pytest.raises(ValueError, match="the model factory 'changing_net:broken' raised RuntimeError: no GPU here"):
         load(folder)
-    record["source"] = {"kind": "caller", "class": "usernet.Net"}
+    record["source"] = {"kind": "caller", "class": "changing_net.Net"}
     (folder / "architecture.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"pass the original architecture, e.g. bayescompress.load\(folder, model="):
         load(folder)
