@@ -332,8 +332,8 @@ def latency_seconds(
     ``budget_seconds`` per model.
 
     The models are timed interleaved, round by round, so a slowdown of the machine hits all of them alike
-    and their ratio is meaningful. After a warm-up pass each, the batch is halved until one pass of the slowest
-    model fits a third of the budget, and the rounds (at most ``repeats``, at least one) fill the rest; CUDA
+    and their ratio is meaningful. The batch is halved until one pass of the slowest model, extrapolated from a
+    batch of 8, fits a third of the budget, and the rounds (at most ``repeats``, at least one) fill the rest; CUDA
     is synchronised around every pass, so kernels are timed rather than their launches. Returns the seconds
     per model and the batch size used.
 
@@ -355,10 +355,13 @@ def latency_seconds(
 
     for model in models.values():
         model.eval()
-    slowest = max(timed(model, x) for model in models.values())  # warm-up, and the cost of one pass
-    while slowest > budget_seconds / 3 and x.shape[0] > 1:
+        timed(model, x[:1])  # warm-up
+    # the cost per item on a small batch (an overestimate for large ones) sizes the batch without a full pass
+    small = x[: min(8, x.shape[0])]
+    per_item = max(timed(model, small) for model in models.values()) / small.shape[0]
+    while per_item * x.shape[0] > budget_seconds / 3 and x.shape[0] > 1:
         x = x[: x.shape[0] // 2]
-        slowest = max(timed(model, x) for model in models.values())
+    slowest = max(timed(model, x) for model in models.values())  # warm-up at the size timed
     rounds = max(1, min(repeats, int(budget_seconds * 2 / 3 / max(slowest, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
