@@ -1,8 +1,10 @@
-"""Image classification datasets: sklearn digits (embedded) and MNIST / Fashion-MNIST from local IDX files.
+"""Image classification datasets: sklearn digits (embedded), MNIST / Fashion-MNIST from local IDX files and
+CIFAR-10 from its local binary batch files.
 
-Nothing is ever downloaded: MNIST-style datasets are read from a folder the user already has, and the
-digits set ships inside scikit-learn. Every split is a :class:`~torch.utils.data.TensorDataset` of
-normalised ``float32`` images ``(N, 1, H, W)`` and ``int64`` labels ``(N,)``.
+Nothing is ever downloaded and nothing is unpickled: MNIST-style datasets and CIFAR-10 are read from a folder
+the user already has, and the digits set ships inside scikit-learn. Every split is a
+:class:`~torch.utils.data.TensorDataset` of normalised ``float32`` images ``(N, C, H, W)`` (``C`` = 1, or 3
+for CIFAR-10) and ``int64`` labels ``(N,)``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSplits",
     "read_idx",
+    "read_cifar10_batch",
     "load_dataset",
     "make_loaders",
 ]
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 # Both MNIST and Fashion-MNIST are distributed under these exact names.
 _IDX_FILES = (
@@ -50,14 +53,26 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 
-_NUM_CLASSES = 10  # all three datasets have ten classes
+# The binary version of CIFAR-10 (cifar-10-binary.tar.gz, extracted to cifar-10-batches-bin/).
+_CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR10_TEST_FILE = "test_batch.bin"
+_CIFAR10_FILES = (*_CIFAR10_TRAIN_FILES, _CIFAR10_TEST_FILE)
+_CIFAR10_SHAPE = (3, 32, 32)  # each record: 1 label byte, then the R, G and B planes, each row-major 32x32
+_CIFAR10_RECORD_BYTES = 1 + math.prod(_CIFAR10_SHAPE)
+_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_CIFAR10_WHERE = (
+    f'the "CIFAR-10 binary version" (cifar-10-binary.tar.gz) from {_CIFAR10_URL}, extracted; its '
+    f"cifar-10-batches-bin folder is the one to pass"
+)
+
+_NUM_CLASSES = 10  # every dataset here has ten classes
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_MAX_PIXEL = 16.0  # load_digits stores 4-bit intensities 0..16
-_IDX_MAX_PIXEL = 255.0
+_BYTE_MAX_PIXEL = 255.0  # IDX and CIFAR-10 pixels are uint8
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """An IDX dataset folder is missing or lacks some of the four expected files."""
+    """A dataset folder is missing or lacks some of the files it must hold (IDX files, CIFAR-10 batches)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,7 @@ class DatasetSplits:
     Attributes
     ----------
     train, val, test : TensorDataset
-        ``(x, y)`` with ``x`` float32 ``(N, 1, H, W)`` and ``y`` int64 ``(N,)``. ``val`` may have 0 rows.
+        ``(x, y)`` with ``x`` float32 ``(N, C, H, W)`` and ``y`` int64 ``(N,)``. ``val`` may have 0 rows.
     num_classes : int
         Number of label classes.
     input_shape : tuple of int
@@ -141,6 +156,64 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))
 
 
+def read_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch file of the binary version of CIFAR-10 (``data_batch_1.bin`` ... ``test_batch.bin``).
+
+    The file is a run of 3073-byte records: one label byte (0-9), then 3072 pixel bytes, the 1024 red, 1024
+    green and 1024 blue values of a 32x32 image, each plane row-major. The standard files hold 10000
+    records, but any number is read.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        File to read. Only the binary layout is parsed; nothing is unpickled.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        uint8 ``(N, 3, 32, 32)``: ``images[n, c, row, col]`` with channels R, G, B.
+    labels : numpy.ndarray
+        uint8 ``(N,)`` in 0..9.
+
+    Raises
+    ------
+    ValueError
+        If the file is empty, its size is not a multiple of the record size, or a label is above 9.
+
+    Example
+    -------
+    >>> images, labels = read_cifar10_batch("data/cifar-10-batches-bin/test_batch.bin")  # doctest: +SKIP
+    >>> images.shape, labels.shape                                                        # doctest: +SKIP
+    ((10000, 3, 32, 32), (10000,))
+    """
+    path = Path(path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0:
+        raise ValueError(
+            f"{path}: empty CIFAR-10 batch file (0 bytes); it should hold {_CIFAR10_RECORD_BYTES}-byte records. "
+            f"Re-copy it, or extract {_CIFAR10_WHERE}"
+        )
+    count, stray = divmod(raw.size, _CIFAR10_RECORD_BYTES)
+    if stray:
+        raise ValueError(
+            f"{path}: wrong-sized CIFAR-10 batch file: {raw.size} bytes is not a multiple of the "
+            f"{_CIFAR10_RECORD_BYTES}-byte record (1 label byte + {_CIFAR10_RECORD_BYTES - 1} pixel bytes), so "
+            f"the file is truncated or not from the binary version. Re-copy it, or extract {_CIFAR10_WHERE}"
+        )
+    records = raw.reshape(count, _CIFAR10_RECORD_BYTES)
+    labels = records[:, 0].copy()
+    bad = np.flatnonzero(labels >= _NUM_CLASSES)
+    if bad.size:
+        raise ValueError(
+            f"{path}: record {bad[0]} has label {labels[bad[0]]} ({bad.size} of {count} records have labels "
+            f"above {_NUM_CLASSES - 1}); CIFAR-10 labels are 0..{_NUM_CLASSES - 1}, so the file is corrupt or "
+            f"not a CIFAR-10 batch. Re-copy it, or extract {_CIFAR10_WHERE}"
+        )
+    # C-order reshape maps the byte after the label at 1024*c + 32*row + col to [c, row, col].
+    images = np.ascontiguousarray(records[:, 1:].reshape(count, *_CIFAR10_SHAPE))
+    return images, labels
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
@@ -154,15 +227,18 @@ def load_dataset(
     ``"digits"`` (1797 8x8 images from scikit-learn) is split by a seeded permutation into 20% test,
     then ``val_fraction`` of the rest as validation. ``"mnist"`` / ``"fashion-mnist"`` are read from the
     four IDX files in ``data_dir``; the 60k training images are split into train / val by a seeded
-    permutation and the 10k ``t10k`` images are the test set. Pixels are scaled to [0, 1], optionally
-    resized, then standardised with the scalar mean and std of the train split.
+    permutation and the 10k ``t10k`` images are the test set. ``"cifar10"`` is read from the binary
+    version's ``data_batch_1.bin`` ... ``data_batch_5.bin`` (train / val, split the same way) and
+    ``test_batch.bin`` (test) in ``data_dir``; the pickled python version is refused. Pixels are scaled to
+    [0, 1], optionally resized, then standardised per channel with the mean and std of the train split.
 
     Parameters
     ----------
     name : str
         One of :data:`DATASETS`.
     data_dir : str or PathLike, optional
-        Folder holding the IDX files (raw or ``.gz``). Required for MNIST-style datasets, ignored for digits.
+        Folder holding the IDX files (raw or ``.gz``) or the CIFAR-10 ``.bin`` batches. Required for MNIST-style
+        datasets and CIFAR-10, ignored for digits.
     val_fraction : float
         Fraction in [0, 1) of the non-test images held out for validation; 0 gives an empty val split.
     image_size : int, optional
@@ -179,7 +255,7 @@ def load_dataset(
     ValueError
         On an unknown name, out-of-range arguments, a missing ``data_dir`` or malformed files.
     DatasetNotFoundError
-        If ``data_dir`` lacks one of the expected IDX files.
+        If ``data_dir`` does not exist or lacks one of the expected files (or holds CIFAR-10's python version).
 
     Example
     -------
@@ -201,11 +277,13 @@ def load_dataset(
         pool_x, pool_y = images[order[n_test:]], labels[order[n_test:]]
     else:
         if data_dir is None:
+            kind, files = ("binary CIFAR-10 batch", _CIFAR10_FILES) if name == "cifar10" else ("IDX", _IDX_FILES)
             raise ValueError(
-                f"dataset {name!r} is read from local IDX files: pass data_dir (--data-dir on the command line) "
-                f"pointing to the folder holding {', '.join(_IDX_FILES)}"
+                f"dataset {name!r} is read from local {kind} files: pass data_dir (--data-dir on the command line) "
+                f"pointing to the folder holding {', '.join(files)}"
             )
-        pool_x, pool_y, test_x, test_y = _load_idx_folder(Path(data_dir))
+        loader = _load_cifar10_folder if name == "cifar10" else _load_idx_folder
+        pool_x, pool_y, test_x, test_y = loader(Path(data_dir))
 
     n_val = round(len(pool_y) * val_fraction)
     if n_val == len(pool_y):
@@ -215,14 +293,19 @@ def load_dataset(
     order = torch.from_numpy(rng.permutation(len(pool_y)))
     val_x, val_y = pool_x[order[:n_val]], pool_y[order[:n_val]]
     train_x, train_y = pool_x[order[n_val:]], pool_y[order[n_val:]]
+    del pool_x, pool_y  # CIFAR-10's 50k float images are 600 MB; the splits above are copies
 
     if image_size is not None and image_size != train_x.shape[-1]:
         train_x, val_x, test_x = (_resize(x, image_size) for x in (train_x, val_x, test_x))
 
-    std, mean = torch.std_mean(train_x, correction=0)
-    if std.item() == 0.0:
-        raise ValueError(f"{name}: every training pixel has the same value, so the images cannot be normalised")
-    train_x, val_x, test_x = ((x - mean) / std for x in (train_x, val_x, test_x))
+    # Per channel (a single scalar pair for the greyscale sets), from the train split only.
+    std, mean = torch.std_mean(train_x, dim=(0, 2, 3), correction=0, keepdim=True)
+    flat = (std.flatten() == 0.0).nonzero().flatten().tolist()
+    if flat:
+        where = "every training pixel has" if std.numel() == 1 else f"every training pixel of channel(s) {flat} has"
+        raise ValueError(f"{name}: {where} the same value, so the images cannot be normalised")
+    for x in (train_x, val_x, test_x):  # in place: all three are fresh copies owned here
+        x.sub_(mean).div_(std)
 
     return DatasetSplits(
         train=TensorDataset(train_x, train_y),
@@ -313,6 +396,42 @@ def _load_idx_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return train_x, train_y, test_x, test_y
 
 
+def _load_cifar10_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read the six binary CIFAR-10 batches of ``folder`` as (train_x, train_y, test_x, test_y), x in [0, 1]."""
+    missing = [name for name in _CIFAR10_FILES if not (folder / name).is_file()]
+    if missing:
+        # The python version names the same batches without .bin; its files are pickles, which can run
+        # arbitrary code when loaded, so they are refused rather than read.
+        pickled = [name.removesuffix(".bin") for name in missing if (folder / name.removesuffix(".bin")).is_file()]
+        if not folder.is_dir():
+            problem = "does not exist"
+        elif pickled:
+            problem = (
+                f"holds {', '.join(pickled)} without .bin: that is the pickled python version of CIFAR-10, which "
+                f"this toolkit does not read (only the binary version is read, never a pickle)"
+            )
+        else:
+            problem = f"is missing {', '.join(missing)}"
+            if (folder / "cifar-10-batches-bin").is_dir():
+                problem += f" (it has a cifar-10-batches-bin subfolder: pass {folder / 'cifar-10-batches-bin'})"
+        raise DatasetNotFoundError(
+            f"CIFAR-10 folder {folder} {problem}. It must contain the binary batch files {', '.join(_CIFAR10_FILES)}, "
+            f"i.e. {_CIFAR10_WHERE}. This toolkit never downloads data: copy the files there yourself."
+        )
+    batches = [read_cifar10_batch(folder / name) for name in _CIFAR10_TRAIN_FILES]
+    train_images = np.concatenate([images for images, _ in batches])
+    train_labels = np.concatenate([labels for _, labels in batches])
+    del batches
+    test_images, test_labels = read_cifar10_batch(folder / _CIFAR10_TEST_FILE)
+    return (*_as_tensors(train_images, train_labels), *_as_tensors(test_images, test_labels))
+
+
+def _as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(N, C, H, W)`` images and labels as float32 in [0, 1] and int64."""
+    x = torch.from_numpy(images).to(torch.float32).div_(_BYTE_MAX_PIXEL)
+    return x, torch.from_numpy(labels).to(torch.int64)
+
+
 def _find_idx_file(folder: Path, stem: str) -> Path | None:
     """Return ``folder/stem`` or ``folder/stem.gz`` (raw preferred: no decompression), or None."""
     for candidate in (folder / stem, folder / f"{stem}.gz"):
@@ -332,7 +451,7 @@ def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[torch.Tens
         raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if labels.size and labels.max() >= _NUM_CLASSES:
         raise ValueError(f"{labels_path}: labels must be in 0..{_NUM_CLASSES - 1}, found {labels.max()}")
-    x = torch.from_numpy(images).to(torch.float32).div_(_IDX_MAX_PIXEL).unsqueeze(1)
+    x = torch.from_numpy(images).to(torch.float32).div_(_BYTE_MAX_PIXEL).unsqueeze(1)
     return x, torch.from_numpy(labels).to(torch.int64)
 
 

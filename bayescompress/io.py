@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 
 # Version of the JSON records this package writes (pretrained-weight records, run folders); readers refuse newer.
-FORMAT_VERSION = 1
+# 2: run folders of any graph (architecture.json "export", probe.safetensors, posterior.safetensors).
+FORMAT_VERSION = 2
 
 
 class WeightsMismatchError(ValueError):

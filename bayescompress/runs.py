@@ -294,8 +294,11 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedR
     what = "not a complete bayescompress run folder"
     architecture = read_json_record(directory / "architecture.json", what)
     metrics = read_json_record(directory / "metrics.json", what)
-    probe = read_safetensors(directory / "probe.safetensors", what)
-    if architecture.get("export", "sequential") == "sequential":
+    sequential = architecture.get("export", "sequential") == "sequential"
+    probe_path = directory / "probe.safetensors"
+    # run folders of format 1 (sequential exports only) had no probe; every graph run has one
+    probe = read_safetensors(probe_path, what) if probe_path.is_file() or not sequential else None
+    if sequential:
         exported = build_sequential(architecture["layers"])
     else:
         original = build_original(architecture["source"], model).cpu().eval()
@@ -305,7 +308,8 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedR
     load_weights_(exported, read_safetensors(directory / "model.safetensors", what),
                   source=f"the weights in {directory / 'model.safetensors'}")
     exported.eval()
-    _check_probe(exported, probe, directory)
+    if probe is not None:
+        _check_probe(exported, probe, directory)
     posterior = None
     if (directory / "posterior.safetensors").is_file():
         state = read_safetensors(directory / "posterior.safetensors", what)

@@ -18,7 +18,7 @@ from bayescompress.pruning.masks import current_weight
 from bayescompress.pruning.structure import Structure, sequential_chain
 
 # rho of a bias that only carries folded constants: sigma = softplus(-14) ~ 8e-7
-_DETERMINISTIC_RHO = -14.0
+DETERMINISTIC_RHO = -14.0
 
 
 def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, groups: int = 1,
@@ -82,7 +82,7 @@ def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = F
             if layer.bias is not None:
                 new.bias_rho.copy_(layer.bias_rho.detach()[rows])
             elif new.bias is not None:  # the folded constant is exact: (almost) no posterior spread
-                new.bias_rho.fill_(_DETERMINISTIC_RHO)
+                new.bias_rho.fill_(DETERMINISTIC_RHO)
             new.prior = copy.deepcopy(layer.prior)
             if not bool(keep.all()):
                 prune.custom_from_mask(new, "weight", keep.to(new.weight.dtype))

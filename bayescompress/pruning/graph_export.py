@@ -27,8 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer
-from bayescompress.priors.base import Prior
-from bayescompress.pruning.export import plain_layer_like
+from bayescompress.pruning.export import DETERMINISTIC_RHO, plain_layer_like
 from bayescompress.pruning.masks import Masks, copy_network, current_weight, prunable_layers
 
 
@@ -296,29 +295,26 @@ def bayesian_export(
     layers = dict(prunable_layers(model))
     if not all(isinstance(layer, BayesianLayer) for layer in layers.values()):
         raise ValueError("a Bayesian export needs every Linear/Conv2d layer to be Bayesian; use bayesian=False")
-    mask_of = lambda layer: torch.ones_like(layer.weight) if layer.weight_keep is None else layer.weight_keep  # noqa: E731
     rho = replay_surgery_(_replace_layers(model, lambda l: l.weight_rho.detach(), lambda l: l.bias_rho.detach()).eval(),
                           surgery, example_input)
-    keep = replay_surgery_(_replace_layers(model, mask_of, lambda l: torch.ones_like(l.bias)).eval(),
+    keep = replay_surgery_(_replace_layers(model, _keep_mask, lambda l: torch.ones_like(l.bias)).eval(),
                            surgery, example_input)
     rho_layers, keep_layers = dict(prunable_layers(rho)), dict(prunable_layers(keep))
     result = copy.deepcopy(exported)
     for name, layer in prunable_layers(result):
         source = layers[name]
-        bayesian = make_bayesian_(result, name, layer, copy.deepcopy(source.prior))
+        bayesian = BAYESIAN_TYPES[type(layer)].convert_(layer, copy.deepcopy(source.prior))
         bayesian.weight_rho.copy_(rho_layers[name].weight)
         if bayesian.bias is not None:
             if source.bias is not None:
                 bayesian.bias_rho.copy_(rho_layers[name].bias)
             else:  # a bias that only carries folded constants
-                bayesian.bias_rho.fill_(-14.0)
+                bayesian.bias_rho.fill_(DETERMINISTIC_RHO)
         kept = keep_layers[name].weight.bool()
         if not bool(kept.all()):
             torch.nn.utils.prune.custom_from_mask(bayesian, "weight", kept.to(bayesian.weight.dtype))
     return result
 
 
-def make_bayesian_(root: nn.Module, name: str, layer: nn.Module, prior: Prior) -> BayesianLayer:
-    """Convert the plain layer ``name`` of ``root`` into its Bayesian type in place (sigma to be set by the
-    caller) and return it."""
-    return BAYESIAN_TYPES[type(layer)].convert_(layer, prior)
+def _keep_mask(layer: nn.Module) -> Tensor:
+    return torch.ones_like(layer.weight) if layer.weight_keep is None else layer.weight_keep
