@@ -293,7 +293,10 @@ def load_dataset(
     order = torch.from_numpy(rng.permutation(len(pool_y)))
     val_x, val_y = pool_x[order[:n_val]], pool_y[order[:n_val]]
     train_x, train_y = pool_x[order[n_val:]], pool_y[order[n_val:]]
-    del pool_x, pool_y  # CIFAR-10's 50k float images are 600 MB; the splits above are copies
+    del pool_x, pool_y  # the splits above are copies
+    # Stored bytes become floats only now, so the split copies CIFAR-10's 50k images as uint8 (150 MB)
+    # rather than as float32 (600 MB).
+    train_x, val_x, test_x = (_to_unit_float(x) for x in (train_x, val_x, test_x))
 
     if image_size is not None and image_size != train_x.shape[-1]:
         train_x, val_x, test_x = (_resize(x, image_size) for x in (train_x, val_x, test_x))
@@ -375,8 +378,13 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(digits.target).to(torch.int64)
 
 
+def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Byte pixels as float32 in [0, 1]; float images (digits) are already scaled."""
+    return x.to(torch.float32).div_(_BYTE_MAX_PIXEL) if x.dtype == torch.uint8 else x
+
+
 def _load_idx_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read the four IDX files of ``folder`` as (train_x, train_y, test_x, test_y) tensors in [0, 1]."""
+    """Read the four IDX files of ``folder`` as (train_x, train_y, test_x, test_y); x uint8 ``(N, 1, H, W)``."""
     paths = {stem: _find_idx_file(folder, stem) for stem in _IDX_FILES}
     missing = [stem for stem, path in paths.items() if path is None]
     if missing:
@@ -397,7 +405,7 @@ def _load_idx_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def _load_cifar10_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read the six binary CIFAR-10 batches of ``folder`` as (train_x, train_y, test_x, test_y), x in [0, 1]."""
+    """Read the six binary CIFAR-10 batches of ``folder`` as (train_x, train_y, test_x, test_y), x uint8."""
     missing = [name for name in _CIFAR10_FILES if not (folder / name).is_file()]
     if missing:
         # The python version names the same batches without .bin; its files are pickles, which can run
@@ -419,17 +427,11 @@ def _load_cifar10_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torc
             f"i.e. {_CIFAR10_WHERE}. This toolkit never downloads data: copy the files there yourself."
         )
     batches = [read_cifar10_batch(folder / name) for name in _CIFAR10_TRAIN_FILES]
-    train_images = np.concatenate([images for images, _ in batches])
-    train_labels = np.concatenate([labels for _, labels in batches])
+    train_x = torch.from_numpy(np.concatenate([images for images, _ in batches]))
+    train_y = torch.from_numpy(np.concatenate([labels for _, labels in batches])).to(torch.int64)
     del batches
     test_images, test_labels = read_cifar10_batch(folder / _CIFAR10_TEST_FILE)
-    return (*_as_tensors(train_images, train_labels), *_as_tensors(test_images, test_labels))
-
-
-def _as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``(N, C, H, W)`` images and labels as float32 in [0, 1] and int64."""
-    x = torch.from_numpy(images).to(torch.float32).div_(_BYTE_MAX_PIXEL)
-    return x, torch.from_numpy(labels).to(torch.int64)
+    return train_x, train_y, torch.from_numpy(test_images), torch.from_numpy(test_labels).to(torch.int64)
 
 
 def _find_idx_file(folder: Path, stem: str) -> Path | None:
@@ -441,7 +443,7 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read and cross-check one image / label IDX pair; images become float32 ``(N, 1, H, W)`` in [0, 1]."""
+    """Read and cross-check one image / label IDX pair; images become uint8 ``(N, 1, H, W)``."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
@@ -451,8 +453,7 @@ def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[torch.Tens
         raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if labels.size and labels.max() >= _NUM_CLASSES:
         raise ValueError(f"{labels_path}: labels must be in 0..{_NUM_CLASSES - 1}, found {labels.max()}")
-    x = torch.from_numpy(images).to(torch.float32).div_(_BYTE_MAX_PIXEL).unsqueeze(1)
-    return x, torch.from_numpy(labels).to(torch.int64)
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).to(torch.int64)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

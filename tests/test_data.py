@@ -258,7 +258,7 @@ def test_read_idx_truncated_header_and_trailing_bytes_raise(tmp_path: Path) -> N
 
 def test_unknown_dataset_name_lists_choices() -> None:
     with pytest.raises(ValueError, match="name") as info:
-        load_dataset("cifar10")
+        load_dataset("imagenet")
     assert all(name in str(info.value) for name in DATASETS)
 
 
