@@ -173,3 +173,31 @@ def test_resnet20_channels_whose_gates_close_are_removed_and_the_function_is_kep
     assert dense_macs(exported, probe) < dense_macs(to_plain_network(net), probe)
     with torch.no_grad():
         assert (exported(held_out) - net(held_out)).abs().max() <= 1e-4
+
+
+def test_cli_pretrains_and_compresses_resnet20_on_cifar10_and_the_run_rebuilds_from_its_record(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from bayescompress.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, (8, 1))
+        (folder / name).write_bytes(np.concatenate([labels, rng.integers(0, 256, (8, 3072))], 1)
+                                    .astype(np.uint8).tobytes())
+    weights = tmp_path / "resnet20.safetensors"
+    assert main(["pretrain", "--model", "resnet20", "--dataset", "cifar10", "--data-dir", str(folder),
+                 "--epochs", "1", "--batch-size", "16", "--out", str(weights), "--quiet"]) == 0
+    code = main(["compress", "--model", "resnet20", "--weights", str(weights), "--dataset", "cifar10",
+                 "--data-dir", str(folder), "--method", "magnitude", "--keep-fraction", "0.2", "--epochs", "1",
+                 "--finetune-epochs", "0", "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet",
+                 "--json"])
+    assert code == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = load(tmp_path / "run")  # no model passed: the folder's reference record rebuilds resnet20
+    assert run.architecture["source"]["architecture"]["model"] == "resnet20"
+    assert printed["export_max_abs_diff"] <= 1e-4
