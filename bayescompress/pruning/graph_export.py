@@ -162,6 +162,9 @@ def _removable_channels(dg, layer: nn.Module, inputs: dict[int, Tensor], keep: i
             nonzero = weight.transpose(0, 1).flatten(1).ne(0).any(dim=1)[idxs].cpu()
             read.index_put_((roots,), nonzero, accumulate=True)
             has_reader[roots] = True
+            if id(module) not in inputs:  # not run on the example: nothing is known of what it reads
+                unfoldable.index_put_((roots,), nonzero, accumulate=True)
+                continue
             seen = inputs[id(module)][idxs].cpu()
             constant = seen[:, 0]
             uniform = (seen == constant[:, None]).all(dim=1)
@@ -200,8 +203,6 @@ def plan_and_prune_(plain: nn.Module, example_input: Tensor, output_layer: str |
     """Remove every removable channel of the plain network ``plain`` in place (see the module docstring) and
     return the surgery. ``output_layer`` keeps its units (default: the last registered layer); a layer never
     loses its last unit."""
-    import torch_pruning as tp
-
     surgery = GraphSurgery()
     dg = dependency_graph(plain, example_input)
     layers = prunable_layers(plain)
@@ -236,7 +237,6 @@ def replay_surgery_(plain: nn.Module, surgery: GraphSurgery, example_input: Tens
     """
     if not surgery.steps:  # nothing to replay, and no need for a graph that may not trace
         return plain
-    import torch_pruning as tp
 
     dg = dependency_graph(plain, example_input)
     modules = dict(plain.named_modules())
