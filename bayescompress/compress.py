@@ -196,9 +196,12 @@ def compress(
 ) -> CompressionResult:
     """Train, prune and export ``model`` (left untouched; the work happens on a copy).
 
+    ``model`` is any network whose compute layers are ``nn.Linear`` / ``nn.Conv2d`` (docs/own-models.md):
+    BatchNorms right after such a layer are folded into it first, modules that cannot be converted are named in
+    a warning and left deterministic, and the output layer (kept whole) is the last layer the forward pass runs.
     Metrics are measured on ``test_loader`` when given, else on ``val_loader``; ``val_loader`` also provides
-    the per-epoch validation metrics and an example input for shape inference. ``epochs`` overrides
-    ``config.epochs``.
+    the per-epoch validation metrics and the probe inputs (shapes, the graph export's checks, the run folder's
+    output check). ``epochs`` overrides ``config.epochs``.
 
     Example
     -------
