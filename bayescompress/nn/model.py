@@ -52,21 +52,28 @@ def warn_unhandled(model: nn.Module, stacklevel: int = 3) -> None:
 
 
 @torch.no_grad()
+def observe(model: nn.Module, layers: Iterable[tuple[str, nn.Module]], x: Tensor,
+            record: Callable[[str, tuple, Tensor], None]) -> None:
+    """One eval-mode forward pass of ``model`` on ``x``, calling ``record(name, inputs, output)`` each time one
+    of the named ``layers`` runs; the model's mode is restored and the hooks removed."""
+    hooks = [layer.register_forward_hook(lambda _m, inputs, output, name=name: record(name, inputs, output))
+             for name, layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+
+
 def execution_order(model: nn.Module, example_input: Tensor) -> list[str]:
     """Names of the handled layers in the order one eval-mode forward pass on ``example_input`` first calls
     them (the last is the network's output layer, whatever order the modules were registered in); layers the
     pass never calls come last, in registration order."""
     called: list[str] = []
-    hooks = [layer.register_forward_hook(lambda _m, _i, _o, name=name: called.append(name))
-             for name, layer in handled_layers(model)]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input[:1])
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    observe(model, handled_layers(model), example_input[:1], lambda name, _inputs, _output: called.append(name))
     order = list(dict.fromkeys(called))
     return order + [name for name, _ in handled_layers(model) if name not in order]
 

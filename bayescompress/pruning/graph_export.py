@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer
+from bayescompress.nn.model import observe
 from bayescompress.pruning.export import DETERMINISTIC_RHO, plain_layer_like
 from bayescompress.pruning.masks import Masks, copy_network, current_weight, prunable_layers
 
@@ -112,22 +113,17 @@ def _out_fn(layer: nn.Module):
     return tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
 
 
-@torch.no_grad()
 def _reader_inputs(model: nn.Module, example: Tensor) -> dict[int, Tensor]:
     """Per Linear/Conv2d (by id), its input on ``example`` as (channels, everything else)."""
+    layers = dict(prunable_layers(model))
     seen: dict[int, Tensor] = {}
 
-    def record(module, inputs, _output):
-        x = inputs[0].detach()
-        channels = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
-        seen[id(module)] = x.reshape(-1, channels).T if isinstance(module, nn.Linear) else x.transpose(0, 1).flatten(1)
+    def record(name, inputs, _output):
+        x, module = inputs[0].detach(), layers[name]
+        linear = isinstance(module, nn.Linear)
+        seen[id(module)] = x.reshape(-1, x.shape[-1]).T if linear else x.transpose(0, 1).flatten(1)
 
-    hooks = [m.register_forward_hook(record) for _, m in prunable_layers(model)]
-    try:
-        model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    observe(model, layers.items(), example, record)
     return seen
 
 

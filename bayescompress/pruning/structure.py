@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayescompress.nn.model import observe
 from bayescompress.pruning.masks import Masks, current_weight
 
 # Modules that act on each channel separately (so a constant channel stays constant and independent of the
@@ -110,18 +111,7 @@ class Structure:
 def layer_output_shapes(model: nn.Module, layers, example: Tensor) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch) of each named layer in ``layers`` on the first item of ``example``."""
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [
-        layer.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
-        for name, layer in layers
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example[:1])
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    observe(model, layers, example[:1], lambda name, _inputs, out: shapes.__setitem__(name, tuple(out.shape[1:])))
     return shapes
 
 
