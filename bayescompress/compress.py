@@ -59,6 +59,8 @@ from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
 
 # Validation inputs kept with a run: the graph export's constant test and a saved run's output check use them.
 PROBE_SIZE = 8
+# Largest |logit difference| between the export and the masked network that counts as the same function.
+EXPORT_TOLERANCE = 1e-4
 
 METHODS = ("gaussian-snr", "ss-gl", "ss-ghs", "turbo-vbi", "magnitude")
 SPIKE_SLAB_PRIORS = {"ss-gl": SpikeSlabGroupLasso, "ss-ghs": SpikeSlabGroupHorseshoe}
@@ -238,12 +240,7 @@ def compress(
         posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
-        try:
-            exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=output)
-        except Exception as error:  # an untraceable graph, or an export that failed its check: keep the work
-            warnings.warn(f"the exported network keeps every channel (the masks still hold): {error}", stacklevel=2)
-            exported, surgery = to_plain_network(network), GraphSurgery()
-        exported.eval()
+        exported, surgery = _export_graph(network, masks, probe, output, val_loader, config.device)
         posterior = bayesian_export(network, exported, surgery, probe).eval() if samples else None
     # propagate already measured the layer shapes on the sequential path
     shapes = structure.output_shapes if structure else layer_output_shapes(
@@ -256,6 +253,26 @@ def compress(
                              exported, structure, history, inclusion, posterior=posterior, export_record=export)
 
 
+def _export_graph(network, masks, probe, output, val_loader, device) -> tuple[nn.Module, GraphSurgery]:
+    """The Torch-Pruning export, checked on the whole validation set: a channel that was constant on the probe
+    inputs only (fed by an input-dependent term that is not a layer) would show there, and then only unread
+    channels are removed. An untraceable graph keeps every channel. Either fallback warns."""
+    for constants in (True, False):
+        try:
+            exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=output,
+                                                          constants=constants)
+        except Exception as error:  # noqa: BLE001 - an untraceable graph, or a failed check: keep the work
+            warnings.warn(f"the exported network keeps every channel (the masks still hold): {error}", stacklevel=3)
+            break
+        difference = _max_abs_diff(exported, network, val_loader, device)
+        if difference <= EXPORT_TOLERANCE:
+            return exported.eval(), surgery
+        warnings.warn(f"the graph export differs from the masked network by {difference:.3g} on the validation "
+                      "data" + ("; exporting again with unread channels removed only" if constants else
+                                "; keeping every channel"), stacklevel=3)
+    return to_plain_network(network).eval(), GraphSurgery()
+
+
 def _fold_batchnorm(network: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
     """Fold every BatchNorm that directly follows a Linear/Conv2d into it (see
     :mod:`bayescompress.pruning.batchnorm`); a graph Torch-Pruning cannot trace keeps its BatchNorms."""
@@ -263,7 +280,7 @@ def _fold_batchnorm(network: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
         return []
     try:
         pairs = foldable_pairs(network, probe)
-    except Exception as error:  # tracing can fail on arbitrary user code; folding is an improvement only
+    except Exception as error:  # noqa: BLE001 - tracing arbitrary user code can fail; folding only improves
         warnings.warn(f"BatchNorm is not folded: Torch-Pruning could not trace the network ({error}); channels "
                       "behind a BatchNorm then cannot be removed", stacklevel=3)
         return []

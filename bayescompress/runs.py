@@ -42,6 +42,10 @@ from bayescompress.pruning.masks import prunable_layers
 
 # Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
 _PROBE_RTOL = 1e-4
+# What save writes (and `bayescompress plot` adds); overwrite refuses a run folder holding anything else.
+RUN_FILES = frozenset({"model.safetensors", "posterior.safetensors", "architecture.json", "masks.safetensors",
+                       "probe.safetensors", "metrics.json", "report.md", "inclusion.safetensors", "masks.png",
+                       "masks-inclusion.png"})
 
 # Constructor arguments of every module the exported sequential network can contain.
 _MODULE_ARGS: dict[str, tuple[str, ...]] = {
@@ -147,9 +151,10 @@ class CompressionResult:
         if self.export_record is None:
             raise ValueError("this result has no export record (it was not made by bayescompress.compress)")
         record = self.export_record
-        probe_input = record.probe.to(_device_of(self.exported))
+        # float32 on the CPU, as load checks it: a CUDA run's TF32 convolutions would differ by ~1e-3
+        probe_input = record.probe.cpu()
         with torch.no_grad():
-            probe_output = self.exported.eval()(probe_input)
+            probe_output = copy.deepcopy(self.exported).cpu().float().eval()(probe_input)
         architecture: dict = {"format_version": FORMAT_VERSION}
         if record.surgery is None:
             architecture.update(export="sequential", layers=describe_sequential(self.exported))
@@ -176,11 +181,6 @@ class CompressionResult:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return directory
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _caller_source(original: nn.Module) -> dict:
@@ -216,6 +216,10 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False)
         if not overwrite:
             raise ValueError(f"{directory} already holds a bayescompress run; pass overwrite=True (--overwrite on "
                              "the command line) to replace it, or choose another folder")
+        others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES)
+        if others:
+            raise ValueError(f"{directory} holds a bayescompress run and files it did not write "
+                             f"({', '.join(others)}); move them out before replacing the run (nothing was touched)")
     return directory
 
 
@@ -225,7 +229,12 @@ def _replace_directory(staging: Path, directory: Path) -> None:
         return
     backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
     os.replace(directory, backup / directory.name)
-    os.replace(staging, directory)
+    try:
+        os.replace(staging, directory)
+    except BaseException:
+        os.replace(backup / directory.name, directory)  # put the previous run back
+        shutil.rmtree(backup, ignore_errors=True)
+        raise
     shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -301,10 +310,17 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedR
     if sequential:
         exported = build_sequential(architecture["layers"])
     else:
-        original = build_original(architecture["source"], model).cpu().eval()
-        fold_batchnorm_(original, [tuple(pair) for pair in architecture["batchnorm_folded"]])
-        exported = replay_surgery_(to_plain_network(original), GraphSurgery.from_json(architecture["surgery"]),
-                                   probe["input"][:1])
+        try:
+            source, folded, surgery = (architecture[k] for k in ("source", "batchnorm_folded", "surgery"))
+        except KeyError as error:
+            raise ValueError(f"{directory / 'architecture.json'} lacks {error}: not a complete run folder") from error
+        original = build_original(source, model).cpu().eval()
+        try:
+            fold_batchnorm_(original, [tuple(pair) for pair in folded])
+            exported = replay_surgery_(to_plain_network(original), GraphSurgery.from_json(surgery), probe["input"])
+        except (AttributeError, RuntimeError, IndexError) as error:
+            raise ValueError(f"the architecture does not match the run saved in {directory} ({error}); build the "
+                             "network the run was compressed from") from error
     load_weights_(exported, read_safetensors(directory / "model.safetensors", what),
                   source=f"the weights in {directory / 'model.safetensors'}")
     exported.eval()

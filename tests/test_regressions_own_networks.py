@@ -270,3 +270,97 @@ def test_cli_factory_that_raises_is_a_clear_error(tmp_path, capsys, monkeypatch)
                  "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
     assert code == 2
     assert "the model factory 'badnet:build' raised ImportError: needs torchvision" in capsys.readouterr().err
+
+
+class _TokenBatchNorm(nn.Module):
+    """BatchNorm1d over the tokens of a (batch, tokens, features) Linear output: not per output unit."""
+
+    def __init__(self, tokens, features):
+        super().__init__()
+        self.linear, self.bn, self.head = nn.Linear(features, features), nn.BatchNorm1d(tokens), nn.Linear(features, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.linear(x))).mean(dim=1))
+
+
+@pytest.mark.parametrize("tokens", [4, 8])  # 8 == features, where a fold on the wrong axis would go unnoticed
+def test_batchnorm_over_tokens_is_not_folded_into_the_linear_before_it(tokens):
+    from bayescompress.pruning.batchnorm import foldable_pairs
+
+    net = _TokenBatchNorm(tokens, 8)
+    with torch.no_grad():
+        net.bn.running_mean.normal_()
+    assert foldable_pairs(net.eval(), torch.randn(2, tokens, 8)) == []
+    flat = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
+    assert foldable_pairs(flat.eval(), torch.randn(2, 4)) == [("0", "1")]
+
+
+class _InputDependentChannel(nn.Module):
+    """Channels 0 and 2 of ``a`` get an input-dependent term that is not a layer (x.amax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.a(x) + x.amax(1, keepdim=True))).mean(dim=(2, 3))
+
+
+def test_a_channel_constant_only_on_the_probe_is_caught_on_the_validation_data():
+    from bayescompress.compress import CompressConfig, compress
+
+    torch.manual_seed(0)
+    net = _InputDependentChannel()
+    with torch.no_grad():
+        net.a.weight[[0, 2]] = 1e-6  # magnitude pruning empties rows 0 and 2 ...
+        net.a.bias.fill_(-6.0)  # ... and relu(-6 + amax) is 0 for inputs in [0, 1): the probe's
+    probe = torch.rand(8, 3, 5, 5)
+    held_out = torch.rand(32, 3, 5, 5) * 10
+    val = [(probe, torch.zeros(8, dtype=torch.long)), (held_out, torch.zeros(32, dtype=torch.long))]
+    with pytest.warns(UserWarning, match="differs from the masked network"):
+        result = compress(net, val, val, "magnitude", config=CompressConfig(
+            keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
+    assert result.metrics["export_max_abs_diff"] <= 1e-4
+
+
+class _Skip(nn.Module):
+    def __init__(self, width=12):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, width), nn.Linear(width, 3)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        return self.b(h + h.relu())
+
+
+def _saved_graph_run(tmp_path):
+    from bayescompress.compress import CompressConfig, compress
+
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    result = compress(_Skip(), data, data, "magnitude",
+                      config=CompressConfig(keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
+    return result, result.save(tmp_path / "run")
+
+
+def test_overwrite_replaces_a_run_but_never_files_the_user_added_to_it(tmp_path):
+    result, folder = _saved_graph_run(tmp_path)
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(ValueError, match=r"files it did not write \(notes.txt\)"):
+        result.save(folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "my notes"
+
+
+def test_loading_a_graph_run_into_another_architecture_says_it_does_not_match(tmp_path):
+    from bayescompress.runs import load
+
+    _, folder = _saved_graph_run(tmp_path)
+    with pytest.raises(ValueError, match="does not match|do not fit|names layer"):
+        load(folder, model=nn.Sequential(nn.Linear(4, 3)))
+    with pytest.raises(ValueError, match="do not fit the model: tensor 'a.weight'"):
+        load(folder, model=_Skip(width=20))
+    record = json.loads((folder / "architecture.json").read_text())
+    del record["surgery"]
+    (folder / "architecture.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="lacks 'surgery'"):
+        load(folder, model=_Skip())

@@ -14,16 +14,21 @@ import torch
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import is_handled_layer
+from bayescompress.nn.model import handled_layers, observe
 
 _FOLDABLE = {nn.Conv2d: nn.BatchNorm2d, nn.Linear: nn.BatchNorm1d}
 
 
 def foldable_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
     """(layer, batchnorm) names of every Linear/Conv2d whose only consumer is a BatchNorm with running
-    statistics, in module order."""
+    statistics over that layer's output units (a Linear's output must be (batch, features): BatchNorm1d on
+    (batch, tokens, features) normalises the tokens), in module order."""
     from bayescompress.pruning.graph_export import dependency_graph  # here: graph_export imports the layers too
 
     names = {id(m): n for n, m in model.named_modules()}
+    output_dims: dict[str, int] = {}
+    observe(model, handled_layers(model), example_input[:1],
+            lambda name, _inputs, output: output_dims.__setitem__(name, output.dim()))
     was_training = model.training
     model.eval()
     try:
@@ -36,8 +41,10 @@ def foldable_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, s
         if node is None or not is_handled_layer(layer) or len(node.outputs) != 1:
             continue
         bn = node.outputs[0].module
-        if (type(bn) is _FOLDABLE.get(type(layer)) and bn.track_running_stats and bn.running_mean is not None
-                and len(node.outputs[0].inputs) == 1):
+        per_unit = output_dims.get(name) == (4 if isinstance(layer, nn.Conv2d) else 2) \
+            and getattr(bn, "num_features", None) == layer.weight.shape[0]
+        if (type(bn) is _FOLDABLE.get(type(layer)) and per_unit and bn.track_running_stats
+                and bn.running_mean is not None and len(node.outputs[0].inputs) == 1):
             pairs.append((name, names[id(bn)]))
     return pairs
 

@@ -21,6 +21,7 @@ masked one on the example input.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -128,9 +129,11 @@ def _reader_inputs(model: nn.Module, example: Tensor) -> dict[int, Tensor]:
 
 
 @torch.no_grad()
-def _removable_channels(dg, layer: nn.Module, inputs: dict[int, Tensor], keep: int | None = None) -> tuple[Tensor, list]:
+def _removable_channels(dg, layer: nn.Module, inputs: dict[int, Tensor], keep: int | None = None,
+                        constants: bool = True) -> tuple[Tensor, list]:
     """Per output channel of ``layer``, whether the module docstring's rules let it go (never channel
-    ``keep``), and the bias folds [(reader, delta)] that removing those channels needs."""
+    ``keep``; only unread ones unless ``constants``), and the bias folds [(reader, delta)] that removing those
+    channels needs."""
     import torch_pruning as tp
 
     readers = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
@@ -168,7 +171,7 @@ def _removable_channels(dg, layer: nn.Module, inputs: dict[int, Tensor], keep: i
             # a non-zero constant read through a padded convolution differs at the border
             unfoldable.index_put_((roots,), nonzero & (~uniform | (padded & constant.ne(0))), accumulate=True)
             reads.append((module, idxs, roots, nonzero, constant))
-    removable = has_reader & (~read | (~live_row & ~unfoldable))
+    removable = has_reader & (~read | (~live_row & ~unfoldable & constants))
     if keep is not None:
         removable[keep] = False
     folds = []
@@ -195,35 +198,85 @@ def _add_zero_bias(module: nn.Module) -> None:
     module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
 
 
-def plan_and_prune_(plain: nn.Module, example_input: Tensor, output_layer: str | None = None) -> GraphSurgery:
-    """Remove every removable channel of the plain network ``plain`` in place (see the module docstring) and
-    return the surgery. ``output_layer`` keeps its units (default: the last registered layer); a layer never
-    loses its last unit."""
-    surgery = GraphSurgery()
-    dg = dependency_graph(plain, example_input)
-    layers = prunable_layers(plain)
-    output = output_layer if output_layer is not None else layers[-1][0]
-    for name, layer in layers:
+def _prune_step(plain: nn.Module, dg, name: str, layer: nn.Module, example_input: Tensor,
+                constants: bool) -> SurgeryStep | None:
+    """Remove ``layer``'s removable output channels from ``plain`` in place; the step, or None if none go."""
+    inputs = _reader_inputs(plain, example_input)
+    removable, folds = _removable_channels(dg, layer, inputs, constants=constants)
+    if bool(removable.all()):  # keep the strongest channel; its constant stays where it is
+        strongest = int(current_weight(layer).flatten(1).abs().sum(dim=1).argmax())
+        removable, folds = _removable_channels(dg, layer, inputs, keep=strongest, constants=constants)
+    idxs = torch.nonzero(removable).flatten().tolist()
+    if not idxs:
+        return None
+    group = dg.get_pruning_group(layer, _out_fn(layer), idxs)
+    if not dg.check_pruning_group(group):
+        return None
+    names = {id(m): n for n, m in plain.named_modules()}
+    new_bias = tuple(names[id(module)] for module, _ in folds if module.bias is None)
+    for module, delta in folds:
+        _fold_into_bias(module, delta)
+    group.prune()
+    return SurgeryStep(name, tuple(idxs), new_bias)
+
+
+@torch.no_grad()
+def _cpu_outputs(model: nn.Module, x: Tensor) -> Tensor:
+    """``model``'s eval outputs on ``x`` computed by a float32 CPU copy: the same on every machine (no TF32)."""
+    return copy.deepcopy(model).cpu().float().eval()(x.cpu())
+
+
+def _close(output: Tensor, reference: Tensor, atol: float) -> bool:
+    return output.shape == reference.shape and float((output - reference).abs().max()) <= atol * max(
+        1.0, float(reference.abs().max()))
+
+
+def plan_and_prune(
+    plain: nn.Module, example_input: Tensor, output_layer: str | None = None, constants: bool = True,
+    atol: float = 1e-4,
+) -> tuple[nn.Module, GraphSurgery]:
+    """A copy of the plain network ``plain`` with every removable channel removed (see the module docstring),
+    and the surgery. ``output_layer`` keeps its units (default: the last registered layer); a layer never
+    loses its last unit; ``constants=False`` removes unread channels only.
+
+    All steps are first made at once. If the result fails to run or to reproduce ``plain`` on
+    ``example_input`` (Torch-Pruning can mis-couple a skip from the network input, or a reshape that shuffles
+    channels), the steps are made one at a time on trial copies, and a step that breaks the network is left out
+    with a warning naming its layer.
+    """
+    reference = _cpu_outputs(plain, example_input)
+    layers = [name for name, _ in prunable_layers(plain)]
+    output = output_layer if output_layer is not None else layers[-1]
+    pruned, surgery = copy.deepcopy(plain), GraphSurgery()
+    try:
+        dg = dependency_graph(pruned, example_input)
+        for name in layers:
+            if name != output:
+                step = _prune_step(pruned, dg, name, pruned.get_submodule(name), example_input, constants)
+                surgery.steps += [step] if step else []
+        if _close(_cpu_outputs(pruned, example_input), reference, atol):
+            return pruned, surgery
+    except Exception:  # noqa: BLE001 - a mis-coupled group fails with a shape error somewhere; retry step by step
+        pass
+    pruned, surgery, skipped = plain, GraphSurgery(), []
+    for name in layers:
         if name == output:
             continue
-        inputs = _reader_inputs(plain, example_input)
-        removable, folds = _removable_channels(dg, layer, inputs)
-        if bool(removable.all()):  # keep the strongest channel; its constant stays where it is
-            strongest = int(current_weight(layer).flatten(1).abs().sum(dim=1).argmax())
-            removable, folds = _removable_channels(dg, layer, inputs, keep=strongest)
-        idxs = torch.nonzero(removable).flatten().tolist()
-        if not idxs:
-            continue
-        group = dg.get_pruning_group(layer, _out_fn(layer), idxs)
-        if not dg.check_pruning_group(group):
-            continue
-        names = {id(m): n for n, m in plain.named_modules()}
-        new_bias = tuple(names[id(module)] for module, _ in folds if module.bias is None)
-        for module, delta in folds:
-            _fold_into_bias(module, delta)
-        group.prune()
-        surgery.steps.append(SurgeryStep(name, tuple(idxs), new_bias))
-    return surgery
+        trial = copy.deepcopy(pruned)
+        try:
+            step = _prune_step(trial, dependency_graph(trial, example_input), name, trial.get_submodule(name),
+                               example_input, constants)
+            works = step is None or _close(_cpu_outputs(trial, example_input), reference, atol)
+        except Exception:  # noqa: BLE001 - whatever the failure, this step is left out
+            works = False
+        if not works:
+            skipped.append(name)
+        elif step is not None:
+            pruned, surgery.steps = trial, surgery.steps + [step]
+    if skipped:
+        warnings.warn(f"channels of {', '.join(skipped)} were kept: removing them breaks the traced graph (a "
+                      "skip from the network input, or a reshape that moves channels)", stacklevel=3)
+    return pruned if surgery.steps else copy.deepcopy(plain), surgery
 
 
 def replay_surgery_(plain: nn.Module, surgery: GraphSurgery, example_input: Tensor) -> nn.Module:
@@ -255,27 +308,26 @@ def replay_surgery_(plain: nn.Module, surgery: GraphSurgery, example_input: Tens
 
 def export_with_torch_pruning(
     model: nn.Module, masks: Masks, example_input: Tensor, atol: float = 1e-4, output_layer: str | None = None,
+    constants: bool = True,
 ) -> tuple[nn.Module, GraphSurgery]:
     """A smaller deterministic copy of any ``model`` Torch-Pruning can trace, at the masked posterior mean, and
-    the surgery that made it.
+    the surgery that made it (:func:`plan_and_prune`).
 
     ``output_layer`` keeps its units (default: the last registered Linear/Conv2d layer); a layer never loses
-    its last unit. Raises ``RuntimeError`` if the result does not reproduce the masked network on
-    ``example_input`` (use a few inputs: constants are recognised by being the same on all of them).
+    its last unit; ``constants=False`` removes unread channels only. Raises ``RuntimeError`` if the result does
+    not reproduce the masked network on ``example_input`` (relative to the outputs' scale, in float32 on the CPU;
+    use a few inputs: constants are recognised by being the same on all of them).
     """
     masked = masks.apply_(copy_network(model))
     plain = to_plain_network(masked).eval()
-    with torch.no_grad():
-        reference = plain(example_input)
-    surgery = plan_and_prune_(plain, example_input, output_layer)
-    with torch.no_grad():
-        difference = float((plain(example_input) - reference).abs().max())
-    if difference > atol:
+    exported, surgery = plan_and_prune(plain, example_input, output_layer, constants, atol)
+    exported.eval()
+    if not _close(_cpu_outputs(exported, example_input), _cpu_outputs(plain, example_input), atol):
         raise RuntimeError(
-            f"the Torch-Pruning export changed the network's output by {difference:.3g} on the example input; "
-            "the masks are still valid — apply them with Masks.apply_ instead of exporting"
+            "the Torch-Pruning export does not reproduce the masked network on the example input; the masks are "
+            "still valid — apply them with Masks.apply_ instead of exporting"
         )
-    return plain, surgery
+    return exported, surgery
 
 
 @torch.no_grad()
