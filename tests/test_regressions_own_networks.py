@@ -364,3 +364,30 @@ def test_loading_a_graph_run_into_another_architecture_says_it_does_not_match(tm
     (folder / "architecture.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="lacks 'surgery'"):
         load(folder, model=_Skip())
+
+
+class _InputSkip(nn.Module):
+    """x + a(x) on the network input (which Torch-Pruning cannot shrink), then an ordinary hidden layer c."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.head = nn.Linear(12, 12), nn.Linear(12, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.c(x + self.a(x)).relu())
+
+
+def test_a_group_that_breaks_the_graph_is_left_whole_and_the_others_still_shrink():
+    from bayescompress.compress import CompressConfig, compress
+
+    torch.manual_seed(0)
+    net = _InputSkip()
+    with torch.no_grad():
+        net.c.weight[:, :6] = 1e-6  # magnitude pruning leaves channels 0-5 of the skip sum unread by c ...
+        net.c.weight[:6] = 1e-6  # ... and empties c's rows 0-5 (constant channels read by the head)
+    data = [(torch.randn(32, 12), torch.randint(0, 3, (32,)))]
+    with pytest.warns(UserWarning, match="channels of a were kept"):
+        result = compress(net, data, data, "magnitude", config=CompressConfig(
+            keep_fraction=0.3, finetune_epochs=0, latency_budget=0.05, quiet=True))
+    assert result.exported.a.out_features == 12 and result.exported.c.out_features <= 10
+    assert result.metrics["export_max_abs_diff"] <= 1e-4
