@@ -19,6 +19,7 @@ from bayescompress.pruning import (
     export_sequential,
     propagate,
 )
+from bayescompress.pruning.masks import copy_network
 
 
 def _random_bnn(net):
@@ -255,3 +256,33 @@ def test_the_unit_kept_in_an_emptied_layer_is_one_still_alive():
     with pytest.warns(UserWarning, match="keeping its strongest unit \\(1\\)"):
         remove = _keep_best_unit("1", alive.clone(), weight, alive)
     assert remove.tolist() == [False, False, True]
+
+
+def test_masks_can_be_replaced_so_pruned_weights_grow_back():
+    net = nn.Sequential(nn.Linear(3, 2))
+    first = Masks({"0": torch.tensor([[True, False, True], [True, True, False]])})
+    second = Masks({"0": torch.tensor([[False, True, True], [True, True, True]])})
+    first.apply_(net)
+    intersected = second.apply_(copy_network(net))
+    assert intersected[0].weight_mask.tolist() == [[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]  # prune's logical and
+    replaced = second.apply_(copy_network(net), replace=True)
+    assert replaced[0].weight_mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    x = torch.randn(4, 3)
+    expected = x @ (replaced[0].weight_orig * second.weight["0"]).T + replaced[0].bias
+    assert torch.allclose(replaced(x), expected)
+
+
+def test_optimizer_state_of_regrown_entries_is_reset_and_the_rest_kept():
+    from bayescompress.pruning import reset_optimizer_state_
+
+    weight = nn.Parameter(torch.zeros(2, 3))
+    for optimizer in (torch.optim.Adam([weight], lr=0.1), torch.optim.SGD([weight], lr=0.1, momentum=0.9)):
+        weight.grad = torch.ones(2, 3)
+        optimizer.step()
+        before = {k: v.clone() for k, v in optimizer.state[weight].items() if isinstance(v, torch.Tensor)}
+        where = torch.tensor([[True, False, False], [False, False, True]])
+        reset_optimizer_state_(optimizer, weight, where)
+        for key, value in optimizer.state[weight].items():
+            if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                assert bool((value[where] == 0).all()) and torch.equal(value[~where], before[key][~where])
+                assert bool((before[key][where] != 0).all())  # the reset changed something

@@ -2,7 +2,7 @@
 
 from bayescompress.pruning.export import export_sequential
 from bayescompress.pruning.graph_export import export_with_torch_pruning, to_plain_network
-from bayescompress.pruning.masks import Masks, prunable_layers
+from bayescompress.pruning.masks import Masks, prunable_layers, reset_optimizer_state_
 from bayescompress.pruning.strategies import InclusionPruning, MagnitudePruning, PruningStrategy, SNRPruning
 from bayescompress.pruning.structure import Structure, UnsupportedGraphError, propagate, sequential_chain
 
@@ -18,6 +18,7 @@ __all__ = [
     "export_with_torch_pruning",
     "propagate",
     "prunable_layers",
+    "reset_optimizer_state_",
     "sequential_chain",
     "to_plain_network",
 ]

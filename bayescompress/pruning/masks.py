@@ -41,17 +41,26 @@ class Masks:
                     f"{self.weight[name].shape[0]} output units"
                 )
 
-    def apply_(self, model: nn.Module) -> nn.Module:
+    def apply_(self, model: nn.Module, replace: bool = False) -> nn.Module:
         """Register the weight masks with ``torch.nn.utils.prune.custom_from_mask`` (buffers ``weight_mask``).
 
-        Masks already registered are combined (logical and), as ``torch.nn.utils.prune`` does.
+        Masks already registered are combined (logical and), as ``torch.nn.utils.prune`` does; with
+        ``replace=True`` they are overwritten instead, so entries pruned before can grow back (their value is
+        whatever ``weight_orig`` holds there: a strategy that regrows sets it, see
+        :func:`reset_optimizer_state_` for the optimiser's moments).
         """
         modules = dict(model.named_modules())
         for name, mask in self.weight.items():
             if name not in modules:
                 raise KeyError(f"the masks name layer {name!r}, which the model does not have")
             layer = modules[name]
-            prune.custom_from_mask(layer, "weight", mask.to(layer.weight.device, layer.weight.dtype))
+            mask = mask.to(layer.weight.device, layer.weight.dtype)
+            if replace and hasattr(layer, "weight_mask"):
+                with torch.no_grad():
+                    layer.weight_mask.copy_(mask)
+                    layer.weight = layer.weight_orig * layer.weight_mask  # as prune's hook will at the next forward
+            else:
+                prune.custom_from_mask(layer, "weight", mask)
         return model
 
     def kept_weights(self) -> int:
@@ -76,6 +85,26 @@ class Masks:
                 raise ValueError(f"unexpected tensor {key!r} in a masks file (expected weight/<layer>, units/<layer>)")
             (weight if kind == "weight" else units)[name] = value.bool()
         return cls(weight, units)
+
+
+@torch.no_grad()
+def reset_optimizer_state_(optimizer: torch.optim.Optimizer, parameter: Tensor, where: Tensor) -> None:
+    """Zero the optimiser's per-entry state of ``parameter`` (Adam's moments, SGD's momentum: every state tensor
+    of the parameter's shape) where ``where`` is True, so a weight that was pruned and grows back starts fresh
+    instead of inheriting the moments of its previous life. Step counters are kept.
+
+    Example
+    -------
+    >>> w = nn.Parameter(torch.ones(3))
+    >>> opt = torch.optim.Adam([w]); w.grad = torch.ones(3); opt.step()
+    >>> reset_optimizer_state_(opt, w, torch.tensor([True, False, False]))
+    >>> opt.state[w]["exp_avg"][0].item(), opt.state[w]["exp_avg"][1].item() > 0
+    (0.0, True)
+    """
+    state = optimizer.state.get(parameter, {})
+    for value in state.values():
+        if isinstance(value, Tensor) and value.shape == parameter.shape:
+            value.masked_fill_(where.to(value.device), 0.0)
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
