@@ -157,13 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from bayescompress import plot, runs
 
-            run = runs.load(args.run)
+            masks, inclusion = runs.read_masks(args.run)  # no network is rebuilt: any run folder draws
             target = args.out or str(Path(args.run) / "masks.png")
-            pyplot.close(plot.masks(run.masks, target))
+            pyplot.close(plot.masks(masks, target))
             written = [target]
-            if run.inclusion:  # Turbo-VBI runs: the posterior inclusion probabilities beside the masks
+            if inclusion:  # Turbo-VBI runs: the posterior inclusion probabilities beside the masks
                 written.append(str(Path(target).with_name(Path(target).stem + "-inclusion" + Path(target).suffix)))
-                pyplot.close(plot.inclusion(run.inclusion, written[-1]))
+                pyplot.close(plot.inclusion(inclusion, written[-1]))
             if not args.quiet:
                 print("wrote " + " and ".join(written))
             return 0

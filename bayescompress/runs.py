@@ -331,10 +331,18 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedR
         state = read_safetensors(directory / "posterior.safetensors", what)
         posterior = load_weights_(bayesian_like(exported, state), state,
                                   source=f"the posterior in {directory / 'posterior.safetensors'}").eval()
+    masks, inclusion = read_masks(directory)
+    return SavedRun(exported, metrics, masks, architecture, inclusion, posterior)
+
+
+def read_masks(directory: str | os.PathLike) -> tuple[Masks, dict[str, Tensor]]:
+    """A run folder's masks and (Turbo-VBI runs, else empty) inclusion probabilities, without rebuilding any
+    network: all that the figures need, whatever the architecture."""
+    directory = Path(directory)
+    what = "not a complete bayescompress run folder"
     masks = Masks.from_tensors(read_safetensors(directory / "masks.safetensors", what))
     inclusion_path = directory / "inclusion.safetensors"
-    inclusion = read_safetensors(inclusion_path, what) if inclusion_path.exists() else {}
-    return SavedRun(exported, metrics, masks, architecture, inclusion, posterior)
+    return masks, read_safetensors(inclusion_path, what) if inclusion_path.exists() else {}
 
 
 @torch.no_grad()

@@ -391,3 +391,9 @@ def test_a_group_that_breaks_the_graph_is_left_whole_and_the_others_still_shrink
             keep_fraction=0.3, finetune_epochs=0, latency_budget=0.05, quiet=True))
     assert result.exported.a.out_features == 12 and result.exported.c.out_features <= 10
     assert result.metrics["export_max_abs_diff"] <= 1e-4
+
+
+def test_plot_draws_a_graph_run_saved_from_python_without_its_architecture(tmp_path):
+    _, folder = _saved_graph_run(tmp_path)
+    assert main(["plot", str(folder), "--quiet"]) == 0
+    assert (folder / "masks.png").stat().st_size > 0
