@@ -1,7 +1,7 @@
 """Training: the ELBO loop, the callbacks inference methods plug into, relaxed-Bernoulli gates, and Turbo-VBI
 (module A's closed-form updates, module B's message passing on the support's factor graph)."""
 
-from bayescompress.inference.gates import GateMonitor, SilentUnits, point_gates, sample_gates
+from bayescompress.inference.gates import GateMonitor, SilentUnits
 from bayescompress.inference.message_passing import (
     BeliefPropagationWarning,
     FactorGraph,
@@ -12,6 +12,7 @@ from bayescompress.inference.message_passing import (
 from bayescompress.inference.stopping import EarlyStopping
 from bayescompress.inference.train import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
 from bayescompress.inference.turbo import TurboCallback
+from bayescompress.priors.spike_slab import point_gates, sample_gates  # the gates' sampling, for training code
 
 __all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "NonFiniteLossError",
            "SilentUnits", "TrainConfig", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",

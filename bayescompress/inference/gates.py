@@ -1,17 +1,12 @@
-"""Relaxed-Bernoulli gates: the reparameterised samples of spike-and-slab inclusion variables (SPEC section 3).
-
-A gate z ~ Bernoulli(sigmoid(logit)) has no reparameterisation gradient. The binary Concrete relaxation
-(Maddison et al. 2017; Jang et al. 2017) does, and its straight-through form keeps the forward pass exactly
-binary: the network sees hard 0/1 gates (as the pruned network will) while the gradient flows through the
-relaxed sample. ``pyro.distributions.RelaxedBernoulliStraightThrough`` implements exactly this.
-"""
+"""Callbacks around spike-and-slab gates during training: a monitor of the units kept, and silent pruned units
+while fine-tuning. The gates themselves (relaxed-Bernoulli samples, point values) are the prior's mathematics
+and live with it in :mod:`bayescompress.priors.spike_slab`."""
 
 from __future__ import annotations
 
 import warnings
 
 import torch
-from pyro.distributions import RelaxedBernoulliStraightThrough
 from torch import Tensor
 
 from bayescompress.inference.train import Callback, Trainer
@@ -19,27 +14,6 @@ from bayescompress.nn.model import bayesian_layers
 
 # rho of a silenced bias: sigma = softplus(-14) ~ 8e-7, so sampled networks see (almost exactly) 0 too
 _SILENT_RHO = -14.0
-
-
-def sample_gates(logits: Tensor, temperature: Tensor | float) -> Tensor:
-    """One hard 0/1 sample per logit, with the binary-Concrete straight-through gradient.
-
-    Example
-    -------
-    >>> import torch
-    >>> sample_gates(torch.tensor([20.0, -20.0]), 0.5)
-    tensor([1., 0.])
-    """
-    return RelaxedBernoulliStraightThrough(temperature, logits=logits).rsample()
-
-
-def point_gates(logits: Tensor) -> Tensor:
-    """The gates' point value: 1 where the inclusion probability sigmoid(logit) is at least 1/2, else 0.
-
-    The median of Bernoulli(g), and the decision the inclusion-threshold pruning takes, so the eval-mode
-    network equals the network pruned at g < 0.5.
-    """
-    return (logits >= 0).to(logits.dtype)
 
 
 class GateMonitor(Callback):

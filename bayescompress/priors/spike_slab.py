@@ -21,6 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pyro.distributions import RelaxedBernoulliStraightThrough
+
 from bayescompress._validation import check_positive, check_probability
 from bayescompress.priors.base import Prior
 from bayescompress.priors.kl import (
@@ -35,6 +37,26 @@ _INIT_LOG_STD = math.log(1e-2)
 # Smallest starting scale, for units whose pretrained weights are all zero.
 _MIN_INIT_SCALE = 1e-4
 
+
+
+def sample_gates(logits: Tensor, temperature: Tensor | float) -> Tensor:
+    """One hard 0/1 sample per logit, with the binary-Concrete straight-through gradient.
+
+    Example
+    -------
+    >>> sample_gates(torch.tensor([20.0, -20.0]), 0.5)
+    tensor([1., 0.])
+    """
+    return RelaxedBernoulliStraightThrough(temperature, logits=logits).rsample()
+
+
+def point_gates(logits: Tensor) -> Tensor:
+    """The gates' point value: 1 where the inclusion probability sigmoid(logit) is at least 1/2, else 0.
+
+    The median of Bernoulli(g), and the decision the inclusion-threshold pruning takes, so the eval-mode
+    network equals the network pruned at g < 0.5.
+    """
+    return (logits >= 0).to(logits.dtype)
 
 
 class _LogNormal(nn.Module):
@@ -134,9 +156,8 @@ class SpikeSlabPrior(Prior, abc.ABC):
 
     # --- the Prior interface ------------------------------------------------------------------------------
     def attach(self, layer) -> None:
-        from bayescompress.nn.layers import BayesianLayer  # here: nn imports priors
-
-        if not isinstance(layer, BayesianLayer) or not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        # a Bayesian layer has a posterior rho (checked by attribute: the layers import the priors, not back)
+        if not hasattr(layer, "weight_rho") or not isinstance(layer, (nn.Linear, nn.Conv2d)):
             raise TypeError(
                 f"{type(self).__name__} groups the output units of Bayesian Linear/Conv2d layers "
                 f"(bayescompress.nn.BayesLinear, BayesConv2d); it cannot be attached to {type(layer).__name__}"
@@ -164,8 +185,6 @@ class SpikeSlabPrior(Prior, abc.ABC):
         return self._regularise(torch.exp(mean + var.sqrt() * torch.randn_like(mean)))
 
     def _gates(self, logit: Tensor, sample: bool) -> Tensor:
-        from bayescompress.inference.gates import point_gates, sample_gates  # here: inference imports nn
-
         return sample_gates(logit, self.temperature) if sample else point_gates(logit)
 
     def unit_multiplier(self, layer, sample: bool) -> Tensor:
