@@ -29,15 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.utils.prune
 from torch import Tensor, nn
 
 from bayescompress.io import FORMAT_VERSION, load_weights_, read_json_record, read_safetensors, save_weights, write_json
-from bayescompress.nn.layers import BAYESIAN_TYPES
 from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.pruning import Masks, Structure, export_sequential
 from bayescompress.pruning.batchnorm import fold_batchnorm_
-from bayescompress.pruning.graph_export import GraphSurgery, replay_surgery_, to_plain_network
+from bayescompress.pruning.graph_export import (
+    GraphSurgery,
+    convert_export_,
+    cpu_outputs,
+    replay_surgery_,
+    to_plain_network,
+)
 from bayescompress.pruning.masks import prunable_layers
 
 # Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
@@ -153,8 +157,7 @@ class CompressionResult:
         record = self.export_record
         # float32 on the CPU, as load checks it: a CUDA run's TF32 convolutions would differ by ~1e-3
         probe_input = record.probe.cpu()
-        with torch.no_grad():
-            probe_output = copy.deepcopy(self.exported).cpu().float().eval()(probe_input)
+        probe_output = cpu_outputs(self.exported, probe_input)
         architecture: dict = {"format_version": FORMAT_VERSION}
         if record.surgery is None:
             architecture.update(export="sequential", layers=describe_sequential(self.exported))
@@ -363,13 +366,12 @@ def _check_probe(exported: nn.Module, probe: dict[str, Tensor], directory: Path)
 def bayesian_like(exported: nn.Module, state: dict[str, Tensor]) -> nn.Module:
     """A Bayesian copy of ``exported`` shaped to receive the posterior ``state``: every Linear/Conv2d converted
     (Gaussian prior, whose scale the state carries), with a prune mask where the state holds one."""
-    result = copy.deepcopy(exported)
-    for name, layer in prunable_layers(result):
-        prefix = f"{name}." if name else ""
-        BAYESIAN_TYPES[type(layer)].convert_(layer, GaussianPrior())
-        if f"{prefix}weight_mask" in state:
-            torch.nn.utils.prune.custom_from_mask(layer, "weight", torch.ones_like(layer.weight))
-    return result
+    shapes = {name: layer.weight.shape for name, layer in prunable_layers(exported)}
+
+    def mask_of(name: str) -> Tensor | None:  # a placeholder the state's weight_mask then overwrites
+        return torch.ones(shapes[name]) if (f"{name}.weight_mask" if name else "weight_mask") in state else None
+
+    return convert_export_(copy.deepcopy(exported), lambda _name: GaussianPrior(), mask_of)
 
 
 def render_report(method: str, metrics: dict) -> str:

@@ -39,14 +39,13 @@ def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_clas
     if spec in REQUIRED_IMAGE_SIZE:
         record_path = weights.with_suffix(".json")
         if record_path.is_file():
-            record = read_json_record(record_path, f"the architecture record written beside {weights.name}")
-            recorded = record.get("architecture", {}).get("model")
+            model, record = load_pretrained(weights)
+            recorded = record["architecture"].get("model")
             if recorded != spec:
                 raise ValueError(
                     f"{weights.name} was pretrained as {recorded!r} (its record {record_path.name} says so), not "
                     f"{spec!r}: pass --model {recorded}, or weights of a {spec}"
                 )
-            model, record = load_pretrained(weights)
             return model, {"kind": "reference", "architecture": record["architecture"]}
         model, architecture = build_model(spec, input_shape, num_classes)
         source = {"kind": "reference", "architecture": architecture}

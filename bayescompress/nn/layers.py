@@ -153,8 +153,7 @@ class BayesianLayer(nn.Module):
         self.reset_sigma_(init)
         self.prior = prior if prior is not None else GaussianPrior()
         self.prior.attach(self)
-        if _calls_forward not in self._forward_pre_hooks.values():
-            self.register_forward_pre_hook(_calls_forward)
+        self.register_forward_pre_hook(_calls_forward)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError

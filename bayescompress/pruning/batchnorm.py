@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from bayescompress.nn.layers import is_handled_layer
 from bayescompress.nn.model import handled_layers, observe
+from bayescompress.pruning.masks import replace_submodule
 
 _FOLDABLE = {nn.Conv2d: nn.BatchNorm2d, nn.Linear: nn.BatchNorm1d}
 
@@ -73,6 +74,5 @@ def fold_batchnorm_(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module
         layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
         bias = shift if layer.bias is None else layer.bias * scale + shift
         layer.bias = nn.Parameter(bias.to(layer.weight.dtype).clone())
-        parent, _, child = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        replace_submodule(model, bn_name, nn.Identity())
     return model

@@ -25,12 +25,13 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.utils.prune
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer
 from bayescompress.nn.model import observe
 from bayescompress.pruning.export import DETERMINISTIC_RHO, plain_layer_like
-from bayescompress.pruning.masks import Masks, copy_network, current_weight, prunable_layers
+from bayescompress.pruning.masks import Masks, copy_network, current_weight, prunable_layers, replace_submodule
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,8 @@ def _replace_layers(model: nn.Module, weight_of, bias_of) -> nn.Module:
         if layer.bias is not None:
             fresh.bias.copy_(bias_of(layer))
         fresh.to(layer.weight.device)
-        plain = _set_submodule(plain, name, fresh)
+        plain = replace_submodule(plain, name, fresh)
     return plain
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    if not name:
-        return module
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-    return root
 
 
 def dependency_graph(model: nn.Module, example_input: Tensor):
@@ -221,7 +214,7 @@ def _prune_step(plain: nn.Module, dg, name: str, layer: nn.Module, example_input
 
 
 @torch.no_grad()
-def _cpu_outputs(model: nn.Module, x: Tensor) -> Tensor:
+def cpu_outputs(model: nn.Module, x: Tensor) -> Tensor:
     """``model``'s eval outputs on ``x`` computed by a float32 CPU copy: the same on every machine (no TF32)."""
     return copy.deepcopy(model).cpu().float().eval()(x.cpu())
 
@@ -244,7 +237,7 @@ def plan_and_prune(
     channels), the steps are made one at a time on trial copies, and a step that breaks the network is left out
     with a warning naming its layer.
     """
-    reference = _cpu_outputs(plain, example_input)
+    reference = cpu_outputs(plain, example_input)
     layers = [name for name, _ in prunable_layers(plain)]
     output = output_layer if output_layer is not None else layers[-1]
     pruned, surgery = copy.deepcopy(plain), GraphSurgery()
@@ -254,7 +247,7 @@ def plan_and_prune(
             if name != output:
                 step = _prune_step(pruned, dg, name, pruned.get_submodule(name), example_input, constants)
                 surgery.steps += [step] if step else []
-        if _close(_cpu_outputs(pruned, example_input), reference, atol):
+        if _close(cpu_outputs(pruned, example_input), reference, atol):
             return pruned, surgery
     except Exception:  # noqa: BLE001 - a mis-coupled group fails with a shape error somewhere; retry step by step
         pass
@@ -266,7 +259,7 @@ def plan_and_prune(
         try:
             step = _prune_step(trial, dependency_graph(trial, example_input), name, trial.get_submodule(name),
                                example_input, constants)
-            works = step is None or _close(_cpu_outputs(trial, example_input), reference, atol)
+            works = step is None or _close(cpu_outputs(trial, example_input), reference, atol)
         except Exception:  # noqa: BLE001 - whatever the failure, this step is left out
             works = False
         if not works:
@@ -322,7 +315,7 @@ def export_with_torch_pruning(
     plain = to_plain_network(masked).eval()
     exported, surgery = plan_and_prune(plain, example_input, output_layer, constants, atol)
     exported.eval()
-    if not _close(_cpu_outputs(exported, example_input), _cpu_outputs(plain, example_input), atol):
+    if not _close(cpu_outputs(exported, example_input), cpu_outputs(plain, example_input), atol):
         raise RuntimeError(
             "the Torch-Pruning export does not reproduce the masked network on the example input; the masks are "
             "still valid — apply them with Masks.apply_ instead of exporting"
@@ -348,20 +341,29 @@ def bayesian_export(
     keep = replay_surgery_(_replace_layers(model, _keep_mask, lambda l: torch.ones_like(l.bias)).eval(),
                            surgery, example_input)
     rho_layers, keep_layers = dict(prunable_layers(rho)), dict(prunable_layers(keep))
-    result = copy.deepcopy(exported)
-    for name, layer in prunable_layers(result):
-        source = layers[name]
-        bayesian = BAYESIAN_TYPES[type(layer)].convert_(layer, copy.deepcopy(source.prior))
+    kept = {name: layer.weight.bool() for name, layer in keep_layers.items()}
+    result = convert_export_(copy.deepcopy(exported), lambda name: copy.deepcopy(layers[name].prior),
+                             lambda name: None if bool(kept[name].all()) else kept[name])
+    for name, bayesian in prunable_layers(result):
         bayesian.weight_rho.copy_(rho_layers[name].weight)
         if bayesian.bias is not None:
-            if source.bias is not None:
+            if layers[name].bias is not None:
                 bayesian.bias_rho.copy_(rho_layers[name].bias)
             else:  # a bias that only carries folded constants
                 bayesian.bias_rho.fill_(DETERMINISTIC_RHO)
-        kept = keep_layers[name].weight.bool()
-        if not bool(kept.all()):
-            torch.nn.utils.prune.custom_from_mask(bayesian, "weight", kept.to(bayesian.weight.dtype))
     return result
+
+
+def convert_export_(model: nn.Module, prior_of, mask_of) -> nn.Module:
+    """Turn every plain layer of an exported network into its Bayesian type in place, with the prior
+    ``prior_of(name)`` and, where ``mask_of(name)`` is not None, that keep mask; returns ``model``. Sigma
+    starts as on conversion, for the caller to set."""
+    for name, layer in prunable_layers(model):
+        bayesian = BAYESIAN_TYPES[type(layer)].convert_(layer, prior_of(name))
+        mask = mask_of(name)
+        if mask is not None:
+            torch.nn.utils.prune.custom_from_mask(bayesian, "weight", mask.to(bayesian.weight))
+    return model
 
 
 def _keep_mask(layer: nn.Module) -> Tensor:

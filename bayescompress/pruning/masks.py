@@ -120,6 +120,15 @@ def current_weight(layer: nn.Module) -> Tensor:
     return weight.detach() if mask is None else (weight * mask).detach()
 
 
+def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` at the qualified ``name`` of ``root`` and return the root (``module`` itself for "")."""
+    if not name:
+        return module
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+    return root
+
+
 @torch.no_grad()
 def copy_network(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also works on networks carrying ``torch.nn.utils.prune`` masks.
