@@ -99,7 +99,7 @@ def mrf_samples(prior, shape: tuple[int, int] = (64, 64), sweeps: int = 200, see
     >>> len(figure.axes)
     2
     """
-    from bayescompress.inference.message_passing import gibbs_sample
+    from bayescompress.priors.mrf import gibbs_sample
 
     graph = prior.factor_graph(shape)
     generator = torch.Generator().manual_seed(seed)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from bayescompress.io import FORMAT_VERSION, load_weights_, read_json_record, read_safetensors, save_weights, write_json
 from bayescompress.priors.gaussian import GaussianPrior
-from bayescompress.pruning import Masks, Structure, export_sequential
+from bayescompress.pruning import Masks, Structure
 from bayescompress.pruning.batchnorm import fold_batchnorm_
 from bayescompress.pruning.graph_export import (
     GraphSurgery,

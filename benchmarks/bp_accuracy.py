@@ -18,7 +18,7 @@ import sys
 import torch
 from _common import save_results
 
-from bayescompress.inference.message_passing import (
+from bayescompress.priors.mrf import (
     FactorGraph,
     TransitionPotential,
     belief_propagation,

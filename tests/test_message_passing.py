@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from bayescompress.inference.message_passing import (
+from bayescompress.priors.mrf import (
     BeliefPropagationWarning,
     FactorGraph,
     TransitionPotential,

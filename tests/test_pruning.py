@@ -9,7 +9,7 @@ from torch import nn
 from bayescompress.metrics import dense_macs, sparse_macs
 from bayescompress.models import lenet5, mlp
 from bayescompress.nn import BayesianLayer, bayesianize_
-from bayescompress.priors import GaussianPrior
+from bayescompress.priors import GaussianPrior, Inclusion
 from bayescompress.pruning import (
     InclusionPruning,
     MagnitudePruning,
@@ -134,26 +134,26 @@ def test_magnitude_keeps_the_fraction_per_layer_on_a_plain_network():
 class _InclusionPrior(GaussianPrior):
     """Test double: a prior that reports fixed inclusion probabilities."""
 
-    def __init__(self, probs, key):
+    def __init__(self, probs, level):
         super().__init__()
-        self.probs, self.key = probs, key
+        self.probs, self.level = probs, level
 
-    def statistics(self, layer):
-        return {**super().statistics(layer), self.key: self.probs}
+    def inclusion(self, layer):
+        return Inclusion(**{self.level: self.probs})
 
 
 def test_inclusion_threshold_reads_weight_or_unit_probabilities():
     net = mlp(3, (4,), 2)
     probs = {"1": torch.rand(4, 3), "3": torch.rand(2, 4)}
-    bayesianize_(net, lambda name, layer: _InclusionPrior(probs[name], "inclusion"))
+    bayesianize_(net, lambda name, layer: _InclusionPrior(probs[name], "weight"))
     masks = InclusionPruning(0.5).masks(net)
     assert torch.equal(masks.weight["1"], probs["1"] >= 0.5)
     unit_probs = {"1": torch.tensor([0.9, 0.1, 0.7, 0.2]), "3": torch.tensor([0.1, 0.1])}
-    net = bayesianize_(mlp(3, (4,), 2), lambda name, layer: _InclusionPrior(unit_probs[name], "unit_inclusion"))
+    net = bayesianize_(mlp(3, (4,), 2), lambda name, layer: _InclusionPrior(unit_probs[name], "unit"))
     masks = InclusionPruning(0.5).masks(net)
     assert masks.units["1"].tolist() == [True, False, True, False]
     assert masks.units["3"].all()  # the output layer keeps every class
-    with pytest.raises(ValueError, match="does not provide 'inclusion'"):
+    with pytest.raises(ValueError, match="GaussianPrior has no weight-level inclusion"):
         InclusionPruning().masks(bayesianize_(mlp(3, (4,), 2)))
 
 

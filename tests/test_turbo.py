@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Gamma, Normal, kl_divergence
 
 from bayescompress.inference import TrainConfig, TurboCallback, fit
-from bayescompress.inference.turbo import expected_kl_sum, module_a_, support_log_odds, update_precision
+from bayescompress.priors.hierarchical import expected_kl_sum, module_a_, support_log_odds, update_precision
 from bayescompress.nn import BayesConv2d, BayesLinear, bayesianize_
 from bayescompress.priors import HierarchicalPrior
 from bayescompress.pruning import InclusionPruning

@@ -2,7 +2,7 @@
 (module A's closed-form updates, module B's message passing on the support's factor graph)."""
 
 from bayescompress.inference.gates import GateMonitor, SilentUnits
-from bayescompress.inference.message_passing import (
+from bayescompress.priors.mrf import (
     BeliefPropagationWarning,
     FactorGraph,
     TransitionPotential,

@@ -30,13 +30,13 @@ class GateMonitor(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:
         layers = bayesian_layers(trainer.model)
         for index, (name, layer) in enumerate(layers):
-            stats = layer.prior.statistics(layer)
-            if "unit_inclusion" not in stats:
+            inclusion = layer.prior.inclusion(layer)
+            if inclusion.unit is None:
                 continue
-            alive = int((stats["unit_inclusion"] >= 0.5).sum())
+            alive = int((inclusion.unit >= 0.5).sum())
             record[f"units/{name}"] = alive
-            if "input_inclusion" in stats:
-                record[f"inputs/{name}"] = int((stats["input_inclusion"] >= 0.5).sum())
+            if inclusion.input is not None:
+                record[f"inputs/{name}"] = int((inclusion.input >= 0.5).sum())
             if alive == 0 and index < len(layers) - 1 and name not in self._warned:
                 self._warned.add(name)
                 warnings.warn(

@@ -1,9 +1,10 @@
-"""Turbo-VBI (Xia, Tsang and Lau 2023; SPEC section 2): module A, module B, and the callback that alternates them.
+"""Turbo-VBI (Xia, Tsang and Lau 2023; SPEC section 2): the callback that alternates module A and module B.
 
 Module A (variational Bayesian inference) owns q(w), q(gamma) and q(s). The SGD steps of the training loop
-update q(w) against the expected KL :func:`expected_kl_sum`; between them, :func:`module_a_` makes the
-closed-form coordinate-ascent updates of q(gamma) and q(s) given the prior message pi from module B, and
-sends module B the extrinsic log-odds ``logit pi~ - logit pi``. Module B (:func:`module_b`) multiplies that
+update q(w) against the prior's expected KL; between them, module A
+(:func:`~bayescompress.priors.hierarchical.module_a_`, the prior's own closed-form mathematics) updates q(gamma)
+and q(s) given the prior message pi from module B, and sends module B the extrinsic log-odds
+``logit pi~ - logit pi``. Module B (:func:`module_b`) multiplies that
 evidence into the MRF's unary factors, runs loopy BP on the support's factor graph, and returns as the new
 prior message the belief divided by the evidence, ``belief - extrinsic`` in log-odds.
 """
@@ -17,99 +18,20 @@ import torch
 from torch import Tensor, nn
 
 from bayescompress._validation import check_in_range, check_positive_int
-from bayescompress.inference.message_passing import (
+from bayescompress.inference.train import Callback, Trainer
+from bayescompress.nn.model import bayesian_layers
+from bayescompress.priors.hierarchical import HierarchicalPrior, module_a_
+from bayescompress.priors.mrf import (
     BeliefPropagationWarning,
     BPResult,
     FactorGraph,
     belief_propagation,
     evidence_stability,
 )
-from bayescompress.inference.train import Callback, Trainer
-from bayescompress.nn.model import bayesian_layers
 
 # Linearised BP gains above this at the evidence-only state mean the couplings can overrule the evidence
 # (on 4x4 grids, gains of 0.94-1.2 went with marginal errors up to 0.5; 0.6-0.84 with at most 0.08).
 WEAK_EVIDENCE_GAIN = 0.9
-
-
-class _ExpectedKLSum(torch.autograd.Function):
-    """sum_n 1/2 (E[gamma_n](mu_n^2 + sigma_n^2) - 2 log sigma_n - 1) over kept weights, with its gradients
-    dKL/dmu = E[gamma] mu and dKL/dsigma = E[gamma] sigma - 1/sigma written out (it runs every step)."""
-
-    @staticmethod
-    def forward(ctx, mu: Tensor, sigma: Tensor, precision: Tensor, keep: Tensor | None) -> Tensor:
-        if keep is not None:
-            kept = keep.bool()
-            mu, precision = torch.where(kept, mu, 0.0), torch.where(kept, precision, 0.0)
-            log_sigma = torch.log(torch.where(kept, sigma, 1.0))
-            count = kept.sum().to(mu.dtype)
-        else:
-            log_sigma, count = torch.log(sigma), torch.tensor(float(mu.numel()), dtype=mu.dtype)
-        second_moment = torch.addcmul(mu * mu, sigma, sigma)
-        ctx.save_for_backward(mu, sigma, precision, keep)
-        return 0.5 * (torch.dot(precision.reshape(-1), second_moment.reshape(-1)) - 2.0 * log_sigma.sum() - count)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        mu, sigma, precision, keep = ctx.saved_tensors
-        grad_mu = grad * precision * mu
-        grad_sigma = torch.mul(precision, sigma).sub_(sigma.reciprocal())
-        if keep is not None:
-            grad_sigma = torch.where(keep.bool(), grad_sigma, 0.0)
-        return grad_mu, grad * grad_sigma, None, None
-
-
-def expected_kl_sum(mu: Tensor, sigma: Tensor, expected_precision: Tensor, expected_log_precision: Tensor,
-                    keep: Tensor | None = None) -> Tensor:
-    """sum_n E_q(gamma)[KL(N(mu_n, sigma_n^2) || N(0, 1/gamma_n))] over the weights ``keep`` marks:
-    1/2 (E[gamma](mu^2 + sigma^2) - E[log gamma] - log sigma^2 - 1). Differentiable in mu and sigma."""
-    log_term = expected_log_precision if keep is None else torch.where(keep.bool(), expected_log_precision, 0.0)
-    return _ExpectedKLSum.apply(mu, sigma, expected_precision, keep) - 0.5 * log_term.sum()
-
-
-def update_precision(inclusion: Tensor, second_moment: Tensor, gamma: tuple[float, float, float, float]
-                     ) -> tuple[Tensor, Tensor]:
-    """q(gamma) = Gamma(a~, b~): a~ = pi~ a + (1 - pi~) a_bar + 1/2, b~ = pi~ b + (1 - pi~) b_bar + E[w^2]/2."""
-    a, b, a_bar, b_bar = gamma
-    shape = inclusion * (a - a_bar) + (a_bar + 0.5)
-    rate = inclusion * (b - b_bar) + b_bar + 0.5 * second_moment
-    return shape, rate
-
-
-def support_log_odds(shape: Tensor, rate: Tensor, gamma: tuple[float, float, float, float]) -> Tensor:
-    """E_q(gamma)[log Gamma(gamma; a, b)] - E_q(gamma)[log Gamma(gamma; a_bar, b_bar)]: the evidence q(gamma)
-    gives for s = 1 over s = 0."""
-    a, b, a_bar, b_bar = gamma
-    mean, mean_log = shape / rate, torch.digamma(shape) - torch.log(rate)
-    active = a * math.log(b) - math.lgamma(a) + (a - 1) * mean_log - b * mean
-    inactive = a_bar * math.log(b_bar) - math.lgamma(a_bar) + (a_bar - 1) * mean_log - b_bar * mean
-    return active - inactive
-
-
-def _set_precision_(prior, inclusion: Tensor, second_moment: Tensor) -> None:
-    shape, rate = update_precision(inclusion, second_moment, prior.gamma_parameters())
-    prior.precision_shape.copy_(shape)
-    prior.precision_rate.copy_(rate)
-    prior.expected_precision.copy_(shape / rate)
-    prior.expected_log_precision.copy_(torch.digamma(shape) - torch.log(rate))
-
-
-@torch.no_grad()
-def module_a_(prior, layer) -> Tensor:
-    """Module A's closed-form step for one layer; returns the extrinsic log-odds for module B.
-
-    One coordinate-ascent sweep started from the prior message (q(s) = pi): q(gamma), then q(s)
-    (``logit pi~ = logit pi + support_log_odds``), then q(gamma) again so the SGD steps use the decided
-    state. Starting from pi rather than from the previous pi~ matters: q(gamma) carries the evidence of a
-    single weight (shape + 1/2), so a q(gamma) fitted to s = 1 always favours s = 1 again and the
-    decision could never be revised as the weight shrinks.
-    """
-    second_moment = (layer.weight.detach() ** 2 + layer.weight_sigma.detach() ** 2).reshape_as(prior.prior_logit)
-    _set_precision_(prior, torch.sigmoid(prior.prior_logit), second_moment)
-    extrinsic = support_log_odds(prior.precision_shape, prior.precision_rate, prior.gamma_parameters())
-    prior.inclusion_logit.copy_(prior.prior_logit + extrinsic)
-    _set_precision_(prior, torch.sigmoid(prior.inclusion_logit), second_moment)
-    return extrinsic
 
 
 def module_b(graph: FactorGraph, logit_pi0: float, extrinsic: Tensor, *, check_evidence: bool = True,
@@ -170,8 +92,6 @@ class TurboCallback(Callback):
 
     @staticmethod
     def turbo_layers(model: nn.Module):
-        from bayescompress.priors.hierarchical import HierarchicalPrior
-
         return [(name, layer) for name, layer in bayesian_layers(model) if isinstance(layer.prior, HierarchicalPrior)]
 
     @torch.no_grad()
@@ -221,5 +141,4 @@ class TurboCallback(Callback):
             module_a_(layer.prior, layer)
 
 
-__all__ = ["TurboCallback", "WEAK_EVIDENCE_GAIN", "expected_kl_sum", "module_a_", "module_b", "support_log_odds",
-           "update_precision", "BeliefPropagationWarning"]
+__all__ = ["TurboCallback", "WEAK_EVIDENCE_GAIN", "module_b"]

@@ -1,8 +1,8 @@
 """Prior families over the weights of Bayesian layers."""
 
-from bayescompress.priors.base import Prior
+from bayescompress.priors.base import Inclusion, Prior
 from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.priors.hierarchical import HierarchicalPrior
 from bayescompress.priors.spike_slab import SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso, SpikeSlabPrior
 
-__all__ = ["Prior", "GaussianPrior", "HierarchicalPrior", "SpikeSlabGroupHorseshoe", "SpikeSlabGroupLasso", "SpikeSlabPrior"]
+__all__ = ["Inclusion", "Prior", "GaussianPrior", "HierarchicalPrior", "SpikeSlabGroupHorseshoe", "SpikeSlabGroupLasso", "SpikeSlabPrior"]

@@ -8,6 +8,7 @@ to it, which avoids a module cycle.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,11 +18,27 @@ if TYPE_CHECKING:
     from bayescompress.nn.layers import BayesianLayer
 
 
+@dataclass(frozen=True)
+class Inclusion:
+    """A layer's posterior inclusion probabilities, the summaries pruning thresholds; None where the prior has
+    no such variable.
+
+    ``weight``: P(weight on), shaped like the weight (Turbo-VBI's pi~). ``unit``: P(output unit on), one per
+    neuron or filter (spike-and-slab gates g_j). ``input``: P(input feature or channel on), one per input
+    (spike-and-slab input gates).
+    """
+
+    weight: Tensor | None = None
+    unit: Tensor | None = None
+    input: Tensor | None = None
+
+
 class Prior(nn.Module, abc.ABC):
     """Base class of the priors over one layer's weights and bias.
 
     Subclasses implement :meth:`kl`; :meth:`update` (closed-form steps between SGD phases) and
-    :meth:`statistics` (posterior summaries used by pruning) have sensible defaults. Families with
+    :meth:`inclusion` (the posterior inclusion probabilities pruning thresholds) and :meth:`statistics`
+    (diagnostic summaries) have sensible defaults. Families with
     per-unit latent variables (spike-and-slab gates and scales) also override :meth:`attach`, which creates
     their layer-shaped variational parameters, and :meth:`unit_multiplier` / :meth:`input_multiplier`,
     through which those variables act on the layer's output units and input channels.
@@ -53,9 +70,14 @@ class Prior(nn.Module, abc.ABC):
     def update(self, layer: BayesianLayer) -> None:
         """Closed-form updates of variational or hyper-parameters; a no-op unless the family has any."""
 
+    def inclusion(self, layer: BayesianLayer) -> Inclusion:
+        """The posterior inclusion probabilities of ``layer``'s weights, units and inputs (none by default: a
+        prior without support variables says nothing about what is on)."""
+        return Inclusion()
+
     @torch.no_grad()
     def statistics(self, layer: BayesianLayer) -> dict[str, Tensor]:
-        """Per-weight posterior summaries: mean, standard deviation and signal-to-noise ratio |mu|/sigma."""
+        """Per-weight posterior diagnostics: mean, standard deviation and signal-to-noise ratio |mu|/sigma."""
         mu, sigma = layer.weight, layer.weight_sigma
         return {"mean": mu.detach().clone(), "std": sigma.clone(), "snr": mu.abs() / sigma.clamp_min(1e-12)}
 

@@ -8,8 +8,10 @@ Per weight n of a layer (weights as the grid W of shape (out, fan_in), a conv fi
 
 The active state is a wide slab (E[gamma] = a/b small), the inactive one a narrow spike. The variational
 family is q(w_n) q(gamma_n) q(s_n) = N(mu_n, sigma_n^2) Gamma(a~_n, b~_n) Bernoulli(pi~_n); this module keeps
-q(gamma), q(s) and the prior message pi_n from the MRF as buffers, and
-:mod:`bayescompress.inference.turbo` updates them (module A) and runs the message passing (module B).
+q(gamma), q(s) and the prior message pi_n from the MRF as buffers, and holds the closed-form mathematics
+of module A (:func:`module_a_`: the q(gamma) and q(s) updates, the evidence sent to module B) and the expected
+KL the SGD steps minimise. :mod:`bayescompress.inference.turbo` orchestrates them with the message passing
+on the support's MRF (:mod:`bayescompress.priors.mrf`, module B).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch
 from torch import Tensor
 
 from bayescompress._validation import check_choice, check_positive, check_probability
-from bayescompress.priors.base import Prior
+from bayescompress.priors.base import Inclusion, Prior
 from bayescompress.priors.kl import kl_normal_normal_sum
+from bayescompress.priors.mrf import FactorGraph, TransitionPotential
 
 GRAPHS = ("grid", "rows", "columns", "independent")
 # Scale-aware defaults (SPEC section 2): b = v_l and b_bar = 1e-4 v_l with v_l the layer's weight variance,
@@ -103,8 +106,6 @@ class HierarchicalPrior(Prior):
         self.register_buffer("bias_scale", torch.tensor(float(bias_scale)))
 
     def attach(self, layer) -> None:
-        from bayescompress.inference.turbo import module_a_
-
         weight = layer.weight.detach()
         variance = float(weight.var()) if weight.numel() > 1 else float(weight.pow(2).mean())
         variance = max(variance, 1e-12)
@@ -130,16 +131,12 @@ class HierarchicalPrior(Prior):
                 float(self.inactive_rate))
 
     def potentials(self):
-        """The row and column :class:`~bayescompress.inference.message_passing.TransitionPotential`."""
-        from bayescompress.inference.message_passing import TransitionPotential
-
+        """The row and column :class:`~bayescompress.priors.mrf.TransitionPotential`."""
         (rp11, rp01), (cp11, cp01) = self.transitions.tolist()
         return TransitionPotential(rp11, rp01), TransitionPotential(cp11, cp01)
 
     def factor_graph(self, shape):
         """The support's factor graph on a grid of ``shape`` (out, fan_in), as ``graph`` says."""
-        from bayescompress.inference.message_passing import FactorGraph
-
         rows, columns = self.potentials()
         if self.graph == "independent":
             return FactorGraph.independent(shape)
@@ -147,8 +144,6 @@ class HierarchicalPrior(Prior):
                                 columns=columns if self.graph in ("grid", "columns") else None)
 
     def kl(self, layer) -> Tensor:
-        from bayescompress.inference.turbo import expected_kl_sum
-
         keep = layer.weight_keep
         total = expected_kl_sum(layer.weight, layer.weight_sigma, self.expected_precision.view_as(layer.weight),
                                 self.expected_log_precision.view_as(layer.weight), keep)
@@ -157,16 +152,21 @@ class HierarchicalPrior(Prior):
         return total
 
     @torch.no_grad()
+    def inclusion(self, layer) -> Inclusion:
+        """Per weight: pi~, the posterior probability that its support is active."""
+        return Inclusion(weight=torch.sigmoid(self.inclusion_logit).view_as(layer.weight).clone())
+
+    @torch.no_grad()
     def statistics(self, layer) -> dict[str, Tensor]:
         """Base statistics plus, shaped like the weight: ``inclusion`` (pi~), ``prior_inclusion`` (the MRF's
         message pi) and ``expected_precision`` (E[gamma]); per unit, ``unit_active_fraction``."""
         stats = super().statistics(layer)
-        inclusion = torch.sigmoid(self.inclusion_logit)
+        inclusion = self.inclusion(layer).weight
         stats.update(
-            inclusion=inclusion.view_as(layer.weight).clone(),
+            inclusion=inclusion,
             prior_inclusion=torch.sigmoid(self.prior_logit).view_as(layer.weight),
             expected_precision=self.expected_precision.view_as(layer.weight).clone(),
-            unit_active_fraction=(inclusion >= 0.5).float().mean(dim=1),
+            unit_active_fraction=(inclusion >= 0.5).flatten(1).float().mean(dim=1),
         )
         return stats
 
@@ -177,6 +177,86 @@ class HierarchicalPrior(Prior):
                 f"rows=({rp11:g}, {rp01:g}), columns=({cp11:g}, {cp01:g}), graph={self.graph}")
 
 
+class _ExpectedKLSum(torch.autograd.Function):
+    """sum_n 1/2 (E[gamma_n](mu_n^2 + sigma_n^2) - 2 log sigma_n - 1) over kept weights, with its gradients
+    dKL/dmu = E[gamma] mu and dKL/dsigma = E[gamma] sigma - 1/sigma written out (it runs every step)."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, sigma: Tensor, precision: Tensor, keep: Tensor | None) -> Tensor:
+        if keep is not None:
+            kept = keep.bool()
+            mu, precision = torch.where(kept, mu, 0.0), torch.where(kept, precision, 0.0)
+            log_sigma = torch.log(torch.where(kept, sigma, 1.0))
+            count = kept.sum().to(mu.dtype)
+        else:
+            log_sigma, count = torch.log(sigma), torch.tensor(float(mu.numel()), dtype=mu.dtype)
+        second_moment = torch.addcmul(mu * mu, sigma, sigma)
+        ctx.save_for_backward(mu, sigma, precision, keep)
+        return 0.5 * (torch.dot(precision.reshape(-1), second_moment.reshape(-1)) - 2.0 * log_sigma.sum() - count)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mu, sigma, precision, keep = ctx.saved_tensors
+        grad_mu = grad * precision * mu
+        grad_sigma = torch.mul(precision, sigma).sub_(sigma.reciprocal())
+        if keep is not None:
+            grad_sigma = torch.where(keep.bool(), grad_sigma, 0.0)
+        return grad_mu, grad * grad_sigma, None, None
+
+
+def expected_kl_sum(mu: Tensor, sigma: Tensor, expected_precision: Tensor, expected_log_precision: Tensor,
+                    keep: Tensor | None = None) -> Tensor:
+    """sum_n E_q(gamma)[KL(N(mu_n, sigma_n^2) || N(0, 1/gamma_n))] over the weights ``keep`` marks:
+    1/2 (E[gamma](mu^2 + sigma^2) - E[log gamma] - log sigma^2 - 1). Differentiable in mu and sigma."""
+    log_term = expected_log_precision if keep is None else torch.where(keep.bool(), expected_log_precision, 0.0)
+    return _ExpectedKLSum.apply(mu, sigma, expected_precision, keep) - 0.5 * log_term.sum()
+
+
+def update_precision(inclusion: Tensor, second_moment: Tensor, gamma: tuple[float, float, float, float]
+                     ) -> tuple[Tensor, Tensor]:
+    """q(gamma) = Gamma(a~, b~): a~ = pi~ a + (1 - pi~) a_bar + 1/2, b~ = pi~ b + (1 - pi~) b_bar + E[w^2]/2."""
+    a, b, a_bar, b_bar = gamma
+    shape = inclusion * (a - a_bar) + (a_bar + 0.5)
+    rate = inclusion * (b - b_bar) + b_bar + 0.5 * second_moment
+    return shape, rate
+
+
+def support_log_odds(shape: Tensor, rate: Tensor, gamma: tuple[float, float, float, float]) -> Tensor:
+    """E_q(gamma)[log Gamma(gamma; a, b)] - E_q(gamma)[log Gamma(gamma; a_bar, b_bar)]: the evidence q(gamma)
+    gives for s = 1 over s = 0."""
+    a, b, a_bar, b_bar = gamma
+    mean, mean_log = shape / rate, torch.digamma(shape) - torch.log(rate)
+    active = a * math.log(b) - math.lgamma(a) + (a - 1) * mean_log - b * mean
+    inactive = a_bar * math.log(b_bar) - math.lgamma(a_bar) + (a_bar - 1) * mean_log - b_bar * mean
+    return active - inactive
+
+
+def _set_precision_(prior, inclusion: Tensor, second_moment: Tensor) -> None:
+    shape, rate = update_precision(inclusion, second_moment, prior.gamma_parameters())
+    prior.precision_shape.copy_(shape)
+    prior.precision_rate.copy_(rate)
+    prior.expected_precision.copy_(shape / rate)
+    prior.expected_log_precision.copy_(torch.digamma(shape) - torch.log(rate))
+
+
+@torch.no_grad()
+def module_a_(prior, layer) -> Tensor:
+    """Module A's closed-form step for one layer; returns the extrinsic log-odds for module B.
+
+    One coordinate-ascent sweep started from the prior message (q(s) = pi): q(gamma), then q(s)
+    (``logit pi~ = logit pi + support_log_odds``), then q(gamma) again so the SGD steps use the decided
+    state. Starting from pi rather than from the previous pi~ matters: q(gamma) carries the evidence of a
+    single weight (shape + 1/2), so a q(gamma) fitted to s = 1 always favours s = 1 again and the
+    decision could never be revised as the weight shrinks.
+    """
+    second_moment = (layer.weight.detach() ** 2 + layer.weight_sigma.detach() ** 2).reshape_as(prior.prior_logit)
+    _set_precision_(prior, torch.sigmoid(prior.prior_logit), second_moment)
+    extrinsic = support_log_odds(prior.precision_shape, prior.precision_rate, prior.gamma_parameters())
+    prior.inclusion_logit.copy_(prior.prior_logit + extrinsic)
+    _set_precision_(prior, torch.sigmoid(prior.inclusion_logit), second_moment)
+    return extrinsic
+
+
 def _check_narrower(a: float, b: float, a_bar: float, b_bar: float) -> None:
     if not a_bar / b_bar > a / b:
         raise ValueError(
@@ -185,4 +265,4 @@ def _check_narrower(a: float, b: float, a_bar: float, b_bar: float) -> None:
             "inactive_shape")
 
 
-__all__ = ["GRAPHS", "HierarchicalPrior"]
+__all__ = ["GRAPHS", "HierarchicalPrior", "expected_kl_sum", "module_a_", "support_log_odds", "update_precision"]

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from pyro.distributions import RelaxedBernoulliStraightThrough
 
 from bayescompress._validation import check_positive, check_probability
-from bayescompress.priors.base import Prior
+from bayescompress.priors.base import Inclusion, Prior
 from bayescompress.priors.kl import (
     kl_bernoulli,
     kl_lognormal_gamma,
@@ -218,17 +218,23 @@ class SpikeSlabPrior(Prior, abc.ABC):
         return total + torch.dot(included, per_unit) + kl_bernoulli(included, self.prior_inclusion).sum()
 
     @torch.no_grad()
+    def inclusion(self, layer) -> Inclusion:
+        """Per unit: g_j (1 where ungated); per input: the input gates' g, where the inputs are gated."""
+        unit = (torch.ones(layer.weight.shape[0], device=layer.weight.device) if self.gate_logit is None
+                else torch.sigmoid(self.gate_logit).detach().clone())
+        inputs = None if self.input_gate_logit is None else torch.sigmoid(self.input_gate_logit).detach().clone()
+        return Inclusion(unit=unit, input=inputs)
+
+    @torch.no_grad()
     def statistics(self, layer) -> dict[str, Tensor]:
         """Per-weight SNR statistics of beta, and per unit: ``unit_inclusion`` g_j (1 where ungated) and
         ``unit_scale`` (the point value of s_j); ``input_inclusion`` when the inputs are gated."""
         stats = super().statistics(layer)
-        scale = self._point_scale().detach().clone()
-        stats["unit_inclusion"] = (
-            torch.ones_like(scale) if self.gate_logit is None else torch.sigmoid(self.gate_logit).detach().clone()
-        )
-        stats["unit_scale"] = scale
-        if self.input_gate_logit is not None:
-            stats["input_inclusion"] = torch.sigmoid(self.input_gate_logit).detach().clone()
+        inclusion = self.inclusion(layer)
+        stats["unit_inclusion"] = inclusion.unit
+        stats["unit_scale"] = self._point_scale().detach().clone()
+        if inclusion.input is not None:
+            stats["input_inclusion"] = inclusion.input
         return stats
 
     def extra_repr(self) -> str:

@@ -42,13 +42,15 @@ def weight_magnitude(layer: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def inclusion_probability(layer: nn.Module, key: str) -> Tensor:
-    """A prior's inclusion probabilities, from ``layer.prior.statistics(layer)[key]``."""
+def inclusion_probability(layer: nn.Module, level: str) -> Tensor:
+    """A prior's posterior inclusion probabilities at ``level`` ("weight", "unit" or "input"), from
+    ``layer.prior.inclusion(layer)`` (:class:`~bayescompress.priors.base.Inclusion`)."""
     layer = _require_bayesian(layer, "inclusion-threshold pruning")
-    stats = layer.prior.statistics(layer)
-    if key not in stats:
+    probs = getattr(layer.prior.inclusion(layer), level)
+    if probs is None:
         raise ValueError(
-            f"{type(layer.prior).__name__} does not provide {key!r} (it provides {', '.join(sorted(stats))}); "
-            "inclusion-threshold pruning needs a prior with inclusion probabilities"
+            f"{type(layer.prior).__name__} has no {level}-level inclusion probabilities; inclusion-threshold "
+            "pruning needs a prior with support variables (HierarchicalPrior, SpikeSlabGroupLasso, "
+            "SpikeSlabGroupHorseshoe)"
         )
-    return stats[key]
+    return probs

@@ -149,10 +149,11 @@ class MagnitudePruning(PruningStrategy):
 class InclusionPruning(PruningStrategy):
     """Drop what a sparsity prior says is probably off: inclusion probability < ``threshold``.
 
-    Reads ``prior.statistics(layer)``: ``"inclusion"`` (per weight, e.g. Turbo-VBI's pi~) or
-    ``"unit_inclusion"`` (per unit, e.g. spike-and-slab gates g_j), whichever the prior provides, and
-    ``"input_inclusion"`` (per input feature or channel) where the inputs are gated. A hidden layer left with
-    no unit triggers a warning naming it; structure propagation then keeps the network valid.
+    Reads each layer's :class:`~bayescompress.priors.base.Inclusion` (``prior.inclusion(layer)``): per-unit
+    probabilities where every layer's prior has them (e.g. spike-and-slab gates g_j), else per-weight ones
+    (e.g. Turbo-VBI's pi~); per-input ones, where the inputs are gated, remove input features or channels too.
+    A hidden layer left with no unit triggers a warning naming it; structure propagation then keeps the network
+    valid.
     """
 
     def __init__(self, threshold: float = 0.5):
@@ -162,16 +163,15 @@ class InclusionPruning(PruningStrategy):
     def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
         layers = self._layers(model, bayesian=True)
         output = self._output(layers, output_layer)
-        stats = [layer.prior.statistics(layer) for _, layer in layers]
-        if all("unit_inclusion" in s for s in stats):
-            probs = [importance.inclusion_probability(layer, "unit_inclusion") for _, layer in layers]
-            masks = self._from_unit_masks(layers, [p >= self.threshold for p in probs], output)
+        summaries = [layer.prior.inclusion(layer) for _, layer in layers]
+        if all(s.unit is not None for s in summaries):
+            masks = self._from_unit_masks(layers, [s.unit >= self.threshold for s in summaries], output)
         else:
-            probs = [importance.inclusion_probability(layer, "inclusion") for _, layer in layers]
+            probs = [importance.inclusion_probability(layer, "weight") for _, layer in layers]
             masks = self._from_weight_masks(layers, [p >= self.threshold for p in probs], output)
-        for (name, layer), layer_stats in zip(layers, stats):
-            if "input_inclusion" in layer_stats:
-                inputs = layer_stats["input_inclusion"] >= self.threshold
+        for (name, layer), summary in zip(layers, summaries):
+            if summary.input is not None:
+                inputs = summary.input >= self.threshold
                 masks.weight[name] &= inputs.view(1, -1, *([1] * (layer.weight.dim() - 2)))
         for name, _ in layers:
             if name != output and not masks.weight[name].any():

@@ -1,4 +1,5 @@
-"""Module B of Turbo-VBI: sum-product belief propagation on a binary pairwise Markov random field (SPEC section 2).
+"""The support prior of Turbo-VBI's hierarchy: a binary pairwise Markov random field, its sum-product belief
+propagation (module B) and Gibbs sampling (SPEC section 2).
 
 A :class:`FactorGraph` is a set of binary nodes (a tensor shape, e.g. a layer's ``(out, fan_in)`` grid) and
 families of pairwise factors. Each family is a set of edges (first endpoint, second endpoint) that share one
