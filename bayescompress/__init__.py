@@ -1,7 +1,22 @@
 """bayescompress: structured Bayesian compression of neural networks with hierarchical sparsity priors."""
 
-from bayescompress.compress import CompressConfig, compress
+from bayescompress import methods
+from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress
 from bayescompress.inference import Callback, TrainConfig, TurboCallback, fit
+from bayescompress.methods import (
+    GaussianSNR,
+    GaussianSNRConfig,
+    Magnitude,
+    MagnitudeConfig,
+    Method,
+    MethodConfig,
+    SpikeSlabConfig,
+    SpikeSlabGHS,
+    SpikeSlabGL,
+    SpikeSlabHorseshoeConfig,
+    TurboVBI,
+    TurboVBIConfig,
+)
 from bayescompress.metrics import classification_metrics, evaluate
 from bayescompress.nn import (
     BayesConv2d,
@@ -17,19 +32,32 @@ from bayescompress.runs import CompressionResult, load
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyLossWarning",
     "BayesConv2d",
     "BayesLinear",
     "Callback",
-    "CompressConfig",
     "CompressionResult",
     "GaussianPrior",
+    "GaussianSNR",
+    "GaussianSNRConfig",
     "HierarchicalPrior",
+    "Magnitude",
+    "MagnitudeConfig",
+    "Method",
+    "MethodConfig",
+    "PipelineConfig",
     "PosteriorInit",
     "Prior",
+    "SpikeSlabConfig",
+    "SpikeSlabGHS",
+    "SpikeSlabGL",
     "SpikeSlabGroupHorseshoe",
     "SpikeSlabGroupLasso",
+    "SpikeSlabHorseshoeConfig",
     "TrainConfig",
     "TurboCallback",
+    "TurboVBI",
+    "TurboVBIConfig",
     "bayesianize_",
     "classification_metrics",
     "compress",
@@ -37,5 +65,6 @@ __all__ = [
     "fit",
     "kl_divergence",
     "load",
+    "methods",
     "predict",
 ]

@@ -7,13 +7,19 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from bayescompress.compress import METHODS, CompressConfig
+from bayescompress import methods
+from bayescompress.compress import AccuracyLossWarning, PipelineConfig
 from bayescompress.data import DATASETS
+from bayescompress.methods.base import unknown_setting_message
 from bayescompress.models import MODELS
-from bayescompress.priors.hierarchical import GRAPHS
+from bayescompress.settings import Flag, Integer, Real, SettingInfo, describe
+
+# pipeline settings the commands share through _common rather than per-method flags
+_COMMON = ("seed", "device", "quiet")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +34,32 @@ def _overwrite(parser: argparse.ArgumentParser) -> None:
                         help="replace an existing run folder at --out (never a folder holding anything else)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _add_setting(group, info: SettingInfo, cnn_default) -> None:
+    """One flag per setting, from its declaration; absent unless given, so the method's preset decides."""
+    default = f"default {_show(info.default)}" + (f", CNN {_show(cnn_default)}" if cnn_default != info.default else "")
+    flag = "--" + info.name.replace("_", "-")
+    help_text = f"{info.help} [{info.allowed.describe()}; {default}]".replace("%", "%%")
+    if isinstance(info.allowed, Flag):
+        group.add_argument(flag, dest=info.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_text)
+    else:
+        metavar = {Real: "X", Integer: "N"}.get(type(info.allowed))
+        group.add_argument(flag, dest=info.name, type=info.parse, default=argparse.SUPPRESS, metavar=metavar,
+                           choices=getattr(info.allowed, "options", None), help=help_text)
+
+
+def _show(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _method_in(argv: Sequence[str]) -> str:
+    """The --method given to compress, so its settings' flags can be added before parsing."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="gaussian-snr")
+    return pre.parse_known_args(argv)[0].method
+
+
+def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescompress", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -49,56 +80,23 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
     comp.add_argument("--dataset", choices=DATASETS, default="digits")
     comp.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 binary batches (cifar10)")
-    comp.add_argument("--method", choices=METHODS, default="gaussian-snr")
-    comp.add_argument("--epochs", type=int, required=True, help="VI epochs before pruning")
+    comp.add_argument("--method", choices=methods.names(), default="gaussian-snr",
+                      help="the compression method (default gaussian-snr); --method M --help lists M's settings")
     comp.add_argument("--out", required=True, help="run folder to write (a new or empty folder)")
     _overwrite(comp)
-    defaults = CompressConfig()
-    comp.add_argument("--lr", type=float, default=defaults.lr)
-    comp.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="Gaussian prior std s0")
-    comp.add_argument("--init-rho", type=float, default=defaults.init_rho,
-                      help=f"starting rho of every weight, sigma = softplus(rho) (default {defaults.init_rho})")
-    comp.add_argument("--keep-fraction", type=float, default=defaults.keep_fraction,
-                      help=f"fraction of weights kept (default {defaults.keep_fraction})")
-    comp.add_argument("--snr-threshold", type=float, help="keep SNR >= this instead of a fraction")
-    comp.add_argument("--level", choices=("weight", "unit"), default=defaults.level)
-    comp.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
-    comp.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr)
-    comp.add_argument("--mc-samples", type=int, default=defaults.mc_samples)
-    comp.add_argument("--kl-warmup-epochs", type=int, default=defaults.kl_warmup_epochs)
-    comp.add_argument("--kl-weight", type=float, default=defaults.kl_weight,
-                      help="KL weight before pruning, in (0, 1]; 1 = the ELBO (default)")
-    spike_slab = comp.add_argument_group("spike-and-slab (ss-gl, ss-ghs)")
-    spike_slab.add_argument("--prior-inclusion", type=float, default=defaults.prior_inclusion,
-                            help=f"prior probability lambda that a unit is on (default {defaults.prior_inclusion})")
-    spike_slab.add_argument("--temperature", type=float, default=defaults.temperature,
-                            help=f"relaxed-Bernoulli temperature (default {defaults.temperature})")
-    spike_slab.add_argument("--no-input-gates", dest="input_gates", action="store_false",
-                            help="do not gate the input features")
-    spike_slab.add_argument("--prior-lr", type=float, default=defaults.prior_lr,
-                            help=f"learning rate of gate logits and log-scales (default {defaults.prior_lr})")
-    spike_slab.add_argument("--rho-lr", type=float, default=defaults.rho_lr,
-                            help=f"learning rate of the posterior rho (default {defaults.rho_lr}; turbo-vbi too)")
-    spike_slab.add_argument("--input-gate-lr", type=float, default=defaults.input_gate_lr,
-                            help="learning rate of the input gates' logits (default: --prior-lr)")
-    spike_slab.add_argument("--max-val-drop", type=float, default=defaults.max_val_drop,
-                            help="stop the training before pruning once the validation accuracy falls more than "
-                                 "this below its start, and prune the last state within it (default: off)")
-    spike_slab.add_argument("--val-checks-per-epoch", type=int, default=defaults.val_checks_per_epoch,
-                            help=f"validation checks per epoch for --max-val-drop "
-                                 f"(default {defaults.val_checks_per_epoch})")
-    turbo = comp.add_argument_group("Turbo-VBI (turbo-vbi)")
-    turbo.add_argument("--pi0", type=float, default=defaults.pi0,
-                       help=f"MRF prior probability that a weight is active (default {defaults.pi0})")
-    turbo.add_argument("--mrf-p11", type=float, default=defaults.mrf_p11,
-                       help=f"P(active | active neighbour), rows and columns (default {defaults.mrf_p11})")
-    turbo.add_argument("--mrf-p01", type=float, default=defaults.mrf_p01,
-                       help=f"P(active | inactive neighbour), rows and columns (default {defaults.mrf_p01})")
-    turbo.add_argument("--mrf-graph", choices=GRAPHS, default=defaults.mrf_graph,
-                       help=f"the support's factor graph per layer (default {defaults.mrf_graph})")
-    turbo.add_argument("--turbo-updates-per-epoch", type=int, default=defaults.turbo_updates_per_epoch,
-                       help="turbo iterations (module A + module B) per epoch "
-                            f"(default {defaults.turbo_updates_per_epoch})")
+    if method in methods.names():
+        method_class = methods.get(method)
+        group = comp.add_argument_group(
+            f"settings of {method}", "Every setting defaults to the method's benchmarked recipe; where the CNN "
+            "recipe (networks with a Conv2d) differs, the help says so.")
+        cnn = method_class.presets.get("cnn", {})
+        # the training before pruning and the method's own settings first, the fine-tuning's last
+        for info in sorted(describe(method_class.config_class), key=lambda info: info.name.startswith("finetune_")):
+            _add_setting(group, info, cnn.get(info.name, info.default))
+    pipeline = comp.add_argument_group("pipeline settings (every method)")
+    for info in describe(PipelineConfig):
+        if info.name not in _COMMON:
+            _add_setting(pipeline, info, info.default)
     comp.add_argument("--batch-size", type=int, default=128)
     _common(comp)
 
@@ -130,8 +128,42 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
         print(f"{name:<12}" + "".join(f"{metrics[c]:>10.4f}" for c in columns))
 
 
+def _given(args: argparse.Namespace, names) -> dict:
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def _warn_accuracy_loss(metrics: dict, out) -> None:
+    loss = metrics["accuracy_loss"]
+    if not loss["exceeded"]:
+        return
+    worst = max(("compressed", "exported"), key=lambda key: loss[key])
+    print(f"\n!!! WARNING: the {worst} network lost {100 * loss[worst]:.2f} points of test accuracy "
+          f"({100 * metrics['original']['accuracy']:.2f} % -> {100 * metrics[worst]['accuracy']:.2f} %), more than "
+          f"the {100 * loss['limit']:g} allowed (--max-accuracy-loss {loss['limit']:g}).\n"
+          f"!!! The run folder {out} is written, but this is not a usable compression: keep more (--keep-fraction, "
+          "--prior-inclusion, --pi0), train fewer epochs before pruning (--max-val-drop), or fine-tune longer.\n",
+          file=sys.stderr)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = _method_in(argv)
+    parser = _parser(method)
+    args, extras = parser.parse_known_args(argv)
+    for extra in extras:
+        if args.command == "compress" and extra.startswith("--"):
+            name = extra[2:].split("=")[0].replace("-", "_")
+            name = name[3:] if name.startswith("no_") and name not in PipelineConfig.names() else name
+            config = methods.get(args.method).config_class
+            parser.exit(2, f"bayescompress compress: error: "
+                           f"{unknown_setting_message(name, args.method, config, flags=True)}\n")
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     from bayescompress import workflows
     from bayescompress._validation import check_device
     from bayescompress.runs import check_run_destination
@@ -168,21 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("wrote " + " and ".join(written))
             return 0
         elif args.command == "compress":
-            config = CompressConfig(
-                epochs=args.epochs, lr=args.lr, prior_scale=args.prior_scale, init_rho=args.init_rho,
-                keep_fraction=args.keep_fraction,
-                snr_threshold=args.snr_threshold, level=args.level, finetune_epochs=args.finetune_epochs,
-                finetune_lr=args.finetune_lr, mc_samples=args.mc_samples, kl_warmup_epochs=args.kl_warmup_epochs,
-                kl_weight=args.kl_weight, prior_inclusion=args.prior_inclusion, temperature=args.temperature,
-                input_gates=args.input_gates, pi0=args.pi0, mrf_p11=args.mrf_p11, mrf_p01=args.mrf_p01,
-                mrf_graph=args.mrf_graph, turbo_updates_per_epoch=args.turbo_updates_per_epoch,
-                prior_lr=args.prior_lr, rho_lr=args.rho_lr, input_gate_lr=args.input_gate_lr,
-                max_val_drop=args.max_val_drop, val_checks_per_epoch=args.val_checks_per_epoch,
-                seed=args.seed, device=args.device, quiet=args.quiet,
-            )
-            result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, args.method,
-                                              config, batch_size=args.batch_size)
+            method_class = methods.get(args.method)
+            method = method_class(**_given(args, method_class.config_class.names()))
+            pipeline = PipelineConfig(seed=args.seed, device=args.device, quiet=args.quiet,
+                                      **_given(args, set(PipelineConfig.names()) - set(_COMMON)))
+            with warnings.catch_warnings():  # reported below, louder
+                warnings.simplefilter("ignore", AccuracyLossWarning)
+                result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, method,
+                                                  pipeline=pipeline, batch_size=args.batch_size)
             output = _run_output(result, result.save(args.out, overwrite=args.overwrite), args.quiet)
+            _warn_accuracy_loss(result.metrics, args.out)
         else:
             start = time.perf_counter()
             result = workflows.demo(args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite,

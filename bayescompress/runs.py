@@ -381,9 +381,16 @@ def render_report(method: str, metrics: dict) -> str:
         m = metrics[key]
         rows.append(f"| {key} | {m['accuracy']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} |")
     p, macs = metrics["params"], metrics["macs"]
+    loss = metrics.get("accuracy_loss")  # format-1 runs have none
+    warning = []
+    if loss and loss["exceeded"]:
+        worst = max(("compressed", "exported"), key=lambda key: loss[key])
+        warning = [f"**WARNING: the {worst} network lost {100 * loss[worst]:.2f} points of accuracy against the "
+                   f"original, more than the {100 * loss['limit']:g} allowed (max_accuracy_loss).**", ""]
     return "\n".join([
         f"# bayescompress run: {method}",
         "",
+        *warning,
         *rows,
         "",
         f"- parameters: {p['total']:,} total, {p['nonzero']:,} non-zero, {p['exported']:,} exported",

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bayescompress.compress import CompressConfig, compress
+from bayescompress.compress import PipelineConfig, compress
 from bayescompress.data import DatasetSplits, load_dataset, make_loaders
 from bayescompress.inference import TrainConfig, fit
+from bayescompress.methods import GaussianSNRConfig, Method, MethodConfig
 from bayescompress.io import (
     FORMAT_VERSION,
     load_state_dict_file,
@@ -138,17 +139,19 @@ def compress_files(
     weights: str | os.PathLike,
     dataset: str = "digits",
     data_dir: str | os.PathLike | None = None,
-    method: str = "gaussian-snr",
-    config: CompressConfig | None = None,
+    method: str | Method = "gaussian-snr",
+    config: MethodConfig | None = None,
+    pipeline: PipelineConfig | None = None,
     batch_size: int = 128,
 ) -> CompressionResult:
     """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it."""
-    config = config or CompressConfig()
+    pipeline = pipeline or PipelineConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
-    splits = load_dataset(dataset, data_dir, image_size=image_size, seed=config.seed)
+    splits = load_dataset(dataset, data_dir, image_size=image_size, seed=pipeline.seed)
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
-    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=config.seed)
-    result = compress(model, train_loader, val_loader, method, test_loader=test_loader, config=config)
+    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=pipeline.seed)
+    result = compress(model, train_loader, val_loader, method, config=config, test_loader=test_loader,
+                      pipeline=pipeline)
     result.source = source
     return result
 
@@ -170,16 +173,12 @@ def demo(
                           device=device)
     splits = load_data_for("mlp", "digits", seed=seed)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=64, seed=seed)
-    config = CompressConfig(epochs=DEMO_RECIPE["epochs"], prior_scale=DEMO_RECIPE["prior_scale"],
-                            keep_fraction=DEMO_RECIPE["keep_fraction"],
-                            finetune_epochs=DEMO_RECIPE["finetune_epochs"],
-                            finetune_lr=DEMO_RECIPE["finetune_lr"], mc_samples=20, seed=seed, quiet=quiet,
-                            device=device)
-    result = compress(pretrained.model, train_loader, val_loader, "gaussian-snr", test_loader=test_loader,
-                      config=config)
+    result = compress(pretrained.model, train_loader, val_loader, "gaussian-snr", config=DEMO_RECIPE,
+                      test_loader=test_loader, pipeline=PipelineConfig(mc_samples=20, seed=seed, quiet=quiet,
+                                                                       device=device))
     if out is not None:
         result.save(out, overwrite=overwrite)
     return result
 
 
-DEMO_RECIPE = {"epochs": 40, "prior_scale": 1.0, "keep_fraction": 0.25, "finetune_epochs": 20, "finetune_lr": 1e-3}
+DEMO_RECIPE = GaussianSNRConfig(epochs=40, prior_scale=1.0, keep_fraction=0.25, finetune_epochs=20, finetune_lr=1e-3)

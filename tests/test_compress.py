@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bayescompress.cli import main
-from bayescompress.compress import CompressConfig, compress
+from bayescompress.compress import PipelineConfig, compress
+from bayescompress.methods import GaussianSNR, Magnitude, SpikeSlabGHS, SpikeSlabGL, TurboVBI, TurboVBIConfig
 from bayescompress.data import load_dataset, make_loaders
 from bayescompress.io import save_weights
 from bayescompress.runs import FORMAT_VERSION, load
@@ -27,6 +28,12 @@ def _get(tree, dotted):
     return tree
 
 
+QUICK = PipelineConfig(mc_samples=4, quiet=True)
+# the spike-and-slab settings of these tests: the full ELBO, fast gate rates, all epochs
+SPIKE_SLAB = dict(epochs=6, kl_warmup_epochs=1, kl_weight=1.0, prior_lr=3e-2, rho_lr=3e-2, input_gate_lr=None,
+                  max_val_drop=None, finetune_epochs=5)
+
+
 @pytest.fixture(scope="module")
 def digits():
     splits = load_dataset("digits")
@@ -41,10 +48,10 @@ def pretrained():
 @pytest.fixture(scope="module")
 def results(pretrained, digits):
     train, val, test = digits
-    config = CompressConfig(epochs=3, prior_scale=1.0, keep_fraction=0.3, finetune_epochs=2, finetune_lr=1e-3,
-                            mc_samples=4, quiet=True)
-    return {method: compress(pretrained, train, val, method, test_loader=test, config=config)
-            for method in ("gaussian-snr", "magnitude")}
+    recipes = {"gaussian-snr": GaussianSNR(epochs=3, prior_scale=1.0, keep_fraction=0.3, finetune_epochs=2),
+               "magnitude": Magnitude(keep_fraction=0.3, finetune_epochs=2)}
+    return {name: compress(pretrained, train, val, method, test_loader=test, pipeline=QUICK)
+            for name, method in recipes.items()}
 
 
 @pytest.mark.parametrize("method", ["gaussian-snr", "magnitude"])
@@ -64,10 +71,8 @@ def test_compress_reports_every_documented_metric(results, method):
 @pytest.fixture(scope="module")
 def spike_slab_results(pretrained, digits):
     train, val, test = digits
-    config = CompressConfig(epochs=6, kl_warmup_epochs=1, prior_lr=3e-2, rho_lr=3e-2, finetune_epochs=5,
-                            mc_samples=4, quiet=True)
-    return {method: compress(pretrained, train, val, method, test_loader=test, config=config)
-            for method in ("ss-gl", "ss-ghs")}
+    return {method.name: compress(pretrained, train, val, method, test_loader=test, pipeline=QUICK)
+            for method in (SpikeSlabGL(**SPIKE_SLAB), SpikeSlabGHS(**SPIKE_SLAB))}
 
 
 @pytest.mark.parametrize("method", ["ss-gl", "ss-ghs"])
@@ -90,8 +95,8 @@ def test_spike_slab_methods_remove_whole_units_and_inputs_and_export_exactly(spi
 @pytest.fixture(scope="module")
 def turbo_result(pretrained, digits):
     train, val, test = digits
-    config = CompressConfig(epochs=8, pi0=0.01, finetune_epochs=5, mc_samples=4, quiet=True)
-    return compress(pretrained, train, val, "turbo-vbi", test_loader=test, config=config)
+    config = TurboVBIConfig(epochs=8, pi0=0.01, finetune_epochs=5, finetune_lr=1e-3, max_val_drop=None)
+    return compress(pretrained, train, val, "turbo-vbi", config=config, test_loader=test, pipeline=QUICK)
 
 
 def test_turbo_vbi_prunes_weights_by_inclusion_and_exports_exactly(turbo_result, tmp_path):
@@ -123,7 +128,7 @@ def test_cli_compress_turbo_vbi_and_plot_its_inclusion(tmp_path, capsys):
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["method"] == "turbo-vbi"
-    assert load(tmp_path / "run").metrics["config"]["mrf_graph"] == "rows"
+    assert load(tmp_path / "run").metrics["config"]["method"]["mrf_graph"] == "rows"
     assert main(["plot", str(tmp_path / "run")]) == 0
     assert "masks-inclusion.png" in capsys.readouterr().out
     assert (tmp_path / "run" / "masks-inclusion.png").read_bytes()[:4] == b"\x89PNG"
@@ -133,15 +138,14 @@ def test_cli_compress_turbo_vbi_and_plot_its_inclusion(tmp_path, capsys):
                                           ("mrf_graph", "ring"), ("turbo_updates_per_epoch", 0)])
 def test_bad_turbo_settings_are_refused_before_any_work(field, value):
     with pytest.raises(ValueError, match=field):
-        CompressConfig(**{field: value})
+        TurboVBI(**{field: value})
 
 
 def test_spike_slab_early_stopping_prunes_an_earlier_state_within_the_budget(pretrained, digits,
                                                                           spike_slab_results):
     train, val, test = digits
-    config = CompressConfig(epochs=6, kl_warmup_epochs=1, prior_lr=3e-2, rho_lr=3e-2, finetune_epochs=5,
-                            mc_samples=4, quiet=True, max_val_drop=0.0, val_checks_per_epoch=2)
-    result = compress(pretrained, train, val, "ss-ghs", test_loader=test, config=config)
+    method = SpikeSlabGHS(**{**SPIKE_SLAB, "max_val_drop": 0.0, "val_checks_per_epoch": 2})
+    result = compress(pretrained, train, val, method, test_loader=test, pipeline=QUICK)
     vi = [r for r in result.history if "early_stopping/kept_step" in r]
     kept = vi[-1]["early_stopping/kept_step"]
     assert len(vi) <= 6 and kept < 6 * len(train)  # the budget of 0 stopped the pruning phase early
@@ -226,19 +230,21 @@ def test_a_run_folder_from_a_newer_format_is_refused(results, tmp_path):
         load(folder)
 
 
-@pytest.mark.parametrize("field, value", [("keep_fraction", 1.0), ("keep_fraction", 0.0), ("prior_scale", 0.0),
-                                          ("finetune_epochs", -1), ("level", "filter"), ("prior_inclusion", 1.0),
-                                          ("temperature", 0.0), ("prior_lr", 0.0), ("rho_lr", -1.0),
-                                          ("input_gate_lr", 0.0), ("max_val_drop", -0.01), ("max_val_drop", 1.5),
-                                          ("val_checks_per_epoch", 0)])
-def test_bad_config_names_the_field(field, value):
+@pytest.mark.parametrize("method, field, value", [
+    (GaussianSNR, "keep_fraction", 1.0), (GaussianSNR, "keep_fraction", 0.0), (GaussianSNR, "prior_scale", 0.0),
+    (Magnitude, "finetune_epochs", -1), (GaussianSNR, "level", "filter"), (SpikeSlabGL, "prior_inclusion", 1.0),
+    (SpikeSlabGHS, "temperature", 0.0), (SpikeSlabGL, "prior_lr", 0.0), (TurboVBI, "rho_lr", -1.0),
+    (SpikeSlabGHS, "input_gate_lr", 0.0), (GaussianSNR, "max_val_drop", -0.01), (TurboVBI, "max_val_drop", 1.5),
+    (SpikeSlabGL, "val_checks_per_epoch", 0), (SpikeSlabGHS, "global_scale", 0.0), (TurboVBI, "bp_damping", 1.0),
+])
+def test_bad_setting_names_the_field(method, field, value):
     with pytest.raises(ValueError, match=field):
-        CompressConfig(**{field: value})
+        method(**{field: value})
 
 
-def test_unknown_method_is_refused(pretrained, digits):
+def test_unknown_method_is_refused_and_the_registered_ones_listed(pretrained, digits):
     train, val, _ = digits
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="unknown method 'turbo-vb'; registered methods: gaussian-snr, ss-gl"):
         compress(pretrained, train, val, "turbo-vb")
 
 
@@ -247,7 +253,7 @@ def test_cli_compress_with_a_reference_model_and_json(tmp_path, capsys):
     assert main(["pretrain", "--model", "mlp", "--epochs", "3", "--hidden", "16", "--out", str(weights),
                  "--quiet"]) == 0
     code = main(["compress", "--model", "mlp", "--weights", str(weights), "--dataset", "digits",
-                 "--method", "magnitude", "--keep-fraction", "0.5", "--epochs", "1", "--finetune-epochs", "1",
+                 "--method", "magnitude", "--keep-fraction", "0.5", "--finetune-epochs", "1",
                  "--out", str(tmp_path / "run"), "--quiet", "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescompress.compress import CompressConfig, compress
+from bayescompress.compress import PipelineConfig, compress
+from bayescompress.methods import GaussianSNR
 from bayescompress.nn import bayesianize_
 from bayescompress.pruning import SNRPruning, export_with_torch_pruning
 
@@ -67,9 +68,8 @@ def test_compress_falls_back_to_torch_pruning_for_a_residual_network():
     y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, :4].mean(dim=(1, 2)) > 0).long()
     dataset = torch.utils.data.TensorDataset(x, y)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64)
-    result = compress(ResidualNet(classes=4), loader, loader, "gaussian-snr",
-                      config=CompressConfig(epochs=1, keep_fraction=0.3, finetune_epochs=0, mc_samples=2,
-                                            latency_batch=8, quiet=True))
+    result = compress(ResidualNet(classes=4), loader, loader, GaussianSNR(epochs=1, keep_fraction=0.3, finetune_epochs=0),
+                      pipeline=PipelineConfig(mc_samples=2, latency_batch=8, quiet=True))
     assert result.structure is None
     assert result.metrics["export_max_abs_diff"] <= 1e-4
     bayesian = result.export(bayesian=True).eval()  # the posterior, for any graph

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bayescompress.compress import METHODS, CompressConfig, compress
+from bayescompress import methods
+from bayescompress.compress import PipelineConfig, compress
 from bayescompress.metrics import evaluate
 import bayescompress.models as reference_models
 from bayescompress.runs import load
@@ -93,16 +94,18 @@ def _compressed(case, method):
     if (case, method) not in _RESULTS:
         _, data = CASES[case]
         train, val, test = (_loader(data(n, seed)) for n, seed in ((32, 1), (16, 2), (24, 3)))
-        config = CompressConfig(epochs=1, finetune_epochs=1, keep_fraction=0.3, mc_samples=3, latency_batch=8,
-                                latency_budget=0.05, quiet=True, seed=4)
+        quick = dict(epochs=1, finetune_epochs=1, keep_fraction=0.3)
+        method_class = methods.get(method)
+        configured = method_class(**{k: v for k, v in quick.items() if k in method_class.config_class.names()})
+        pipeline = PipelineConfig(mc_samples=3, latency_batch=8, latency_budget=0.05, quiet=True, seed=4)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = compress(_pretrained(case), train, val, method, test_loader=test, config=config)
+            result = compress(_pretrained(case), train, val, configured, test_loader=test, pipeline=pipeline)
         _RESULTS[case, method] = (result, test, [str(w.message) for w in caught])
     return _RESULTS[case, method]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", methods.names())
 @pytest.mark.parametrize("case", CASES)
 def test_every_method_compresses_saves_and_loads_every_model(case, method, tmp_path):
     result, test, _ = _compressed(case, method)
@@ -120,7 +123,7 @@ def test_every_method_compresses_saves_and_loads_every_model(case, method, tmp_p
         return
     with torch.no_grad():  # the posterior's mean is the exported network
         assert (run.posterior.eval()(x) - result.exported(x)).abs().max() <= 1e-4
-    again = evaluate(run.posterior, test, samples=result.metrics["mc_samples"], seed=result.config["seed"])
+    again = evaluate(run.posterior, test, samples=result.metrics["mc_samples"], seed=result.config["pipeline"]["seed"])
     assert again == result.metrics["compressed"]
 
 
@@ -193,7 +196,7 @@ def test_cli_pretrains_and_compresses_resnet20_on_cifar10_and_the_run_rebuilds_f
     assert main(["pretrain", "--model", "resnet20", "--dataset", "cifar10", "--data-dir", str(folder),
                  "--epochs", "1", "--batch-size", "16", "--out", str(weights), "--quiet"]) == 0
     code = main(["compress", "--model", "resnet20", "--weights", str(weights), "--dataset", "cifar10",
-                 "--data-dir", str(folder), "--method", "magnitude", "--keep-fraction", "0.2", "--epochs", "1",
+                 "--data-dir", str(folder), "--method", "magnitude", "--keep-fraction", "0.2",
                  "--finetune-epochs", "0", "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet",
                  "--json"])
     assert code == 0, capsys.readouterr().err

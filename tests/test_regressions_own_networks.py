@@ -212,14 +212,15 @@ def test_cli_device_cuda_without_cuda_is_refused_before_any_work(command, tmp_pa
 
 
 def test_a_bad_device_name_is_refused():
-    from bayescompress.compress import CompressConfig
+    from bayescompress.compress import PipelineConfig
 
     with pytest.raises(ValueError, match="device must be"):
-        CompressConfig(device="tpu")
+        PipelineConfig(device="tpu")
 
 
 def test_a_graph_run_whose_architecture_changed_names_the_first_mismatching_tensor(tmp_path, monkeypatch):
-    from bayescompress.compress import CompressConfig, compress
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
     from bayescompress.runs import load
 
     (tmp_path / "changing_net.py").write_text(
@@ -243,8 +244,8 @@ def test_a_graph_run_whose_architecture_changed_names_the_first_mismatching_tens
 
     changing_net = importlib.import_module("changing_net")
     data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
-    result = compress(changing_net.build(), data, data, "magnitude",
-                      config=CompressConfig(keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
+    result = compress(changing_net.build(), data, data, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+                      pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
     result.source = {"kind": "factory", "spec": "changing_net:build"}
     folder = result.save(tmp_path / "run")
     assert load(folder).model.head.out_features == 3
@@ -307,7 +308,8 @@ class _InputDependentChannel(nn.Module):
 
 
 def test_a_channel_constant_only_on_the_probe_is_caught_on_the_validation_data():
-    from bayescompress.compress import CompressConfig, compress
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
 
     torch.manual_seed(0)
     net = _InputDependentChannel()
@@ -318,8 +320,8 @@ def test_a_channel_constant_only_on_the_probe_is_caught_on_the_validation_data()
     held_out = torch.rand(32, 3, 5, 5) * 10
     val = [(probe, torch.zeros(8, dtype=torch.long)), (held_out, torch.zeros(32, dtype=torch.long))]
     with pytest.warns(UserWarning, match="differs from the masked network"):
-        result = compress(net, val, val, "magnitude", config=CompressConfig(
-            keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
+        result = compress(net, val, val, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+                      pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
     assert result.metrics["export_max_abs_diff"] <= 1e-4
 
 
@@ -334,12 +336,13 @@ class _Skip(nn.Module):
 
 
 def _saved_graph_run(tmp_path):
-    from bayescompress.compress import CompressConfig, compress
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
 
     torch.manual_seed(0)
     data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
-    result = compress(_Skip(), data, data, "magnitude",
-                      config=CompressConfig(keep_fraction=0.5, finetune_epochs=0, latency_budget=0.05, quiet=True))
+    result = compress(_Skip(), data, data, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+                      pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
     return result, result.save(tmp_path / "run")
 
 
@@ -378,7 +381,8 @@ class _InputSkip(nn.Module):
 
 
 def test_a_group_that_breaks_the_graph_is_left_whole_and_the_others_still_shrink():
-    from bayescompress.compress import CompressConfig, compress
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
 
     torch.manual_seed(0)
     net = _InputSkip()
@@ -387,8 +391,8 @@ def test_a_group_that_breaks_the_graph_is_left_whole_and_the_others_still_shrink
         net.c.weight[:6] = 1e-6  # ... and empties c's rows 0-5 (constant channels read by the head)
     data = [(torch.randn(32, 12), torch.randint(0, 3, (32,)))]
     with pytest.warns(UserWarning, match="channels of a were kept"):
-        result = compress(net, data, data, "magnitude", config=CompressConfig(
-            keep_fraction=0.3, finetune_epochs=0, latency_budget=0.05, quiet=True))
+        result = compress(net, data, data, Magnitude(keep_fraction=0.3, finetune_epochs=0),
+                      pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
     assert result.exported.a.out_features == 12 and result.exported.c.out_features <= 10
     assert result.metrics["export_max_abs_diff"] <= 1e-4
 

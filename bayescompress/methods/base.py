@@ -1,0 +1,214 @@
+"""The seam between :func:`~bayescompress.compress` and the compression methods.
+
+A method is a small :class:`Method` subclass with a ``name``, a frozen :class:`MethodConfig` subclass holding
+*its* settings (defaults = its benchmarked recipe for MLPs, with ``presets`` for CNNs where the best setting
+differs) and a few hooks. :meth:`Method.train_and_prune` is the template the pipeline calls: prepare the
+network, train it before pruning, ask the pruning strategy for masks, get ready for fine-tuning, apply the
+masks, fine-tune. :class:`VariationalMethod` fills in the first two for the methods that train a posterior
+by VI under a prior of their own; a method only says which prior, which pruning strategy, and what changes
+before the fine-tuning.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from bayescompress.inference import Callback, EarlyStopping, TrainConfig, fit
+from bayescompress.methods import registry
+from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_
+from bayescompress.priors import Prior
+from bayescompress.pruning import Masks, PruningStrategy
+from bayescompress.settings import Integer, Real, Settings, setting
+
+NETWORK_KINDS = ("mlp", "cnn")
+
+
+def network_kind(model: nn.Module) -> str:
+    """``"cnn"`` when ``model`` has a ``Conv2d``, else ``"mlp"``: which preset of a method's recipe applies."""
+    return "cnn" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "mlp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig(Settings):
+    """Settings every method has: the fine-tuning of the surviving weights under the masks."""
+
+    finetune_epochs: int = setting(10, "epochs of training the surviving weights under the masks (0 = none)",
+                                   Integer(0))
+    finetune_lr: float = setting(1e-3, "peak learning rate of the fine-tuning (cosine-annealed to 0)",
+                                 Real(0.0, 10.0, low_open=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariationalConfig(MethodConfig):
+    """Settings of the methods that train a posterior by VI before pruning."""
+
+    epochs: int = setting(10, "VI epochs before pruning (an upper bound under max_val_drop)", Integer(1))
+    lr: float = setting(1e-3, "Adam learning rate of the posterior means", Real(0.0, 10.0, low_open=True))
+    rho_lr: float | None = setting(None, "learning rate of the posterior rho (none = lr)",
+                                   Real(0.0, 10.0, low_open=True, optional=True))
+    init_rho: float | None = setting(-6.0, "starting rho of every weight, sigma = softplus(rho); none = sigma "
+                                     "proportional to |w|", Real(optional=True))
+    kl_warmup_epochs: int = setting(0, "epochs over which the KL weight grows linearly from 0", Integer(0))
+    kl_weight: float = setting(1.0, "KL weight after warm-up (1 = the ELBO; below 1 prunes less)",
+                               Real(0.0, 1.0, low_open=True))
+    max_val_drop: float | None = setting(
+        0.05, "stop the training before pruning once the posterior-mean validation accuracy falls more than "
+        "this below its start, and prune the last state within it (none = train all epochs)",
+        Real(0.0, 1.0, optional=True))
+    val_checks_per_epoch: int = setting(1, "validation checks per epoch for max_val_drop", Integer(1))
+    prior_scale: float = setting(0.5, "standard deviation s0 of the Gaussian prior of the fine-tuning",
+                                 Real(0.0, low_open=True))
+
+
+@dataclass
+class TrainingContext:
+    """What the pipeline hands a method: the data, an example input (for the layer order), the output layer's
+    name (kept whole), and where and how to run."""
+
+    train_loader: Iterable
+    val_loader: Iterable
+    example: Tensor
+    output: str
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+
+    def train_config(self, **settings: Any) -> TrainConfig:
+        return TrainConfig(seed=self.seed, device=self.device, quiet=self.quiet, eval_samples=0, **settings)
+
+
+@dataclass
+class Trained:
+    """A method's result: the trained, masked network, its masks, one record per epoch of every training phase,
+    and the per-weight inclusion probabilities the pruning read (methods with weight-level supports)."""
+
+    network: nn.Module
+    masks: Masks
+    history: list[dict] = field(default_factory=list)
+    inclusion: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """Base of every compression method.
+
+    Subclasses set ``name`` (the registry key), ``config_class`` (a :class:`MethodConfig` subclass whose
+    defaults are the MLP recipe), optionally ``presets`` (``{"cnn": {setting: value}}``: where the CNN recipe
+    differs) and ``bayesian`` (False for a method whose result has no posterior), and implement the hooks.
+
+    ``Method(pi0=0.005)`` keeps the given settings and takes the rest from the preset of the network it is
+    applied to; ``Method(config=Config(...))`` uses that config as it is, on every network.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    bayesian: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None, **settings: Any) -> None:
+        if config is not None and settings:
+            raise ValueError(f"give {self.name} either a config or settings ({', '.join(settings)}), not both")
+        if config is not None and not isinstance(config, self.config_class):
+            owner = [name for name in registry.names() if registry.get(name).config_class is type(config)]
+            raise ValueError(
+                f"config is a {type(config).__name__}"
+                + (f", the settings of {' / '.join(owner)}" if owner else "")
+                + f"; the {self.name} method takes a {self.config_class.__name__}"
+            )
+        for key in settings:
+            if key not in self.config_class.names():
+                raise ValueError(unknown_setting_message(key, self.name, self.config_class))
+        if config is None:  # validate now, with the MLP defaults: a bad value fails before any work
+            self.config_class(**settings)
+        self.config = config
+        self.settings = settings
+
+    def configure(self, model: nn.Module) -> MethodConfig:
+        """The config this method runs with on ``model``: the given one, or the preset of ``model``'s kind
+        updated with the given settings."""
+        if self.config is not None:
+            return self.config
+        return self.config_class(**{**self.presets.get(network_kind(model), {}), **self.settings})
+
+    def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> Trained:
+        """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method."""
+        self.prepare(network, config, context)
+        history = self.train(network, config, context)
+        masks = self.strategy(config).masks(network, context.output)
+        inclusion = {name: probs.cpu() for name, layer in bayesian_layers(network)
+                     if (probs := layer.prior.inclusion(layer).weight) is not None}
+        callbacks = self.before_finetune(network, config, masks)
+        masks.apply_(network)
+        if config.finetune_epochs:  # annealed: settle the survivors
+            history += fit(network, context.train_loader, context.val_loader, context.train_config(
+                epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine"), callbacks)
+        return Trained(network, masks, history, inclusion)
+
+    @abc.abstractmethod
+    def prepare(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> None:
+        """Get ``network`` ready for training (e.g. convert it to a Bayesian network under the method's prior)."""
+
+    @abc.abstractmethod
+    def train(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> list[dict]:
+        """The training before pruning; returns its epoch records."""
+
+    @abc.abstractmethod
+    def strategy(self, config: MethodConfig) -> PruningStrategy:
+        """The pruning strategy that turns the trained network into masks."""
+
+    def before_finetune(self, network: nn.Module, config: MethodConfig, masks: Masks) -> list[Callback]:
+        """Changes between pruning and fine-tuning (e.g. a change of prior); returns the fine-tuning's callbacks."""
+        return []
+
+    def __repr__(self) -> str:
+        given = self.config if self.config is not None else ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"{type(self).__name__}({given})"
+
+
+class VariationalMethod(Method):
+    """A method that converts the network under its own prior and trains the posterior by VI before pruning,
+    watching the posterior-mean validation accuracy (``max_val_drop``)."""
+
+    config_class: ClassVar[type[VariationalConfig]] = VariationalConfig
+
+    @abc.abstractmethod
+    def prior(self, config: VariationalConfig) -> Prior:
+        """The prior the network is converted under."""
+
+    def callbacks(self, config: VariationalConfig, context: TrainingContext) -> list[Callback]:
+        """Callbacks of the training before pruning (besides early stopping)."""
+        return []
+
+    def train_settings(self, config: VariationalConfig) -> dict[str, Any]:
+        """:class:`~bayescompress.TrainConfig` fields of the training before pruning."""
+        return dict(epochs=config.epochs, lr=config.lr, rho_lr=config.rho_lr,
+                    kl_warmup_epochs=config.kl_warmup_epochs, kl_weight=config.kl_weight)
+
+    def prepare(self, network, config, context) -> None:
+        bayesianize_(network, self.prior(config), init=PosteriorInit(rho=config.init_rho),
+                     example_input=context.example)
+
+    def train(self, network, config, context) -> list[dict]:
+        callbacks = self.callbacks(config, context)
+        if config.max_val_drop is not None:
+            # first, so a restored state is what the others' end-of-training steps see
+            callbacks.insert(0, EarlyStopping(context.val_loader, config.max_val_drop, config.val_checks_per_epoch))
+        return fit(network, context.train_loader, context.val_loader,
+                   context.train_config(**self.train_settings(config)), callbacks)
+
+
+def unknown_setting_message(key: str, method: str, config_class: type[Settings], flags: bool = False) -> str:
+    """Names the methods ``key`` is a setting of (or says it is none's) and lists ``method``'s settings; with
+    ``flags``, as command-line flags."""
+    show = (lambda name: "--" + name.replace("_", "-")) if flags else str
+    owners = registry.owners(key)
+    where = f"a setting of {', '.join(owners)}, not of {method}" if owners else f"not a setting of {method}"
+    return f"{show(key)} is {where}; {method}'s settings are: {', '.join(map(show, config_class.names()))}"
+
+
+__all__ = ["Method", "MethodConfig", "NETWORK_KINDS", "Trained", "TrainingContext", "VariationalConfig",
+           "VariationalMethod", "network_kind", "unknown_setting_message"]

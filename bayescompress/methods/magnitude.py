@@ -1,0 +1,41 @@
+"""``magnitude``: the non-Bayesian baseline (Han et al. 2015): keep each layer's largest |w| of the pretrained
+network and fine-tune the survivors deterministically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bayescompress.methods.base import Method, MethodConfig
+from bayescompress.nn.model import warn_unhandled
+from bayescompress.pruning import MagnitudePruning
+from bayescompress.settings import Real, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class MagnitudeConfig(MethodConfig):
+    """Settings of ``magnitude``; the defaults are the LeNet-300-100 recipe."""
+
+    keep_fraction: float = setting(0.09, "fraction of each layer's weights kept",
+                                   Real(0.0, 1.0, low_open=True, high_open=True))
+    finetune_epochs: int = MethodConfig.override("finetune_epochs", 20)
+
+
+class Magnitude(Method):
+    """Magnitude pruning; see the module docstring."""
+
+    name = "magnitude"
+    config_class = MagnitudeConfig
+    presets = {"cnn": dict(keep_fraction=0.05, finetune_epochs=10)}
+    bayesian = False
+
+    def prepare(self, network, config, context) -> None:
+        warn_unhandled(network, stacklevel=5)  # the other methods warn when converting
+
+    def train(self, network, config, context) -> list[dict]:
+        return []  # prunes the pretrained weights directly
+
+    def strategy(self, config: MagnitudeConfig) -> MagnitudePruning:
+        return MagnitudePruning(config.keep_fraction)
+
+
+__all__ = ["Magnitude", "MagnitudeConfig"]
