@@ -17,7 +17,8 @@ import time
 import torch
 
 from _common import DEFAULT_MNIST, RESULTS, save_results
-from bayescompress.compress import CompressConfig, compress
+from bayescompress import methods
+from bayescompress.compress import PipelineConfig, compress
 from bayescompress.data import make_loaders
 from bayescompress.metrics import evaluate
 from bayescompress.runs import load
@@ -43,13 +44,14 @@ def main() -> None:
     train, val, test = make_loaders(splits, batch_size=128)
     rows = []
     for method in args.methods:
-        config = CompressConfig(epochs=args.epochs, kl_warmup_epochs=1, finetune_epochs=args.finetune_epochs)
+        pipeline = PipelineConfig()
         start = time.perf_counter()
-        result = compress(pretrained.model, train, val, method, test_loader=test, config=config)
+        configured = methods.get(method)(epochs=args.epochs, kl_warmup_epochs=1, finetune_epochs=args.finetune_epochs)
+        result = compress(pretrained.model, train, val, configured, test_loader=test, pipeline=pipeline)
         seconds = time.perf_counter() - start
         folder = result.save(RESULTS / "runs" / f"resnet20-{method}", overwrite=True)
         run = load(folder, model=pretrained.model)
-        reloaded = evaluate(run.posterior, test, samples=result.metrics["mc_samples"], seed=config.seed)
+        reloaded = evaluate(run.posterior, test, samples=result.metrics["mc_samples"], seed=pipeline.seed)
         m = result.metrics
         rows.append({"method": method, "config": result.config, "wall_s": seconds,
                      "original": m["original"], "compressed": m["compressed"], "exported": m["exported"],

@@ -3,8 +3,8 @@
     python benchmarks/sweep_compress.py --model lenet300 --method turbo-vbi \
         --configs "pi0=0.01,epochs=8,finetune_epochs=10" "pi0=0.005,epochs=5,finetune_epochs=10"
 
-Each ``--configs`` entry is a comma-separated list of ``CompressConfig`` fields (unset fields keep the
-defaults, except ``quiet``); the results go to ``results/sweep_<model>_<method><tag>.json``. This is how the
+Each ``--configs`` entry is a comma-separated list of the method's settings (unset ones keep the method's
+recipe for the network); the results go to ``results/sweep_<model>_<method><tag>.json``. This is how the
 recipes in compress_mnist.py were chosen (docs/benchmarks.md).
 """
 
@@ -16,7 +16,8 @@ import time
 
 from _common import DEFAULT_MNIST, RESULTS, parse_settings, save_results
 
-from bayescompress.compress import METHODS, CompressConfig, compress
+from bayescompress import methods
+from bayescompress.compress import PipelineConfig, compress
 from bayescompress.data import make_loaders
 from bayescompress.workflows import load_data_for, load_pretrained
 
@@ -25,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
     parser.add_argument("--model", choices=("lenet300", "lenet5"), required=True)
-    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--method", choices=methods.names(), required=True)
     parser.add_argument("--configs", nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="")
@@ -43,12 +44,13 @@ def main() -> None:
     for text in args.configs:
         settings = parse_settings(text.split(","))
         start = time.perf_counter()
-        result = compress(model, train, val, args.method, test_loader=test,
-                          config=CompressConfig(**{"quiet": True, **settings}))
+        seed = settings.pop("seed", 0)
+        result = compress(model, train, val, methods.get(args.method)(**settings), test_loader=test,
+                          pipeline=PipelineConfig(seed=seed, quiet=True))
         m = result.metrics
         trace = [{k: v for k, v in record.items() if k.endswith("/active") or k == "val_accuracy"}
                  for record in result.history]
-        rows.append({"settings": settings, "seconds": time.perf_counter() - start,
+        rows.append({"settings": settings, "seed": seed, "config": result.config["method"], "seconds": time.perf_counter() - start,
                      "compressed_accuracy": m["compressed"]["accuracy"], "exported_accuracy": m["exported"]["accuracy"],
                      "error": 1 - m["compressed"]["accuracy"], "compression_rate": m["compression_rate"],
                      "architecture": m["architecture"]["exported"], "macs_ratio": m["macs_ratio"], "trace": trace})

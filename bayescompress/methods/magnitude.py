@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from bayescompress.methods.base import Method, MethodConfig
 from bayescompress.nn.model import warn_unhandled
 from bayescompress.pruning import MagnitudePruning
-from bayescompress.settings import Real, setting
+from bayescompress.settings import Choice, Real, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class MagnitudeConfig(MethodConfig):
     """Settings of ``magnitude``; the defaults are the LeNet-300-100 recipe."""
 
-    keep_fraction: float = setting(0.09, "fraction of each layer's weights kept",
+    keep_fraction: float = setting(0.09, "fraction of the weights kept",
                                    Real(0.0, 1.0, low_open=True, high_open=True))
+    scope: str = setting("layer", "rank the weights per layer (each keeps keep_fraction) or over the whole network",
+                         Choice(("layer", "global")))
     finetune_epochs: int = MethodConfig.override("finetune_epochs", 20)
 
 
@@ -35,7 +37,7 @@ class Magnitude(Method):
         return []  # prunes the pretrained weights directly
 
     def strategy(self, config: MagnitudeConfig) -> MagnitudePruning:
-        return MagnitudePruning(config.keep_fraction)
+        return MagnitudePruning(config.keep_fraction, scope=config.scope)
 
 
 __all__ = ["Magnitude", "MagnitudeConfig"]

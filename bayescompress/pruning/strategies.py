@@ -128,22 +128,27 @@ class SNRPruning(PruningStrategy):
 
 
 class MagnitudePruning(PruningStrategy):
-    """Keep the ``keep_fraction`` largest |w| of each layer: the non-Bayesian baseline (Han et al. 2015).
+    """Keep the ``keep_fraction`` largest |w|: the non-Bayesian baseline (Han et al. 2015).
 
-    Works on plain and Bayesian networks (it reads the posterior mean).
+    ``scope="layer"`` keeps that fraction of every layer; ``scope="global"`` ranks all weights together, so
+    small layers whose weights are large (a first conv) keep more than large redundant ones. Works on plain and
+    Bayesian networks (it reads the posterior mean).
     """
 
-    def __init__(self, keep_fraction: float):
+    def __init__(self, keep_fraction: float, scope: str = "layer"):
         _check_fraction(keep_fraction)
-        self.keep_fraction = keep_fraction
+        check_choice("scope", scope, ("layer", "global"))
+        self.keep_fraction, self.scope = keep_fraction, scope
 
     def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
         layers = self._layers(model, bayesian=False)
         scores = [importance.weight_magnitude(layer) for _, layer in layers]
-        return self._from_weight_masks(
-            layers, [s >= _top_fraction_threshold(s, self.keep_fraction) for s in scores],
-            self._output(layers, output_layer),
-        )
+        if self.scope == "global":
+            cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), self.keep_fraction)
+            keep = [s >= cut for s in scores]
+        else:
+            keep = [s >= _top_fraction_threshold(s, self.keep_fraction) for s in scores]
+        return self._from_weight_masks(layers, keep, self._output(layers, output_layer))
 
 
 class InclusionPruning(PruningStrategy):
