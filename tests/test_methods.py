@@ -258,3 +258,21 @@ def test_methods_are_found_by_name_with_their_config_class():
                                              ("ss-ghs", SpikeSlabGHS, methods.SpikeSlabHorseshoeConfig),
                                              ("turbo-vbi", TurboVBI, TurboVBIConfig)]:
         assert methods.get(name) is method_class and method_class.config_class is config_class
+
+
+def test_the_methods_page_lists_every_setting_of_every_method_with_its_default():
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    for name in methods.names():
+        table = page.split(f"### `{name}`")[1].split("###")[0]
+        for info in describe(methods.get(name).config_class):
+            row = next(line for line in table.splitlines() if line.startswith(f"| `{info.name}` |"))
+            assert row.split("|")[2].strip() == _shown(info.default), (name, info.name)
+            preset = methods.get(name).presets.get("cnn", {}).get(info.name, info.default)
+            if preset != info.default:
+                assert row.split("|")[3].strip() == _shown(preset), (name, info.name)
+
+
+def _shown(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
