@@ -41,8 +41,9 @@ def run(model: str, method: str, data_dir: str) -> dict:
     if folder.exists():  # a run folder of an earlier call: the CLI never overwrites without --overwrite
         sys.exit(f"{folder} exists: remove it first (or pick other --models / --methods)")
     start = time.perf_counter()
-    done = subprocess.run(command(model, method, data_dir) + ["--quiet", "--json"], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # the installed console script is `bayescompress`; the same entry point through this interpreter
+    argv = [sys.executable, "-m", "bayescompress.cli"] + command(model, method, data_dir)[1:] + ["--quiet", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{model} {method} failed:\n{done.stderr}")
