@@ -276,3 +276,24 @@ def test_the_methods_page_lists_every_setting_of_every_method_with_its_default()
 
 def _shown(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_the_cli_lists_the_registered_methods_for_an_unknown_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--model", "mlp", "--weights", "w.safetensors", "--method", "turbo", "--out", "run"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'turbo'" in err and "gaussian-snr" in err and "magnitude" in err
+
+
+def test_cli_flags_reach_the_method_typed_and_switches_turn_off(tmp_path, capsys):
+    weights = tmp_path / "mlp.safetensors"
+    assert main(["pretrain", "--model", "mlp", "--epochs", "2", "--hidden", "16", "--out", str(weights),
+                 "--quiet"]) == 0
+    code = main(["compress", "--model", "mlp", "--weights", str(weights), "--method", "ss-ghs", "--epochs", "1",
+                 "--no-input-gates", "--input-gate-lr", "none", "--slab-regulariser", "none", "--finetune-epochs",
+                 "0", "--mc-samples", "2", "--max-accuracy-loss", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0
+    record = load(tmp_path / "run").metrics["config"]
+    assert record["method"]["input_gates"] is False and record["method"]["slab_regulariser"] is None
+    assert record["method"]["epochs"] == 1 and record["method"]["kl_weight"] == 0.5  # the rest: the recipe
+    assert record["pipeline"]["mc_samples"] == 2
