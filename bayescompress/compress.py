@@ -9,6 +9,7 @@ methods are plug-ins found by name (``bayescompress.methods.names()``).
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from bayescompress import methods
 from bayescompress._validation import check_device
+from bayescompress.inference.cost import TrainingCost
 from bayescompress.methods.base import Method, MethodConfig, TrainingContext, unknown_setting_message
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
 from bayescompress.nn import output_layer
@@ -132,9 +134,12 @@ def compress(
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
     output = output_layer(network, example)
     torch.manual_seed(pipeline.seed)
+    cost = TrainingCost(example)
     context = TrainingContext(train_loader, val_loader, example, output, seed=pipeline.seed, device=pipeline.device,
-                              quiet=pipeline.quiet)
+                              quiet=pipeline.quiet, observers=[cost])
+    start = time.perf_counter()
     trained = method.train_and_prune(network, method_config, context)
+    training_seconds = time.perf_counter() - start
     masks, history, inclusion = trained.masks, trained.history, trained.inclusion
     network = trained.network
     samples = pipeline.mc_samples if method.bayesian else 0
@@ -156,6 +161,9 @@ def compress(
 
     metrics = _measure(original, network, exported, posterior, final_masks, shapes, eval_loader, example, samples,
                        pipeline)
+    metrics["training"] = {"macs": cost.macs, "dense_vi_macs": cost.dense_vi_macs, "steps": cost.steps,
+                           "wall_s": training_seconds}
+    metrics["training_macs_ratio"] = cost.ratio
     _check_accuracy_loss(metrics, pipeline.max_accuracy_loss)
     export = ExportRecord(folded, surgery, probe.detach().cpu())
     record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bayescompress._validation import check_positive_int
+from bayescompress.nn.layers import BayesianLayer
 from bayescompress.nn.model import predict
 
 __all__ = [
@@ -316,6 +317,36 @@ def sparse_macs(weight_masks: Mapping[str, Tensor], output_shapes: Mapping[str, 
         for size in output_shapes[name][1:]:
             positions *= size
         total += int(mask.sum()) * positions
+    return total
+
+
+def output_positions(layer: nn.Module, output_shape: tuple[int, ...]) -> int:
+    """How many times each weight of ``layer`` is used per input: the output's spatial size for a convolution
+    (``output_shape`` = (channels, H, W)), the product of the leading dimensions for a linear layer (1 for
+    (features,), T for (T, features))."""
+    dims = output_shape[1:] if isinstance(layer, nn.Conv2d) else output_shape[:-1]
+    positions = 1
+    for size in dims:
+        positions *= size
+    return positions
+
+
+def training_macs_per_example(layers: Mapping[str, nn.Module], positions: Mapping[str, int], first: str,
+                              dense: bool = False) -> int:
+    """Analytic multiply-accumulates of one training example's forward and backward pass through ``layers``.
+
+    Per layer, every kept weight is used once per output position in the forward pass, once for the weight
+    gradient and once for the input gradient, except in ``first``, whose input is the data and needs none. A
+    Bayesian layer (the local reparameterisation trick) makes two such passes, the mean and the variance.
+    Masked weights (``weight_mask``) are not counted, as a sparse kernel would skip them. ``dense``: every
+    weight kept and every layer Bayesian, i.e. dense VI on the same network.
+    """
+    total = 0
+    for name, layer in layers.items():
+        mask = getattr(layer, "weight_mask", None)
+        kept = layer.weight.numel() if dense or mask is None else int(mask.count_nonzero())
+        passes = 2 if dense or isinstance(layer, BayesianLayer) else 1
+        total += passes * kept * positions[name] * (2 if name == first else 3)
     return total
 
 

@@ -1,6 +1,7 @@
 """Training: the ELBO loop, the callbacks inference methods plug into, relaxed-Bernoulli gates, and Turbo-VBI
 (module A's closed-form updates, module B's message passing on the support's factor graph)."""
 
+from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.gates import GateMonitor, SilentUnits
 from bayescompress.priors.mrf import (
     BeliefPropagationWarning,
@@ -15,5 +16,5 @@ from bayescompress.inference.turbo import TurboCallback
 from bayescompress.priors.spike_slab import point_gates, sample_gates  # the gates' sampling, for training code
 
 __all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "NonFiniteLossError",
-           "SilentUnits", "TrainConfig", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
+           "SilentUnits", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
            "gibbs_sample", "point_gates", "sample_gates"]

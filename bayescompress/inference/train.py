@@ -48,7 +48,9 @@ class TrainConfig:
     rho_lr: learning rate of the posterior standard deviations' parameters rho; None = ``lr``. A larger value
         lets sigma reach the width the data allow within an epoch or two — before spike-and-slab gates
         decide, since a unit's slab KL, which the gate weighs against the data, depends on it.
-    weight_decay: Adam weight decay (>= 0); for deterministic pretraining only, VI has its prior.
+    weight_decay: weight decay (>= 0); for deterministic pretraining only, VI has its prior.
+    optimizer: ``"adam"`` (the default) or ``"sgd"`` (with ``momentum``; SSVI's choice).
+    momentum: SGD momentum, in [0, 1).
     lr_schedule: ``"constant"`` or ``"cosine"`` (annealed to 0 over all steps).
     kl_weight: beta once warm-up is over (> 0; 1 is the ELBO).
     kl_warmup_epochs: beta grows linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up).
@@ -69,6 +71,8 @@ class TrainConfig:
     input_gate_lr: float | None = None
     rho_lr: float | None = None
     weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
     lr_schedule: str = "constant"
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
@@ -84,6 +88,8 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_in_range(name, getattr(self, name), 0.0, 10.0, low_inclusive=False)
         check_in_range("weight_decay", self.weight_decay, 0.0)
+        check_choice("optimizer", self.optimizer, ("adam", "sgd"))
+        check_in_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=False)
         check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_positive("kl_weight", self.kl_weight)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
@@ -99,7 +105,7 @@ class Callback:
     def on_train_begin(self, trainer: Trainer) -> None: ...
 
     def on_after_backward(self, trainer: Trainer) -> None:
-        """Gradients are available and the optimiser has not stepped yet."""
+        """Gradients are available and the optimiser has not stepped yet (set ``trainer.skip_step`` to skip it)."""
 
     def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None: ...
 
@@ -113,8 +119,10 @@ class Trainer:
     """Runs the ELBO loop; see :func:`fit` for the arguments.
 
     Attributes callbacks may read or change: ``model``, ``optimizer``, ``config``, ``epoch`` (0-based),
-    ``step`` (global batch counter), ``beta`` (current KL weight), ``history`` (one record per epoch),
-    ``stop_training`` (set it to True to end training: the current epoch stops after this batch, its record,
+    ``step`` (global batch counter), ``batch_size`` (examples in the current batch), ``total_steps`` (steps
+    the run will take unless stopped), ``beta`` (current KL weight), ``history`` (one record per epoch),
+    ``skip_step`` (set it in ``on_after_backward`` to leave the parameters of this step alone; reset every
+    step), ``stop_training`` (set it to True to end training: the current epoch stops after this batch, its record,
     the priors' updates, validation and ``on_epoch_end`` still run, then ``on_train_end``).
     """
 
@@ -136,12 +144,15 @@ class Trainer:
         check_positive_int("n_train", self.n_train)
         self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
         self.device = torch.device(self.config.device)
-        # fused Adam updates each tensor in one pass: VI doubles the parameter count, so the optimiser matters
-        self.optimizer = torch.optim.Adam(
-            _parameter_groups(model, self.config), lr=self.config.lr, weight_decay=self.config.weight_decay,
-            fused=_fused_adam_supported(self.device),
-        )
+        groups = _parameter_groups(model, self.config)
+        if self.config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum,
+                                             weight_decay=self.config.weight_decay)
+        else:  # fused Adam updates each tensor in one pass: VI doubles the parameter count, so the optimiser matters
+            self.optimizer = torch.optim.Adam(groups, lr=self.config.lr, weight_decay=self.config.weight_decay,
+                                              fused=_fused_adam_supported(self.device))
         total_steps = self.config.epochs * self.steps_per_epoch
+        self.total_steps = total_steps
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
             if self.config.lr_schedule == "cosine"
@@ -152,6 +163,8 @@ class Trainer:
         self.beta = self.config.kl_weight
         self.history: list[dict[str, float]] = []
         self.stop_training = False
+        self.skip_step = False
+        self.batch_size = 0
 
     def _beta(self) -> float:
         warmup_steps = self.config.kl_warmup_epochs * self.steps_per_epoch
@@ -196,6 +209,7 @@ class Trainer:
         batches = 0
         for batch, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device), y.to(self.device)
+            self.batch_size = x.shape[0]
             self.beta = self._beta()
             loss, nll, kl = self.loss(x, y)
             if not torch.isfinite(loss):
@@ -206,8 +220,10 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.skip_step = False
             self._emit("on_after_backward")
-            self.optimizer.step()
+            if not self.skip_step:
+                self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
             self.step += 1
@@ -261,7 +277,7 @@ def fit(
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """Four Adam groups: the posterior means (and any deterministic parameter) at ``lr``, the posterior
+    """Four optimiser groups: the posterior means (and any deterministic parameter) at ``lr``, the posterior
     rho at ``rho_lr``, the priors' variational parameters at ``prior_lr`` except the input gates' logits, at
     ``input_gate_lr`` (empty groups are left out)."""
     layers = [layer for _, layer in bayesian_layers(model)]

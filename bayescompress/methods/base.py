@@ -68,7 +68,8 @@ class VariationalConfig(MethodConfig):
 @dataclass
 class TrainingContext:
     """What the pipeline hands a method: the data, an example input (for the layer order), the output layer's
-    name (kept whole), and where and how to run."""
+    name (kept whole), where and how to run, and ``observers``: callbacks every training phase of the method
+    must get (e.g. the training-cost counter), after its own."""
 
     train_loader: Iterable
     val_loader: Iterable
@@ -77,6 +78,11 @@ class TrainingContext:
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
+    observers: list[Callback] = field(default_factory=list)
+
+    def fit(self, network: nn.Module, config: TrainConfig, callbacks: list[Callback]) -> list[dict]:
+        """:func:`~bayescompress.inference.fit` on the context's data, with ``callbacks`` and the observers."""
+        return fit(network, self.train_loader, self.val_loader, config, [*callbacks, *self.observers])
 
     def train_config(self, **settings: Any) -> TrainConfig:
         return TrainConfig(seed=self.seed, device=self.device, quiet=self.quiet, eval_samples=0, **settings)
@@ -144,7 +150,7 @@ class Method(abc.ABC):
         callbacks = self.before_finetune(network, config, masks)
         masks.apply_(network)
         if config.finetune_epochs:  # annealed: settle the survivors
-            history += fit(network, context.train_loader, context.val_loader, context.train_config(
+            history += context.fit(network, context.train_config(
                 epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine"), callbacks)
         return Trained(network, masks, history, inclusion)
 
@@ -154,7 +160,8 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def train(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> list[dict]:
-        """The training before pruning; returns its epoch records."""
+        """The training before pruning; returns its epoch records. Train through ``context.fit`` (or pass
+        ``context.observers`` to every fit), so the run's training cost is counted."""
 
     @abc.abstractmethod
     def strategy(self, config: MethodConfig) -> PruningStrategy:
@@ -197,8 +204,7 @@ class VariationalMethod(Method):
         if config.max_val_drop is not None:
             # first, so a restored state is what the others' end-of-training steps see
             callbacks.insert(0, EarlyStopping(context.val_loader, config.max_val_drop, config.val_checks_per_epoch))
-        return fit(network, context.train_loader, context.val_loader,
-                   context.train_config(**self.train_settings(config)), callbacks)
+        return context.fit(network, context.train_config(**self.train_settings(config)), callbacks)
 
 
 def unknown_setting_message(key: str, method: str, config_class: type[Settings], flags: bool = False) -> str:

@@ -6,6 +6,8 @@ unit's row is its incoming weights (the whole kernel for a conv filter).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +35,37 @@ def unit_snr(layer: nn.Module) -> Tensor:
     mu = current_weight(layer).flatten(1)
     variance = (layer.weight_sigma.detach() ** 2).flatten(1)
     return mu.norm(dim=1) / variance.sum(dim=1).sqrt().clamp_min(1e-12)
+
+
+def folded_normal_mean(mu: Tensor, sigma: Tensor) -> Tensor:
+    """E|theta| for theta ~ N(mu, sigma^2): sigma sqrt(2/pi) exp(-mu^2 / 2 sigma^2) + mu (1 - 2 Phi(-mu/sigma))."""
+    z = mu / sigma
+    return sigma * math.sqrt(2 / math.pi) * torch.exp(-0.5 * z * z) + mu * torch.erf(z / math.sqrt(2))
+
+
+def folded_normal_snr(mu: Tensor, sigma: Tensor) -> Tensor:
+    """E|theta| / sd|theta| for theta ~ N(mu, sigma^2), with Var|theta| = mu^2 + sigma^2 - E|theta|^2: SSVI's
+    default removal score (high when |theta| is reliably away from 0)."""
+    mean = folded_normal_mean(mu, sigma)
+    return mean / (mu * mu + sigma * sigma - mean * mean).clamp_min(1e-24).sqrt()
+
+
+@torch.no_grad()
+def removal_score(layer: nn.Module, score: str) -> Tensor:
+    """SSVI's removal scores per weight (higher = keep): ``"magnitude"`` |mu|, ``"snr"`` |mu|/sigma,
+    ``"folded_mean"`` E|theta|, ``"folded_snr"`` E|theta| / sd|theta|."""
+    if score not in REMOVAL_SCORES:
+        raise ValueError(f"unknown removal score {score!r}; valid ones: {', '.join(REMOVAL_SCORES)}")
+    if score == "magnitude":
+        return weight_magnitude(layer)
+    layer = _require_bayesian(layer, f"the {score} score")
+    mu, sigma = current_weight(layer), layer.weight_sigma.detach().clamp_min(1e-12)
+    if score == "snr":
+        return mu.abs() / sigma
+    return folded_normal_mean(mu, sigma) if score == "folded_mean" else folded_normal_snr(mu, sigma)
+
+
+REMOVAL_SCORES = ("magnitude", "snr", "folded_mean", "folded_snr")
 
 
 @torch.no_grad()

@@ -1,0 +1,62 @@
+"""The analytic training cost of a run: multiply-accumulates per step, summed over every training phase."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bayescompress.inference.train import Callback, Trainer
+from bayescompress.metrics import output_positions, training_macs_per_example
+from bayescompress.nn.model import execution_order, handled_layers, observe
+
+
+class TrainingCost(Callback):
+    """Counts the training MACs of every step of every ``fit`` it is passed to
+    (:func:`~bayescompress.metrics.training_macs_per_example` times the batch size, with the masks of that
+    step), and beside them those of dense VI on the same network over the same batches.
+
+    ``example`` is one input, for the layers' output sizes and the first layer (whose input needs no
+    gradient). After training: ``macs``, ``dense_vi_macs``, ``steps``, and :attr:`ratio`
+    (``macs / dense_vi_macs``).
+
+    Example
+    -------
+    >>> cost = TrainingCost(x[:1])                                 # doctest: +SKIP
+    >>> fit(net, train, val, config, callbacks=[cost]); cost.ratio   # doctest: +SKIP
+    """
+
+    def __init__(self, example: Tensor) -> None:
+        self.example = example[:1]
+        self.macs = 0
+        self.dense_vi_macs = 0
+        self.steps = 0
+        self._dense_per_example: int | None = None
+
+    @torch.no_grad()
+    def on_train_begin(self, trainer: Trainer) -> None:
+        model = trainer.model
+        # per fit: a method may have converted or replaced layers since the last one
+        self._layers = dict(handled_layers(model))
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def record(name, _inputs, out) -> None:  # a forward hook's return value would replace the output
+            shapes.setdefault(name, tuple(out.shape[1:]))
+
+        observe(model, list(self._layers.items()), self.example.to(trainer.device), record)
+        self._positions = {name: output_positions(layer, shapes[name]) for name, layer in self._layers.items()
+                           if name in shapes}
+        self._layers = {name: layer for name, layer in self._layers.items() if name in shapes}  # layers run
+        self._first = execution_order(model, self.example.to(trainer.device))[0]
+        if self._dense_per_example is None:  # dense VI on the network the run started from
+            self._dense_per_example = training_macs_per_example(self._layers, self._positions, self._first,
+                                                                dense=True)
+
+    def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None:
+        per_example = training_macs_per_example(self._layers, self._positions, self._first)
+        self.macs += per_example * trainer.batch_size
+        self.dense_vi_macs += self._dense_per_example * trainer.batch_size
+        self.steps += 1
+
+    @property
+    def ratio(self) -> float:
+        return self.macs / self.dense_vi_macs if self.dense_vi_macs else float("nan")
