@@ -11,10 +11,11 @@ from bayescompress.priors.mrf import (
     gibbs_sample,
 )
 from bayescompress.inference.stopping import EarlyStopping
+from bayescompress.inference.subspace import SparseSubspace
 from bayescompress.inference.train import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
 from bayescompress.inference.turbo import TurboCallback
 from bayescompress.priors.spike_slab import point_gates, sample_gates  # the gates' sampling, for training code
 
 __all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "NonFiniteLossError",
-           "SilentUnits", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
+           "SilentUnits", "SparseSubspace", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
            "gibbs_sample", "point_gates", "sample_gates"]

@@ -24,8 +24,9 @@ class EarlyStopping(Callback):
     as within the budget, so the restored state is never worse than the untrained one. Each check runs on a
     forked random-number state (iterating a ``DataLoader`` draws a seed even without shuffling), so up to the
     stop the run is exactly the one without this callback, and a run that never stops is that run. Put it
-    first among the callbacks: a restored state is then what the others' ``on_train_end`` sees (e.g.
-    Turbo-VBI's last module A update).
+    last among the callbacks: its starting state is then the one the others set up (e.g. SSVI's subspace),
+    and, as ``on_train_end`` runs in reverse order, a restored state is what the others' ``on_train_end``
+    sees (e.g. Turbo-VBI's last module A update).
 
     After training: ``reference_accuracy`` (the starting accuracy), ``checks`` (one ``(step, accuracy)``
     pair per check), ``kept_step`` (the global step of the restored state; 0 = the starting state) and

@@ -100,7 +100,12 @@ class TrainConfig:
 
 
 class Callback:
-    """Hooks a method plugs into the loop; every hook is optional. ``trainer`` is the running :class:`Trainer`."""
+    """Hooks a method plugs into the loop; every hook is optional. ``trainer`` is the running :class:`Trainer`.
+
+    Callbacks run in the order given, except ``on_train_end``, which runs in reverse (the last set up is the
+    first torn down): a callback that snapshots the model after the others' ``on_train_begin`` (early
+    stopping, placed last) also restores it before their ``on_train_end``.
+    """
 
     def on_train_begin(self, trainer: Trainer) -> None: ...
 
@@ -173,7 +178,7 @@ class Trainer:
         return self.config.kl_weight * min(1.0, (self.step + 1) / warmup_steps)
 
     def _emit(self, hook: str, *args) -> None:
-        for callback in self.callbacks:
+        for callback in reversed(self.callbacks) if hook == "on_train_end" else self.callbacks:
             getattr(callback, hook)(self, *args)
 
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

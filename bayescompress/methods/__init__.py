@@ -2,7 +2,7 @@
 
 >>> from bayescompress import methods
 >>> methods.names()
-('gaussian-snr', 'ss-gl', 'ss-ghs', 'turbo-vbi', 'magnitude')
+('gaussian-snr', 'ss-gl', 'ss-ghs', 'turbo-vbi', 'magnitude', 'ssvi')
 >>> methods.get("turbo-vbi")(pi0=0.005)
 TurboVBI(pi0=0.005)
 
@@ -23,6 +23,7 @@ from bayescompress.methods.base import (
 from bayescompress.methods.gaussian_snr import GaussianSNR, GaussianSNRConfig
 from bayescompress.methods.magnitude import Magnitude, MagnitudeConfig
 from bayescompress.methods.registry import get, names, register, unregister
+from bayescompress.methods.ssvi import SSVI, SSVIConfig
 from bayescompress.methods.spike_slab import SpikeSlabConfig, SpikeSlabGHS, SpikeSlabGL, SpikeSlabHorseshoeConfig
 from bayescompress.methods.turbo_vbi import TurboVBI, TurboVBIConfig
 
@@ -31,8 +32,9 @@ register(SpikeSlabGL)
 register(SpikeSlabGHS)
 register(TurboVBI)
 register(Magnitude)
+register(SSVI)
 
 __all__ = ["GaussianSNR", "GaussianSNRConfig", "Magnitude", "MagnitudeConfig", "Method", "MethodConfig",
-           "SpikeSlabConfig", "SpikeSlabGHS", "SpikeSlabGL", "SpikeSlabHorseshoeConfig", "Trained", "TrainingContext",
+           "SSVI", "SSVIConfig", "SpikeSlabConfig", "SpikeSlabGHS", "SpikeSlabGL", "SpikeSlabHorseshoeConfig", "Trained", "TrainingContext",
            "TurboVBI", "TurboVBIConfig", "VariationalConfig", "VariationalMethod", "get", "names", "network_kind",
            "register", "registry", "unregister"]

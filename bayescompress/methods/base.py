@@ -186,7 +186,7 @@ class VariationalMethod(Method):
     def prior(self, config: VariationalConfig) -> Prior:
         """The prior the network is converted under."""
 
-    def callbacks(self, config: VariationalConfig, context: TrainingContext) -> list[Callback]:
+    def callbacks(self, network: nn.Module, config: VariationalConfig, context: TrainingContext) -> list[Callback]:
         """Callbacks of the training before pruning (besides early stopping)."""
         return []
 
@@ -200,10 +200,9 @@ class VariationalMethod(Method):
                      example_input=context.example)
 
     def train(self, network, config, context) -> list[dict]:
-        callbacks = self.callbacks(config, context)
-        if config.max_val_drop is not None:
-            # first, so a restored state is what the others' end-of-training steps see
-            callbacks.insert(0, EarlyStopping(context.val_loader, config.max_val_drop, config.val_checks_per_epoch))
+        callbacks = self.callbacks(network, config, context)
+        if config.max_val_drop is not None:  # last: see EarlyStopping
+            callbacks.append(EarlyStopping(context.val_loader, config.max_val_drop, config.val_checks_per_epoch))
         return context.fit(network, context.train_config(**self.train_settings(config)), callbacks)
 
 

@@ -73,7 +73,7 @@ class SpikeSlabGL(VariationalMethod):
     def train_settings(self, config: SpikeSlabConfig) -> dict:
         return {**super().train_settings(config), "prior_lr": config.prior_lr, "input_gate_lr": config.input_gate_lr}
 
-    def callbacks(self, config, context) -> list[Callback]:
+    def callbacks(self, network, config, context) -> list[Callback]:
         return [GateMonitor()]
 
     def strategy(self, config) -> InclusionPruning:

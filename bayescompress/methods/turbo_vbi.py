@@ -60,7 +60,7 @@ class TurboVBI(VariationalMethod):
             inactive_rate=config.inactive_rate, pi0=config.pi0, row_p11=config.mrf_p11, row_p01=config.mrf_p01,
             column_p11=config.mrf_p11, column_p01=config.mrf_p01, graph=config.mrf_graph)
 
-    def callbacks(self, config: TurboVBIConfig, context) -> list[Callback]:
+    def callbacks(self, network, config: TurboVBIConfig, context) -> list[Callback]:
         return [TurboCallback(config.turbo_updates_per_epoch, damping=config.bp_damping)]
 
     def strategy(self, config) -> InclusionPruning:

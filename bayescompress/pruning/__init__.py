@@ -3,11 +3,12 @@
 from bayescompress.pruning.export import export_sequential
 from bayescompress.pruning.graph_export import export_with_torch_pruning, to_plain_network
 from bayescompress.pruning.masks import Masks, prunable_layers, reset_optimizer_state_
-from bayescompress.pruning.strategies import InclusionPruning, MagnitudePruning, PruningStrategy, SNRPruning
+from bayescompress.pruning.strategies import InclusionPruning, KeepMasks, MagnitudePruning, PruningStrategy, SNRPruning
 from bayescompress.pruning.structure import Structure, UnsupportedGraphError, propagate, sequential_chain
 
 __all__ = [
     "InclusionPruning",
+    "KeepMasks",
     "MagnitudePruning",
     "Masks",
     "PruningStrategy",

@@ -187,3 +187,13 @@ class InclusionPruning(PruningStrategy):
                     stacklevel=2,
                 )
         return masks
+
+
+class KeepMasks(PruningStrategy):
+    """The masks the layers already carry (``weight_mask``), unchanged: for a method that trains in a sparse
+    subspace and ends with it (SSVI). A layer without a mask keeps every weight."""
+
+    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
+        layers = self._layers(model, bayesian=False)
+        weight = [getattr(layer, "weight_mask", torch.ones_like(layer.weight)).bool().clone() for _, layer in layers]
+        return self._from_weight_masks(layers, weight, self._output(layers, output_layer))

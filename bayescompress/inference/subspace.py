@@ -1,0 +1,171 @@
+"""SSVI's sparse subspace (Li et al., ICLR 2024; SPEC section 4): the posterior lives on a fixed fraction of the
+weights for the whole of training, and the subspace moves by drop-and-grow.
+
+Every layer keeps exactly ``round(density * size)`` of its weights (mean and rho share the layer's mask,
+``weight_mask``). Every ``update_interval`` steps while ``t < T_end = end_fraction * T``, each layer drops the
+``floor(n_active * f_t)`` active weights with the lowest removal score, ``f_t = alpha / 2 (1 + cos(pi t /
+T_end))``, and grows as many among the weights inactive before the update: the largest |dense gradient of
+the loss with respect to the mean| on that mini-batch (``growth="gradient"``), or drawn at random. A grown
+weight starts at mu = 0 with the mean rho of the layer's surviving weights and fresh optimiser state, and the
+optimiser does not step on an update iteration. The optimiser state of grown and dropped weights is zeroed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn.utils import prune
+
+from bayescompress._validation import check_choice, check_in_range, check_non_negative_int, check_positive_int
+from bayescompress.inference.train import Callback, Trainer
+from bayescompress.nn.model import bayesian_layers
+from bayescompress.pruning.importance import REMOVAL_SCORES, removal_score
+from bayescompress.pruning.masks import reset_optimizer_state_
+
+GROWTH = ("gradient", "random")
+INITIAL = ("random", "magnitude")
+
+
+def drop_fraction(step: int, end: int, alpha: float) -> float:
+    """f_t = alpha / 2 (1 + cos(pi t / T_end)): the fraction of a layer's active weights replaced at step t."""
+    return alpha / 2 * (1 + math.cos(math.pi * step / end))
+
+
+class SparseSubspace(Callback):
+    """Keeps every Bayesian layer's weights in a sparse subspace of fixed density and moves it (module docstring).
+
+    Parameters
+    ----------
+    density: fraction of each layer's weights in the subspace, in (0, 1].
+    update_interval: steps between subspace updates (Delta, >= 1).
+    alpha: the largest fraction of active weights one update replaces, in [0, 1].
+    end_fraction: updates run while t < end_fraction * T (T = the run's steps), in (0, 1].
+    score: removal score, one of ``REMOVAL_SCORES`` (default the folded-normal SNR).
+    growth: ``"gradient"`` or ``"random"``.
+    initial: the starting subspace: ``"random"`` (the paper, from scratch) or ``"magnitude"`` (the largest |mu|:
+        the natural start from a pretrained network).
+    dense_layers: names of layers left dense (SSVI keeps the first convolution whole).
+    seed: seeds the random choices (initial subspace, random growth).
+
+    After training: ``updates`` (how many ran) and, per epoch record, ``subspace/<layer>/density`` and
+    ``subspace/<layer>/replaced`` (weights replaced in that epoch).
+    """
+
+    def __init__(self, density: float, *, update_interval: int = 100, alpha: float = 0.3, end_fraction: float = 0.75,
+                 score: str = "folded_snr", growth: str = "gradient", initial: str = "random",
+                 dense_layers: Sequence[str] = (), seed: int = 0) -> None:
+        check_in_range("density", density, 0.0, 1.0, low_inclusive=False)
+        check_positive_int("update_interval", update_interval)
+        check_in_range("alpha", alpha, 0.0, 1.0)
+        check_in_range("end_fraction", end_fraction, 0.0, 1.0, low_inclusive=False)
+        check_choice("score", score, REMOVAL_SCORES)
+        check_choice("growth", growth, GROWTH)
+        check_choice("initial", initial, INITIAL)
+        check_non_negative_int("seed", seed)
+        self.density, self.update_interval, self.alpha, self.end_fraction = density, update_interval, alpha, end_fraction
+        self.score, self.growth, self.initial, self.dense_layers = score, growth, initial, set(dense_layers)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0
+        self._hooks: list = []
+        self._replaced: dict[str, int] = {}
+
+    def _layers(self, trainer: Trainer):
+        return [(name, layer) for name, layer in bayesian_layers(trainer.model) if name not in self.dense_layers]
+
+    def _due(self, step: int) -> bool:
+        return step > 0 and step % self.update_interval == 0 and step < self._end
+
+    @torch.no_grad()
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self._end = int(self.end_fraction * trainer.total_steps)
+        if self.update_interval >= self._end:
+            raise ValueError(
+                f"no subspace update would run: the run has {trainer.total_steps} steps, updates come every "
+                f"{self.update_interval} steps while t < end_fraction * {trainer.total_steps} = {self._end}; lower "
+                "update_interval, raise end_fraction, or train more epochs")
+        layers = self._layers(trainer)
+        if not layers:
+            raise ValueError("SparseSubspace found no Bayesian layer outside dense_layers; convert the model with "
+                             "bayescompress.bayesianize_ first")
+        for name, layer in layers:
+            keep = round(self.density * layer.weight.numel())
+            if keep < 1:
+                raise ValueError(f"density {self.density} leaves layer {name!r} ({layer.weight.numel()} weights) "
+                                 f"no weight; raise density to at least {1 / layer.weight.numel():.2g}")
+            weight = getattr(layer, "weight_orig", layer.weight)
+            ranking = (weight.abs() if self.initial == "magnitude"
+                       else torch.rand(weight.shape, generator=self.generator).to(weight.device))
+            mask = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
+            mask[ranking.flatten().topk(keep).indices] = 1.0
+            _set_mask_(layer, mask.view_as(weight))
+            self._replaced[name] = 0
+        self._trainer = trainer
+        self._hooks = [layer.register_forward_hook(self._retain_weight_grad) for _, layer in layers]
+
+    def _retain_weight_grad(self, layer, inputs, output) -> None:
+        # the masked weight of this step's forward pass; its gradient is the dense gradient w.r.t. the mean
+        if self.growth == "gradient" and layer.training and self._due(self._trainer.step):
+            layer.weight.retain_grad()
+
+    @torch.no_grad()
+    def on_after_backward(self, trainer: Trainer) -> None:
+        if not self._due(trainer.step):
+            return
+        fraction = drop_fraction(trainer.step, self._end, self.alpha)
+        for name, layer in self._layers(trainer):
+            self._replaced[name] += self._update_(trainer, layer, fraction)
+        self.updates += 1
+        trainer.skip_step = True
+
+    def _update_(self, trainer: Trainer, layer, fraction: float) -> int:
+        active = layer.weight_mask.bool()
+        count = min(math.floor(int(active.sum()) * fraction), int((~active).sum()))
+        if count == 0:
+            return 0
+        keep_score = removal_score(layer, self.score).masked_fill(~active, math.inf)
+        dropped = keep_score.flatten().topk(count, largest=False).indices
+        if self.growth == "gradient":
+            if layer.weight.grad is None:
+                raise RuntimeError("the dense gradient of a layer's mean was not kept for the subspace update; "
+                                   "SparseSubspace must see the forward pass of the update step")
+            grow_score = layer.weight.grad.abs()
+        else:
+            grow_score = torch.rand(active.shape, generator=self.generator).to(active.device)
+        grown = grow_score.masked_fill(active, -math.inf).flatten().topk(count).indices
+        new = active.flatten().clone()
+        new[dropped], new[grown] = False, True
+        new = new.view_as(active)
+        grown_mask = new & ~active
+        weight = layer.weight_orig
+        layer.weight_rho[grown_mask] = layer.weight_rho[active & new].mean()
+        weight[grown_mask] = 0.0
+        # fresh moments for grown weights; none for dropped ones, whose momentum would keep moving them
+        for parameter in (weight, layer.weight_rho):
+            reset_optimizer_state_(trainer.optimizer, parameter, grown_mask | (active & ~new))
+        layer.weight_mask.copy_(new.to(layer.weight_mask.dtype))
+        return count
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:
+        for name, layer in self._layers(trainer):
+            record[f"subspace/{name}/density"] = float(layer.weight_mask.mean())
+            record[f"subspace/{name}/replaced"] = float(self._replaced.get(name, 0))
+            self._replaced[name] = 0
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def _set_mask_(layer, mask: Tensor) -> None:
+    """Put ``mask`` on ``layer.weight`` as its prune mask (replacing one already there)."""
+    if hasattr(layer, "weight_mask"):
+        layer.weight_mask.copy_(mask)
+    else:
+        prune.custom_from_mask(layer, "weight", mask)
+
+
+__all__ = ["GROWTH", "INITIAL", "SparseSubspace", "drop_fraction"]

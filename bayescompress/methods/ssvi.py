@@ -1,0 +1,71 @@
+"""``ssvi``: sparse-subspace variational inference (Li et al., ICLR 2024; SPEC section 4), sparse from the first
+step.
+
+Convert under a Gaussian prior, then train the posterior inside a sparse subspace of fixed density that moves
+by drop-and-grow (:class:`~bayescompress.inference.SparseSubspace`): the KL is summed over the active weights
+only and grows from 0 to ``kl_weight`` over ``kl_warmup_epochs``. The subspace the training ends in is the
+pruning mask; an optional masked fine-tuning follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from bayescompress.inference import Callback, SparseSubspace
+from bayescompress.inference.subspace import GROWTH, INITIAL
+from bayescompress.methods.base import VariationalConfig, VariationalMethod
+from bayescompress.nn.model import bayesian_layers, execution_order
+from bayescompress.priors import GaussianPrior
+from bayescompress.pruning import KeepMasks
+from bayescompress.pruning.importance import REMOVAL_SCORES
+from bayescompress.settings import Choice, Flag, Integer, Real, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class SSVIConfig(VariationalConfig):
+    """Settings of ``ssvi``; the defaults follow the authors' setting (docs/ssvi.md), started from the largest
+    |w| of the pretrained network."""
+
+    epochs: int = VariationalConfig.override("epochs", 20)
+    density: float = setting(0.1, "fraction of each layer's weights in the subspace", Real(0.0, 1.0, low_open=True))
+    update_interval: int = setting(100, "steps between subspace updates (Delta)", Integer(1))
+    alpha: float = setting(0.3, "largest fraction of a layer's active weights one update replaces",
+                           Real(0.0, 1.0))
+    end_fraction: float = setting(0.75, "the subspace moves while t < end_fraction * (the run's steps)",
+                                  Real(0.0, 1.0, low_open=True))
+    removal_score: str = setting("folded_snr", "which active weights an update drops (the lowest)",
+                                 Choice(REMOVAL_SCORES))
+    growth: str = setting("gradient", "which inactive weights an update grows: the largest |dense gradient| of "
+                          "the loss w.r.t. the mean, or random ones", Choice(GROWTH))
+    initial_subspace: str = setting("magnitude", "the starting subspace: the largest |w| (from a pretrained "
+                                    "network) or random (from scratch, the paper)", Choice(INITIAL))
+    dense_first_conv: bool = setting(True, "leave the network's first convolution dense (as the paper does)", Flag())
+    kl_weight: float = VariationalConfig.override("kl_weight", 0.01)
+    kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 10)
+    finetune_epochs: int = VariationalConfig.override("finetune_epochs", 0)
+
+
+class SSVI(VariationalMethod):
+    """Sparse-subspace VI; see the module docstring."""
+
+    name = "ssvi"
+    config_class = SSVIConfig
+
+    def prior(self, config: SSVIConfig) -> GaussianPrior:
+        return GaussianPrior(scale=config.prior_scale)
+
+    def callbacks(self, network, config: SSVIConfig, context) -> list[Callback]:
+        layers = dict(bayesian_layers(network))
+        convs = [name for name in execution_order(network, context.example) if isinstance(layers.get(name), nn.Conv2d)]
+        dense = convs[:1] if config.dense_first_conv else []
+        return [SparseSubspace(config.density, update_interval=config.update_interval, alpha=config.alpha,
+                               end_fraction=config.end_fraction, score=config.removal_score, growth=config.growth,
+                               initial=config.initial_subspace, dense_layers=dense, seed=context.seed)]
+
+    def strategy(self, config) -> KeepMasks:
+        return KeepMasks()
+
+
+__all__ = ["SSVI", "SSVIConfig"]
