@@ -48,7 +48,7 @@ class VariationalConfig(MethodConfig):
     """Settings of the methods that train a posterior by VI before pruning."""
 
     epochs: int = setting(10, "VI epochs before pruning (an upper bound under max_val_drop)", Integer(1))
-    lr: float = setting(1e-3, "Adam learning rate of the posterior means", Real(0.0, 10.0, low_open=True))
+    lr: float = setting(1e-3, "learning rate of the posterior means", Real(0.0, 10.0, low_open=True))
     rho_lr: float | None = setting(None, "learning rate of the posterior rho (none = lr)",
                                    Real(0.0, 10.0, low_open=True, optional=True))
     init_rho: float | None = setting(-6.0, "starting rho of every weight, sigma = softplus(rho); none = sigma "

@@ -29,6 +29,8 @@ class SSVIConfig(VariationalConfig):
     |w| of the pretrained network."""
 
     epochs: int = VariationalConfig.override("epochs", 20)
+    prior_scale: float = setting(0.5, "standard deviation s0 of the Gaussian prior (the whole training; the paper "
+                                 "uses 0.005 from scratch)", Real(0.0, low_open=True))
     density: float = setting(0.1, "fraction of each layer's weights in the subspace", Real(0.0, 1.0, low_open=True))
     update_interval: int = setting(100, "steps between subspace updates (Delta)", Integer(1))
     alpha: float = setting(0.3, "largest fraction of a layer's active weights one update replaces",
@@ -42,6 +44,10 @@ class SSVIConfig(VariationalConfig):
     initial_subspace: str = setting("magnitude", "the starting subspace: the largest |w| (from a pretrained "
                                     "network) or random (from scratch, the paper)", Choice(INITIAL))
     dense_first_conv: bool = setting(True, "leave the network's first convolution dense (as the paper does)", Flag())
+    optimizer: str = setting("adam", "optimiser of the training (the paper: sgd with momentum and a cosine "
+                             "schedule, from scratch)", Choice(("adam", "sgd")))
+    momentum: float = setting(0.9, "SGD momentum (optimizer sgd)", Real(0.0, 1.0, high_open=True))
+    lr_schedule: str = setting("constant", "learning-rate schedule of the training", Choice(("constant", "cosine")))
     kl_weight: float = VariationalConfig.override("kl_weight", 0.01)
     kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 10)
     finetune_epochs: int = VariationalConfig.override("finetune_epochs", 0)
@@ -63,6 +69,10 @@ class SSVI(VariationalMethod):
         return [SparseSubspace(config.density, update_interval=config.update_interval, alpha=config.alpha,
                                end_fraction=config.end_fraction, score=config.removal_score, growth=config.growth,
                                initial=config.initial_subspace, dense_layers=dense, seed=context.seed)]
+
+    def train_settings(self, config: SSVIConfig) -> dict:
+        return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum,
+                "lr_schedule": config.lr_schedule}
 
     def strategy(self, config) -> KeepMasks:
         return KeepMasks()
