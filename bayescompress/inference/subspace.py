@@ -50,7 +50,7 @@ class SparseSubspace(Callback):
     dense_layers: names of layers left dense (SSVI keeps the first convolution whole).
     seed: seeds the random choices (initial subspace, random growth).
 
-    After training: ``updates`` (how many ran) and, per epoch record, ``subspace/<layer>/density`` and
+    After training: ``updates`` (how many replaced any weight) and, per epoch record, ``subspace/<layer>/density`` and
     ``subspace/<layer>/replaced`` (weights replaced in that epoch).
     """
 
@@ -115,10 +115,14 @@ class SparseSubspace(Callback):
         if not self._due(trainer.step):
             return
         fraction = drop_fraction(trainer.step, self._end, self.alpha)
+        replaced = 0
         for name, layer in self._layers(trainer):
-            self._replaced[name] += self._update_(trainer, layer, fraction)
-        self.updates += 1
-        trainer.skip_step = True
+            count = self._update_(trainer, layer, fraction)
+            self._replaced[name] += count
+            replaced += count
+        if replaced:  # at density 1 (dense VI) nothing moves and nothing is skipped
+            self.updates += 1
+            trainer.skip_step = True
 
     def _update_(self, trainer: Trainer, layer, fraction: float) -> int:
         active = layer.weight_mask.bool()
