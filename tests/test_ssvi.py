@@ -87,9 +87,9 @@ def test_the_density_is_exactly_constant_and_updates_come_every_delta_steps_befo
     total, end = 4 * 8, int(0.75 * 32)
     expected = [t for t in range(1, total) if t % 3 == 0 and t < end]
     assert sorted({r["step"] - 1 for r in records if r["updated"]}) == expected  # trainer.step counts after
-    assert subspace.updates == len(expected)
     changed = [r for r in records if not torch.equal(r["before"], r["after"])]
     assert changed and all(r["updated"] for r in changed)  # the mask moves on update steps only
+    assert subspace.updates == len({r["step"] for r in changed})  # late ones may replace nothing (floor)
 
 
 def test_grown_weights_start_at_zero_with_the_survivors_mean_rho_and_fresh_state(subspace_run):
