@@ -25,9 +25,6 @@ from bayescompress.priors import Prior
 from bayescompress.pruning import Masks, PruningStrategy
 from bayescompress.settings import Integer, Real, Settings, setting
 
-NETWORK_KINDS = ("mlp", "cnn")
-
-
 def network_kind(model: nn.Module) -> str:
     """``"cnn"`` when ``model`` has a ``Conv2d``, else ``"mlp"``: which preset of a method's recipe applies."""
     return "cnn" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "mlp"
@@ -215,5 +212,5 @@ def unknown_setting_message(key: str, method: str, config_class: type[Settings],
     return f"{show(key)} is {where}; {method}'s settings are: {', '.join(map(show, config_class.names()))}"
 
 
-__all__ = ["Method", "MethodConfig", "NETWORK_KINDS", "Trained", "TrainingContext", "VariationalConfig",
+__all__ = ["Method", "MethodConfig", "Trained", "TrainingContext", "VariationalConfig",
            "VariationalMethod", "network_kind", "unknown_setting_message"]
