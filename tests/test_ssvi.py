@@ -180,3 +180,28 @@ def test_a_density_that_leaves_a_layer_no_weight_names_the_layer():
     with pytest.raises(ValueError, match="density 0.005 leaves layer '2' \\(60 weights\\) no weight"):
         fit(net, loader, config=TrainConfig(epochs=2, quiet=True),
             callbacks=[SparseSubspace(0.005, update_interval=2)], n_train=40)
+
+
+def test_the_structured_subspace_keeps_whole_units_and_exports_a_smaller_dense_network(digits):
+    net, (train, val, test) = digits
+    result = compress(net, train, val, SSVI(epochs=6, update_interval=10, kl_warmup_epochs=3, density=0.25,
+                                            structured=True, max_val_drop=None), test_loader=test,
+                      pipeline=PipelineConfig(mc_samples=2, quiet=True, max_accuracy_loss=1.0))
+    hidden = next(iter(result.masks.weight.values()))
+    rows = hidden.flatten(1)
+    assert torch.all(rows.all(dim=1) | ~rows.any(dim=1))  # whole units on or off
+    assert int(rows.all(dim=1).sum()) == 8                  # a quarter of 32 units
+    assert result.metrics["architecture"]["exported"] == [8, 10]
+    assert result.exported[1].in_features == 64 and result.exported[1].out_features == 8
+    density = [v for k, v in result.history[-1].items() if k.startswith("subspace/") and k.endswith("/density")]
+    assert density == [pytest.approx(0.25)]  # the output layer stays whole
+
+
+def test_unit_removal_scores_are_the_group_forms():
+    layer = bayesianize_(nn.Sequential(nn.Linear(3, 2)))[0]
+    mu, sigma = layer.weight.detach(), layer.weight_sigma.detach()
+    torch.testing.assert_close(removal_score(layer, "magnitude", unit=True), mu.norm(dim=1))
+    torch.testing.assert_close(removal_score(layer, "snr", unit=True), mu.norm(dim=1) / sigma.pow(2).sum(1).sqrt())
+    mean = folded_normal_mean(mu, sigma)
+    torch.testing.assert_close(removal_score(layer, "folded_snr", unit=True),
+                               mean.sum(1) / (mu**2 + sigma**2 - mean**2).sum(1).sqrt())

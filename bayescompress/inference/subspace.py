@@ -47,7 +47,11 @@ class SparseSubspace(Callback):
     growth: ``"gradient"`` or ``"random"``.
     initial: the starting subspace: ``"random"`` (the paper, from scratch) or ``"magnitude"`` (the largest |mu|:
         the natural start from a pretrained network).
-    dense_layers: names of layers left dense (SSVI keeps the first convolution whole).
+    structured: the subspace is a set of whole output units (neurons, filters) per layer instead of single
+        weights, scored by the group form of the same criteria (``removal_score(..., unit=True)``, growth by the
+        norm of a unit's dense gradient), so the result exports to a smaller dense network.
+    dense_layers: names of layers left dense (SSVI keeps the first convolution whole; the structured
+        subspace leaves the output layer, whose units are the classes, to the method).
     seed: seeds the random choices (initial subspace, random growth).
 
     After training: ``updates`` (how many replaced any weight) and, per epoch record, ``subspace/<layer>/density`` and
@@ -56,7 +60,7 @@ class SparseSubspace(Callback):
 
     def __init__(self, density: float, *, update_interval: int = 100, alpha: float = 0.3, end_fraction: float = 0.75,
                  score: str = "folded_snr", growth: str = "gradient", initial: str = "random",
-                 dense_layers: Sequence[str] = (), seed: int = 0) -> None:
+                 structured: bool = False, dense_layers: Sequence[str] = (), seed: int = 0) -> None:
         check_in_range("density", density, 0.0, 1.0, low_inclusive=False)
         check_positive_int("update_interval", update_interval)
         check_in_range("alpha", alpha, 0.0, 1.0)
@@ -67,6 +71,7 @@ class SparseSubspace(Callback):
         check_non_negative_int("seed", seed)
         self.density, self.update_interval, self.alpha, self.end_fraction = density, update_interval, alpha, end_fraction
         self.score, self.growth, self.initial, self.dense_layers = score, growth, initial, set(dense_layers)
+        self.structured = bool(structured)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0
         self._hooks: list = []
@@ -91,16 +96,19 @@ class SparseSubspace(Callback):
             raise ValueError("SparseSubspace found no Bayesian layer outside dense_layers; convert the model with "
                              "bayescompress.bayesianize_ first")
         for name, layer in layers:
-            keep = round(self.density * layer.weight.numel())
-            if keep < 1:
-                raise ValueError(f"density {self.density} leaves layer {name!r} ({layer.weight.numel()} weights) "
-                                 f"no weight; raise density to at least {1 / layer.weight.numel():.2g}")
             weight = getattr(layer, "weight_orig", layer.weight)
-            ranking = (weight.abs() if self.initial == "magnitude"
-                       else torch.rand(weight.shape, generator=self.generator).to(weight.device))
-            mask = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
-            mask[ranking.flatten().topk(keep).indices] = 1.0
-            _set_mask_(layer, mask.view_as(weight))
+            groups = weight.shape[0] if self.structured else weight.numel()
+            keep = round(self.density * groups)
+            if keep < 1:
+                what = f"{groups} units" if self.structured else f"{groups} weights"
+                raise ValueError(f"density {self.density} leaves layer {name!r} ({what}) no "
+                                 f"{'unit' if self.structured else 'weight'}; raise density to at least "
+                                 f"{1 / groups:.2g}")
+            ranking = (removal_score(layer, "magnitude", unit=self.structured).flatten()
+                       if self.initial == "magnitude" else torch.rand(groups, generator=self.generator).to(weight.device))
+            active = torch.zeros(groups, dtype=torch.bool, device=weight.device)
+            active[ranking.topk(keep).indices] = True
+            _set_mask_(layer, self._weight_mask(active, weight).to(weight.dtype))
             self._replaced[name] = 0
         self._trainer = trainer
         self._hooks = [layer.register_forward_hook(self._retain_weight_grad) for _, layer in layers]
@@ -124,32 +132,39 @@ class SparseSubspace(Callback):
             self.updates += 1
             trainer.skip_step = True
 
+    def _weight_mask(self, groups: Tensor, weight: Tensor) -> Tensor:
+        """A weight-shaped mask from one entry per group (a unit's row, or a single weight)."""
+        if self.structured:
+            return groups.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        return groups.view_as(weight)
+
     def _update_(self, trainer: Trainer, layer, fraction: float) -> int:
-        active = layer.weight_mask.bool()
+        weight = layer.weight_orig
+        mask = layer.weight_mask.bool()
+        active = mask.flatten(1).any(dim=1) if self.structured else mask.flatten()
         count = min(math.floor(int(active.sum()) * fraction), int((~active).sum()))
         if count == 0:
             return 0
-        keep_score = removal_score(layer, self.score).masked_fill(~active, math.inf)
-        dropped = keep_score.flatten().topk(count, largest=False).indices
+        keep_score = removal_score(layer, self.score, unit=self.structured).flatten().masked_fill(~active, math.inf)
+        dropped = keep_score.topk(count, largest=False).indices
         if self.growth == "gradient":
             if layer.weight.grad is None:
                 raise RuntimeError("the dense gradient of a layer's mean was not kept for the subspace update; "
                                    "SparseSubspace must see the forward pass of the update step")
-            grow_score = layer.weight.grad.abs()
+            gradient = layer.weight.grad
+            grow_score = gradient.flatten(1).norm(dim=1) if self.structured else gradient.abs().flatten()
         else:
             grow_score = torch.rand(active.shape, generator=self.generator).to(active.device)
-        grown = grow_score.masked_fill(active, -math.inf).flatten().topk(count).indices
-        new = active.flatten().clone()
+        grown = grow_score.masked_fill(active, -math.inf).topk(count).indices
+        new = active.clone()
         new[dropped], new[grown] = False, True
-        new = new.view_as(active)
-        grown_mask = new & ~active
-        weight = layer.weight_orig
-        layer.weight_rho[grown_mask] = layer.weight_rho[active & new].mean()
+        new_mask, grown_mask = self._weight_mask(new, weight), self._weight_mask(new & ~active, weight)
+        layer.weight_rho[grown_mask] = layer.weight_rho[mask & new_mask].mean()
         weight[grown_mask] = 0.0
         # fresh moments for grown weights; none for dropped ones, whose momentum would keep moving them
         for parameter in (weight, layer.weight_rho):
-            reset_optimizer_state_(trainer.optimizer, parameter, grown_mask | (active & ~new))
-        layer.weight_mask.copy_(new.to(layer.weight_mask.dtype))
+            reset_optimizer_state_(trainer.optimizer, parameter, grown_mask | (mask & ~new_mask))
+        layer.weight_mask.copy_(new_mask.to(layer.weight_mask.dtype))
         return count
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:

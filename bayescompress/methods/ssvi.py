@@ -44,6 +44,9 @@ class SSVIConfig(VariationalConfig):
     initial_subspace: str = setting("magnitude", "the starting subspace: the largest |w| (from a pretrained "
                                     "network) or random (from scratch, the paper)", Choice(INITIAL))
     dense_first_conv: bool = setting(True, "leave the network's first convolution dense (as the paper does)", Flag())
+    structured: bool = setting(False, "the subspace is whole units (neurons, filters) of every hidden layer, scored "
+                               "by the group form of the criteria, so the result exports to a smaller dense "
+                               "network (beyond the paper)", Flag())
     optimizer: str = setting("adam", "optimiser of the training (the paper: sgd with momentum and a cosine "
                              "schedule, from scratch)", Choice(("adam", "sgd")))
     momentum: float = setting(0.9, "SGD momentum (optimizer sgd)", Real(0.0, 1.0, high_open=True))
@@ -66,9 +69,12 @@ class SSVI(VariationalMethod):
         layers = dict(bayesian_layers(network))
         convs = [name for name in execution_order(network, context.example) if isinstance(layers.get(name), nn.Conv2d)]
         dense = convs[:1] if config.dense_first_conv else []
+        if config.structured:  # the output layer's units are the classes
+            dense.append(context.output)
         return [SparseSubspace(config.density, update_interval=config.update_interval, alpha=config.alpha,
                                end_fraction=config.end_fraction, score=config.removal_score, growth=config.growth,
-                               initial=config.initial_subspace, dense_layers=dense, seed=context.seed)]
+                               initial=config.initial_subspace, structured=config.structured, dense_layers=dense,
+                               seed=context.seed)]
 
     def train_settings(self, config: SSVIConfig) -> dict:
         return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum,

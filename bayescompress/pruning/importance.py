@@ -51,18 +51,26 @@ def folded_normal_snr(mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def removal_score(layer: nn.Module, score: str) -> Tensor:
-    """SSVI's removal scores per weight (higher = keep): ``"magnitude"`` |mu|, ``"snr"`` |mu|/sigma,
-    ``"folded_mean"`` E|theta|, ``"folded_snr"`` E|theta| / sd|theta|."""
+def removal_score(layer: nn.Module, score: str, unit: bool = False) -> Tensor:
+    """SSVI's removal scores (higher = keep), per weight: ``"magnitude"`` |mu|, ``"snr"`` |mu|/sigma,
+    ``"folded_mean"`` E|theta|, ``"folded_snr"`` E|theta| / sd|theta|. With ``unit``, their group form per output
+    unit (its row of weights, a whole kernel for a filter): ||mu||, ||mu|| / sqrt(sum sigma^2), sum E|theta|,
+    sum E|theta| / sqrt(sum Var|theta|), which are the per-weight scores for a group of one."""
     if score not in REMOVAL_SCORES:
         raise ValueError(f"unknown removal score {score!r}; valid ones: {', '.join(REMOVAL_SCORES)}")
+    mu = current_weight(layer)
+    rows = (lambda t: t.flatten(1)) if unit else (lambda t: t.reshape(*t.shape, 1))
     if score == "magnitude":
-        return weight_magnitude(layer)
+        return rows(mu).norm(dim=-1)
     layer = _require_bayesian(layer, f"the {score} score")
-    mu, sigma = current_weight(layer), layer.weight_sigma.detach().clamp_min(1e-12)
+    sigma = layer.weight_sigma.detach().clamp_min(1e-12)
     if score == "snr":
-        return mu.abs() / sigma
-    return folded_normal_mean(mu, sigma) if score == "folded_mean" else folded_normal_snr(mu, sigma)
+        return rows(mu).norm(dim=-1) / rows(sigma * sigma).sum(dim=-1).sqrt()
+    mean = folded_normal_mean(mu, sigma)
+    if score == "folded_mean":
+        return rows(mean).sum(dim=-1)
+    variance = (mu * mu + sigma * sigma - mean * mean).clamp_min(1e-24)
+    return rows(mean).sum(dim=-1) / rows(variance).sum(dim=-1).sqrt()
 
 
 REMOVAL_SCORES = ("magnitude", "snr", "folded_mean", "folded_snr")
