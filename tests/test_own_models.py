@@ -94,7 +94,8 @@ def _compressed(case, method):
     if (case, method) not in _RESULTS:
         _, data = CASES[case]
         train, val, test = (_loader(data(n, seed)) for n, seed in ((32, 1), (16, 2), (24, 3)))
-        quick = dict(epochs=1, finetune_epochs=1, keep_fraction=0.3)
+        # two steps: SSVI's subspace moves once, after the first
+        quick = dict(epochs=1, finetune_epochs=1, keep_fraction=0.3, update_interval=1, end_fraction=1.0)
         method_class = methods.get(method)
         configured = method_class(**{k: v for k, v in quick.items() if k in method_class.config_class.names()})
         pipeline = PipelineConfig(mc_samples=3, latency_batch=8, latency_budget=0.05, quiet=True, seed=4)
