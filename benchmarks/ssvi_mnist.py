@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.05])
     parser.add_argument("--starts", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--structured", action="store_true", help="also the structured variant at each density")
     parser.add_argument("--set", nargs="+", default=[], metavar="SETTING=VALUE")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="")
@@ -57,23 +58,27 @@ def main() -> None:
                 torch.manual_seed(0)
                 model, _ = build_model(name, splits.input_shape, splits.num_classes)
                 base = dict(SCRATCH)
-            for density in [1.0, *args.densities]:
+            variants = [(1.0, False)] + [(d, False) for d in args.densities]
+            variants += [(d, True) for d in args.densities] if args.structured else []
+            for density, structured in variants:
                 settings = {**base, "epochs": args.epochs, "kl_warmup_epochs": args.epochs // 2, "density": density,
-                            **overrides}
+                            "structured": structured, **overrides}
                 train, val, test = make_loaders(splits, batch_size=128)
                 begin = time.perf_counter()
                 result = compress(model, train, val, methods.get("ssvi")(**settings), test_loader=test,
                                   pipeline=PipelineConfig(quiet=True, max_accuracy_loss=1.0))
                 m = result.metrics
-                rows.append({"model": name, "start": start, "density": density, "settings": settings,
+                rows.append({"model": name, "start": start, "density": density, "structured": structured,
+                             "settings": settings,
                              "seconds": time.perf_counter() - begin, "accuracy": m["compressed"]["accuracy"],
                              "nll": m["compressed"]["nll"], "ece": m["compressed"]["ece"],
                              "exported_accuracy": m["exported"]["accuracy"], "compression_rate": m["compression_rate"],
                              "architecture": m["architecture"]["exported"], "macs_ratio": m["macs_ratio"],
+                             "exported_macs": m["macs"]["exported"],
                              "latency_ratio": m["latency_ratio"], "training_macs": m["training"]["macs"],
                              "training_macs_ratio": m["training_macs_ratio"]})
                 r = rows[-1]
-                print(f"{name:<9}{start:<11}d={density:<5} acc {r['accuracy']:.4f} nll {r['nll']:.4f} ece "
+                print(f"{name:<9}{start:<11}d={density:<5}{' units' if structured else ''} acc {r['accuracy']:.4f} nll {r['nll']:.4f} ece "
                       f"{r['ece']:.4f} {r['compression_rate']:.1f}x train-MACs x{r['training_macs_ratio']:.3f} "
                       f"{r['seconds']:.0f} s", flush=True)
     command = "python benchmarks/ssvi_mnist.py " + " ".join(sys.argv[1:])

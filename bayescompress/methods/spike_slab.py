@@ -60,7 +60,9 @@ class SpikeSlabGL(VariationalMethod):
 
     name = "ss-gl"
     config_class = SpikeSlabConfig
-    presets = {"cnn": dict(epochs=10, finetune_epochs=6)}
+    # LeNet-5: the posterior-mean accuracy during VI dips by tens of points and recovers in the fine-tuning
+    # (docs/benchmarks.md), so the budget there only catches a collapse towards chance
+    presets = {"cnn": dict(epochs=10, max_val_drop=0.6, finetune_epochs=6)}
 
     def prior(self, config: SpikeSlabConfig) -> SpikeSlabGroupLasso:
         return SpikeSlabGroupLasso(**self._prior_settings(config))
@@ -94,9 +96,10 @@ class SpikeSlabGHS(SpikeSlabGL):
 
     name = "ss-ghs"
     config_class = SpikeSlabHorseshoeConfig
-    # LeNet-5: the full ELBO and no early stopping budget that bites (the posterior-mean accuracy during VI
-    # is no guide there, docs/benchmarks.md); the budget left catches a collapse only
-    presets = {"cnn": dict(epochs=9, kl_weight=1.0, input_gate_lr=None, max_val_drop=0.3, val_checks_per_epoch=1,
+    # LeNet-5: the full ELBO for 8 epochs (9 cost a point of accuracy, docs/benchmarks.md); the posterior-mean
+    # accuracy during VI dips by tens of points and recovers in the fine-tuning, so the budget only catches a
+    # collapse towards chance
+    presets = {"cnn": dict(epochs=8, kl_weight=1.0, input_gate_lr=None, max_val_drop=0.6, val_checks_per_epoch=1,
                            finetune_epochs=6)}
 
     def prior(self, config: SpikeSlabHorseshoeConfig) -> SpikeSlabGroupHorseshoe:
