@@ -44,6 +44,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = parse_settings(args.set)
+    command = "python benchmarks/ssvi_mnist.py " + " ".join(sys.argv[1:])
     rows = []
     for name in args.models:
         splits = load_data_for(name, "mnist", args.data_dir)
@@ -78,10 +79,11 @@ def main() -> None:
                              "latency_ratio": m["latency_ratio"], "training_macs": m["training"]["macs"],
                              "training_macs_ratio": m["training_macs_ratio"]})
                 r = rows[-1]
+                # after every row: a stopped run keeps the rows it finished
+                save_results(f"ssvi_mnist{args.tag}", {"command": command.strip(), "rows": rows})
                 print(f"{name:<9}{start:<11}d={density:<5}{' units' if structured else ''} acc {r['accuracy']:.4f} nll {r['nll']:.4f} ece "
                       f"{r['ece']:.4f} {r['compression_rate']:.1f}x train-MACs x{r['training_macs_ratio']:.3f} "
                       f"{r['seconds']:.0f} s", flush=True)
-    command = "python benchmarks/ssvi_mnist.py " + " ".join(sys.argv[1:])
     print("wrote", save_results(f"ssvi_mnist{args.tag}", {"command": command.strip(), "rows": rows}))
 
 
