@@ -47,12 +47,22 @@ class TrainingCost(Callback):
                            if name in shapes}
         self._layers = {name: layer for name, layer in self._layers.items() if name in shapes}  # layers run
         self._first = execution_order(model, self.example.to(trainer.device))[0]
+        self._versions: tuple | None = None
         if self._dense_per_example is None:  # dense VI on the network the run started from
             self._dense_per_example = training_macs_per_example(self._layers, self._positions, self._first,
                                                                 dense=True)
 
+    def _per_example(self) -> int:
+        # counting kept weights reads every mask; recount only when one was written (SSVI's updates)
+        versions = tuple(-1 if (mask := getattr(layer, "weight_mask", None)) is None else mask._version
+                         for layer in self._layers.values())
+        if versions != self._versions:
+            self._versions = versions
+            self._cached = training_macs_per_example(self._layers, self._positions, self._first)
+        return self._cached
+
     def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None:
-        per_example = training_macs_per_example(self._layers, self._positions, self._first)
+        per_example = self._per_example()
         self.macs += per_example * trainer.batch_size
         self.dense_vi_macs += self._dense_per_example * trainer.batch_size
         self.steps += 1
