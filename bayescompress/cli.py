@@ -16,7 +16,7 @@ from bayescompress.compress import AccuracyLossWarning, PipelineConfig
 from bayescompress.data import DATASETS
 from bayescompress.methods.base import unknown_setting_message
 from bayescompress.models import MODELS
-from bayescompress.settings import Flag, Integer, Real, SettingInfo, describe
+from bayescompress.settings import Flag, Integer, Real, SettingInfo, describe, show
 
 # pipeline settings the commands share through _common rather than per-method flags
 _COMMON = ("seed", "device", "quiet")
@@ -36,7 +36,7 @@ def _overwrite(parser: argparse.ArgumentParser) -> None:
 
 def _add_setting(group, info: SettingInfo, cnn_default) -> None:
     """One flag per setting, from its declaration; absent unless given, so the method's preset decides."""
-    default = f"default {_show(info.default)}" + (f", CNN {_show(cnn_default)}" if cnn_default != info.default else "")
+    default = f"default {show(info.default)}" + (f", CNN {show(cnn_default)}" if cnn_default != info.default else "")
     flag = "--" + info.name.replace("_", "-")
     help_text = f"{info.help} [{info.allowed.describe()}; {default}]".replace("%", "%%")
     if isinstance(info.allowed, Flag):
@@ -46,10 +46,6 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
         metavar = {Real: "X", Integer: "N"}.get(type(info.allowed))
         group.add_argument(flag, dest=info.name, type=info.parse, default=argparse.SUPPRESS, metavar=metavar,
                            choices=getattr(info.allowed, "options", None), help=help_text)
-
-
-def _show(value) -> str:
-    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _method_in(argv: Sequence[str]) -> str:

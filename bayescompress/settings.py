@@ -150,10 +150,15 @@ class SettingInfo:
         return self.allowed.parse
 
 
+def show(value: Any) -> str:
+    """A setting's value as the command line and the docs write it: none, 0.001, 12, grid."""
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def describe(settings: type[Settings]) -> list[SettingInfo]:
     """Every field of ``settings`` with its default, help and allowed values, in declaration order."""
     return [SettingInfo(info.name, info.default, info.metadata["help"], info.metadata["allowed"])
             for info in dataclasses.fields(settings) if "allowed" in info.metadata]
 
 
-__all__ = ["Choice", "Flag", "Integer", "Real", "SettingInfo", "Settings", "describe", "setting"]
+__all__ = ["Choice", "Flag", "Integer", "Real", "SettingInfo", "Settings", "describe", "setting", "show"]

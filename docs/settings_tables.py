@@ -4,14 +4,10 @@ from pathlib import Path
 
 from bayescompress import methods
 from bayescompress.compress import PipelineConfig
-from bayescompress.settings import describe
+from bayescompress.settings import describe, show
 
 PAGE = Path(__file__).with_name("methods.md")
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
-
-
-def show(value) -> str:
-    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def tables() -> str:
