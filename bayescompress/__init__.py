@@ -10,10 +10,14 @@ from bayescompress.methods import (
     MagnitudeConfig,
     Method,
     MethodConfig,
+    SSVI,
+    SparseVD,
+    SparseVDConfig,
     SpikeSlabConfig,
     SpikeSlabGHS,
     SpikeSlabGL,
     SpikeSlabHorseshoeConfig,
+    SSVIConfig,
     TurboVBI,
     TurboVBIConfig,
 )
@@ -26,7 +30,7 @@ from bayescompress.nn import (
     kl_divergence,
     predict,
 )
-from bayescompress.priors import GaussianPrior, HierarchicalPrior, Prior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
+from bayescompress.priors import GaussianPrior, HierarchicalPrior, LogUniformPrior, Prior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.runs import CompressionResult, load
 
 __version__ = "0.1.0"
@@ -41,6 +45,7 @@ __all__ = [
     "GaussianSNR",
     "GaussianSNRConfig",
     "HierarchicalPrior",
+    "LogUniformPrior",
     "Magnitude",
     "MagnitudeConfig",
     "Method",
@@ -48,6 +53,10 @@ __all__ = [
     "PipelineConfig",
     "PosteriorInit",
     "Prior",
+    "SSVI",
+    "SSVIConfig",
+    "SparseVD",
+    "SparseVDConfig",
     "SpikeSlabConfig",
     "SpikeSlabGHS",
     "SpikeSlabGL",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bayescompress import methods
+from bayescompress.compare import DEFAULT_METHODS
 from bayescompress.compress import AccuracyLossWarning, PipelineConfig
 from bayescompress.data import DATASETS
 from bayescompress.methods.base import unknown_setting_message
@@ -96,6 +97,29 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     comp.add_argument("--batch-size", type=int, default=128)
     _common(comp)
 
+    cmp = commands.add_parser("compare", help="several methods on one pretrained network, over seeds: a table")
+    cmp.add_argument("--model", required=True,
+                     help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
+    cmp.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
+    cmp.add_argument("--dataset", choices=DATASETS, default="digits")
+    cmp.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 binary batches (cifar10)")
+    cmp.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
+                     help=f"comma-separated methods, each at its recipe (default: {','.join(DEFAULT_METHODS)})")
+    cmp.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds (default 0)")
+    cmp.add_argument("--set", nargs="+", default=[], metavar="METHOD.SETTING=VALUE", dest="settings",
+                     help="change one method's setting, e.g. ssvi.density=0.05 (repeatable)")
+    cmp.add_argument("--out", required=True, help="comparison folder: OUT/<method>/seed<k> run folders and "
+                                                   "OUT/comparison.md, .csv, .json")
+    cmp.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
+    pipeline = cmp.add_argument_group("pipeline settings (every run)")
+    for info in describe(PipelineConfig):
+        if info.name not in _COMMON:
+            _add_setting(pipeline, info, info.default)
+    cmp.add_argument("--batch-size", type=int, default=128)
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    cmp.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    cmp.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
+
     plot = commands.add_parser("plot", help="draw a run folder's weight masks per layer (and, for Turbo-VBI runs, "
                                             "the inclusion probabilities in MASKS-inclusion.png)")
     plot.add_argument("run", help="run folder written by compress or demo")
@@ -107,6 +131,42 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     _overwrite(demo)
     _common(demo)
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+
+
+def _compare_methods(names: list[str], settings: list[str]) -> list:
+    """The methods of ``compare``, each with the ``METHOD.SETTING=VALUE`` changes given for it."""
+    unknown = [name for name in names if name not in methods.names()]
+    if unknown:
+        raise ValueError(f"unknown method {', '.join(unknown)} in --methods; the methods are: "
+                         f"{', '.join(methods.names())}")
+    changes: dict[str, dict] = {name: {} for name in names}
+    for item in settings:
+        target, sep, text = item.partition("=")
+        method, dot, name = target.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set takes METHOD.SETTING=VALUE, e.g. ssvi.density=0.05; got {item!r}")
+        if method not in changes:
+            raise ValueError(f"--set {item}: {method} is not one of the compared methods ({', '.join(names)})")
+        infos = {info.name: info for info in describe(methods.get(method).config_class)}
+        key = name.replace("-", "_")
+        if key not in infos:
+            raise ValueError(f"--set {item}: " + unknown_setting_message(key, method, methods.get(method).config_class))
+        try:
+            changes[method][key] = infos[key].parse(text)
+        except (ValueError, KeyError):
+            raise ValueError(f"--set {item}: {key} must be {infos[key].allowed.describe()}; got {text!r}") from None
+    return [methods.get(name)(**changes[name]) for name in names]
 
 
 def _run_output(result, folder, quiet: bool) -> dict:
@@ -180,6 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.quiet:
                 _print_table({args.model: result.metrics})
                 print(f"wrote {path} and {path.with_suffix('.json')}")
+        elif args.command == "compare":
+            chosen = _compare_methods(args.methods, args.settings)
+            pipeline = PipelineConfig(device=args.device, quiet=args.quiet,
+                                      **_given(args, set(PipelineConfig.names()) - set(_COMMON)))
+            comparison = workflows.compare_files(args.model, args.weights, args.dataset, args.data_dir, chosen,
+                                                 args.seeds, out=args.out, resume=args.resume, pipeline=pipeline,
+                                                 batch_size=args.batch_size)
+            if not args.quiet:
+                print(comparison.markdown())
+                print(f"wrote {Path(args.out) / 'comparison.md'} (.csv, .json) and the run folders in {args.out}")
+            output = {"out": args.out, "rows": comparison.summary()}
         elif args.command == "plot":
             from matplotlib import pyplot
 

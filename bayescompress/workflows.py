@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bayescompress.compare import DEFAULT_METHODS, Comparison, compare
 from bayescompress.compress import PipelineConfig, compress
 from bayescompress.data import DatasetSplits, load_dataset, make_loaders
 from bayescompress.inference import TrainConfig, fit
@@ -154,6 +155,28 @@ def compress_files(
                       pipeline=pipeline)
     result.source = source
     return result
+
+
+def compare_files(
+    model_spec: str,
+    weights: str | os.PathLike,
+    dataset: str = "digits",
+    data_dir: str | os.PathLike | None = None,
+    methods: Sequence[str | Method] = DEFAULT_METHODS,
+    seeds: Sequence[int] = (0,),
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    pipeline: PipelineConfig | None = None,
+    batch_size: int = 128,
+) -> Comparison:
+    """``bayescompress compare``: load a network and its weights, then :func:`~bayescompress.compare` methods on
+    it. The data split and order are those of seed 0 for every run; the seeds vary the training."""
+    splits = load_dataset(dataset, data_dir, image_size=REQUIRED_IMAGE_SIZE.get(model_spec))
+    model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
+    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size)
+    return compare(model, train_loader, val_loader, methods, seeds, test_loader=test_loader, out=out,
+                   resume=resume, pipeline=pipeline, source=source)
 
 
 def demo(

@@ -2,7 +2,7 @@
 
 >>> from bayescompress import methods
 >>> methods.names()
-('gaussian-snr', 'ss-gl', 'ss-ghs', 'turbo-vbi', 'magnitude', 'ssvi')
+('gaussian-snr', 'ss-gl', 'ss-ghs', 'turbo-vbi', 'magnitude', 'ssvi', 'sparse-vd')
 >>> methods.get("turbo-vbi")(pi0=0.005)
 TurboVBI(pi0=0.005)
 
@@ -23,6 +23,7 @@ from bayescompress.methods.base import (
 from bayescompress.methods.gaussian_snr import GaussianSNR, GaussianSNRConfig
 from bayescompress.methods.magnitude import Magnitude, MagnitudeConfig
 from bayescompress.methods.registry import get, names, register, unregister
+from bayescompress.methods.sparse_vd import SparseVD, SparseVDConfig
 from bayescompress.methods.ssvi import SSVI, SSVIConfig
 from bayescompress.methods.spike_slab import SpikeSlabConfig, SpikeSlabGHS, SpikeSlabGL, SpikeSlabHorseshoeConfig
 from bayescompress.methods.turbo_vbi import TurboVBI, TurboVBIConfig
@@ -33,8 +34,9 @@ register(SpikeSlabGHS)
 register(TurboVBI)
 register(Magnitude)
 register(SSVI)
+register(SparseVD)
 
 __all__ = ["GaussianSNR", "GaussianSNRConfig", "Magnitude", "MagnitudeConfig", "Method", "MethodConfig",
-           "SSVI", "SSVIConfig", "SpikeSlabConfig", "SpikeSlabGHS", "SpikeSlabGL", "SpikeSlabHorseshoeConfig", "Trained", "TrainingContext",
+           "SSVI", "SSVIConfig", "SparseVD", "SparseVDConfig", "SpikeSlabConfig", "SpikeSlabGHS", "SpikeSlabGL", "SpikeSlabHorseshoeConfig", "Trained", "TrainingContext",
            "TurboVBI", "TurboVBIConfig", "VariationalConfig", "VariationalMethod", "get", "names", "network_kind",
            "register", "registry", "unregister"]

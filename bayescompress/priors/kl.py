@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -127,3 +128,18 @@ def kl_normal_normal(mu: Tensor, sigma: Tensor, prior_std: Tensor | float) -> Te
     prior_std = _like(prior_std, mu)
     return torch.log(prior_std / sigma) + (sigma * sigma + mu * mu) / (2 * prior_std**2) - 0.5
 
+
+
+# Molchanov et al. (2017), eq. 14: the constants of their fit of -KL(N(theta, alpha theta^2) || log-uniform).
+_VD_K1, _VD_K2, _VD_K3 = 0.63576, 1.87320, 1.48695
+
+
+def kl_log_uniform(log_alpha: Tensor) -> Tensor:
+    """Elementwise KL(N(theta, alpha theta^2) || log-uniform) by Molchanov et al.'s (2017) approximation,
+
+        k1 - k1 sigmoid(k2 + k3 log alpha) + 1/2 log(1 + 1/alpha),
+
+    with the constant chosen so the KL tends to 0 as alpha -> inf (the improper prior's KL is defined up to a
+    constant). It depends on the weight only through alpha = sigma^2 / theta^2.
+    """
+    return _VD_K1 - _VD_K1 * torch.sigmoid(_VD_K2 + _VD_K3 * log_alpha) + 0.5 * F.softplus(-log_alpha)

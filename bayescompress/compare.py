@@ -1,0 +1,281 @@
+"""Prior families side by side: one network, one data set, every method at its recipe, the same seeds.
+
+:func:`compare` runs :func:`~bayescompress.compress` once per method and seed, each from the same pretrained
+network and on the same data order, writes each run as an ordinary run folder (``OUT/<method>/seed<k>``) as
+soon as it finishes, and tabulates the metrics as mean +- standard deviation over the seeds
+(``comparison.md`` / ``.csv`` / ``.json``). A killed comparison keeps the runs it finished; ``resume=True``
+reads them back instead of running them again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bayescompress import methods
+from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress
+from bayescompress.io import atomic_write, write_json
+from bayescompress.methods.base import Method
+from bayescompress.runs import check_run_destination, is_run_folder
+
+# (column, how to read it from a run's metrics, how to write it); the order of the table
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("accuracy", "compressed.accuracy", "{:.2%}"),
+    ("nll", "compressed.nll", "{:.4f}"),
+    ("ece", "compressed.ece", "{:.4f}"),
+    ("brier", "compressed.brier", "{:.4f}"),
+    ("compression", "compression_rate", "{:.1f}x"),
+    ("exported_macs", "macs.exported", "{:,.0f}"),
+    ("macs_ratio", "macs_ratio", "{:.3f}"),
+    ("latency_ratio", "latency_ratio", "{:.3f}"),
+    ("training_macs_ratio", "training_macs_ratio", "{:.3f}"),
+    ("training_macs", "training.macs", "{:.3g}"),
+    ("wall_s", "training.wall_s", "{:.0f}"),
+)
+DEFAULT_METHODS = ("gaussian-snr", "sparse-vd", "ss-gl", "ss-ghs", "turbo-vbi", "ssvi", "magnitude")
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` returns: per method, the metrics of each seed's run, and where they were written."""
+
+    runs: dict[str, dict[int, dict]]
+    out: Path | None = None
+    original: dict = field(default_factory=dict)
+
+    def summary(self) -> list[dict]:
+        """One row per method: ``seeds``, ``units`` (exported units per layer, mean over seeds) and per column
+        ``{"mean", "std", "values"}`` (std over seeds, 0 for one seed)."""
+        rows = []
+        for method, by_seed in self.runs.items():
+            metrics = [by_seed[seed] for seed in sorted(by_seed)]
+            row: dict = {"method": method, "seeds": sorted(by_seed)}
+            for column, path, _ in COLUMNS:
+                values = [_lookup(m, path) for m in metrics]
+                row[column] = {"mean": _mean(values), "std": _std(values), "values": values}
+            units = [m["architecture"]["exported"] for m in metrics]
+            row["units"] = [round(_mean(list(layer))) for layer in zip(*units)] if _same_length(units) else units[0]
+            row["accuracy_loss_exceeded"] = sum(bool(m["accuracy_loss"]["exceeded"]) for m in metrics)
+            rows.append(row)
+        return rows
+
+    def markdown(self) -> str:
+        """The table as markdown, one row per method, mean +- std over the seeds."""
+        original = self.original
+        header = ["method", "seeds", *(c for c, _, _ in COLUMNS), "units kept"]
+        lines = []
+        if original:
+            lines.append(f"Original network: accuracy {original['accuracy']:.2%}, NLL {original['nll']:.4f}, "
+                         f"ECE {original['ece']:.4f}, units {original['units']}.")
+            lines.append("")
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in self.summary():
+            cells = [row["method"], str(len(row["seeds"]))]
+            for column, _, style in COLUMNS:
+                cell = style.format(row[column]["mean"])
+                if len(row["seeds"]) > 1:
+                    cell += " ± " + style.format(row[column]["std"]).rstrip("x%")
+                cells.append(cell)
+            cells.append(str(row["units"]))
+            lines.append("| " + " | ".join(cells) + " |")
+        warned = [f"{r['method']} ({r['accuracy_loss_exceeded']} of {len(r['seeds'])})" for r in self.summary()
+                  if r["accuracy_loss_exceeded"]]
+        lines += ["", "Compressed-network metrics on the test data (MC over the posterior for Bayesian methods); "
+                  "± is the standard deviation over seeds. training_macs_ratio: analytic training MACs over dense VI's "
+                  "for the same epochs."]
+        if warned:
+            lines.append(f"**Runs that lost more accuracy than max_accuracy_loss: {', '.join(warned)}.**")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        """One line per method with ``<column>_mean`` and ``<column>_std`` fields."""
+        buffer = io.StringIO()
+        names = ["method", "seeds", *(f"{c}_{s}" for c, _, _ in COLUMNS for s in ("mean", "std")), "units"]
+        writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        for row in self.summary():
+            writer.writerow({"method": row["method"], "seeds": " ".join(map(str, row["seeds"])),
+                             "units": " ".join(map(str, row["units"])),
+                             **{f"{c}_{s}": row[c][s] for c, _, _ in COLUMNS for s in ("mean", "std")}})
+        return buffer.getvalue()
+
+    def save(self, directory: str | os.PathLike) -> list[Path]:
+        """Write comparison.md, .csv and .json into ``directory`` (atomically, each); returns the paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [directory / "comparison.md", directory / "comparison.csv", directory / "comparison.json"]
+        atomic_write(paths[0], lambda tmp: tmp.write_text(self.markdown()))
+        atomic_write(paths[1], lambda tmp: tmp.write_text(self.csv()))
+        write_json(paths[2], {"original": self.original, "rows": self.summary()})
+        return paths
+
+
+def compare(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    methods: Sequence[str | Method] = DEFAULT_METHODS,
+    seeds: Sequence[int] = (0,),
+    *,
+    test_loader: Iterable | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    pipeline: PipelineConfig | None = None,
+    source: dict | None = None,
+) -> Comparison:
+    """Compress ``model`` with every method in ``methods`` (names or configured methods, each at its recipe
+    unless configured) once per seed in ``seeds``, and tabulate the results.
+
+    Every run starts from ``model`` and sees the same data order (the train loader's shuffling generator is
+    put back to its starting state before each run). With ``out``, each run is written to
+    ``out/<method>/seed<k>`` when it finishes and the tables to ``out/comparison.*``; ``resume=True`` reads the
+    runs already there instead of running them again (without it, an ``out`` holding runs is refused).
+    ``pipeline`` applies to every run, its seed replaced by each of ``seeds``; ``source`` is how a run folder
+    rebuilds the architecture (set by the command line, see :class:`~bayescompress.runs.CompressionResult`).
+
+    Example
+    -------
+    >>> table = compare(pretrained, train, val, ["gaussian-snr", "turbo-vbi"], seeds=[0, 1],
+    ...                 test_loader=test, out="runs/cmp")                                    # doctest: +SKIP
+    >>> print(table.markdown())                                                              # doctest: +SKIP
+    """
+    chosen = _resolve(methods)
+    seeds = _check_seeds(seeds)
+    pipeline = pipeline or PipelineConfig()
+    out = _check_out(out, chosen, seeds, resume) if out is not None else None
+    if out is not None and resume:
+        _check_resumable(out, chosen, seeds, model)
+    generators = _shuffling_generators(train_loader)
+    start_states = [g.get_state() for g in generators]
+    comparison = Comparison({name: {} for name in chosen}, out)
+    todo = [(name, seed) for name in chosen for seed in seeds]
+    bar = tqdm(todo, desc="compare", unit="run", disable=pipeline.quiet)
+    for name, seed in bar:
+        bar.set_postfix_str(f"{name} seed {seed}")
+        folder = None if out is None else out / name / f"seed{seed}"
+        if folder is not None and resume and is_run_folder(folder):
+            comparison.runs[name][seed] = json.loads((folder / "metrics.json").read_text())
+            continue
+        for generator, state in zip(generators, start_states):
+            generator.set_state(state)
+        with warnings.catch_warnings():  # recorded per run and flagged in the table
+            warnings.simplefilter("ignore", AccuracyLossWarning)
+            result = compress(model, train_loader, val_loader, chosen[name], test_loader=test_loader,
+                              pipeline=replace(pipeline, seed=seed))
+        if folder is not None:
+            result.source = source
+            result.save(folder)
+        comparison.runs[name][seed] = result.metrics
+    first = next(m for by_seed in comparison.runs.values() for m in by_seed.values())
+    comparison.original = {**{k: first["original"][k] for k in ("accuracy", "nll", "ece", "brier")},
+                           "units": first["architecture"]["original"]}
+    if out is not None:
+        comparison.save(out)
+    return comparison
+
+
+def _resolve(chosen: Sequence[str | Method]) -> dict[str, Method]:
+    if isinstance(chosen, str):
+        chosen = [part for part in chosen.split(",") if part]
+    if not chosen:
+        raise ValueError(f"methods is empty; give one or more of {', '.join(methods.names())}")
+    resolved: dict[str, Method] = {}
+    for item in chosen:
+        method = methods.get(item)() if isinstance(item, str) else item
+        if not isinstance(method, Method):
+            raise ValueError(f"methods must hold method names or Method objects; got {type(item).__name__}")
+        if method.name in resolved:
+            raise ValueError(f"{method.name} is given twice in methods; each method runs once per seed")
+        resolved[method.name] = method
+    return resolved
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be one or more non-negative integers; got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds holds a seed twice ({seeds!r}); give each once")
+    return seeds
+
+
+def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool) -> Path:
+    """Refuse, before any work, an ``out`` that holds runs unless resuming, or anything that is not ours."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write the comparison to {out}: it is a file; choose a folder")
+    for name in chosen:
+        for seed in seeds:
+            folder = out / name / f"seed{seed}"
+            if not is_run_folder(folder):
+                check_run_destination(folder)  # new, empty, or refused: never replaced
+            elif not resume:
+                raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
+                                 "(--resume) to keep them and run the rest, or choose another folder")
+    return out
+
+
+def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], model: nn.Module) -> None:
+    """A run kept by ``resume`` must have been made with the settings this comparison would use."""
+    for name, method in chosen.items():
+        wanted = json.loads(json.dumps(dataclasses.asdict(method.configure(model))))
+        for seed in seeds:
+            folder = out / name / f"seed{seed}"
+            if not is_run_folder(folder):
+                continue
+            saved = json.loads((folder / "metrics.json").read_text()).get("config", {}).get("method", {})
+            differ = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key))
+            if differ:
+                raise ValueError(
+                    f"{folder} was run with other {name} settings than this comparison's ("
+                    + ", ".join(f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now" for key in differ)
+                    + "); give the same settings to resume, or choose another folder")
+
+
+def _shuffling_generators(loader: Iterable) -> list[torch.Generator]:
+    """The torch generators that decide ``loader``'s order (its own, its sampler's, its batch sampler's)."""
+    found = []
+    for holder in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                   getattr(getattr(loader, "sampler", None), "sampler", None),
+                   getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        generator = getattr(holder, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _lookup(metrics: dict, path: str) -> float:
+    value = metrics
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _same_length(lists: list[list[int]]) -> bool:
+    return len({len(units) for units in lists}) == 1
+
+
+__all__ = ["COLUMNS", "DEFAULT_METHODS", "Comparison", "compare"]

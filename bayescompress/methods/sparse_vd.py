@@ -1,0 +1,47 @@
+"""``sparse-vd``: sparse variational dropout (Molchanov, Ashukha and Vetrov, ICML 2017), the baseline the
+papers of this field report against.
+
+Convert under the log-uniform prior, train by VI (the local reparameterisation trick with the variance as its
+own parameter, i.e. the additive-noise form), prune every weight whose dropout rate log alpha =
+log(sigma^2 / mu^2) exceeds ``log_alpha_threshold``. No fine-tuning by default: the authors have none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bayescompress.methods.base import VariationalConfig, VariationalMethod
+from bayescompress.priors import LogUniformPrior
+from bayescompress.pruning import SNRPruning
+from bayescompress.settings import Real, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseVDConfig(VariationalConfig):
+    """Settings of ``sparse-vd``; the defaults follow the authors' LeNet setting, shortened (docs/benchmarks.md)."""
+
+    epochs: int = VariationalConfig.override("epochs", 20)
+    # the authors' log sigma^2 = -10 at the start: sigma = e^-5
+    init_rho: float | None = VariationalConfig.override("init_rho", -5.0)
+    kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 5)
+    log_alpha_threshold: float = setting(3.0, "prune the weights with log(sigma^2 / mu^2) above this",
+                                         Real(-8.0, 8.0))
+    finetune_epochs: int = VariationalConfig.override("finetune_epochs", 0)
+
+
+class SparseVD(VariationalMethod):
+    """Log-uniform prior, VI, pruning by dropout rate; see the module docstring."""
+
+    name = "sparse-vd"
+    config_class = SparseVDConfig
+
+    def prior(self, config: SparseVDConfig) -> LogUniformPrior:
+        return LogUniformPrior()
+
+    def strategy(self, config: SparseVDConfig) -> SNRPruning:
+        # log alpha = -2 log(|mu| / sigma), so log alpha <= t is SNR >= exp(-t / 2)
+        return SNRPruning(threshold=math.exp(-config.log_alpha_threshold / 2))
+
+
+__all__ = ["SparseVD", "SparseVDConfig"]

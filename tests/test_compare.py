@@ -1,0 +1,134 @@
+"""compare: one run per method and seed from the same network and data order, the table's statistics against
+the runs, resume after a kill, and the bad inputs."""
+
+import json
+import math
+
+import pytest
+
+from bayescompress import PipelineConfig, compress
+from bayescompress.cli import main
+from bayescompress.compare import compare
+from bayescompress.data import load_dataset, make_loaders
+from bayescompress.methods import GaussianSNR, Magnitude
+from bayescompress.workflows import pretrain
+
+QUICK = PipelineConfig(mc_samples=2, quiet=True, max_accuracy_loss=1.0, latency_budget=0.02)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return pretrain("mlp", "digits", epochs=10, lr=3e-3, batch_size=64, hidden=(32,), quiet=True).model
+
+
+def loaders():
+    return make_loaders(load_dataset("digits"), batch_size=64)
+
+
+def quick_methods():
+    return [GaussianSNR(epochs=2, keep_fraction=0.3, finetune_epochs=1), Magnitude(keep_fraction=0.3, finetune_epochs=1)]
+
+
+@pytest.fixture(scope="module")
+def comparison(pretrained, tmp_path_factory):
+    train, val, test = loaders()
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
+    return compare(pretrained, train, val, quick_methods(), seeds=[0, 1], test_loader=test, out=out, pipeline=QUICK)
+
+
+def test_every_method_and_seed_is_a_run_folder_and_the_table_is_their_mean_and_std(comparison):
+    out = comparison.out
+    rows = {row["method"]: row for row in comparison.summary()}
+    assert set(rows) == {"gaussian-snr", "magnitude"}
+    for name, row in rows.items():
+        saved = [json.loads((out / name / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        accuracies = [m["compressed"]["accuracy"] for m in saved]
+        assert row["accuracy"]["values"] == accuracies
+        assert row["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
+        assert row["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / math.sqrt(2))
+        assert row["compression"]["mean"] == pytest.approx(sum(m["compression_rate"] for m in saved) / 2)
+    table = (out / "comparison.md").read_text()
+    assert "| gaussian-snr | 2 |" in table and "| magnitude | 2 |" in table and " ± " in table
+    lines = (out / "comparison.csv").read_text().splitlines()
+    assert lines[0].startswith("method,seeds,accuracy_mean,accuracy_std") and len(lines) == 3
+    assert json.loads((out / "comparison.json").read_text())["rows"][0]["method"] == "gaussian-snr"
+
+
+def test_each_run_is_the_run_compress_makes_alone_with_that_seed(pretrained, comparison):
+    """The data order is put back before every run: a run in the comparison equals a fresh compress call."""
+    train, val, test = loaders()
+    alone = compress(pretrained, train, val, quick_methods()[0], test_loader=test,
+                     pipeline=PipelineConfig(**{**QUICK.__dict__, "seed": 1}))
+    assert comparison.runs["gaussian-snr"][1]["compressed"]["accuracy"] == alone.metrics["compressed"]["accuracy"]
+    assert comparison.runs["gaussian-snr"][1]["compression_rate"] == alone.metrics["compression_rate"]
+
+
+def test_resume_keeps_the_finished_runs_and_runs_only_the_missing_one(pretrained, comparison, monkeypatch):
+    out = comparison.out
+    kept = out / "gaussian-snr" / "seed0" / "metrics.json"
+    before = kept.stat().st_mtime_ns
+    for path in (out / "magnitude" / "seed1").iterdir():  # as if the comparison was killed during that run
+        path.unlink()
+    (out / "magnitude" / "seed1").rmdir()
+    calls = []
+    import bayescompress.compare as module
+
+    real = module.compress
+    monkeypatch.setattr(module, "compress", lambda *a, **k: calls.append(k["pipeline"].seed) or real(*a, **k))
+    train, val, test = loaders()
+    again = compare(pretrained, train, val, quick_methods(), seeds=[0, 1], test_loader=test, out=out,
+                    resume=True, pipeline=QUICK)
+    assert calls == [1]
+    assert kept.stat().st_mtime_ns == before
+    assert again.summary()[1]["accuracy"]["values"] == comparison.summary()[1]["accuracy"]["values"]
+
+
+def test_a_folder_with_runs_is_refused_without_resume_and_with_other_settings(pretrained, comparison):
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match="resume"):
+        compare(pretrained, train, val, quick_methods(), seeds=[0], out=comparison.out, pipeline=QUICK)
+    with pytest.raises(ValueError, match="keep_fraction: 0.3 there, 0.5 now"):
+        compare(pretrained, train, val, [Magnitude(keep_fraction=0.5, finetune_epochs=1)], seeds=[0],
+                out=comparison.out, resume=True, pipeline=QUICK)
+
+
+@pytest.mark.parametrize("methods, seeds, message", [
+    ([], [0], "methods is empty"),
+    (["magnitude", "magnitude"], [0], "given twice"),
+    (["no-such"], [0], "no-such"),
+    (["magnitude"], [], "seeds"),
+    (["magnitude"], [0, 0], "twice"),
+    (["magnitude"], [-1], "non-negative"),
+])
+def test_bad_compare_inputs_are_refused_before_any_run(pretrained, methods, seeds, message, tmp_path):
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match=message):
+        compare(pretrained, train, val, methods, seeds, out=tmp_path / "c", pipeline=QUICK)
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_command_line_compares_with_per_method_settings(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    assert main(["pretrain", "--model", "mlp", "--epochs", "5", "--hidden", "32", "--out", str(weights), "--quiet"]) == 0
+    code = main(["compare", "--model", "mlp", "--weights", str(weights), "--methods", "magnitude",
+                 "--set", "magnitude.keep-fraction=0.4", "magnitude.finetune_epochs=1", "--out", str(tmp_path / "c"),
+                 "--mc-samples", "2", "--latency-budget", "0.02", "--quiet", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"][0]["method"] == "magnitude"
+    saved = json.loads((tmp_path / "c" / "magnitude" / "seed0" / "metrics.json").read_text())
+    assert saved["config"]["method"]["keep_fraction"] == 0.4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "magnitude,nope"], "unknown method nope"),
+    (["--set", "magnitude.keep_fraction"], "METHOD.SETTING=VALUE"),
+    (["--set", "ssvi.density=0.1"], "not one of the compared methods"),
+    (["--set", "magnitude.pi0=0.1"], "a setting of turbo-vbi, not of magnitude"),
+    (["--set", "magnitude.keep_fraction=lots"], "keep_fraction must be"),
+])
+def test_bad_compare_flags_exit_2_naming_the_problem(tmp_path, capsys, argv, message):
+    code = main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--methods", "magnitude",
+                 "--out", str(tmp_path / "c"), "--quiet", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
