@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from bayescompress import methods
 from bayescompress._validation import check_device
 from bayescompress.inference.cost import TrainingCost
+from bayescompress.inference.kept import KeptFraction
 from bayescompress.methods.base import Method, MethodConfig, TrainingContext, unknown_setting_message
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
 from bayescompress.nn import output_layer
@@ -136,7 +137,7 @@ def compress(
     torch.manual_seed(pipeline.seed)
     cost = TrainingCost(example)
     context = TrainingContext(train_loader, val_loader, example, output, seed=pipeline.seed, device=pipeline.device,
-                              quiet=pipeline.quiet, observers=[cost])
+                              quiet=pipeline.quiet, observers=[cost, KeptFraction()])
     start = time.perf_counter()
     trained = method.train_and_prune(network, method_config, context)
     training_seconds = time.perf_counter() - start
@@ -168,7 +169,8 @@ def compress(
     export = ExportRecord(folded, surgery, probe.detach().cpu())
     record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}
     return CompressionResult(method.name, record, metrics, final_masks, original, network, exported, structure,
-                             history, inclusion, posterior=posterior, export_record=export)
+                             history, inclusion, posterior=posterior, export_record=export,
+                             before_pruning=trained.before_pruning, scores=trained.scores)
 
 
 def _export_graph(network, masks, probe, output, val_loader, device) -> tuple[nn.Module, GraphSurgery]:
@@ -251,9 +253,14 @@ def _measure(original, network, exported, posterior, masks, output_shapes, loade
     # the MC metrics are those of the posterior the run keeps (the Bayesian export), with a fixed seed, so a
     # saved run reproduces them exactly
     compressed = posterior if posterior is not None else network
+    measured = {
+        "original": evaluate(original, loader, samples=0, device=pipeline.device, with_reliability=True),
+        "compressed": evaluate(compressed, loader, samples=samples, device=pipeline.device, seed=pipeline.seed,
+                               with_reliability=True),
+    }
     return {
-        "original": evaluate(original, loader, samples=0, device=pipeline.device),
-        "compressed": evaluate(compressed, loader, samples=samples, device=pipeline.device, seed=pipeline.seed),
+        **{key: {k: v for k, v in m.items() if k != "reliability"} for key, m in measured.items()},
+        "reliability": {key: m["reliability"] for key, m in measured.items()},
         "exported": evaluate(exported, loader, samples=0, device=pipeline.device),
         "mc_samples": samples,
         "params": {"total": sizes_original["params_total"], "nonzero": sizes_masked["params_nonzero"],

@@ -28,6 +28,7 @@ __all__ = [
     "nll",
     "brier",
     "ece",
+    "reliability",
     "classification_metrics",
     "evaluate",
     "size_counts",
@@ -202,6 +203,33 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     return ((acc_sum - conf_sum).abs().sum() / probs.shape[0]).item()
 
 
+def reliability(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+    """The reliability diagram's data, in the bins :func:`ece` uses: per bin its ``lower`` and ``upper`` edge,
+    ``count``, mean ``confidence`` and ``accuracy`` (None for an empty bin).
+
+    Example
+    -------
+    >>> bins = reliability(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]), n_bins=2)
+    >>> bins["count"], bins["accuracy"]
+    ([0, 2], [None, 0.5])
+    """
+    ece(probs, labels, n_bins)  # the same checks
+    conf = probs.amax(dim=1).double()
+    correct = (probs.argmax(dim=1) == labels).double()
+    edges = torch.arange(1, n_bins, dtype=probs.dtype, device=probs.device) / n_bins
+    bins = torch.bucketize(probs.amax(dim=1), edges, right=False)
+    count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins.cpu(), torch.ones_like(conf).cpu())
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins.cpu(), conf.cpu())
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins.cpu(), correct.cpu())
+    counts = [int(c) for c in count.tolist()]
+
+    def per_bin(sums: Tensor) -> list[float | None]:  # None, not NaN: the bins go into metrics.json
+        return [None if n == 0 else v for n, v in zip(counts, (sums / count.clamp_min(1)).tolist())]
+
+    return {"lower": [k / n_bins for k in range(n_bins)], "upper": [(k + 1) / n_bins for k in range(n_bins)],
+            "count": counts, "confidence": per_bin(conf_sum), "accuracy": per_bin(acc_sum)}
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, NLL, Brier score and ECE (15 bins) in one dict.
 
@@ -226,14 +254,15 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[st
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, samples: int = 10, device: str | torch.device = "cpu", seed: int | None = None
-) -> dict[str, float]:
+    model: nn.Module, loader, samples: int = 10, device: str | torch.device = "cpu", seed: int | None = None,
+    with_reliability: bool = False,
+) -> dict:
     """Classification metrics of ``model`` on every (x, y) batch of ``loader``.
 
     Probabilities are averaged over ``samples`` posterior samples per input (0 = posterior mean), then
     accuracy, NLL, Brier and ECE are computed over the whole set. With ``seed`` the samples are drawn from
     that seed (the global random state is restored afterwards), so the same network and data give the same
-    metrics.
+    metrics. ``with_reliability`` adds ``"reliability"``: :func:`reliability`'s bins.
 
     Example
     -------
@@ -252,7 +281,11 @@ def evaluate(
             labels.append(y)
     if not probs:
         raise ValueError("cannot evaluate on an empty loader")
-    return classification_metrics(torch.cat(probs), torch.cat(labels))
+    probs, labels = torch.cat(probs), torch.cat(labels)
+    metrics: dict = classification_metrics(probs, labels)
+    if with_reliability:
+        metrics["reliability"] = reliability(probs, labels)
+    return metrics
 
 
 def _effective_weight(layer: nn.Module) -> Tensor:

@@ -2,8 +2,11 @@
 
 A run folder holds ``model.safetensors`` (the exported network), ``posterior.safetensors`` (the exported
 network's posterior: means, rho, prior and masks inside kept units; Bayesian methods only),
-``architecture.json`` (how to rebuild the exported network), ``masks.safetensors``, ``probe.safetensors`` (a
-few inputs and the exported network's outputs on them), ``metrics.json``, ``report.md`` and, for Turbo-VBI
+``architecture.json`` (how to rebuild the exported network, and the original), ``masks.safetensors``,
+``probe.safetensors`` (a few inputs and the exported network's outputs on them), ``metrics.json``,
+``history.json`` (one record per training epoch), ``report.md``, ``trained.safetensors`` (the trained network
+as the pruning found it, for :mod:`bayescompress.operating_points`), ``scores.safetensors`` (each weight's
+score then), ``plots/`` (figures) and, for Turbo-VBI
 runs, ``inclusion.safetensors``.
 
 Rebuild rule. A sequential export is described layer by layer and rebuilt from that description alone. Any
@@ -48,7 +51,8 @@ from bayescompress.pruning.masks import prunable_layers
 _PROBE_RTOL = 1e-4
 # What save writes (and `bayescompress plot` adds); overwrite refuses a run folder holding anything else.
 RUN_FILES = frozenset({"model.safetensors", "posterior.safetensors", "architecture.json", "masks.safetensors",
-                       "probe.safetensors", "metrics.json", "report.md", "inclusion.safetensors", "masks.png",
+                       "probe.safetensors", "metrics.json", "report.md", "inclusion.safetensors", "trained.safetensors",
+                       "history.json", "scores.safetensors", "plots", "masks.png",
                        "masks-inclusion.png"})
 
 # Constructor arguments of every module the exported sequential network can contain.
@@ -114,8 +118,10 @@ class CompressionResult:
     masked network), ``exported`` (the smaller deterministic network), ``structure`` (sequential exports),
     ``history``, ``inclusion`` (per layer, the posterior inclusion probabilities the pruning thresholded:
     Turbo-VBI's pi~ per weight; empty for methods without them), ``posterior`` (the smaller Bayesian network,
-    None for magnitude pruning), ``export_record`` (how the export was made) and ``source`` (how to rebuild the
-    original architecture: set by the command line; None for a model passed from Python).
+    None for magnitude pruning), ``export_record`` (how the export was made), ``source`` (how to rebuild the
+    original architecture: set by the command line; None for a model passed from Python) and ``before_pruning``
+    (the trained network's state as the pruning found it: :mod:`bayescompress.operating_points` re-prunes it) and
+    ``scores`` (per layer, the score each weight had then: ``pruning.importance.sweep_scores``).
     """
 
     method: str
@@ -131,6 +137,8 @@ class CompressionResult:
     posterior: nn.Module | None = None
     export_record: ExportRecord | None = None
     source: dict | None = None
+    before_pruning: dict[str, torch.Tensor] = field(default_factory=dict)
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def export(self, bayesian: bool = False) -> nn.Module:
         """The smaller network: plain layers at the posterior mean, or (``bayesian=True``) Bayesian layers
@@ -158,13 +166,13 @@ class CompressionResult:
         # float32 on the CPU, as load checks it: a CUDA run's TF32 convolutions would differ by ~1e-3
         probe_input = record.probe.cpu()
         probe_output = cpu_outputs(self.exported, probe_input)
-        architecture: dict = {"format_version": FORMAT_VERSION}
+        # how to rebuild the original (a graph export replays its surgery on it; operating points re-prune it)
+        architecture: dict = {"format_version": FORMAT_VERSION, "source": self.source or _caller_source(self.original),
+                              "batchnorm_folded": [list(pair) for pair in record.batchnorm_folded]}
         if record.surgery is None:
             architecture.update(export="sequential", layers=describe_sequential(self.exported))
         else:
-            architecture.update(export="graph", source=self.source or _caller_source(self.original),
-                                batchnorm_folded=[list(pair) for pair in record.batchnorm_folded],
-                                surgery=record.surgery.to_json())
+            architecture.update(export="graph", surgery=record.surgery.to_json())
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
@@ -175,6 +183,11 @@ class CompressionResult:
             save_weights({"input": probe_input, "output": probe_output}, staging / "probe.safetensors")
             if self.inclusion:
                 save_weights(self.inclusion, staging / "inclusion.safetensors")
+            if self.before_pruning:
+                save_weights(self.before_pruning, staging / "trained.safetensors")
+            if self.scores:
+                save_weights(self.scores, staging / "scores.safetensors")
+            write_json(staging / "history.json", {"format_version": FORMAT_VERSION, "history": self.history})
             write_json(staging / "architecture.json", architecture)
             write_json(staging / "metrics.json", {"format_version": FORMAT_VERSION, "method": self.method,
                                                    "config": self.config, **self.metrics})
@@ -286,7 +299,7 @@ def build_original(source: dict, model: nn.Module | None = None) -> nn.Module:
         return call_factory(source["spec"])
     if kind == "caller":
         raise ValueError(f"this run was saved from Python for a {source.get('class', 'user')} network: pass the "
-                         "original architecture, e.g. bayescompress.load(folder, model=MyNet())")
+                         "original architecture as model=, e.g. bayescompress.load(folder, model=MyNet())")
     raise ValueError(f"architecture.json has an unknown source {source!r}")
 
 

@@ -1,7 +1,8 @@
 """SSVI on MNIST against dense VI trained for the same epochs in the same run (issue 13).
 
     python benchmarks/ssvi_mnist.py [--models lenet300 lenet5] [--densities 0.1 0.05] [--starts pretrained scratch]
-                                    [--epochs 20] [--set SETTING=VALUE ...] [--threads 1] [--tag _x]
+                                    [--epochs 20] [--structured | --only-structured] [--no-dense]
+                                    [--set SETTING=VALUE ...] [--threads 1] [--tag _x]
 
 Per model and start (the pretrained weights of pretrain_mnist.py, or a freshly initialised network with the
 paper's setting: random subspace, SGD with momentum and a cosine schedule, prior N(0, 0.005^2)), one dense
@@ -37,6 +38,9 @@ def main() -> None:
     parser.add_argument("--starts", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--structured", action="store_true", help="also the structured variant at each density")
+    parser.add_argument("--only-structured", action="store_true", help="the structured variant only")
+    parser.add_argument("--no-dense", action="store_true",
+                        help="leave out the dense VI row (when it is in another results file of the same setting)")
     parser.add_argument("--set", nargs="+", default=[], metavar="SETTING=VALUE")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="")
@@ -59,8 +63,9 @@ def main() -> None:
                 torch.manual_seed(0)
                 model, _ = build_model(name, splits.input_shape, splits.num_classes)
                 base = dict(SCRATCH)
-            variants = [(1.0, False)] + [(d, False) for d in args.densities]
-            variants += [(d, True) for d in args.densities] if args.structured else []
+            variants = [] if args.no_dense else [(1.0, False)]
+            variants += [] if args.only_structured else [(d, False) for d in args.densities]
+            variants += [(d, True) for d in args.densities] if args.structured or args.only_structured else []
             for density, structured in variants:
                 settings = {**base, "epochs": args.epochs, "kl_warmup_epochs": args.epochs // 2, "density": density,
                             "structured": structured, **overrides}

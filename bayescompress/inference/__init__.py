@@ -3,6 +3,7 @@
 
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.gates import GateMonitor, SilentUnits
+from bayescompress.inference.kept import KeptFraction
 from bayescompress.priors.mrf import (
     BeliefPropagationWarning,
     FactorGraph,
@@ -16,6 +17,6 @@ from bayescompress.inference.train import Callback, NonFiniteLossError, Trainer,
 from bayescompress.inference.turbo import TurboCallback
 from bayescompress.priors.spike_slab import point_gates, sample_gates  # the gates' sampling, for training code
 
-__all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "NonFiniteLossError",
+__all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "KeptFraction", "NonFiniteLossError",
            "SilentUnits", "SparseSubspace", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
            "gibbs_sample", "point_gates", "sample_gates"]

@@ -22,7 +22,8 @@ from bayescompress.inference import Callback, EarlyStopping, TrainConfig, fit
 from bayescompress.methods import registry
 from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_
 from bayescompress.priors import Prior
-from bayescompress.pruning import Masks, PruningStrategy
+from bayescompress.pruning import Masks, PruningStrategy, prunable_layers
+from bayescompress.pruning.importance import sweep_scores
 from bayescompress.settings import Integer, Real, Settings, setting
 
 def network_kind(model: nn.Module) -> str:
@@ -88,12 +89,16 @@ class TrainingContext:
 @dataclass
 class Trained:
     """A method's result: the trained, masked network, its masks, one record per epoch of every training phase,
-    and the per-weight inclusion probabilities the pruning read (methods with weight-level supports)."""
+    the per-weight inclusion probabilities the pruning read (methods with weight-level supports), and the
+    network's state as the pruning found it and its weights' :func:`~bayescompress.pruning.importance.sweep_scores`
+    then (CPU copies; operating points re-prune that state, the figures draw those scores)."""
 
     network: nn.Module
     masks: Masks
     history: list[dict] = field(default_factory=list)
     inclusion: dict[str, Tensor] = field(default_factory=dict)
+    before_pruning: dict[str, Tensor] = field(default_factory=dict)
+    scores: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Method(abc.ABC):
@@ -141,6 +146,8 @@ class Method(abc.ABC):
         """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method."""
         self.prepare(network, config, context)
         history = self.train(network, config, context)
+        before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
+        scores = {name: sweep_scores(layer).cpu() for name, layer in prunable_layers(network)}
         masks = self.strategy(config).masks(network, context.output)
         inclusion = {name: probs.cpu() for name, layer in bayesian_layers(network)
                      if (probs := layer.prior.inclusion(layer).weight) is not None}
@@ -149,7 +156,7 @@ class Method(abc.ABC):
         if config.finetune_epochs:  # annealed: settle the survivors
             history += context.fit(network, context.train_config(
                 epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine"), callbacks)
-        return Trained(network, masks, history, inclusion)
+        return Trained(network, masks, history, inclusion, before_pruning, scores)
 
     @abc.abstractmethod
     def prepare(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> None:

@@ -95,3 +95,20 @@ def inclusion_probability(layer: nn.Module, level: str) -> Tensor:
             "SpikeSlabGroupHorseshoe)"
         )
     return probs
+
+
+@torch.no_grad()
+def sweep_scores(layer: nn.Module) -> Tensor:
+    """The score a sweep ranks ``layer``'s weights by: the posterior inclusion probability where the prior has
+    one per weight (Turbo-VBI), else the SNR |mu|/sigma (Bayesian layers) or |w| (plain ones); times the unit's
+    and the input's inclusion probability where the prior gates them (spike-and-slab), so a gated-off unit
+    goes first. Every score is scale-free or a probability, so one ranking spans all layers."""
+    if not isinstance(layer, BayesianLayer):
+        return current_weight(layer).abs()
+    inclusion = layer.prior.inclusion(layer)
+    score = inclusion.weight.clone() if inclusion.weight is not None else weight_snr(layer)
+    if inclusion.unit is not None:
+        score = score * inclusion.unit.view(-1, *([1] * (score.dim() - 1)))
+    if inclusion.input is not None:
+        score = score * inclusion.input.view(1, -1, *([1] * (score.dim() - 2)))
+    return score

@@ -1,0 +1,139 @@
+"""Operating points without retraining: re-prune a run's trained posterior at other budgets.
+
+A run keeps the network's state as the pruning found it (``CompressionResult.before_pruning``, a run folder's
+``trained.safetensors``). :func:`operating_points` ranks every weight of it by the method's own posterior
+score (:func:`~bayescompress.pruning.importance.sweep_scores`), keeps the top fraction for each budget, propagates the structure, exports the
+smaller network and measures it, with no fine-tuning: the curve a method's posterior supports, to be compared
+across methods at equal compression or equal exported MACs (``bayescompress.plot.pareto``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from bayescompress import methods
+from bayescompress.io import read_json_record, read_safetensors
+from bayescompress.methods.base import TrainingContext
+from bayescompress.metrics import dense_macs, evaluate
+from bayescompress.nn import output_layer
+from bayescompress.nn.model import fold_multipliers_
+from bayescompress.pruning import (
+    Masks,
+    UnsupportedGraphError,
+    export_sequential,
+    export_with_torch_pruning,
+    prunable_layers,
+    propagate,
+)
+from bayescompress.pruning.batchnorm import fold_batchnorm_
+from bayescompress.pruning.importance import sweep_scores
+from bayescompress.pruning.masks import copy_network
+from bayescompress.runs import CompressionResult, build_original, units_per_layer
+
+# fractions of the weights kept, from mild to extreme
+DEFAULT_KEEP_FRACTIONS = (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025, 0.018, 0.013, 0.009, 0.006, 0.004)
+
+
+def operating_points(
+    run: CompressionResult | str | os.PathLike,
+    loader: Iterable,
+    keep_fractions: Sequence[float] = DEFAULT_KEEP_FRACTIONS,
+    *,
+    model: nn.Module | None = None,
+    device: str = "cpu",
+) -> list[dict]:
+    """Re-prune ``run`` (a result, or a run folder) at each of ``keep_fractions`` and measure each point on
+    ``loader``: one dict per point with ``keep_fraction``, ``compression`` (|W| / |W != 0| after structure
+    propagation), ``accuracy``, ``error``, ``nll``, ``ece`` (the exported network, posterior mean),
+    ``exported_macs`` and ``units``. ``model`` is the original architecture, needed only for a run saved from
+    Python whose network is not a reference model or a factory.
+
+    Example
+    -------
+    >>> points = operating_points("runs/lenet300-turbo", test_loader)             # doctest: +SKIP
+    >>> [(round(p["compression"]), p["error"]) for p in points]                 # doctest: +SKIP
+    """
+    for fraction in keep_fractions:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"keep_fractions must lie in (0, 1]; got {fraction!r}")
+    network, example = trained_network(run, model)
+    network = network.to(device).eval()
+    example = example.to(device)
+    output = output_layer(network, example)
+    layers = prunable_layers(network)
+    scores = {name: sweep_scores(layer).cpu() for name, layer in layers}
+    fold_multipliers_(network)  # gates and scales into the weights: the export reads ordinary layers
+    total = sum(s.numel() for s in scores.values())
+    everything = torch.cat([s.flatten() for s in scores.values()])
+    points = []
+    for fraction in keep_fractions:
+        keep = max(1, round(fraction * total))
+        cut = torch.kthvalue(everything, total - keep + 1).values
+        # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
+        weight = {name: (s >= cut) & (s > 0) for name, s in scores.items()}
+        units = {name: w.flatten(1).any(dim=1) for name, w in weight.items()}
+        units[output] = torch.ones_like(units[output])
+        pruned = copy_network(network)
+        exported, masks = _export(pruned, Masks(weight, units), example, output)
+        metrics = evaluate(exported.to(device), loader, samples=0, device=device)
+        kept = masks.kept_weights()
+        points.append({"keep_fraction": fraction, "compression": total / max(kept, 1),
+                       "accuracy": metrics["accuracy"], "error": 1.0 - metrics["accuracy"], "nll": metrics["nll"],
+                       "ece": metrics["ece"], "exported_macs": dense_macs(exported, example),
+                       "units": units_per_layer(exported)})
+    return points
+
+
+def trained_network(run: CompressionResult | str | os.PathLike, model: nn.Module | None = None
+                    ) -> tuple[nn.Module, Tensor]:
+    """The trained network of ``run`` as the pruning found it, and an example input."""
+    if isinstance(run, CompressionResult):
+        if not run.before_pruning:
+            raise ValueError("this result keeps no state from before the pruning (it was not made by "
+                             "bayescompress.compress)")
+        source = {"kind": "caller"}
+        architecture = {"source": source, "batchnorm_folded": [list(p) for p in run.export_record.batchnorm_folded]}
+        name, saved_config, state = run.method, run.config["method"], run.before_pruning
+        example = run.export_record.probe[:1]
+        model = run.original
+    else:
+        directory = Path(run)
+        what = "not a run folder with a trained posterior (runs written before operating points had none)"
+        architecture = read_json_record(directory / "architecture.json", what)
+        metrics = read_json_record(directory / "metrics.json", what)
+        if "source" not in architecture:
+            raise ValueError(f"{directory / 'architecture.json'} does not say how to build the original network: "
+                             "the run predates operating points; compress again")
+        name, saved_config = metrics["method"], metrics["config"]["method"]
+        state = read_safetensors(directory / "trained.safetensors", what)
+        example = read_safetensors(directory / "probe.safetensors", what)["input"][:1]
+    network = build_original(architecture["source"], model).cpu().eval()
+    fold_batchnorm_(network, [tuple(pair) for pair in architecture["batchnorm_folded"]])
+    method = methods.get(name)
+    config = method.config_class(**{key: tuple(v) if isinstance(v, list) else v for key, v in saved_config.items()})
+    method(config=config).prepare(network, config, TrainingContext((), (), example, output_layer(network, example)))
+    for layer_name, layer in prunable_layers(network):  # a subspace method trained under masks
+        if f"{layer_name}.weight_orig" in state and not hasattr(layer, "weight_mask"):
+            prune.identity(layer, "weight")
+    network.load_state_dict(state)
+    return network.eval(), example
+
+
+def _export(network: nn.Module, masks: Masks, example: Tensor, output: str) -> tuple[nn.Module, Masks]:
+    masks.apply_(network, replace=True)
+    try:
+        structure = propagate(network, masks, example)
+        structure.masks.apply_(network, replace=True)
+        return export_sequential(network, structure).eval(), structure.masks
+    except UnsupportedGraphError:
+        exported, _ = export_with_torch_pruning(network, masks, example, output_layer=output)
+        return exported.eval(), masks
+
+
+__all__ = ["DEFAULT_KEEP_FRACTIONS", "operating_points", "trained_network"]
