@@ -111,6 +111,9 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     cmp.add_argument("--out", required=True, help="comparison folder: OUT/<method>/seed<k> run folders and "
                                                    "OUT/comparison.md, .csv, .json")
     cmp.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
+    cmp.add_argument("--anchors", help="JSON file of published points for the Pareto figure, a list of "
+                                       '{"label", "compression", "error"} (default: the published results of '
+                                       "lenet300 / lenet5 on MNIST)")
     pipeline = cmp.add_argument_group("pipeline settings (every run)")
     for info in describe(PipelineConfig):
         if info.name not in _COMMON:
@@ -120,14 +123,15 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     cmp.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
 
-    plot = commands.add_parser("plot", help="draw a run folder's weight masks per layer (and, for Turbo-VBI runs, "
-                                            "the inclusion probabilities in MASKS-inclusion.png)")
-    plot.add_argument("run", help="run folder written by compress or demo")
-    plot.add_argument("--out", help="image file (default: RUN/masks.png)")
+    plot = commands.add_parser("plot", help="draw every figure of a run folder (masks, units kept, scores, "
+                                            "reliability, training curves, filters, pixels) into RUN/plots")
+    plot.add_argument("run", help="run folder written by compress, compare or demo")
+    plot.add_argument("--out", help="folder for the figures (default: RUN/plots)")
     plot.add_argument("--quiet", action="store_true", help="print nothing")
 
-    demo = commands.add_parser("demo", help="the whole pipeline on digits: pretrain, VI, prune, export")
-    demo.add_argument("--out", help="run folder to write (a new or empty folder)")
+    demo = commands.add_parser("demo", help="on digits: pretrain, then compare weight-level and structured "
+                                            "(whole-neuron) compression, with figures")
+    demo.add_argument("--out", help="folder for the comparison: tables, pareto.png and a run folder per method")
     _overwrite(demo)
     _common(demo)
     return parser
@@ -167,6 +171,19 @@ def _compare_methods(names: list[str], settings: list[str]) -> list:
         except (ValueError, KeyError):
             raise ValueError(f"--set {item}: {key} must be {infos[key].allowed.describe()}; got {text!r}") from None
     return [methods.get(name)(**changes[name]) for name in names]
+
+
+def _read_anchors(path: str) -> list[dict]:
+    """Published points from a JSON file: a list of {"label", "compression", "error"} (error as a fraction)."""
+    try:
+        anchors = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--anchors {path}: cannot read it as JSON ({error})") from None
+    if not isinstance(anchors, list) or not all(
+            isinstance(a, dict) and {"label", "compression", "error"} <= a.keys() for a in anchors):
+        raise ValueError(f'--anchors {path} must hold a list of {{"label", "compression", "error"}} objects, '
+                         'e.g. [{"label": "Sparse VD", "compression": 68, "error": 0.0192}]')
+    return anchors
 
 
 def _run_output(result, folder, quiet: bool) -> dict:
@@ -227,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "device", None) is not None:  # before any work
             check_device("--device", args.device)
-        if args.command in ("compress", "demo") and args.out is not None:
+        if args.command == "compress":
             check_run_destination(args.out, args.overwrite)
         if args.command == "pretrain":
             result = workflows.pretrain(
@@ -242,29 +259,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"wrote {path} and {path.with_suffix('.json')}")
         elif args.command == "compare":
             chosen = _compare_methods(args.methods, args.settings)
+            anchors = None if args.anchors is None else _read_anchors(args.anchors)
             pipeline = PipelineConfig(device=args.device, quiet=args.quiet,
                                       **_given(args, set(PipelineConfig.names()) - set(_COMMON)))
             comparison = workflows.compare_files(args.model, args.weights, args.dataset, args.data_dir, chosen,
                                                  args.seeds, out=args.out, resume=args.resume, pipeline=pipeline,
-                                                 batch_size=args.batch_size)
+                                                 batch_size=args.batch_size, anchors=anchors)
             if not args.quiet:
                 print(comparison.markdown())
                 print(f"wrote {Path(args.out) / 'comparison.md'} (.csv, .json) and the run folders in {args.out}")
             output = {"out": args.out, "rows": comparison.summary()}
         elif args.command == "plot":
-            from matplotlib import pyplot
+            from bayescompress import plot
 
-            from bayescompress import plot, runs
-
-            masks, inclusion = runs.read_masks(args.run)  # no network is rebuilt: any run folder draws
-            target = args.out or str(Path(args.run) / "masks.png")
-            pyplot.close(plot.masks(masks, target))
-            written = [target]
-            if inclusion:  # Turbo-VBI runs: the posterior inclusion probabilities beside the masks
-                written.append(str(Path(target).with_name(Path(target).stem + "-inclusion" + Path(target).suffix)))
-                pyplot.close(plot.inclusion(inclusion, written[-1]))
+            written = plot.draw_run(args.run, args.out)  # no network is rebuilt: any run folder draws
             if not args.quiet:
-                print("wrote " + " and ".join(written))
+                print(f"wrote {len(written)} figures to {written[0].parent}: " + ", ".join(p.name for p in written))
             return 0
         elif args.command == "compress":
             method_class = methods.get(args.method)
@@ -279,12 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _warn_accuracy_loss(result.metrics, args.out)
         else:
             start = time.perf_counter()
-            result = workflows.demo(args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite,
-                                    device=args.device)
-            output = _run_output(result, args.out, args.quiet)
+            comparison = workflows.demo(args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite,
+                                        device=args.device)
+            output = {"out": args.out, "original": comparison.original, "rows": comparison.summary()}
             if not args.quiet:
-                print(f"digits test split; compressed metrics from {result.metrics['mc_samples']} MC samples; "
-                      f"{time.perf_counter() - start:.1f} s")
+                print(comparison.markdown())
+                if args.out is not None:
+                    print(f"wrote {args.out}: comparison.md (.csv, .json), pareto.png, and per method a run folder "
+                          "<method>/seed<k> with its figures in plots/")
+                print(f"digits test split; {time.perf_counter() - start:.1f} s")
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"bayescompress {args.command}: error: {error}", file=sys.stderr)
         return 2

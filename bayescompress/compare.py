@@ -16,7 +16,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from bayescompress import methods
 from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress
 from bayescompress.io import atomic_write, write_json
 from bayescompress.methods.base import Method
+from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.runs import check_run_destination, is_run_folder
 
 # (column, how to read it from a run's metrics, how to write it); the order of the table
@@ -44,6 +45,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("training_macs", "training.macs", "{:.3g}"),
     ("wall_s", "training.wall_s", "{:.0f}"),
 )
+COMPARISON_FILES = frozenset({"comparison.md", "comparison.csv", "comparison.json", "pareto.png"})
 DEFAULT_METHODS = ("gaussian-snr", "sparse-vd", "ss-gl", "ss-ghs", "turbo-vbi", "ssvi", "magnitude")
 
 
@@ -54,6 +56,8 @@ class Comparison:
     runs: dict[str, dict[int, dict]]
     out: Path | None = None
     original: dict = field(default_factory=dict)
+    points: dict[str, list[dict]] = field(default_factory=dict)
+    anchors: list[dict] = field(default_factory=list)
 
     def summary(self) -> list[dict]:
         """One row per method: ``seeds``, ``units`` (exported units per layer, mean over seeds) and per column
@@ -111,14 +115,33 @@ class Comparison:
                              **{f"{c}_{s}": row[c][s] for c, _, _ in COLUMNS for s in ("mean", "std")}})
         return buffer.getvalue()
 
+    def run_points(self) -> dict[str, list[dict]]:
+        """Per method, each seed's run as a point of the Pareto figure: compression, error, exported MACs."""
+        return {method: [{"compression": m["compression_rate"], "error": 1.0 - m["compressed"]["accuracy"],
+                          "exported_macs": m["macs"]["exported"]} for m in by_seed.values()]
+                for method, by_seed in self.runs.items()}
+
+    def pareto(self, path: str | os.PathLike | None = None):
+        """The Pareto figure (:func:`bayescompress.plot.pareto`): operating points, runs and anchors."""
+        from bayescompress.plot import pareto  # here: matplotlib only when a figure is wanted
+
+        return pareto(self.points, self.run_points(), self.anchors, path,
+                      title="Test error against compression: every method, one network")
+
     def save(self, directory: str | os.PathLike) -> list[Path]:
-        """Write comparison.md, .csv and .json into ``directory`` (atomically, each); returns the paths."""
+        """Write comparison.md, .csv and .json (with the operating points) and pareto.png into ``directory``
+        (atomically, each); returns the paths."""
+        from matplotlib import pyplot
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = [directory / "comparison.md", directory / "comparison.csv", directory / "comparison.json"]
         atomic_write(paths[0], lambda tmp: tmp.write_text(self.markdown()))
         atomic_write(paths[1], lambda tmp: tmp.write_text(self.csv()))
-        write_json(paths[2], {"original": self.original, "rows": self.summary()})
+        write_json(paths[2], {"original": self.original, "rows": self.summary(), "operating_points": self.points,
+                              "anchors": self.anchors})
+        paths.append(directory / "pareto.png")
+        pyplot.close(self.pareto(paths[-1]))
         return paths
 
 
@@ -126,24 +149,34 @@ def compare(
     model: nn.Module,
     train_loader: Iterable,
     val_loader: Iterable,
-    methods: Sequence[str | Method] = DEFAULT_METHODS,
+    methods: Sequence[str | Method] | Mapping[str, str | Method] = DEFAULT_METHODS,
     seeds: Sequence[int] = (0,),
     *,
     test_loader: Iterable | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     pipeline: PipelineConfig | None = None,
     source: dict | None = None,
+    keep_fractions: Sequence[float] | None = DEFAULT_KEEP_FRACTIONS,
+    anchors: Sequence[dict] = (),
 ) -> Comparison:
     """Compress ``model`` with every method in ``methods`` (names or configured methods, each at its recipe
-    unless configured) once per seed in ``seeds``, and tabulate the results.
+    unless configured; or a mapping label -> method, e.g. two settings of one method) once per seed in
+    ``seeds``, and tabulate the results, one row per method (or label).
 
     Every run starts from ``model`` and sees the same data order (the train loader's shuffling generator is
     put back to its starting state before each run). With ``out``, each run is written to
     ``out/<method>/seed<k>`` when it finishes and the tables to ``out/comparison.*``; ``resume=True`` reads the
-    runs already there instead of running them again (without it, an ``out`` holding runs is refused).
+    runs already there instead of running them again, ``overwrite=True`` replaces them (without either, an
+    ``out`` holding runs of this comparison is refused; one holding anything else always is).
     ``pipeline`` applies to every run, its seed replaced by each of ``seeds``; ``source`` is how a run folder
     rebuilds the architecture (set by the command line, see :class:`~bayescompress.runs.CompressionResult`).
+
+    Each method's first-seed run is also re-pruned at ``keep_fractions`` without retraining
+    (:func:`~bayescompress.operating_points.operating_points`, measured on ``test_loader`` or ``val_loader``;
+    None: no operating points); ``anchors`` are published points (``{"label", "compression", "error"}``) the
+    Pareto figure shows beside them.
 
     Example
     -------
@@ -154,12 +187,13 @@ def compare(
     chosen = _resolve(methods)
     seeds = _check_seeds(seeds)
     pipeline = pipeline or PipelineConfig()
-    out = _check_out(out, chosen, seeds, resume) if out is not None else None
+    out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
     if out is not None and resume:
         _check_resumable(out, chosen, seeds, model)
     generators = _shuffling_generators(train_loader)
     start_states = [g.get_state() for g in generators]
-    comparison = Comparison({name: {} for name in chosen}, out)
+    comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors])
+    first_runs: dict = {}
     todo = [(name, seed) for name in chosen for seed in seeds]
     bar = tqdm(todo, desc="compare", unit="run", disable=pipeline.quiet)
     for name, seed in bar:
@@ -167,6 +201,7 @@ def compare(
         folder = None if out is None else out / name / f"seed{seed}"
         if folder is not None and resume and is_run_folder(folder):
             comparison.runs[name][seed] = json.loads((folder / "metrics.json").read_text())
+            first_runs.setdefault(name, folder)
             continue
         for generator, state in zip(generators, start_states):
             generator.set_state(state)
@@ -176,8 +211,14 @@ def compare(
                               pipeline=replace(pipeline, seed=seed))
         if folder is not None:
             result.source = source
-            result.save(folder)
+            result.save(folder, overwrite=overwrite)
         comparison.runs[name][seed] = result.metrics
+        first_runs.setdefault(name, result)
+    if keep_fractions is not None:
+        eval_loader = test_loader if test_loader is not None else val_loader
+        for name, run in tqdm(first_runs.items(), desc="operating points", unit="method", disable=pipeline.quiet):
+            comparison.points[name] = operating_points(run, eval_loader, keep_fractions, model=model,
+                                                       device=pipeline.device)
     first = next(m for by_seed in comparison.runs.values() for m in by_seed.values())
     comparison.original = {**{k: first["original"][k] for k in ("accuracy", "nll", "ece", "brier")},
                            "units": first["architecture"]["original"]}
@@ -186,19 +227,25 @@ def compare(
     return comparison
 
 
-def _resolve(chosen: Sequence[str | Method]) -> dict[str, Method]:
+def _resolve(chosen: Sequence[str | Method] | Mapping[str, str | Method]) -> dict[str, Method]:
+    """Label -> method: the method's name, or the keys of a mapping (to compare settings of one method)."""
     if isinstance(chosen, str):
         chosen = [part for part in chosen.split(",") if part]
     if not chosen:
         raise ValueError(f"methods is empty; give one or more of {', '.join(methods.names())}")
+    items = chosen.items() if isinstance(chosen, Mapping) else [(None, item) for item in chosen]
     resolved: dict[str, Method] = {}
-    for item in chosen:
+    for label, item in items:
         method = methods.get(item)() if isinstance(item, str) else item
         if not isinstance(method, Method):
             raise ValueError(f"methods must hold method names or Method objects; got {type(item).__name__}")
-        if method.name in resolved:
-            raise ValueError(f"{method.name} is given twice in methods; each method runs once per seed")
-        resolved[method.name] = method
+        label = method.name if label is None else label
+        if not label or "/" in label or label.startswith("."):
+            raise ValueError(f"{label!r} cannot name a run folder; use letters, digits and dashes")
+        if label in resolved:
+            raise ValueError(f"{label} is given twice in methods; each method runs once per seed (give a mapping "
+                             "label -> method to compare two settings of one method)")
+        resolved[label] = method
     return resolved
 
 
@@ -211,20 +258,41 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
-def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool) -> Path:
-    """Refuse, before any work, an ``out`` that holds runs unless resuming, or anything that is not ours."""
+def compare_destination(out: str | os.PathLike, methods: Sequence[str | Method] | Mapping[str, str | Method],
+                        seeds: Sequence[int], resume: bool = False, overwrite: bool = False) -> Path:
+    """``out`` as a Path if :func:`compare` may write these methods' and seeds' runs there, else a ``ValueError``
+    that says why; call it before work that precedes the comparison."""
+    return _check_out(out, _resolve(methods), _check_seeds(seeds), resume, overwrite)
+
+
+def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, overwrite: bool) -> Path:
+    """Refuse, before any work, an ``out`` that holds anything compare did not write, or runs of this comparison
+    unless resuming or overwriting them."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"cannot write the comparison to {out}: it is a file; choose a folder")
+    if out.is_dir():
+        foreign = sorted(entry.name for entry in out.iterdir() if not _written_by_compare(entry))
+        if foreign:
+            raise ValueError(f"{out} holds files compare did not write ({', '.join(foreign)}); choose a new or "
+                             "empty folder, or one a comparison wrote (nothing there is replaced)")
     for name in chosen:
         for seed in seeds:
             folder = out / name / f"seed{seed}"
-            if not is_run_folder(folder):
-                check_run_destination(folder)  # new, empty, or refused: never replaced
-            elif not resume:
+            if is_run_folder(folder) and not (resume or overwrite):
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
-                                 "(--resume) to keep them and run the rest, or choose another folder")
+                                 "(--resume) to keep them and run the rest, overwrite=True to replace them, or "
+                                 "choose another folder")
     return out
+
+
+def _written_by_compare(entry: Path) -> bool:
+    """A comparison table or figure, or a folder of run folders named seed<k>."""
+    if entry.name in COMPARISON_FILES or entry.name.startswith("."):  # dot-entries: atomic writes under way
+        return True
+    return entry.is_dir() and all(child.name.startswith("seed") and child.name[4:].isdigit()
+                                  and (is_run_folder(child) or not any(child.iterdir()))
+                                  for child in entry.iterdir() if not child.name.startswith("."))
 
 
 def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], model: nn.Module) -> None:
@@ -278,4 +346,4 @@ def _same_length(lists: list[list[int]]) -> bool:
     return len({len(units) for units in lists}) == 1
 
 
-__all__ = ["COLUMNS", "DEFAULT_METHODS", "Comparison", "compare"]
+__all__ = ["COLUMNS", "COMPARISON_FILES", "DEFAULT_METHODS", "Comparison", "compare", "compare_destination"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,16 +13,19 @@ matplotlib.use("Agg")  # figures are written to files; never needs a screen
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
 
 
 def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: int = 4) -> Figure:
-    """One panel per layer: its weight keep mask as an image (rows = output units, columns = inputs; a
-    conv filter's kernel is flattened into its row), kept weights dark; the title gives the kept fraction
-    and the surviving units.
+    """One panel per layer: its weight keep mask as an image (rows = output units, columns = inputs; a conv
+    filter's kernel is flattened into its row), kept weights black, pruned ones white; removed units (rows) and
+    the inputs no kept weight reads (columns) are shaded red. The title gives the kept fraction and the units
+    and inputs left.
 
     With ``path``, the figure is also written there (atomically; the format follows the suffix).
 
@@ -33,22 +37,40 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
     if not run_masks.weight:
         raise ValueError("there are no weight masks to draw")
     names = list(run_masks.weight)
-    columns = min(max_columns, len(names))
-    rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        keep = run_masks.weight[name].flatten(1).float()
-        units = run_masks.units.get(name)
+    figure, axes = _grid(len(names), max_columns, (4.2, 3.4))
+    for ax, name in zip(axes, names):
+        weight = run_masks.weight[name]
+        keep = weight.flatten(1).float()
+        units = run_masks.units.get(name, keep.any(dim=1).bool())
+        per_input = weight.flatten(2).any(dim=2) if weight.dim() > 2 else weight
+        inputs = per_input.any(dim=0)
         ax.imshow(keep.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        unit_text = "" if units is None else f", units {int(units.sum())}/{units.numel()}"
-        ax.set_title(f"{name}: {100 * keep.mean().item():.1f}% kept{unit_text}", fontsize=9)
-        ax.set_xlabel("input")
+        shade = torch.zeros(*keep.shape, 4)
+        removed = (~units.bool())[:, None] | (~inputs).repeat_interleave(keep.shape[1] // inputs.numel())[None, :]
+        shade[removed] = torch.tensor([0.85, 0.1, 0.1, 0.35])
+        ax.imshow(shade.numpy(), aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name}: {100 * keep.mean().item():.1f}% kept\nunits {int(units.sum())}/{units.numel()}, "
+                     f"inputs {int(inputs.sum())}/{inputs.numel()}", fontsize=9)
+        ax.set_xlabel("input" + (" (channel x kernel)" if weight.dim() > 2 else ""))
         ax.set_ylabel("output unit")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    figure.tight_layout()
+    figure.legend(handles=[Patch(facecolor="black", label="kept weight"),
+                           Patch(facecolor="white", edgecolor="grey", label="pruned weight"),
+                           Patch(facecolor=(0.85, 0.1, 0.1, 0.35), label="removed unit / input")],
+                  loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.suptitle("Weight masks per layer", fontsize=11)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     _save(figure, path)
     return figure
+
+
+def _grid(panels: int, max_columns: int, size: tuple[float, float]):
+    """A figure of ``panels`` axes in rows of at most ``max_columns``; unused axes are switched off."""
+    columns = min(max_columns, panels)
+    rows = -(-panels // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False)
+    for ax in list(axes.flat)[panels:]:
+        ax.axis("off")
+    return figure, list(axes.flat)[:panels]
 
 
 def _save(figure: Figure, path: str | os.PathLike | None) -> None:
@@ -119,3 +141,348 @@ def mrf_samples(prior, shape: tuple[int, int] = (64, 64), sweeps: int = 200, see
     figure.tight_layout()
     _save(figure, path)
     return figure
+
+
+def filters(kernels: Tensor, units: Tensor | None = None, name: str = "conv", path: str | os.PathLike | None = None,
+            max_columns: int = 10) -> Figure:
+    """A convolution's filters as a grid, one small image per filter (its kernel averaged over input channels,
+    on one colour scale centred at 0); removed filters (``units`` False) are framed red and struck through.
+
+    ``kernels`` is the layer's weight, (filters, in channels, kh, kw).
+
+    Example
+    -------
+    >>> figure = filters(torch.randn(6, 1, 5, 5), torch.tensor([1, 0, 1, 1, 0, 1]).bool())
+    >>> len([ax for ax in figure.axes if ax.get_images()])
+    6
+    """
+    if kernels.dim() != 4:
+        raise ValueError(f"filters draws a Conv2d weight (filters, channels, kh, kw); got shape {tuple(kernels.shape)}")
+    images = kernels.detach().float().cpu().mean(dim=1)
+    units = torch.ones(images.shape[0], dtype=torch.bool) if units is None else units.bool().cpu()
+    limit = float(images.abs().max()) or 1.0
+    figure, axes = _grid(images.shape[0], max_columns, (1.1, 1.25))
+    for index, (ax, image) in enumerate(zip(axes, images)):
+        shown = ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{index}", fontsize=7, color="black" if units[index] else "red")
+        if not units[index]:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2)
+            ax.plot([-0.5, image.shape[1] - 0.5], [-0.5, image.shape[0] - 0.5], color="red", linewidth=1.5)
+    figure.suptitle(f"{name}: {int(units.sum())} of {units.numel()} filters kept (red: removed)", fontsize=10)
+    figure.colorbar(shown, ax=axes, shrink=0.8, label="mean weight over input channels")
+    _save(figure, path)
+    return figure
+
+
+def score_histograms(scores: dict[str, Tensor], run_masks: Masks | None = None, label: str = "score",
+                     log: bool = False, path: str | os.PathLike | None = None, max_columns: int = 4) -> Figure:
+    """One histogram per layer of the weights' pruning scores (inclusion probabilities, SNR, |w|), with the
+    threshold the run's masks correspond to (the smallest kept score) drawn as a vertical line.
+
+    ``log`` histograms log10 of the score (for SNR and |w|, which span decades); scores of 0 are left out of a
+    log histogram and counted in the title.
+
+    Example
+    -------
+    >>> figure = score_histograms({"fc1": torch.rand(30, 20)}, label="inclusion probability")
+    >>> figure.axes[0].get_xlabel()
+    'inclusion probability'
+    """
+    if not scores:
+        raise ValueError("there are no scores to draw")
+    names = list(scores)
+    figure, axes = _grid(len(names), max_columns, (4.0, 3.0))
+    for ax, name in zip(axes, names):
+        values = scores[name].detach().double().cpu().flatten()
+        zeros = int((values <= 0).sum()) if log else 0
+        shown = values[values > 0].log10() if log else values
+        ax.hist(shown.numpy(), bins=60, color="tab:blue", alpha=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"log10 {label}" if log else label)
+        ax.set_ylabel("weights")
+        title = f"{name}: {values.numel():,} weights" + (f" ({zeros:,} at 0)" if zeros else "")
+        if run_masks is not None and name in run_masks.weight and run_masks.weight[name].any():
+            cut = float(values[run_masks.weight[name].flatten().cpu()].min())
+            if not log or cut > 0:
+                ax.axvline(math.log10(cut) if log else cut, color="red", linestyle="--", label="threshold")
+                ax.legend(fontsize=8)
+            title += f"\n{100 * run_masks.weight[name].float().mean().item():.1f}% kept"
+        ax.set_title(title, fontsize=9)
+    figure.suptitle(f"Pruning scores before pruning ({label})", fontsize=11)
+    figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+def units_kept(original: Sequence[int], exported: Sequence[int], names: Sequence[str] | None = None,
+               path: str | os.PathLike | None = None) -> Figure:
+    """Per layer, bars of the units (neurons, filters) of the original network beside the exported one's.
+
+    Example
+    -------
+    >>> figure = units_kept([300, 100, 10], [60, 30, 10])
+    >>> [round(bar.get_height()) for bar in figure.axes[0].patches]
+    [300, 100, 10, 60, 30, 10]
+    """
+    if len(original) != len(exported):
+        raise ValueError(f"original has {len(original)} layers and exported {len(exported)}; they must match")
+    names = list(names) if names is not None else [f"layer {i + 1}" for i in range(len(original))]
+    positions = torch.arange(len(original)).double().numpy()
+    figure, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(original) + 2), 3.6))
+    ax.bar(positions - 0.2, original, width=0.4, color="lightgrey", edgecolor="grey", label="original")
+    bars = ax.bar(positions + 0.2, exported, width=0.4, color="tab:blue", label="exported")
+    for bar, before, after in zip(bars, original, exported):
+        ax.annotate(f"{100 * after / max(before, 1):.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(positions, names, fontsize=8, rotation=20 if len(original) > 5 else 0)
+    ax.set_ylabel("units (neurons / filters)")
+    ax.set_title("Units kept per layer (label: fraction of the original)", fontsize=10)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+def reliability_diagram(bins: dict[str, dict], path: str | os.PathLike | None = None) -> Figure:
+    """Accuracy against confidence per bin for each network in ``bins`` (``{"original": ..., "compressed":
+    ...}``, each :func:`bayescompress.metrics.reliability`'s output), over the share of test inputs per bin.
+
+    Example
+    -------
+    >>> from bayescompress.metrics import reliability
+    >>> probs = torch.softmax(torch.randn(200, 3), dim=1)
+    >>> figure = reliability_diagram({"original": reliability(probs, torch.randint(0, 3, (200,)))})
+    >>> figure.axes[0].get_ylabel()
+    'accuracy'
+    """
+    if not bins:
+        raise ValueError("there are no reliability bins to draw")
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 5.4), sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    width = 1.0 / len(next(iter(bins.values()))["count"]) / (len(bins) + 0.5)
+    for index, (name, b) in enumerate(bins.items()):
+        centres = [(lo + hi) / 2 for lo, hi in zip(b["lower"], b["upper"])]
+        filled = [(c, acc, conf) for c, acc, conf in zip(centres, b["accuracy"], b["confidence"]) if acc is not None]
+        top.plot([conf for _, _, conf in filled], [acc for _, acc, _ in filled], marker="o", markersize=3,
+                 label=name)
+        total = max(sum(b["count"]), 1)
+        bottom.bar([c + (index - (len(bins) - 1) / 2) * width for c in centres], [n / total for n in b["count"]],
+                   width=width, label=name)
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1.02)
+    top.set_title("Reliability: accuracy against confidence (test data)", fontsize=10)
+    top.legend(fontsize=8)
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("share of inputs")
+    bottom.set_yscale("log")
+    bottom.set_xlim(0, 1)
+    figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+def training_curves(history: Sequence[dict], path: str | os.PathLike | None = None) -> Figure:
+    """The run's epoch records: loss and NLL, KL, validation accuracy, and the fraction of weights kept, one panel
+    each (those the records have); a dashed line where a new training phase (the fine-tuning) begins.
+
+    Example
+    -------
+    >>> records = [{"epoch": e, "loss": 1.0 / e, "nll": 0.5 / e, "kl": 10.0, "val_accuracy": 0.9} for e in (1, 2, 3)]
+    >>> [ax.get_ylabel() for ax in training_curves(records).axes]
+    ['loss per example', 'KL (nats)', 'validation accuracy']
+    """
+    if not history:
+        raise ValueError("the run has no training history to draw")
+    steps = list(range(1, len(history) + 1))
+    phases = [i for i in range(1, len(history)) if history[i].get("epoch", 0) <= history[i - 1].get("epoch", 0)]
+    panels = [(("loss", "nll"), "loss per example", False), (("kl",), "KL (nats)", True),
+              (("val_accuracy",), "validation accuracy", False), (("kept_fraction",), "fraction of weights kept", True)]
+    panels = [p for p in panels if any(key in record for record in history for key in p[0])]
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (keys, label, log) in zip(axes[0], panels):
+        for key in keys:
+            points = [(x, r[key]) for x, r in zip(steps, history) if key in r and r[key] is not None]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=key)
+        for start in phases:
+            ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
+        if log and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch (all phases)")
+        ax.set_ylabel(label)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    title = "Training curves" + (" (dashed: fine-tuning begins)" if phases else "")
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+def kept_pixels(weight_mask: Tensor, image_shape: Sequence[int], name: str = "input layer",
+                path: str | os.PathLike | None = None) -> Figure:
+    """For a first Linear layer reading a flattened image: per pixel, how many of its outgoing weights are
+    kept (0: the pixel is no longer read), as an image of ``image_shape`` ((H, W) or (C, H, W), summed over
+    channels).
+
+    Example
+    -------
+    >>> mask = torch.zeros(5, 16, dtype=torch.bool); mask[:, 5] = True
+    >>> kept_pixels(mask, (4, 4)).axes[0].get_images()[0].get_array().sum()
+    np.float64(5.0)
+    """
+    per_pixel = weight_mask.detach().bool().cpu().sum(dim=0).double()
+    if per_pixel.numel() != math.prod(image_shape):
+        raise ValueError(f"the layer reads {per_pixel.numel()} inputs, not an image of shape {tuple(image_shape)}")
+    image = per_pixel.reshape(*image_shape)
+    image = image.sum(dim=0) if image.dim() == 3 else image
+    figure, ax = plt.subplots(figsize=(4.4, 3.8))
+    shown = ax.imshow(image.numpy(), cmap="viridis", interpolation="nearest")
+    ax.set_title(f"{name}: {int((image > 0).sum())} of {image.numel()} pixels read", fontsize=10)
+    ax.set_xlabel("pixel column")
+    ax.set_ylabel("pixel row")
+    figure.colorbar(shown, ax=ax, label="kept weights from the pixel")
+    figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | None = None,
+           anchors: Sequence[dict] = (), path: str | os.PathLike | None = None, title: str = "") -> Figure:
+    """Test error against compression |W| / |W != 0| and against the exported network's MACs, every method on
+    one figure: its operating points (:func:`bayescompress.operating_points.operating_points`) as a line, its
+    runs (fine-tuned, one per seed: dicts with ``compression``, ``error``, ``exported_macs``) as larger markers,
+    and published ``anchors`` (``{"label", "compression", "error"}``, optionally ``"exported_macs"``) as black
+    stars labelled "published".
+
+    Example
+    -------
+    >>> pts = {"turbo-vbi": [{"compression": c, "error": 0.01 * c ** 0.3, "exported_macs": 1e5 / c} for c in (2, 10, 50)]}
+    >>> [ax.get_xlabel() for ax in pareto(pts).axes]
+    ['compression |W| / |W≠0| (log scale)', 'MACs of the exported network (log scale)']
+    """
+    if not points and not runs:
+        raise ValueError("there are no operating points or runs to draw")
+    runs = runs or {}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, method in enumerate(dict.fromkeys([*points, *runs])):
+        colour = colours[index % len(colours)]
+        for ax, x in zip(axes, ("compression", "exported_macs")):
+            curve = sorted((p[x], 100 * p["error"]) for p in points.get(method, ()))
+            if curve:
+                ax.plot(*zip(*curve), color=colour, marker=".", markersize=4, linewidth=1.2,
+                        label=f"{method} (re-pruned, no fine-tuning)")
+            done = [(r[x], 100 * r["error"]) for r in runs.get(method, ())]
+            if done:
+                ax.scatter(*zip(*done), color=colour, edgecolor="black", s=40, zorder=3, label=f"{method} (runs)")
+    for anchor in anchors:
+        for ax, x in zip(axes, ("compression", "exported_macs")):
+            if anchor.get(x) is not None:
+                ax.scatter([anchor[x]], [100 * anchor["error"]], marker="*", color="black", s=90, zorder=4)
+                ax.annotate(f"{anchor['label']} (published)", (anchor[x], 100 * anchor["error"]),
+                            textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for ax, label in zip(axes, ("compression |W| / |W≠0| (log scale)", "MACs of the exported network (log scale)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test error (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    low = min([100 * p["error"] for ps in points.values() for p in ps] + [100 * r["error"] for rs in runs.values()
+                                                                          for r in rs] + [100.0])
+    axes[0].set_ylim(max(0.0, low - 0.5), min(100.0, max(low * 4, low + 5)))
+    axes[1].set_ylim(*axes[0].get_ylim())
+    axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    figure.suptitle(title or "Accuracy against compression", fontsize=11)
+    figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+# Published anchors (SPEC, "Reference results"), for the Pareto figures of the reference networks on MNIST
+PUBLISHED = {
+    "lenet300": [{"label": "Sparse VD", "compression": 68.0, "error": 0.0192}],
+    "lenet5": [{"label": "Sparse VD", "compression": 280.0, "error": 0.0075},
+               {"label": "BC-GHS", "compression": 156.0, "error": 0.010, "exported_macs": 160_000},
+               {"label": "BC-GNJ", "compression": 108.0, "error": 0.010}],
+}
+
+# the score each method prunes by, as the histograms label it: (label, log scale)
+_SCORE_LABELS = {"turbo-vbi": ("posterior inclusion probability pi~", False),
+                 "ss-gl": ("SNR x gate inclusion", True), "ss-ghs": ("SNR x gate inclusion", True),
+                 "magnitude": ("|w|", True)}
+
+
+def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Every figure a run folder supports, written to ``out`` (default ``directory/plots``); returns the paths.
+
+    masks.png (weight masks, removed units and inputs marked), units.png (units kept per layer), scores.png
+    (histograms of the pruning scores with the threshold), reliability.png (compressed against original),
+    training.png (loss, KL, validation accuracy, fraction kept), filters-<layer>.png (each convolution's
+    filters) and pixels.png (for a first Linear layer reading an image: the pixels still read), and, for
+    Turbo-VBI runs, inclusion.png. Only safetensors and JSON are read; no network is rebuilt.
+    """
+    from bayescompress.io import read_json_record, read_safetensors
+
+    directory = Path(directory)
+    what = "not a complete bayescompress run folder"
+    run_masks = Masks.from_tensors(read_safetensors(directory / "masks.safetensors", what))
+    inclusion_path = directory / "inclusion.safetensors"
+    inclusion_probabilities = read_safetensors(inclusion_path, what) if inclusion_path.is_file() else {}
+    out = Path(out) if out is not None else directory / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = read_json_record(directory / "metrics.json", what)
+    written: list[Path] = []
+
+    def draw(name: str, make) -> None:
+        plt.close(make(out / name))
+        written.append(out / name)
+
+    draw("masks.png", lambda p: masks(run_masks, p))
+    names = list(run_masks.weight)
+    architecture = metrics.get("architecture", {})
+    if architecture:
+        original, exported = architecture["original"], architecture["exported"]
+        labels = names if len(names) == len(original) else None
+        draw("units.png", lambda p: units_kept(original, exported, labels, p))
+    if (directory / "scores.safetensors").is_file():
+        scores = read_safetensors(directory / "scores.safetensors", what)
+        label, log = _SCORE_LABELS.get(metrics.get("method"), ("SNR |mu| / sigma", True))
+        draw("scores.png", lambda p: score_histograms(scores, run_masks, label, log, p))
+    if metrics.get("reliability"):
+        draw("reliability.png", lambda p: reliability_diagram(metrics["reliability"], p))
+    if (directory / "history.json").is_file():
+        history = read_json_record(directory / "history.json", what).get("history", [])
+        if history:
+            draw("training.png", lambda p: training_curves(history, p))
+    if (directory / "trained.safetensors").is_file():
+        state = read_safetensors(directory / "trained.safetensors", what)
+        for name in names:
+            kernel = state.get(f"{name}.weight_orig", state.get(f"{name}.weight"))
+            if kernel is not None and kernel.dim() == 4 and kernel.shape[0] <= 128:
+                draw(f"filters-{name}.png", lambda p, k=kernel, n=name: filters(k, run_masks.units.get(n), n, p))
+    image_shape = _input_image_shape(directory)
+    first = run_masks.weight.get(names[0]) if names else None
+    if image_shape and first is not None and first.dim() == 2 and first.shape[1] == math.prod(image_shape):
+        draw("pixels.png", lambda p: kept_pixels(first, image_shape, names[0], p))
+    if inclusion_probabilities:
+        draw("inclusion.png", lambda p: inclusion(inclusion_probabilities, p))
+    return written
+
+
+def _input_image_shape(directory: Path) -> tuple[int, ...] | None:
+    """The shape of one input image from the run's probe inputs: (C, H, W), (H, W), or a flat square."""
+    from bayescompress.io import read_safetensors
+
+    if not (directory / "probe.safetensors").is_file():
+        return None
+    shape = tuple(read_safetensors(directory / "probe.safetensors", "a run folder")["input"].shape[1:])
+    if len(shape) == 1:
+        side = math.isqrt(shape[0])
+        return (side, side) if side * side == shape[0] and side > 1 else None
+    return shape if len(shape) in (2, 3) else None

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bayescompress.compare import DEFAULT_METHODS, Comparison, compare
+from bayescompress.compare import DEFAULT_METHODS, Comparison, compare, compare_destination
 from bayescompress.compress import PipelineConfig, compress
 from bayescompress.data import DatasetSplits, load_dataset, make_loaders
 from bayescompress.inference import TrainConfig, fit
-from bayescompress.methods import GaussianSNRConfig, Method, MethodConfig
+from bayescompress.methods import GaussianSNR, GaussianSNRConfig, Method, MethodConfig
 from bayescompress.io import (
     FORMAT_VERSION,
     load_state_dict_file,
@@ -169,39 +169,53 @@ def compare_files(
     resume: bool = False,
     pipeline: PipelineConfig | None = None,
     batch_size: int = 128,
+    anchors: Sequence[dict] | None = None,
 ) -> Comparison:
     """``bayescompress compare``: load a network and its weights, then :func:`~bayescompress.compare` methods on
-    it. The data split and order are those of seed 0 for every run; the seeds vary the training."""
+    it. The data split and order are those of seed 0 for every run; the seeds vary the training. ``anchors``
+    default to the published results of a reference network on MNIST (``bayescompress.plot.PUBLISHED``)."""
+    if anchors is None:
+        from bayescompress.plot import PUBLISHED
+
+        anchors = PUBLISHED.get(model_spec, []) if dataset == "mnist" else []
     splits = load_dataset(dataset, data_dir, image_size=REQUIRED_IMAGE_SIZE.get(model_spec))
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size)
     return compare(model, train_loader, val_loader, methods, seeds, test_loader=test_loader, out=out,
-                   resume=resume, pipeline=pipeline, source=source)
+                   resume=resume, pipeline=pipeline, source=source, anchors=anchors)
 
 
 def demo(
     out: str | os.PathLike | None = None, *, seed: int = 0, quiet: bool = False, overwrite: bool = False,
     device: str = "cpu",
-) -> CompressionResult:
-    """The whole pipeline on scikit-learn's digits, in seconds on a CPU.
+) -> Comparison:
+    """What bayescompress is for, on scikit-learn's digits in well under a minute on a CPU.
 
-    Pretrains a 64-100-10 MLP, converts it to a Bayesian network with a N(0, 1) prior, trains it by VI, keeps
-    the weights with the highest signal-to-noise ratio, fine-tunes them by masked VI, and exports the smaller
-    network; the result's report compares original, compressed (MC) and exported networks on the test split.
-    With ``out``, the run folder is written there (an existing run folder only with ``overwrite``).
+    Pretrains a 64-100-10 MLP, then :func:`~bayescompress.compare`\ s two compressions of it: the baseline,
+    SNR pruning of single weights (``gaussian-snr``), and its structured form, which keeps whole neurons
+    (``gaussian-snr-units``: smaller dense layers, fewer MACs). Each is converted to a Bayesian network under a
+    N(0, 1) prior, trained by VI, pruned, fine-tuned by masked VI and exported; the comparison reports accuracy,
+    calibration, compression, units kept and MACs against the original, and re-prunes each posterior at other
+    budgets for the Pareto figure. With ``out``, the runs (with their figures in ``<run>/plots``), the tables
+    and pareto.png are written there (existing demo runs only with ``overwrite``).
     """
-    if out is not None:
-        check_run_destination(out, overwrite)
-    pretrained = pretrain("mlp", "digits", epochs=30, lr=3e-3, batch_size=64, seed=seed, quiet=quiet,
-                          device=device)
     splits = load_data_for("mlp", "digits", seed=seed)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=64, seed=seed)
-    result = compress(pretrained.model, train_loader, val_loader, "gaussian-snr", config=DEMO_RECIPE,
-                      test_loader=test_loader, pipeline=PipelineConfig(mc_samples=20, seed=seed, quiet=quiet,
-                                                                       device=device))
-    if out is not None:
-        result.save(out, overwrite=overwrite)
-    return result
+    if out is not None:  # before any work
+        compare_destination(out, DEMO_METHODS, [seed], overwrite=overwrite)
+    pretrained = pretrain("mlp", "digits", epochs=30, lr=3e-3, batch_size=64, seed=seed, quiet=quiet,
+                          device=device)
+    return compare(pretrained.model, train_loader, val_loader, DEMO_METHODS, [seed], test_loader=test_loader,
+                   out=out, overwrite=overwrite, source={"kind": "reference", "architecture": pretrained.architecture},
+                   keep_fractions=DEMO_KEEP_FRACTIONS,
+                   pipeline=PipelineConfig(mc_samples=20, quiet=quiet, device=device))
 
 
-DEMO_RECIPE = GaussianSNRConfig(epochs=40, prior_scale=1.0, keep_fraction=0.25, finetune_epochs=20, finetune_lr=1e-3)
+# the demo's recipes: on 1,257 digits a N(0, 1) prior and longer training than the MNIST recipes
+DEMO_RECIPE = GaussianSNRConfig(epochs=30, prior_scale=1.0, keep_fraction=0.25, finetune_epochs=30, finetune_lr=1e-3)
+DEMO_METHODS = {
+    "gaussian-snr": GaussianSNR(config=DEMO_RECIPE),
+    "gaussian-snr-units": GaussianSNR(config=GaussianSNRConfig(epochs=40, prior_scale=1.0, keep_fraction=0.3,
+                                                               level="unit", finetune_epochs=20, finetune_lr=1e-3)),
+}
+DEMO_KEEP_FRACTIONS = (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025)

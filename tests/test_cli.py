@@ -11,17 +11,24 @@ def _last_json_line(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_demo_runs_the_pipeline_prints_the_report_and_writes_the_run(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "run"), "--json"]) == 0
+def test_demo_compares_weight_and_unit_pruning_prints_the_table_and_writes_runs_and_figures(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--json"]) == 0
     out = capsys.readouterr().out
-    assert "| original |" in out and "| compressed |" in out and "compression rate" in out
+    assert "| gaussian-snr | 1 |" in out and "| gaussian-snr-units | 1 |" in out and "Original network" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["original"]["accuracy"] > 0.95
-    assert summary["compressed"]["accuracy"] > summary["original"]["accuracy"] - 0.02
-    assert summary["compression_rate"] >= 3.9
-    assert summary["export_max_abs_diff"] <= 1e-4
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["compressed"] == summary["compressed"]
+    rows = {row["method"]: row for row in summary["rows"]}
+    for row in rows.values():  # both keep the accuracy within a point, and compress
+        assert row["accuracy"]["mean"] > summary["original"]["accuracy"] - 0.01
+        assert row["compression"]["mean"] >= 2.5
+    assert rows["gaussian-snr-units"]["units"][0] < 50  # whole neurons removed: a smaller dense layer
+    assert rows["gaussian-snr-units"]["macs_ratio"]["mean"] < 0.5
+    for label in rows:
+        run = tmp_path / "demo" / label / "seed0"
+        assert json.loads((run / "metrics.json").read_text())["export_max_abs_diff"] <= 1e-4
+        assert (run / "plots" / "masks.png").is_file()
+    assert (tmp_path / "demo" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "demo" / "comparison.md").is_file()
 
 
 def test_pretrain_writes_weights_and_record_and_prints_json_last(tmp_path, capsys):

@@ -130,8 +130,8 @@ def test_cli_compress_turbo_vbi_and_plot_its_inclusion(tmp_path, capsys):
     assert printed["method"] == "turbo-vbi"
     assert load(tmp_path / "run").metrics["config"]["method"]["mrf_graph"] == "rows"
     assert main(["plot", str(tmp_path / "run")]) == 0
-    assert "masks-inclusion.png" in capsys.readouterr().out
-    assert (tmp_path / "run" / "masks-inclusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "inclusion.png" in capsys.readouterr().out
+    assert (tmp_path / "run" / "plots" / "inclusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("field, value", [("pi0", 0.0), ("mrf_p11", 1.0), ("mrf_p01", -0.2),
@@ -174,7 +174,8 @@ def test_save_then_load_reproduces_outputs_exactly(results, digits, tmp_path):
     result.save(tmp_path / "run")
     assert {p.name for p in (tmp_path / "run").iterdir()} == {
         "model.safetensors", "posterior.safetensors", "probe.safetensors", "architecture.json",
-        "masks.safetensors", "metrics.json", "report.md"}
+        "masks.safetensors", "metrics.json", "report.md", "history.json", "trained.safetensors",
+        "scores.safetensors", "plots"}
     run = load(tmp_path / "run")
     x = next(iter(test))[0]
     assert torch.equal(run.model(x), result.exported(x))

@@ -23,7 +23,11 @@ def test_each_layer_panel_shows_its_mask_and_title(tmp_path):
     panels = [ax for ax in figure.axes if ax.get_images()]
     assert len(panels) == 2
     np.testing.assert_array_equal(panels[0].get_images()[0].get_array(), m.weight["0"].flatten(1).float().numpy())
-    assert panels[1].get_title().startswith("3: 25.0% kept, units 3/3")
+    assert panels[1].get_title() == "3: 25.0% kept\nunits 3/3, inputs 2/8"
+    shade = panels[1].get_images()[1].get_array()  # red over the inputs no kept weight reads
+    assert (shade[:, 2:, 3] > 0).all() and (shade[:, :2, 3] == 0).all()
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["kept weight", "pruned weight",
+                                                                     "removed unit / input"]
     assert (tmp_path / "masks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pyplot.close(figure)
 
@@ -34,9 +38,20 @@ def test_no_masks_is_a_clear_error():
 
 
 def test_cli_plots_a_saved_run(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert main(["plot", str(tmp_path / "run"), "--quiet"]) == 0
-    assert (tmp_path / "run" / "masks.png").stat().st_size > 1000
+    from bayescompress import GaussianSNR, PipelineConfig, compress
+    from bayescompress.data import load_dataset, make_loaders
+    from bayescompress.workflows import pretrain
+
+    net = pretrain("mlp", "digits", epochs=5, hidden=(16,), quiet=True).model
+    train, val, test = make_loaders(load_dataset("digits"), batch_size=64)
+    result = compress(net, train, val, GaussianSNR(epochs=2, finetune_epochs=1), test_loader=test,
+                      pipeline=PipelineConfig(mc_samples=2, quiet=True, max_accuracy_loss=1.0, latency_budget=0.02))
+    result.save(tmp_path / "run")
+    expected = {"masks.png", "units.png", "scores.png", "reliability.png", "training.png", "pixels.png"}
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} == expected  # compress drew them
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "figures"), "--quiet"]) == 0
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == expected
+    assert all((tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG" for name in expected)
     assert capsys.readouterr().out == ""
 
 
@@ -65,4 +80,117 @@ def test_mrf_sample_panel_is_a_binary_draw_beside_iid_draws_of_its_density(tmp_p
     assert set(np.unique(mrf)) <= {0.0, 1.0} and set(np.unique(iid)) <= {0.0, 1.0}
     assert "MRF (grid)" in figure.axes[0].get_title()
     assert (tmp_path / "mrf.png").exists()
+    pyplot.close(figure)
+
+
+def test_filters_draw_one_image_per_filter_and_mark_the_removed(tmp_path):
+    from bayescompress.plot import filters
+
+    kernels = torch.randn(6, 3, 5, 5)
+    units = torch.tensor([True, False, True, True, False, True])
+    figure = filters(kernels, units, "conv1", tmp_path / "f.png")
+    panels = [ax for ax in figure.axes if ax.get_images()]
+    assert len(panels) == 6
+    np.testing.assert_allclose(panels[0].get_images()[0].get_array(), kernels[0].mean(0).numpy(), rtol=1e-6)
+    assert [ax.get_title(loc="center") for ax in panels] == [str(i) for i in range(6)]
+    assert [bool(ax.get_lines()) for ax in panels] == [False, True, False, False, True, False]  # struck through
+    assert "4 of 6 filters kept" in figure._suptitle.get_text()
+    pyplot.close(figure)
+
+
+def test_score_histograms_draw_the_threshold_the_masks_imply():
+    from bayescompress.plot import score_histograms
+
+    scores = {"fc": torch.tensor([[0.1, 0.5, 2.0, 10.0]]), "out": torch.tensor([[0.0, 3.0]])}
+    kept = Masks({"fc": scores["fc"] >= 2.0, "out": scores["out"] > 0})
+    figure = score_histograms(scores, kept, label="SNR", log=True)
+    first, second = figure.axes[:2]
+    assert first.get_lines()[0].get_xdata()[0] == pytest.approx(np.log10(2.0))
+    assert first.get_xlabel() == "log10 SNR" and "50.0% kept" in first.get_title()
+    assert "(1 at 0)" in second.get_title()  # a zero score is left out of a log histogram, and counted
+    assert sum(p.get_height() for p in first.patches) == 4
+    pyplot.close(figure)
+
+
+def test_units_kept_bars_are_the_counts_with_their_fractions():
+    from bayescompress.plot import units_kept
+
+    figure = units_kept([300, 100, 10], [60, 25, 10], ["fc1", "fc2", "fc3"])
+    ax = figure.axes[0]
+    assert [round(p.get_height()) for p in ax.patches] == [300, 100, 10, 60, 25, 10]
+    assert [t.get_text() for t in ax.texts] == ["20%", "25%", "100%"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2", "fc3"]
+    assert ax.get_ylabel() == "units (neurons / filters)"
+    pyplot.close(figure)
+    with pytest.raises(ValueError, match="must match"):
+        units_kept([3, 2], [1])
+
+
+def test_the_reliability_diagram_plots_each_network_against_the_diagonal():
+    from bayescompress.metrics import reliability
+    from bayescompress.plot import reliability_diagram
+
+    probs = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45]])
+    labels = torch.tensor([0, 1, 0, 0])
+    bins = reliability(probs, labels, n_bins=5)
+    assert bins["count"] == [0, 0, 2, 0, 2] and bins["accuracy"][2] == 1.0 and bins["accuracy"][4] == 0.5
+    figure = reliability_diagram({"original": bins, "compressed": bins})
+    top = figure.axes[0]
+    labels_drawn = [line.get_label() for line in top.get_lines()]
+    assert labels_drawn == ["perfect calibration", "original", "compressed"]
+    np.testing.assert_allclose(top.get_lines()[1].get_ydata(), [1.0, 0.5])
+    np.testing.assert_allclose(top.get_lines()[1].get_xdata(), [0.575, 0.925])
+    assert figure.axes[1].get_xlabel() == "confidence (top-class probability)"
+    pyplot.close(figure)
+
+
+def test_training_curves_have_one_panel_per_recorded_quantity_and_mark_the_fine_tuning():
+    from bayescompress.plot import training_curves
+
+    history = [{"epoch": 1, "loss": 3.0, "nll": 1.0, "kl": 50.0, "val_accuracy": 0.9, "kept_fraction": 0.5},
+               {"epoch": 2, "loss": 2.0, "nll": 0.8, "kl": 40.0, "val_accuracy": 0.92, "kept_fraction": 0.3},
+               {"epoch": 1, "loss": 0.5, "nll": 0.5, "kl": 10.0, "val_accuracy": 0.95, "kept_fraction": 0.3}]
+    figure = training_curves(history)
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss per example", "KL (nats)", "validation accuracy",
+                                                      "fraction of weights kept"]
+    loss = figure.axes[0].get_lines()[0]
+    np.testing.assert_allclose(loss.get_ydata(), [3.0, 2.0, 0.5])
+    assert figure.axes[1].get_lines()[-1].get_xdata()[0] == 2.5  # the dashed line before the fine-tuning
+    assert "fine-tuning" in figure._suptitle.get_text()
+    pyplot.close(figure)
+
+
+def test_kept_pixels_counts_kept_weights_per_pixel():
+    from bayescompress.plot import kept_pixels
+
+    mask = torch.zeros(3, 784, dtype=torch.bool)
+    mask[:, 0] = True
+    mask[0, 783] = True
+    figure = kept_pixels(mask, (28, 28))
+    image = figure.axes[0].get_images()[0].get_array()
+    assert image.shape == (28, 28) and image[0, 0] == 3 and image[27, 27] == 1 and image.sum() == 4
+    assert figure.axes[0].get_title() == "input layer: 2 of 784 pixels read"
+    pyplot.close(figure)
+    with pytest.raises(ValueError, match="not an image"):
+        kept_pixels(mask, (20, 20))
+
+
+def test_pareto_draws_every_method_and_labels_the_published_anchors():
+    from bayescompress.plot import pareto
+
+    points = {"a": [{"compression": 10, "error": 0.02, "exported_macs": 5e4},
+                    {"compression": 50, "error": 0.03, "exported_macs": 1e4}],
+              "b": [{"compression": 20, "error": 0.025, "exported_macs": 2e4}]}
+    runs = {"a": [{"compression": 30, "error": 0.018, "exported_macs": 3e4}]}
+    anchors = [{"label": "Sparse VD", "compression": 68, "error": 0.0192}]
+    figure = pareto(points, runs, anchors)
+    left, right = figure.axes
+    np.testing.assert_allclose(left.get_lines()[0].get_xdata(), [10, 50])
+    np.testing.assert_allclose(left.get_lines()[0].get_ydata(), [2.0, 3.0])  # error in percent
+    assert [t.get_text() for t in left.texts] == ["Sparse VD (published)"]
+    assert len(right.texts) == 0  # the anchor gives no MACs
+    assert left.get_xscale() == right.get_xscale() == "log"
+    assert left.get_ylabel() == "test error (%)"
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "a (re-pruned, no fine-tuning)", "a (runs)", "b (re-pruned, no fine-tuning)"]
     pyplot.close(figure)

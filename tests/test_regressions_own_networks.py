@@ -198,7 +198,7 @@ def test_cli_refuses_a_folder_of_other_work(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     code = main(["demo", "--out", str(tmp_path), "--quiet"])
     assert code == 2
-    assert "not a bayescompress run folder" in capsys.readouterr().err
+    assert "holds files compare did not write (mine.txt)" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
@@ -259,7 +259,7 @@ def test_a_graph_run_whose_architecture_changed_names_the_first_mismatching_tens
         load(folder)
     record["source"] = {"kind": "caller", "class": "changing_net.Net"}
     (folder / "architecture.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"pass the original architecture, e.g. bayescompress.load\(folder, model="):
+    with pytest.raises(ValueError, match=r"pass the original architecture as model=, e.g. bayescompress.load\(folder, model="):
         load(folder)
 
 
@@ -400,4 +400,4 @@ def test_a_group_that_breaks_the_graph_is_left_whole_and_the_others_still_shrink
 def test_plot_draws_a_graph_run_saved_from_python_without_its_architecture(tmp_path):
     _, folder = _saved_graph_run(tmp_path)
     assert main(["plot", str(folder), "--quiet"]) == 0
-    assert (folder / "masks.png").stat().st_size > 0
+    assert (folder / "plots" / "masks.png").stat().st_size > 0

@@ -143,18 +143,24 @@ def test_ssvi_compresses_to_its_density_and_trains_at_a_tenth_of_dense_vi(digits
     assert any(key.startswith("subspace/") for key in result.history[-1])
 
 
-def test_ssvi_leaves_the_first_convolution_dense():
+@pytest.mark.parametrize("dense_first_conv", [True, False])
+def test_ssvi_leaves_the_first_convolution_dense_only_when_asked(dense_first_conv):
     from bayescompress.models import lenet5
 
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     dataset = torch.utils.data.TensorDataset(x, y)
     loader = torch.utils.data.DataLoader(dataset, batch_size=16)
-    result = compress(lenet5(), loader, loader, SSVI(epochs=2, update_interval=2, kl_warmup_epochs=1,
-                                                     max_val_drop=None),
+    method = SSVI(epochs=2, update_interval=2, kl_warmup_epochs=1, max_val_drop=None,
+                  **({"dense_first_conv": True} if dense_first_conv else {}))  # off is the default
+    result = compress(lenet5(), loader, loader, method,
                       pipeline=PipelineConfig(mc_samples=0, quiet=True, max_accuracy_loss=1.0, latency_budget=0.05))
     first, *rest = result.masks.weight.values()
-    assert first.all() and all(float(m.float().mean()) <= 0.1 + 1e-3 for m in rest)
+    assert all(float(m.float().mean()) <= 0.1 + 1e-3 for m in rest)
+    assert bool(first.all()) == dense_first_conv
+    if not dense_first_conv:
+        assert abs(float(first.float().mean()) - 0.1) <= 1e-3
+    assert result.metrics["training_macs_ratio"] <= (0.2 if dense_first_conv else 0.1 + 1e-3)
 
 
 @pytest.mark.parametrize("setting, value, message", [

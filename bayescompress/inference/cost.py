@@ -69,4 +69,5 @@ class TrainingCost(Callback):
 
     @property
     def ratio(self) -> float:
+        """Training MACs over dense VI's on the same batches (NaN before any step)."""
         return self.macs / self.dense_vi_macs if self.dense_vi_macs else float("nan")

@@ -107,17 +107,20 @@ class Callback:
     stopping, placed last) also restores it before their ``on_train_end``.
     """
 
-    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first epoch (the optimiser exists)."""
 
     def on_after_backward(self, trainer: Trainer) -> None:
         """Gradients are available and the optimiser has not stepped yet (set ``trainer.skip_step`` to skip it)."""
 
-    def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None: ...
+    def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None:
+        """After each optimiser step (or skipped step), with the batch's loss."""
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:
         """After the priors' closed-form updates and validation; ``record`` may be extended."""
 
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch, also when training stopped early."""
 
 
 class Trainer:
@@ -188,6 +191,7 @@ class Trainer:
         return nll + self.beta * kl / self.n_train, nll, kl
 
     def fit(self) -> list[dict[str, float]]:
+        """Run the loop; returns one record per epoch (see :func:`fit`)."""
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)
         self.model.to(self.device)

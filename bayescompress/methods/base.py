@@ -83,6 +83,7 @@ class TrainingContext:
         return fit(network, self.train_loader, self.val_loader, config, [*callbacks, *self.observers])
 
     def train_config(self, **settings: Any) -> TrainConfig:
+        """A :class:`~bayescompress.TrainConfig` with the context's seed, device and verbosity."""
         return TrainConfig(seed=self.seed, device=self.device, quiet=self.quiet, eval_samples=0, **settings)
 
 

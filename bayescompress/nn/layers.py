@@ -48,6 +48,7 @@ class PosteriorInit:
             check_in_range("rho", self.rho, -30.0, 10.0)
 
     def sigma(self, mean: Tensor) -> Tensor:
+        """The starting standard deviations for posterior means ``mean``."""
         if self.rho is not None:
             return torch.full_like(mean, F.softplus(torch.tensor(float(self.rho))).item())
         return self.relative * mean.abs() + self.floor
@@ -160,10 +161,12 @@ class BayesianLayer(nn.Module):
 
     @property
     def weight_sigma(self) -> Tensor:
+        """Posterior standard deviation of every weight, softplus(weight_rho)."""
         return F.softplus(self.weight_rho)
 
     @property
     def bias_sigma(self) -> Tensor | None:
+        """Posterior standard deviation of every bias (None without a bias)."""
         return None if self.bias_rho is None else F.softplus(self.bias_rho)
 
     @property

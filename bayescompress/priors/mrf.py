@@ -178,6 +178,7 @@ class FactorGraph:
 
     @property
     def num_edges(self) -> int:
+        """Number of pairwise factors of the graph."""
         return sum(edges.count(self.shape) for edges, _ in self.families)
 
     @classmethod

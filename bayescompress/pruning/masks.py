@@ -64,9 +64,11 @@ class Masks:
         return model
 
     def kept_weights(self) -> int:
+        """Weights the masks keep, over all layers."""
         return int(sum(int(m.sum()) for m in self.weight.values()))
 
     def total_weights(self) -> int:
+        """Weights of the masked layers, kept or not."""
         return int(sum(m.numel() for m in self.weight.values()))
 
     def to_tensors(self) -> dict[str, Tensor]:
