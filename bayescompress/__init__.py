@@ -1,6 +1,7 @@
 """bayescompress: structured Bayesian compression of neural networks with hierarchical sparsity priors."""
 
 from bayescompress import methods
+from bayescompress.compare import Comparison, compare
 from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress
 from bayescompress.inference import Callback, TrainConfig, TurboCallback, fit
 from bayescompress.methods import (
@@ -40,6 +41,7 @@ __all__ = [
     "BayesConv2d",
     "BayesLinear",
     "Callback",
+    "Comparison",
     "CompressionResult",
     "GaussianPrior",
     "GaussianSNR",
@@ -69,6 +71,7 @@ __all__ = [
     "TurboVBIConfig",
     "bayesianize_",
     "classification_metrics",
+    "compare",
     "compress",
     "evaluate",
     "fit",

@@ -308,10 +308,10 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike | None = No
             points = [(x, r[key]) for x, r in zip(steps, history) if key in r and r[key] is not None]
             if points:
                 ax.plot(*zip(*points), marker=".", label=key)
-        for start in phases:
-            ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
         if log and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
             ax.set_yscale("log")
+        for start in phases:
+            ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("epoch (all phases)")
         ax.set_ylabel(label)
         if len(keys) > 1:
