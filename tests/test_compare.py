@@ -132,3 +132,22 @@ def test_bad_compare_flags_exit_2_naming_the_problem(tmp_path, capsys, argv, mes
                  "--out", str(tmp_path / "c"), "--quiet", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_method_compares_on_digits_with_a_table_a_pareto_figure_and_figures_per_run(pretrained, tmp_path):
+    from bayescompress import methods
+
+    quick = {"gaussian-snr": dict(epochs=2, finetune_epochs=1), "sparse-vd": dict(epochs=2),
+             "ss-gl": dict(epochs=2, finetune_epochs=1), "ss-ghs": dict(epochs=2, finetune_epochs=1),
+             "turbo-vbi": dict(epochs=2, finetune_epochs=1), "ssvi": dict(epochs=2, update_interval=5),
+             "magnitude": dict(finetune_epochs=1)}
+    assert set(quick) == set(methods.names())  # every registered method
+    train, val, test = loaders()
+    table = compare(pretrained, train, val, [methods.get(n)(**s) for n, s in quick.items()], seeds=[0],
+                    test_loader=test, out=tmp_path / "all", pipeline=QUICK, keep_fractions=[0.3, 0.1],
+                    anchors=[{"label": "a paper", "compression": 5.0, "error": 0.05}])
+    assert [row["method"] for row in table.summary()] == list(quick)
+    assert all(len(points) == 2 for points in table.points.values()) and set(table.points) == set(quick)
+    assert (tmp_path / "all" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    for name in quick:
+        assert (tmp_path / "all" / name / "seed0" / "plots" / "masks.png").is_file()

@@ -115,7 +115,10 @@ def test_every_method_compresses_saves_and_loads_every_model(case, method, tmp_p
     x = next(iter(test))[0]
     with torch.no_grad():  # the output layer keeps every class, wherever it is registered
         assert result.exported(x).shape == result.original(x).shape
-    folder = result.save(tmp_path / "run")
+    folder = result.save(tmp_path / "run", plots=method == "gaussian-snr")  # the figures: once per network
+    if method == "gaussian-snr":
+        drawn = {p.name for p in (folder / "plots").iterdir()}
+        assert {"masks.png", "units.png", "scores.png", "reliability.png", "training.png"} <= drawn
     run = load(folder, model=CASES[case][0]())  # the original architecture, with fresh weights
     with torch.no_grad():
         assert torch.equal(run.model(x), result.exported(x))
