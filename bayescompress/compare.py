@@ -218,7 +218,7 @@ def compare(
         eval_loader = test_loader if test_loader is not None else val_loader
         for name, run in tqdm(first_runs.items(), desc="operating points", unit="method", disable=pipeline.quiet):
             comparison.points[name] = operating_points(run, eval_loader, keep_fractions, model=model,
-                                                       device=pipeline.device)
+                                                       device=pipeline.device, own=True)
     first = next(m for by_seed in comparison.runs.values() for m in by_seed.values())
     comparison.original = {**{k: first["original"][k] for k in ("accuracy", "nll", "ece", "brier")},
                            "units": first["architecture"]["original"]}

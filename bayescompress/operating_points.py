@@ -47,12 +47,15 @@ def operating_points(
     *,
     model: nn.Module | None = None,
     device: str = "cpu",
+    own: bool = False,
 ) -> list[dict]:
     """Re-prune ``run`` (a result, or a run folder) at each of ``keep_fractions`` and measure each point on
     ``loader``: one dict per point with ``keep_fraction``, ``compression`` (|W| / |W != 0| after structure
     propagation), ``accuracy``, ``error``, ``nll``, ``ece`` (the exported network, posterior mean),
     ``exported_macs`` and ``units``. ``model`` is the original architecture, needed only for a run saved from
-    Python whose network is not a reference model or a factory.
+    Python whose network is not a reference model or a factory. ``own`` appends the point of the run's own
+    masks (``"own": True``), re-measured without fine-tuning: for a method without fine-tuning it is the run
+    itself; for the others, the gap to the run is what the fine-tuning bought.
 
     Example
     -------
@@ -63,6 +66,8 @@ def operating_points(
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"keep_fractions must lie in (0, 1]; got {fraction!r}")
     network, example = trained_network(run, model)
+    run_masks = (run.masks if isinstance(run, CompressionResult)
+                 else Masks.from_tensors(read_safetensors(Path(run) / "masks.safetensors", "the run's masks")))
     network = network.to(device).eval()
     example = example.to(device)
     output = output_layer(network, example)
@@ -79,15 +84,20 @@ def operating_points(
         weight = {name: (s >= cut) & (s > 0) for name, s in scores.items()}
         units = {name: w.flatten(1).any(dim=1) for name, w in weight.items()}
         units[output] = torch.ones_like(units[output])
-        pruned = copy_network(network)
-        exported, masks = _export(pruned, Masks(weight, units), example, output)
-        metrics = evaluate(exported.to(device), loader, samples=0, device=device)
-        kept = masks.kept_weights()
-        points.append({"keep_fraction": fraction, "compression": total / max(kept, 1),
-                       "accuracy": metrics["accuracy"], "error": 1.0 - metrics["accuracy"], "nll": metrics["nll"],
-                       "ece": metrics["ece"], "exported_macs": dense_macs(exported, example),
-                       "units": units_per_layer(exported)})
+        points.append(_measure(network, Masks(weight, units), example, output, loader, device, total)
+                      | {"keep_fraction": fraction})
+    if own:
+        point = _measure(network, run_masks, example, output, loader, device, total)
+        points.append(point | {"keep_fraction": run_masks.kept_weights() / total, "own": True})
     return points
+
+
+def _measure(network, masks: Masks, example, output, loader, device, total: int) -> dict:
+    exported, kept_masks = _export(copy_network(network), masks, example, output)
+    metrics = evaluate(exported.to(device), loader, samples=0, device=device)
+    return {"compression": total / max(kept_masks.kept_weights(), 1), "accuracy": metrics["accuracy"],
+            "error": 1.0 - metrics["accuracy"], "nll": metrics["nll"], "ece": metrics["ece"],
+            "exported_macs": dense_macs(exported, example), "units": units_per_layer(exported)}
 
 
 def trained_network(run: CompressionResult | str | os.PathLike, model: nn.Module | None = None

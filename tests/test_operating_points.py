@@ -6,7 +6,7 @@ import torch
 
 from bayescompress import PipelineConfig, compress
 from bayescompress.data import load_dataset, make_loaders
-from bayescompress.methods import SSVI, SpikeSlabGL, TurboVBI
+from bayescompress.methods import SSVI, SparseVD, TurboVBI
 from bayescompress.nn import bayesianize_
 from bayescompress.operating_points import operating_points
 from bayescompress.pruning.importance import sweep_scores
@@ -73,3 +73,27 @@ def test_bad_keep_fractions_are_refused(ssvi_run, setup):
     _, (_, _, test) = setup
     with pytest.raises(ValueError, match="keep_fractions"):
         operating_points(ssvi_run, test, [0.1, 1.5])
+
+
+@pytest.mark.parametrize("method", [SparseVD(epochs=4), SSVI(epochs=3, update_interval=10)])
+def test_the_point_at_the_methods_own_threshold_reproduces_the_run(setup, method):
+    """Both methods have no fine-tuning, so re-pruning at the run's own masks is the run itself."""
+    net, (train, val, test) = setup
+    run = compress(net, train, val, method, test_loader=test, pipeline=QUICK)
+    own = operating_points(run, test, [0.5], own=True)[-1]
+    assert own["own"] and own["accuracy"] == run.metrics["exported"]["accuracy"]
+    assert own["nll"] == pytest.approx(run.metrics["exported"]["nll"], rel=1e-6)
+    assert own["compression"] == pytest.approx(run.metrics["compression_rate"])
+    assert own["exported_macs"] == run.metrics["macs"]["exported"]
+
+
+def test_a_run_folder_missing_a_file_names_it(ssvi_run, setup, tmp_path):
+    from bayescompress.cli import main
+
+    net, (_, _, test) = setup
+    folder = ssvi_run.save(tmp_path / "run", plots=False)
+    (folder / "trained.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="trained.safetensors is missing"):
+        operating_points(folder, test, [0.1], model=net)
+    (folder / "masks.safetensors").unlink()
+    assert main(["plot", str(folder), "--quiet"]) == 2
