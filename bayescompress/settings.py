@@ -106,7 +106,41 @@ class Flag:
         return "on or off"
 
 
-Allowed = Real | Integer | Choice | Flag
+@dataclass(frozen=True)
+class PerLayer:
+    """Values per layer, written ``name=value,name=value`` (empty: none), each allowed by ``each``; kept as that
+    text in the config (so it stays hashable and JSON-friendly), read with :func:`per_layer`."""
+
+    each: Real
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be text like 'fc1=0.05,fc2=0.2'; got {value!r}")
+        for layer, number in per_layer(value, name).items():
+            self.each.check(f"{name}[{layer}]", number)
+
+    def parse(self, text: str) -> str:
+        return text
+
+    def describe(self) -> str:
+        return f"layer=value pairs, comma-separated (each {self.each.describe()}), or empty"
+
+
+def per_layer(text: str, name: str = "value") -> dict[str, float]:
+    """``"fc1=0.05, fc2=0.2"`` -> {"fc1": 0.05, "fc2": 0.2}; a clear error naming ``name`` otherwise."""
+    values: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        layer, sep, number = item.partition("=")
+        try:
+            values[layer.strip()] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not layer.strip():
+            raise ValueError(f"{name} takes layer=value pairs like 'fc1=0.05,fc2=0.2'; got {item!r}")
+    return values
+
+
+Allowed = Real | Integer | Choice | Flag | PerLayer
 
 
 def setting(default: Any, help: str, allowed: Allowed) -> Any:
@@ -151,7 +185,9 @@ class SettingInfo:
 
 
 def show(value: Any) -> str:
-    """A setting's value as the command line and the docs write it: none, 0.001, 12, grid."""
+    """A setting's value as the command line and the docs write it: none, 0.001, 12, grid, (empty)."""
+    if value == "":
+        return "(empty)"
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -161,4 +197,5 @@ def describe(settings: type[Settings]) -> list[SettingInfo]:
             for info in dataclasses.fields(settings) if "allowed" in info.metadata]
 
 
-__all__ = ["Choice", "Flag", "Integer", "Real", "SettingInfo", "Settings", "describe", "setting", "show"]
+__all__ = ["Choice", "Flag", "Integer", "PerLayer", "Real", "SettingInfo", "Settings", "describe", "per_layer", "setting",
+           "show"]

@@ -92,6 +92,21 @@ def test_the_density_is_exactly_constant_and_updates_come_every_delta_steps_befo
     assert subspace.updates == len({r["step"] for r in changed})  # late ones may replace nothing (floor)
 
 
+def test_a_layer_density_replaces_the_density_of_that_layer_and_stays_constant():
+    torch.manual_seed(0)
+    net = bayesianize_(nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)))
+    x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    loader = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)]
+    subspace = SparseSubspace(0.25, update_interval=3, layer_density={"2": 0.5})
+    history = fit(net, loader, config=TrainConfig(epochs=3, lr=1e-2, quiet=True), callbacks=[subspace], n_train=64)
+    assert subspace.updates > 0
+    assert int(net[0].weight_mask.sum()) == 40 and int(net[2].weight_mask.sum()) == 24  # 0.25 x 160, 0.5 x 48
+    assert history[-1]["subspace/2/density"] == 0.5
+    with pytest.raises(ValueError, match="layer_density names 'fc9'.*its layers are: 0, 2"):
+        fit(net, loader, config=TrainConfig(epochs=1, quiet=True),
+            callbacks=[SparseSubspace(0.25, update_interval=1, layer_density={"fc9": 0.1})], n_train=64)
+
+
 def test_grown_weights_start_at_zero_with_the_survivors_mean_rho_and_fresh_state(subspace_run):
     _, _, records, _ = subspace_run
     updates = [r for r in records if r["updated"] and not torch.equal(r["before"], r["after"])]
@@ -164,6 +179,7 @@ def test_ssvi_leaves_the_first_convolution_dense_only_when_asked(dense_first_con
 
 
 @pytest.mark.parametrize("setting, value, message", [
+    ("layer_density", "1=0", "layer_density\\[1\\]"), ("layer_density", "fc1", "layer=value pairs"),
     ("density", 0.0, "density must be in"), ("density", 1.5, "density must be in"),
     ("removal_score", "size", "removal_score must be one of 'magnitude', 'snr', 'folded_mean', 'folded_snr'"),
 ])

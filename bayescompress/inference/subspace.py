@@ -13,7 +13,7 @@ optimiser does not step on an update iteration. The optimiser state of grown and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +40,8 @@ class SparseSubspace(Callback):
     Parameters
     ----------
     density: fraction of each layer's weights in the subspace, in (0, 1].
+    layer_density: per layer name, a density that replaces ``density`` for that layer (e.g. a smaller one for
+        the large first layer of an MLP).
     update_interval: steps between subspace updates (Delta, >= 1).
     alpha: the largest fraction of active weights one update replaces, in [0, 1].
     end_fraction: updates run while t < end_fraction * T (T = the run's steps), in (0, 1].
@@ -60,8 +62,12 @@ class SparseSubspace(Callback):
 
     def __init__(self, density: float, *, update_interval: int = 100, alpha: float = 0.3, end_fraction: float = 0.75,
                  score: str = "folded_snr", growth: str = "gradient", initial: str = "random",
-                 structured: bool = False, dense_layers: Sequence[str] = (), seed: int = 0) -> None:
+                 structured: bool = False, dense_layers: Sequence[str] = (), seed: int = 0,
+                 layer_density: Mapping[str, float] | None = None) -> None:
         check_in_range("density", density, 0.0, 1.0, low_inclusive=False)
+        self.layer_density = dict(layer_density or {})
+        for name, value in self.layer_density.items():
+            check_in_range(f"layer_density[{name!r}]", value, 0.0, 1.0, low_inclusive=False)
         check_positive_int("update_interval", update_interval)
         check_in_range("alpha", alpha, 0.0, 1.0)
         check_in_range("end_fraction", end_fraction, 0.0, 1.0, low_inclusive=False)
@@ -95,13 +101,18 @@ class SparseSubspace(Callback):
         if not layers:
             raise ValueError("SparseSubspace found no Bayesian layer outside dense_layers; convert the model with "
                              "bayescompress.bayesianize_ first")
+        unknown = sorted(set(self.layer_density) - {name for name, _ in layers})
+        if unknown:
+            raise ValueError(f"layer_density names {', '.join(map(repr, unknown))}, not a sparse Bayesian layer of "
+                             f"this network; its layers are: {', '.join(name for name, _ in layers)}")
         for name, layer in layers:
             weight = getattr(layer, "weight_orig", layer.weight)
             groups = weight.shape[0] if self.structured else weight.numel()
-            keep = round(self.density * groups)
+            density = self.layer_density.get(name, self.density)
+            keep = round(density * groups)
             if keep < 1:
                 what = f"{groups} units" if self.structured else f"{groups} weights"
-                raise ValueError(f"density {self.density} leaves layer {name!r} ({what}) no "
+                raise ValueError(f"density {density} leaves layer {name!r} ({what}) no "
                                  f"{'unit' if self.structured else 'weight'}; raise density to at least "
                                  f"{1 / groups:.2g}")
             ranking = (removal_score(layer, "magnitude", unit=self.structured).flatten()

@@ -20,7 +20,7 @@ from bayescompress.nn.model import bayesian_layers, execution_order
 from bayescompress.priors import GaussianPrior
 from bayescompress.pruning import KeepMasks
 from bayescompress.pruning.importance import REMOVAL_SCORES
-from bayescompress.settings import Choice, Flag, Integer, Real, setting
+from bayescompress.settings import Choice, Flag, Integer, PerLayer, Real, per_layer, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +32,9 @@ class SSVIConfig(VariationalConfig):
     prior_scale: float = setting(0.5, "standard deviation s0 of the Gaussian prior (the whole training; the paper "
                                  "uses 0.005 from scratch)", Real(0.0, low_open=True))
     density: float = setting(0.1, "fraction of each layer's weights in the subspace", Real(0.0, 1.0, low_open=True))
+    layer_density: str = setting("", "per-layer densities replacing density for those layers, e.g. "
+                                 "'1=0.05,3=0.2' (layer names as the model names them)",
+                                 PerLayer(Real(0.0, 1.0, low_open=True)))
     update_interval: int = setting(100, "steps between subspace updates (Delta)", Integer(1))
     alpha: float = setting(0.3, "largest fraction of a layer's active weights one update replaces",
                            Real(0.0, 1.0))
@@ -76,7 +79,7 @@ class SSVI(VariationalMethod):
         return [SparseSubspace(config.density, update_interval=config.update_interval, alpha=config.alpha,
                                end_fraction=config.end_fraction, score=config.removal_score, growth=config.growth,
                                initial=config.initial_subspace, structured=config.structured, dense_layers=dense,
-                               seed=context.seed)]
+                               seed=context.seed, layer_density=per_layer(config.layer_density, "layer_density"))]
 
     def train_settings(self, config: SSVIConfig) -> dict:
         return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum,
