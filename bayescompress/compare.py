@@ -304,7 +304,10 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
             if not is_run_folder(folder):
                 continue
             saved = json.loads((folder / "metrics.json").read_text()).get("config", {}).get("method", {})
-            differ = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key))
+            # a setting added since the run was saved matches at its default: the run is what it would be now
+            defaults = {f.name: f.default for f in dataclasses.fields(method.config_class)}
+            differ = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key)
+                            and not (key not in saved and wanted.get(key) == defaults.get(key)))
             if differ:
                 raise ValueError(
                     f"{folder} was run with other {name} settings than this comparison's ("

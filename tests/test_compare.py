@@ -92,6 +92,20 @@ def test_a_folder_with_runs_is_refused_without_resume_and_with_other_settings(pr
                 out=comparison.out, resume=True, pipeline=QUICK)
 
 
+def test_resume_accepts_a_run_saved_before_a_setting_existed_when_the_setting_is_at_its_default(pretrained, comparison):
+    metrics_path = comparison.out / "magnitude" / "seed0" / "metrics.json"
+    saved = json.loads(metrics_path.read_text())
+    del saved["config"]["method"]["scope"]  # as if the run predated the setting (now at its default, layer)
+    metrics_path.write_text(json.dumps(saved))
+    train, val, test = loaders()
+    again = compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], test_loader=test, out=comparison.out,
+                    resume=True, pipeline=QUICK, keep_fractions=None)
+    assert again.runs["magnitude"][0]["compression_rate"] == saved["compression_rate"]
+    with pytest.raises(ValueError, match="scope: None there, 'global' now"):
+        compare(pretrained, train, val, [Magnitude(keep_fraction=0.3, finetune_epochs=1, scope="global")],
+                seeds=[0], out=comparison.out, resume=True, pipeline=QUICK)
+
+
 @pytest.mark.parametrize("methods, seeds, message", [
     ([], [0], "methods is empty"),
     (["magnitude", "magnitude"], [0], "given twice"),
