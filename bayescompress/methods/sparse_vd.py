@@ -3,7 +3,8 @@ papers of this field report against.
 
 Convert under the log-uniform prior, train by VI (the local reparameterisation trick with the variance as its
 own parameter, i.e. the additive-noise form), prune every weight whose dropout rate log alpha =
-log(sigma^2 / mu^2) exceeds ``log_alpha_threshold``. No fine-tuning by default: the authors have none.
+log(sigma^2 / mu^2) exceeds ``log_alpha_threshold``. No fine-tuning by default (the authors have none); when
+asked, the survivors are fine-tuned under a Gaussian prior N(0, ``prior_scale``^2).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 from dataclasses import dataclass
 
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
-from bayescompress.priors import LogUniformPrior
+from bayescompress.nn.model import fold_multipliers_
+from bayescompress.priors import GaussianPrior, LogUniformPrior
 from bayescompress.pruning import SNRPruning
 from bayescompress.settings import Real, setting
 
@@ -38,6 +40,12 @@ class SparseVD(VariationalMethod):
 
     def prior(self, config: SparseVDConfig) -> LogUniformPrior:
         return LogUniformPrior()
+
+    def before_finetune(self, network, config: SparseVDConfig, masks) -> list:
+        # the survivors are fine-tuned (when asked) under a Gaussian prior, as every other method's are: the
+        # log-uniform prior would keep pushing them towards zero
+        fold_multipliers_(network, GaussianPrior(scale=config.prior_scale))
+        return []
 
     def strategy(self, config: SparseVDConfig) -> SNRPruning:
         # log alpha = -2 log(|mu| / sigma), so log alpha <= t is SNR >= exp(-t / 2)
