@@ -125,7 +125,8 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw every figure of a run folder (masks, units kept, scores, "
                                             "reliability, training curves, filters, pixels) into RUN/plots")
-    plot.add_argument("run", help="run folder written by compress, compare or demo")
+    plot.add_argument("run", help="run folder written by compress, compare or demo; or a comparison folder "
+                                  "(compare, demo): its Pareto figure")
     plot.add_argument("--out", help="folder for the figures (default: RUN/plots)")
     plot.add_argument("--quiet", action="store_true", help="print nothing")
 
@@ -272,7 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "plot":
             from bayescompress import plot
 
-            written = plot.draw_run(args.run, args.out)  # no network is rebuilt: any run folder draws
+            if (Path(args.run) / "comparison.json").is_file():  # a comparison folder: its Pareto figure
+                from matplotlib import pyplot
+
+                from bayescompress.compare import load_comparison
+
+                target = Path(args.out or args.run) / "pareto.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                pyplot.close(load_comparison(args.run).pareto(target))
+                written = [target]
+            else:
+                written = plot.draw_run(args.run, args.out)  # no network is rebuilt: any run folder draws
             if not args.quiet:
                 print(f"wrote {len(written)} figures to {written[0].parent}: " + ", ".join(p.name for p in written))
             return 0

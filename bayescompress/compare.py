@@ -258,6 +258,25 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def load_comparison(directory: str | os.PathLike) -> Comparison:
+    """A comparison folder read back: the runs' metrics from ``<label>/seed<k>/metrics.json``, the operating
+    points, anchors and original from ``comparison.json``."""
+    from bayescompress.io import read_json_record  # the runs' records carry the format version
+
+    directory = Path(directory)
+    path = directory / "comparison.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (not a folder bayescompress compare wrote)")
+    record = json.loads(path.read_text())
+    runs = {}
+    for row in record["rows"]:
+        runs[row["method"]] = {seed: read_json_record(directory / row["method"] / f"seed{seed}" / "metrics.json",
+                                                      "a run of the comparison")
+                               for seed in row["seeds"]}
+    return Comparison(runs, directory, record.get("original", {}), record.get("operating_points", {}),
+                      record.get("anchors", []))
+
+
 def compare_destination(out: str | os.PathLike, methods: Sequence[str | Method] | Mapping[str, str | Method],
                         seeds: Sequence[int], resume: bool = False, overwrite: bool = False) -> Path:
     """``out`` as a Path if :func:`compare` may write these methods' and seeds' runs there, else a ``ValueError``
@@ -349,4 +368,5 @@ def _same_length(lists: list[list[int]]) -> bool:
     return len({len(units) for units in lists}) == 1
 
 
-__all__ = ["COLUMNS", "COMPARISON_FILES", "DEFAULT_METHODS", "Comparison", "compare", "compare_destination"]
+__all__ = ["COLUMNS", "COMPARISON_FILES", "DEFAULT_METHODS", "Comparison", "compare", "compare_destination",
+           "load_comparison"]

@@ -368,7 +368,7 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
     if not points and not runs:
         raise ValueError("there are no operating points or runs to draw")
     runs = runs or {}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    figure, axes = plt.subplots(1, 2, figsize=(14, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, method in enumerate(dict.fromkeys([*points, *runs])):
         colour = colours[index % len(colours)]
@@ -397,9 +397,9 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
     axes[1].set_ylim(*axes[0].get_ylim())
     axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     figure.suptitle(title or "Accuracy against compression", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.76, 1))  # the legend's column on the right, inside the figure
+    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(0.765, 0.5), fontsize=8, frameon=False)
     _save(figure, path)
     return figure
 

@@ -165,3 +165,14 @@ def test_every_method_compares_on_digits_with_a_table_a_pareto_figure_and_figure
     assert (tmp_path / "all" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     for name in quick:
         assert (tmp_path / "all" / name / "seed0" / "plots" / "masks.png").is_file()
+
+
+def test_a_comparison_folder_reads_back_and_redraws_its_pareto_figure(comparison, tmp_path):
+    from bayescompress.compare import load_comparison
+
+    again = load_comparison(comparison.out)
+    assert again.summary() == comparison.summary() and again.points == comparison.points
+    assert main(["plot", str(comparison.out), "--out", str(tmp_path / "fig"), "--quiet"]) == 0
+    assert (tmp_path / "fig" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="comparison.json is missing"):
+        load_comparison(tmp_path)
