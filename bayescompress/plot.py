@@ -412,6 +412,9 @@ PUBLISHED = {
                {"label": "BC-GNJ", "compression": 108.0, "error": 0.010}],
 }
 
+# filter grids drawn per run: those of the first convolutions (in the masks' order)
+MAX_FILTER_FIGURES = 4
+
 # the score each method prunes by, as the histograms label it: (label, log scale)
 _SCORE_LABELS = {"turbo-vbi": ("posterior inclusion probability pi~", False),
                  "ss-gl": ("SNR x gate inclusion", True), "ss-ghs": ("SNR x gate inclusion", True),
@@ -423,8 +426,8 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
 
     masks.png (weight masks, removed units and inputs marked), units.png (units kept per layer), scores.png
     (histograms of the pruning scores with the threshold), reliability.png (compressed against original),
-    training.png (loss, KL, validation accuracy, fraction kept), filters-<layer>.png (each convolution's
-    filters) and pixels.png (for a first Linear layer reading an image: the pixels still read), and, for
+    training.png (loss, KL, validation accuracy, fraction kept), filters-<layer>.png (the filters of the
+    first four convolutions) and pixels.png (for a first Linear layer reading an image: the pixels still read), and, for
     Turbo-VBI runs, inclusion.png. Only safetensors and JSON are read; no network is rebuilt.
     """
     from bayescompress.io import read_json_record, read_safetensors
@@ -462,10 +465,10 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
             draw("training.png", lambda p: training_curves(history, p))
     if (directory / "trained.safetensors").is_file():
         state = read_safetensors(directory / "trained.safetensors", what)
-        for name in names:
-            kernel = state.get(f"{name}.weight_orig", state.get(f"{name}.weight"))
-            if kernel is not None and kernel.dim() == 4 and kernel.shape[0] <= 128:
-                draw(f"filters-{name}.png", lambda p, k=kernel, n=name: filters(k, run_masks.units.get(n), n, p))
+        kernels = {name: state.get(f"{name}.weight_orig", state.get(f"{name}.weight")) for name in names}
+        convs = [name for name, k in kernels.items() if k is not None and k.dim() == 4 and k.shape[0] <= 128]
+        for name in convs[:MAX_FILTER_FIGURES]:  # the first ones: a ResNet would give one per block
+            draw(f"filters-{name}.png", lambda p, n=name: filters(kernels[n], run_masks.units.get(n), n, p))
     image_shape = _input_image_shape(directory)
     first = run_masks.weight.get(names[0]) if names else None
     if image_shape and first is not None and first.dim() == 2 and first.shape[1] == math.prod(image_shape):
