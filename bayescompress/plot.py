@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
@@ -380,14 +381,17 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
             done = [(r[x], 100 * r["error"]) for r in runs.get(method, ())]
             if done:
                 ax.scatter(*zip(*done), color=colour, edgecolor="black", s=40, zorder=3, label=f"{method} (runs)")
-    for anchor in anchors:
+    for index, anchor in enumerate(anchors):
         for ax, x in zip(axes, ("compression", "exported_macs")):
             if anchor.get(x) is not None:
                 ax.scatter([anchor[x]], [100 * anchor["error"]], marker="*", color="black", s=90, zorder=4)
+                # staggered, so anchors at one error (BC-GHS and BC-GNJ, 1.0 %) do not write over each other
                 ax.annotate(f"{anchor['label']} (published)", (anchor[x], 100 * anchor["error"]),
-                            textcoords="offset points", xytext=(5, 4), fontsize=7)
+                            textcoords="offset points", xytext=(5, 4 + 11 * index), fontsize=7,
+                            arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5) if index else None)
     for ax, label in zip(axes, ("compression |W| / |W≠0| (log scale)", "MACs of the exported network (log scale)")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
         ax.set_xlabel(label)
         ax.set_ylabel("test error (%)")
         ax.grid(True, which="both", alpha=0.3)
