@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescompress.inference import Callback, EarlyStopping, NonFiniteLossError, Trainer, TrainConfig, fit
+from bayescompress.nn.model import bayesian_layers
 from bayescompress.metrics import evaluate
 from bayescompress.nn import bayesianize_, kl_divergence
 from bayescompress.priors import GaussianPrior
@@ -127,9 +128,20 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_finite_weights():
     poisoned_x[40] = float("nan")  # second batch of the first epoch
     poisoned = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(poisoned_x, y), batch_size=32)
     model = _bnn()
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 2"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 2.*the input batch holds NaN/Inf"):
         fit(model, poisoned, config=TrainConfig(epochs=2, quiet=True))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_non_finite_kl_names_the_layer_and_its_prior():
+    loader, _, _ = _toy_problem()
+    model = _bnn()
+    name, layer = bayesian_layers(model)[0]
+    with torch.no_grad():
+        layer.weight_rho[0, 0] = float("inf")  # sigma = inf: the Gaussian KL is inf, the NLL may be too
+    with pytest.raises(NonFiniteLossError, match=rf"layer '{name}' has non-finite weight_rho.*the KL of layer "
+                                                 rf"'{name}' under its GaussianPrior is (inf|nan)"):
+        fit(model, loader, config=TrainConfig(epochs=1, quiet=True))
 
 
 def test_stop_training_ends_after_the_current_batch_and_its_epoch():

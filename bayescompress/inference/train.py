@@ -30,6 +30,24 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; raised before the step so the weights stay the last finite ones."""
 
 
+@torch.no_grad()
+def _culprits(model: torch.nn.Module, x: torch.Tensor, kl: torch.Tensor) -> str:
+    """Where a non-finite loss comes from: the inputs, the layers whose parameters are no longer finite, and
+    (when the KL is the term) the layers whose prior's KL is not."""
+    found = []
+    if not torch.isfinite(x).all():
+        found.append("the input batch holds NaN/Inf")
+    for name, layer in bayesian_layers(model):
+        bad = [p for p, t in layer.named_parameters(recurse=False) if not torch.isfinite(t).all()]
+        if bad:
+            found.append(f"layer {name!r} has non-finite {', '.join(bad)}")
+        if not torch.isfinite(kl):
+            term = layer.kl()
+            if not torch.isfinite(term):
+                found.append(f"the KL of layer {name!r} under its {type(layer.prior).__name__} is {term.item()}")
+    return ": " + "; ".join(found) if found else ""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of :func:`fit`, validated on construction.
@@ -224,8 +242,9 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} "
-                    f"(NLL {nll.item():.4g}, KL {kl.item():.4g}); lower the learning rate (now {self.config.lr}) "
-                    "or check the inputs for NaN/Inf. The model keeps its last finite weights."
+                    f"(NLL {nll.item():.4g}, KL {kl.item():.4g}){_culprits(self.model, x, kl)}; lower the learning "
+                    f"rate (now {self.config.lr}) or check the inputs for NaN/Inf. The model keeps its last finite "
+                    "weights."
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
