@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from bayescompress.io import FORMAT_VERSION, load_weights_, read_json_record, read_safetensors, save_weights, write_json
 from bayescompress.priors.gaussian import GaussianPrior
-from bayescompress.priors.log_uniform import LogUniformPrior
 from bayescompress.pruning import Masks, Structure
 from bayescompress.pruning.batchnorm import fold_batchnorm_
 from bayescompress.pruning.graph_export import (
@@ -47,9 +46,6 @@ from bayescompress.pruning.graph_export import (
     to_plain_network,
 )
 from bayescompress.pruning.masks import prunable_layers
-
-# The prior families an exported posterior can carry (the others fold into a Gaussian before fine-tuning)
-POSTERIOR_PRIORS = {"GaussianPrior": GaussianPrior, "LogUniformPrior": LogUniformPrior}
 
 # Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
 _PROBE_RTOL = 1e-4
@@ -174,9 +170,6 @@ class CompressionResult:
         # how to rebuild the original (a graph export replays its surgery on it; operating points re-prune it)
         architecture: dict = {"format_version": FORMAT_VERSION, "source": self.source or _caller_source(self.original),
                               "batchnorm_folded": [list(pair) for pair in record.batchnorm_folded]}
-        if self.posterior is not None:  # the family the posterior's layers carry, to rebuild them
-            architecture["posterior_prior"] = next(type(m.prior).__name__ for m in self.posterior.modules()
-                                                   if hasattr(m, "prior") and isinstance(m.prior, nn.Module))
         if record.surgery is None:
             architecture.update(export="sequential", layers=describe_sequential(self.exported))
         else:
@@ -357,8 +350,7 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedR
     posterior = None
     if (directory / "posterior.safetensors").is_file():
         state = read_safetensors(directory / "posterior.safetensors", what)
-        prior = architecture.get("posterior_prior", "GaussianPrior")
-        posterior = load_weights_(bayesian_like(exported, state, prior), state,
+        posterior = load_weights_(bayesian_like(exported, state), state,
                                   source=f"the posterior in {directory / 'posterior.safetensors'}").eval()
     masks, inclusion = read_masks(directory)
     return SavedRun(exported, metrics, masks, architecture, inclusion, posterior)
@@ -389,20 +381,16 @@ def _check_probe(exported: nn.Module, probe: dict[str, Tensor], directory: Path)
                          "since the run was saved")
 
 
-def bayesian_like(exported: nn.Module, state: dict[str, Tensor], prior: str = "GaussianPrior") -> nn.Module:
+def bayesian_like(exported: nn.Module, state: dict[str, Tensor]) -> nn.Module:
     """A Bayesian copy of ``exported`` shaped to receive the posterior ``state``: every Linear/Conv2d converted
-    under the ``prior`` family (its hyperparameters come with the state), with a prune mask where the state holds
-    one."""
-    if prior not in POSTERIOR_PRIORS:
-        raise ValueError(f"the run's posterior has a {prior} prior, which this version cannot rebuild "
-                         f"({', '.join(POSTERIOR_PRIORS)} only)")
-    family = POSTERIOR_PRIORS[prior]
+    (Gaussian prior, whose scale the state carries: every method fine-tunes and exports under one), with a prune
+    mask where the state holds one."""
     shapes = {name: layer.weight.shape for name, layer in prunable_layers(exported)}
 
     def mask_of(name: str) -> Tensor | None:  # a placeholder the state's weight_mask then overwrites
         return torch.ones(shapes[name]) if (f"{name}.weight_mask" if name else "weight_mask") in state else None
 
-    return convert_export_(copy.deepcopy(exported), lambda _name: family(), mask_of)
+    return convert_export_(copy.deepcopy(exported), lambda _name: GaussianPrior(), mask_of)
 
 
 def render_report(method: str, metrics: dict) -> str:
