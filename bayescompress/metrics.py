@@ -183,6 +183,15 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     >>> round(ece(probs, torch.tensor([0, 1]), n_bins=2), 4)
     0.25
     """
+    _, conf_sum, acc_sum = _confidence_bins(probs, labels, n_bins)
+    # (n_k/N)|acc_k - conf_k| == |sum_acc_k - sum_conf_k| / N, which also
+    # makes empty bins contribute 0 without dividing by n_k.
+    return ((acc_sum - conf_sum).abs().sum() / probs.shape[0]).item()
+
+
+def _confidence_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per equal-width confidence bin: the count, the sum of top-class confidences and of correct predictions
+    (float64, on probs' device); the binning of :func:`ece` and :func:`reliability`."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
     _validate(probs, labels)
@@ -195,12 +204,10 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     # right=False gives edges[i-1] < conf <= edges[i]: right-closed bins, with
     # everything <= 1/B in bin 0 and everything > (B-1)/B in bin B-1.
     bins = torch.bucketize(conf, edges, right=False)
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64, device=probs.device)
-    conf_sum.scatter_add_(0, bins, conf.double())
-    acc_sum = torch.zeros_like(conf_sum).scatter_add_(0, bins, correct)
-    # (n_k/N)|acc_k - conf_k| == |sum_acc_k - sum_conf_k| / N, which also
-    # makes empty bins contribute 0 without dividing by n_k.
-    return ((acc_sum - conf_sum).abs().sum() / probs.shape[0]).item()
+    count = torch.zeros(n_bins, dtype=torch.float64, device=probs.device).scatter_add_(0, bins, torch.ones_like(correct))
+    conf_sum = torch.zeros_like(count).scatter_add_(0, bins, conf.double())
+    acc_sum = torch.zeros_like(count).scatter_add_(0, bins, correct)
+    return count, conf_sum, acc_sum
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list[float]]:
@@ -213,14 +220,7 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> 
     >>> bins["count"], bins["accuracy"]
     ([0, 2], [None, 0.5])
     """
-    ece(probs, labels, n_bins)  # the same checks
-    conf = probs.amax(dim=1).double()
-    correct = (probs.argmax(dim=1) == labels).double()
-    edges = torch.arange(1, n_bins, dtype=probs.dtype, device=probs.device) / n_bins
-    bins = torch.bucketize(probs.amax(dim=1), edges, right=False)
-    count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins.cpu(), torch.ones_like(conf).cpu())
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins.cpu(), conf.cpu())
-    acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins.cpu(), correct.cpu())
+    count, conf_sum, acc_sum = _confidence_bins(probs, labels, n_bins)
     counts = [int(c) for c in count.tolist()]
 
     def per_bin(sums: Tensor) -> list[float | None]:  # None, not NaN: the bins go into metrics.json
