@@ -34,6 +34,7 @@ from bayescompress.pruning import (
 from bayescompress.pruning.batchnorm import fold_batchnorm_
 from bayescompress.pruning.importance import sweep_scores
 from bayescompress.pruning.masks import copy_network
+from bayescompress.pruning.strategies import PruningStrategy, _top_fraction_threshold
 from bayescompress.runs import CompressionResult, build_original, units_per_layer
 
 # fractions of the weights kept, from mild to extreme
@@ -78,14 +79,10 @@ def operating_points(
     everything = torch.cat([s.flatten() for s in scores.values()])
     points = []
     for fraction in keep_fractions:
-        keep = max(1, round(fraction * total))
-        cut = torch.kthvalue(everything, total - keep + 1).values
+        cut = _top_fraction_threshold(everything, fraction)
         # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
-        weight = {name: (s >= cut) & (s > 0) for name, s in scores.items()}
-        units = {name: w.flatten(1).any(dim=1) for name, w in weight.items()}
-        units[output] = torch.ones_like(units[output])
-        points.append(_measure(network, Masks(weight, units), example, output, loader, device, total)
-                      | {"keep_fraction": fraction})
+        masks = PruningStrategy._from_weight_masks(layers, [(s >= cut) & (s > 0) for s in scores.values()], output)
+        points.append(_measure(network, masks, example, output, loader, device, total) | {"keep_fraction": fraction})
     if own:
         point = _measure(network, run_masks, example, output, loader, device, total)
         points.append(point | {"keep_fraction": run_masks.kept_weights() / total, "own": True})
