@@ -13,7 +13,7 @@ import csv
 import dataclasses
 import io
 import json
-import math
+import statistics
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -68,9 +68,11 @@ class Comparison:
             row: dict = {"method": method, "seeds": sorted(by_seed)}
             for column, path, _ in COLUMNS:
                 values = [_lookup(m, path) for m in metrics]
-                row[column] = {"mean": _mean(values), "std": _std(values), "values": values}
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                row[column] = {"mean": statistics.fmean(values), "std": std, "values": values}
             units = [m["architecture"]["exported"] for m in metrics]
-            row["units"] = [round(_mean(list(layer))) for layer in zip(*units)] if _same_length(units) else units[0]
+            row["units"] = ([round(statistics.fmean(layer)) for layer in zip(*units)] if _same_length(units)
+                            else units[0])
             row["accuracy_loss_exceeded"] = sum(bool(m["accuracy_loss"]["exceeded"]) for m in metrics)
             rows.append(row)
         return rows
@@ -351,17 +353,6 @@ def _lookup(metrics: dict, path: str) -> float:
     for key in path.split("."):
         value = value[key]
     return float(value)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _same_length(lists: list[list[int]]) -> bool:
