@@ -23,10 +23,12 @@ from bayescompress.settings import Flag, Integer, Real, SettingInfo, describe, s
 _COMMON = ("seed", "device", "quiet")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+    """--quiet, --json, --device and (unless the command takes --seeds) --seed."""
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
 
 
@@ -47,6 +49,25 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
         metavar = {Real: "X", Integer: "N"}.get(type(info.allowed))
         group.add_argument(flag, dest=info.name, type=info.parse, default=argparse.SUPPRESS, metavar=metavar,
                            choices=getattr(info.allowed, "options", None), help=help_text)
+
+
+def _network_and_data(parser: argparse.ArgumentParser) -> None:
+    """The pretrained network and the data of compress and compare."""
+    parser.add_argument("--model", required=True,
+                        help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
+    parser.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
+    parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 "
+                                           "binary batches (cifar10)")
+
+
+def _pipeline(parser: argparse.ArgumentParser, title: str) -> None:
+    """The pipeline settings' flags (seed, device and quiet aside) and the batch size."""
+    group = parser.add_argument_group(title)
+    for info in describe(PipelineConfig):
+        if info.name not in _COMMON:
+            _add_setting(group, info, info.default)
+    parser.add_argument("--batch-size", type=int, default=128)
 
 
 def _method_in(argv: Sequence[str]) -> str:
@@ -72,11 +93,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     _common(pre)
 
     comp = commands.add_parser("compress", help="train, prune and export a pretrained network")
-    comp.add_argument("--model", required=True,
-                      help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
-    comp.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
-    comp.add_argument("--dataset", choices=DATASETS, default="digits")
-    comp.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 binary batches (cifar10)")
+    _network_and_data(comp)
     comp.add_argument("--method", choices=methods.names(), default="gaussian-snr",
                       help="the compression method (default gaussian-snr); --method M --help lists M's settings")
     comp.add_argument("--out", required=True, help="run folder to write (a new or empty folder)")
@@ -90,19 +107,11 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
         # the training before pruning and the method's own settings first, the fine-tuning's last
         for info in sorted(describe(method_class.config_class), key=lambda info: info.name.startswith("finetune_")):
             _add_setting(group, info, cnn.get(info.name, info.default))
-    pipeline = comp.add_argument_group("pipeline settings (every method)")
-    for info in describe(PipelineConfig):
-        if info.name not in _COMMON:
-            _add_setting(pipeline, info, info.default)
-    comp.add_argument("--batch-size", type=int, default=128)
+    _pipeline(comp, "pipeline settings (every method)")
     _common(comp)
 
     cmp = commands.add_parser("compare", help="several methods on one pretrained network, over seeds: a table")
-    cmp.add_argument("--model", required=True,
-                     help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
-    cmp.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
-    cmp.add_argument("--dataset", choices=DATASETS, default="digits")
-    cmp.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 binary batches (cifar10)")
+    _network_and_data(cmp)
     cmp.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
                      help=f"comma-separated methods, each at its recipe (default: {','.join(DEFAULT_METHODS)})")
     cmp.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds (default 0)")
@@ -114,14 +123,8 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     cmp.add_argument("--anchors", help="JSON file of published points for the Pareto figure, a list of "
                                        '{"label", "compression", "error"} (default: the published results of '
                                        "lenet300 / lenet5 on MNIST)")
-    pipeline = cmp.add_argument_group("pipeline settings (every run)")
-    for info in describe(PipelineConfig):
-        if info.name not in _COMMON:
-            _add_setting(pipeline, info, info.default)
-    cmp.add_argument("--batch-size", type=int, default=128)
-    cmp.add_argument("--quiet", action="store_true", help="no progress bars or tables")
-    cmp.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
-    cmp.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
+    _pipeline(cmp, "pipeline settings (every run)")
+    _common(cmp, seed=False)
 
     plot = commands.add_parser("plot", help="draw every figure of a run folder (masks, units kept, scores, "
                                             "reliability, training curves, filters, pixels) into RUN/plots")
