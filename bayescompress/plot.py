@@ -64,11 +64,13 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
     return figure
 
 
-def _grid(panels: int, max_columns: int, size: tuple[float, float]):
-    """A figure of ``panels`` axes in rows of at most ``max_columns``; unused axes are switched off."""
+def _grid(panels: int, max_columns: int, size: tuple[float, float], layout: str | None = None):
+    """A figure of ``panels`` axes in rows of at most ``max_columns``; unused axes are switched off. ``layout``
+    "constrained" makes room for a colour bar shared by the panels."""
     columns = min(max_columns, panels)
     rows = -(-panels // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False,
+                                layout=layout)
     for ax in list(axes.flat)[panels:]:
         ax.axis("off")
     return figure, list(axes.flat)[:panels]
@@ -93,18 +95,14 @@ def inclusion(probabilities: dict, path: str | os.PathLike | None = None, max_co
     if not probabilities:
         raise ValueError("no inclusion probabilities to draw: only Turbo-VBI runs record them")
     names = list(probabilities)
-    columns = min(max_columns, len(names))
-    rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    figure, axes = _grid(len(names), max_columns, (4.0, 3.2), layout="constrained")
+    for ax, name in zip(axes, names):
         grid = probabilities[name].detach().flatten(1).float().cpu()
         image = ax.imshow(grid.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_title(f"{name}: {100 * (grid >= 0.5).float().mean().item():.1f}% with pi~ >= 1/2", fontsize=9)
         ax.set_xlabel("input")
         ax.set_ylabel("output unit")
-    figure.colorbar(image, ax=list(axes.flat), shrink=0.8, label="posterior inclusion pi~")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="posterior inclusion pi~")
     _save(figure, path)
     return figure
 

@@ -130,13 +130,13 @@ def per_layer(text: str, name: str = "value") -> dict[str, float]:
     """``"fc1=0.05, fc2=0.2"`` -> {"fc1": 0.05, "fc2": 0.2}; a clear error naming ``name`` otherwise."""
     values: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        layer, sep, number = item.partition("=")
+        layer, _, number = (part.strip() for part in item.partition("="))
         try:
-            values[layer.strip()] = float(number)
+            if not layer:
+                raise ValueError
+            values[layer] = float(number)
         except ValueError:
-            sep = ""
-        if not sep or not layer.strip():
-            raise ValueError(f"{name} takes layer=value pairs like 'fc1=0.05,fc2=0.2'; got {item!r}")
+            raise ValueError(f"{name} takes layer=value pairs like 'fc1=0.05,fc2=0.2'; got {item!r}") from None
     return values
 
 
