@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bayescompress import methods
-from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress
+from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress, resolve_method
 from bayescompress.io import atomic_write, write_json
 from bayescompress.methods.base import Method
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
@@ -238,9 +238,7 @@ def _resolve(chosen: Sequence[str | Method] | Mapping[str, str | Method]) -> dic
     items = chosen.items() if isinstance(chosen, Mapping) else [(None, item) for item in chosen]
     resolved: dict[str, Method] = {}
     for label, item in items:
-        method = methods.get(item)() if isinstance(item, str) else item
-        if not isinstance(method, Method):
-            raise ValueError(f"methods must hold method names or Method objects; got {type(item).__name__}")
+        method = resolve_method(item)
         label = method.name if label is None else label
         if not label or "/" in label or label.startswith("."):
             raise ValueError(f"{label!r} cannot name a run folder; use letters, digits and dashes")
