@@ -29,7 +29,7 @@ from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress
 from bayescompress.io import atomic_write, write_json
 from bayescompress.methods.base import Method
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
-from bayescompress.runs import check_run_destination, is_run_folder
+from bayescompress.runs import is_run_folder
 
 # (column, how to read it from a run's metrics, how to write it); the order of the table
 COLUMNS: tuple[tuple[str, str, str], ...] = (

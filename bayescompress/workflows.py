@@ -26,7 +26,7 @@ from bayescompress.io import (
 )
 from bayescompress.metrics import evaluate
 from bayescompress.models import REQUIRED_IMAGE_SIZE, build_model, model_from_architecture
-from bayescompress.runs import CompressionResult, call_factory, check_run_destination
+from bayescompress.runs import CompressionResult, call_factory
 
 def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_classes: int) -> tuple[nn.Module, dict]:
     """The network to compress: a reference model name or ``package.module:factory``, with its weights, and

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import RESULTS, save_results
+from _common import save_results
 
 from bayescompress.plot import PUBLISHED
 
