@@ -51,11 +51,12 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
                            choices=getattr(info.allowed, "options", None), help=help_text)
 
 
-def _network_and_data(parser: argparse.ArgumentParser) -> None:
-    """The pretrained network and the data of compress and compare."""
-    parser.add_argument("--model", required=True,
+def _network_and_data(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The pretrained network and the data of compress and compare (required unless the command resumes)."""
+    parser.add_argument("--model", required=required,
                         help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
-    parser.add_argument("--weights", required=True, help="pretrained weights (.safetensors or a torch.save state_dict)")
+    parser.add_argument("--weights", required=required,
+                        help="pretrained weights (.safetensors or a torch.save state_dict)")
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
     parser.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 "
                                            "binary batches (cifar10)")
@@ -93,10 +94,13 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     _common(pre)
 
     comp = commands.add_parser("compress", help="train, prune and export a pretrained network")
-    _network_and_data(comp)
+    comp.add_argument("--resume", metavar="RUN", help="continue the interrupted run in the run folder RUN from its "
+                                                      "checkpoint, with the settings it was started with")
+    _network_and_data(comp, required=False)
     comp.add_argument("--method", choices=methods.names(), default="gaussian-snr",
                       help="the compression method (default gaussian-snr); --method M --help lists M's settings")
-    comp.add_argument("--out", required=True, help="run folder to write (a new or empty folder)")
+    comp.add_argument("--out", help="run folder to write (a new or empty folder); it holds the run's checkpoint "
+                                    "while it trains")
     _overwrite(comp)
     if method in methods.names():
         method_class = methods.get(method)
@@ -222,11 +226,38 @@ def _warn_accuracy_loss(metrics: dict, out) -> None:
           file=sys.stderr)
 
 
+# what a resumed compress may be given besides --resume RUN: how it reports, not what it computes
+_RESUME_FLAGS = ("--quiet", "--json")
+
+
+def _resumed_invocation(argv: list[str]) -> list[str]:
+    """``compress --resume RUN [--quiet] [--json]``: the arguments RUN was started with, and those flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--resume")
+    known, rest = pre.parse_known_args(argv[1:])
+    others = [arg for arg in rest if arg not in _RESUME_FLAGS]
+    if others:
+        raise SystemExit(f"bayescompress compress: error: --resume RUN continues RUN with the settings it was "
+                         f"started with; give only {' / '.join(_RESUME_FLAGS)} beside it, not {' '.join(others)}")
+    from bayescompress.io import read_json_record
+    from bayescompress.runs import INVOCATION_FILE, check_run_destination
+
+    try:
+        check_run_destination(known.resume, resume=True)
+        saved = read_json_record(Path(known.resume) / INVOCATION_FILE, "the command the run was started with")
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"bayescompress compress: error: cannot resume {known.resume}: {error}") from None
+    return [*saved["argv"], *[arg for arg in rest if arg not in saved["argv"]], "--resume", known.resume]
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compress"] and any(arg == "--resume" or arg.startswith("--resume=") for arg in argv):
+        argv = _resumed_invocation(argv)
     method = _method_in(argv)
     parser = _parser(method)
     args, extras = parser.parse_known_args(argv)
+    args.argv = argv
     for extra in extras:
         if args.command == "compress" and extra.startswith("--"):
             name = extra[2:].split("=")[0].replace("-", "_")
@@ -236,20 +267,56 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                            f"{unknown_setting_message(name, args.method, config, flags=True)}\n")
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    if args.command == "compress":
+        missing = [flag for flag in ("model", "weights", "out") if getattr(args, flag) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join('--' + m for m in missing)} (or "
+                         "--resume RUN alone, to continue an interrupted run)")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    from bayescompress import workflows
+    from bayescompress import distributed
+
+    if args.command in ("compress", "compare") and distributed.launched():  # started by torchrun
+        args.device = distributed.init_from_environment(args.device)
+        if not distributed.is_main():  # rank 0 reports for all
+            args.quiet, args.json = True, False
+            warnings.simplefilter("ignore")
+    try:
+        return _run(args)
+    finally:
+        distributed.shutdown()
+
+
+def _start_run_folder(args: argparse.Namespace) -> Path:
+    """compress's run folder, checked before any work; holds the invocation and the checkpoint while training."""
+    import shutil
+
+    from bayescompress import distributed
+    from bayescompress.io import FORMAT_VERSION, write_json
+    from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE, check_run_destination, is_interrupted_run
+
+    out = check_run_destination(args.out, args.overwrite, resume=args.resume is not None)
+    if distributed.is_main() and args.resume is None:
+        if is_interrupted_run(out):  # --overwrite: start again, from nothing
+            shutil.rmtree(out / CHECKPOINT_DIR)
+        argv = [arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)]
+        write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
+    return out / CHECKPOINT_DIR
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bayescompress import distributed, workflows
     from bayescompress._validation import check_device
-    from bayescompress.runs import check_run_destination
+    from bayescompress.inference import TrainingInterrupted
 
     try:
         if getattr(args, "device", None) is not None:  # before any work
             check_device("--device", args.device)
         if args.command == "compress":
-            check_run_destination(args.out, args.overwrite)
+            checkpoint = _start_run_folder(args)
         if args.command == "pretrain":
             result = workflows.pretrain(
                 args.model, args.dataset, args.data_dir, epochs=args.epochs, lr=args.lr,
@@ -298,8 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             with warnings.catch_warnings():  # reported below, louder
                 warnings.simplefilter("ignore", AccuracyLossWarning)
                 result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, method,
-                                                  pipeline=pipeline, batch_size=args.batch_size)
-            output = _run_output(result, result.save(args.out, overwrite=args.overwrite), args.quiet)
+                                                  pipeline=pipeline, batch_size=args.batch_size, checkpoint=checkpoint)
+            if not distributed.is_main():
+                return 0
+            output = _run_output(result, result.save(args.out, overwrite=args.overwrite, resume=True), args.quiet)
             _warn_accuracy_loss(result.metrics, args.out)
         else:
             start = time.perf_counter()
@@ -312,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"wrote {args.out}: comparison.md (.csv, .json), pareto.png, and per method a run folder "
                           "<method>/seed<k> with its figures in plots/")
                 print(f"digits test split; {time.perf_counter() - start:.1f} s")
+    except TrainingInterrupted as interrupted:
+        again = (f"bayescompress compress --resume {args.out}" if args.command == "compress" else
+                 "the same bayescompress compare command with --resume")
+        if distributed.is_main():
+            print(f"bayescompress {args.command}: {interrupted}; continue with: {again}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"bayescompress {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -15,21 +15,22 @@ import io
 import json
 import statistics
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bayescompress import methods
+from bayescompress import distributed, methods
 from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress, resolve_method
 from bayescompress.io import atomic_write, write_json
 from bayescompress.methods.base import Method
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
-from bayescompress.runs import is_run_folder
+from bayescompress.inference.checkpoint import shuffling_generators
+from bayescompress.runs import CHECKPOINT_DIR, is_interrupted_run, is_run_folder
 
 # (column, how to read it from a run's metrics, how to write it); the order of the table
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -192,7 +193,7 @@ def compare(
     out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
     if out is not None and resume:
         _check_resumable(out, chosen, seeds, model)
-    generators = _shuffling_generators(train_loader)
+    generators = shuffling_generators(train_loader)
     start_states = [g.get_state() for g in generators]
     comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors])
     first_runs: dict = {}
@@ -201,19 +202,24 @@ def compare(
     for name, seed in bar:
         bar.set_postfix_str(f"{name} seed {seed}")
         folder = None if out is None else out / name / f"seed{seed}"
-        if folder is not None and resume and is_run_folder(folder):
+        if folder is not None and resume and is_run_folder(folder) and not is_interrupted_run(folder):
             comparison.runs[name][seed] = json.loads((folder / "metrics.json").read_text())
             first_runs.setdefault(name, folder)
             continue
         for generator, state in zip(generators, start_states):
             generator.set_state(state)
+        checkpoint = None
+        if folder is not None:  # an interrupted run continues from its checkpoint when resuming
+            checkpoint = folder / CHECKPOINT_DIR
+            if overwrite and not resume and checkpoint.is_dir() and distributed.is_main():
+                shutil.rmtree(checkpoint)  # this package's own checkpoint of the run being replaced
         with warnings.catch_warnings():  # recorded per run and flagged in the table
             warnings.simplefilter("ignore", AccuracyLossWarning)
             result = compress(model, train_loader, val_loader, chosen[name], test_loader=test_loader,
-                              pipeline=replace(pipeline, seed=seed))
-        if folder is not None:
+                              pipeline=replace(pipeline, seed=seed), checkpoint=checkpoint)
+        if folder is not None and distributed.is_main():
             result.source = source
-            result.save(folder, overwrite=overwrite)
+            result.save(folder, overwrite=overwrite, resume=True)
         comparison.runs[name][seed] = result.metrics
         first_runs.setdefault(name, result)
     if keep_fractions is not None:
@@ -224,7 +230,7 @@ def compare(
     first = next(m for by_seed in comparison.runs.values() for m in by_seed.values())
     comparison.original = {**{k: first["original"][k] for k in ("accuracy", "nll", "ece", "brier")},
                            "units": first["architecture"]["original"]}
-    if out is not None:
+    if out is not None and distributed.is_main():
         comparison.save(out)
     return comparison
 
@@ -298,6 +304,9 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
     for name in chosen:
         for seed in seeds:
             folder = out / name / f"seed{seed}"
+            if is_interrupted_run(folder) and not (resume or overwrite):
+                raise ValueError(f"{folder} holds an interrupted run; pass resume=True (--resume) to continue it "
+                                 "from its checkpoint, overwrite=True to start it again, or choose another folder")
             if is_run_folder(folder) and not (resume or overwrite):
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
                                  "(--resume) to keep them and run the rest, overwrite=True to replace them, or "
@@ -310,7 +319,7 @@ def _written_by_compare(entry: Path) -> bool:
     if entry.name in COMPARISON_FILES or entry.name.startswith("."):  # dot-entries: atomic writes under way
         return True
     return entry.is_dir() and all(child.name.startswith("seed") and child.name[4:].isdigit()
-                                  and (is_run_folder(child) or not any(child.iterdir()))
+                                  and (is_run_folder(child) or is_interrupted_run(child) or not any(child.iterdir()))
                                   for child in entry.iterdir() if not child.name.startswith("."))
 
 
@@ -332,18 +341,6 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
                     f"{folder} was run with other {name} settings than this comparison's ("
                     + ", ".join(f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now" for key in differ)
                     + "); give the same settings to resume, or choose another folder")
-
-
-def _shuffling_generators(loader: Iterable) -> list[torch.Generator]:
-    """The torch generators that decide ``loader``'s order (its own, its sampler's, its batch sampler's)."""
-    found = []
-    for holder in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
-                   getattr(getattr(loader, "sampler", None), "sampler", None),
-                   getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        generator = getattr(holder, "generator", None)
-        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
-            found.append(generator)
-    return found
 
 
 def _lookup(metrics: dict, path: str) -> float:

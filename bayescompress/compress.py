@@ -9,17 +9,22 @@ methods are plug-ins found by name (``bayescompress.methods.names()``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from bayescompress import methods
+from bayescompress import distributed, methods
 from bayescompress._validation import check_device
+from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
+from bayescompress.inference.train import CheckpointMismatchError
+from bayescompress.io import FORMAT_VERSION, read_json_record, write_json
 from bayescompress.inference.kept import KeptFraction
 from bayescompress.methods.base import Method, MethodConfig, TrainingContext, unknown_setting_message
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
@@ -93,6 +98,7 @@ def compress(
     test_loader: Iterable | None = None,
     epochs: int | None = None,
     pipeline: PipelineConfig | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> CompressionResult:
     """Train, prune and export ``model`` (left untouched; the work happens on a copy).
 
@@ -101,6 +107,11 @@ def compress(
     the method runs its benchmarked recipe, the CNN preset when ``model`` has a Conv2d. ``epochs`` overrides
     the method's training epochs before pruning; ``pipeline`` holds the settings around the method (seed,
     device, MC samples, the accuracy-loss warning).
+
+    With ``checkpoint`` (a folder), the whole training state is kept there at every epoch end (and on
+    SIGINT/SIGTERM, after the current batch); a folder that already holds a checkpoint of this run continues
+    from it, and the result is the one the uninterrupted run gives (docs/reliability.md). Under torchrun every
+    rank trains on its shard of each batch and ends with the same masks and posterior (docs/distributed.md).
 
     ``model`` is any network whose compute layers are ``nn.Linear`` / ``nn.Conv2d`` (docs/own-models.md):
     BatchNorms right after such a layer are folded into it first, modules that cannot be converted are named in
@@ -129,6 +140,8 @@ def compress(
     # a few inputs: the graph export recognises constant channels by their being equal on all of them
     probe = first[0][:PROBE_SIZE].to(pipeline.device)
     example = probe[:1]
+    record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}
+    store = open_checkpoint(checkpoint, record) if checkpoint is not None else None
     original = copy_network(model).to(pipeline.device).eval()
 
     network = copy_network(model).to(pipeline.device).eval()
@@ -137,11 +150,17 @@ def compress(
     torch.manual_seed(pipeline.seed)
     cost = TrainingCost(example)
     context = TrainingContext(train_loader, val_loader, example, output, seed=pipeline.seed, device=pipeline.device,
-                              quiet=pipeline.quiet, observers=[cost, KeptFraction()])
+                              quiet=pipeline.quiet or not distributed.is_main(), observers=[cost, KeptFraction()],
+                              checkpoint=store)
     start = time.perf_counter()
     trained = method.train_and_prune(network, method_config, context)
     training_seconds = time.perf_counter() - start
     masks, history, inclusion = trained.masks, trained.history, trained.inclusion
+    # every rank must end with the same state; a difference would be a bug, never a rounding
+    rank_difference = distributed.max_rank_difference({**masks.to_tensors(), **trained.network.state_dict()})
+    if rank_difference:
+        raise RuntimeError(f"the ranks of this distributed run ended with different networks (largest difference "
+                           f"{rank_difference:.3g}); please report it with the command that ran")
     network = trained.network
     samples = pipeline.mc_samples if method.bayesian else 0
     network.eval()  # what follows runs the deployed network: Dropout off, BatchNorm on its running statistics
@@ -165,12 +184,39 @@ def compress(
     metrics["training"] = {"macs": cost.macs, "dense_vi_macs": cost.dense_vi_macs, "steps": cost.steps,
                            "wall_s": training_seconds}
     metrics["training_macs_ratio"] = cost.ratio
+    metrics["distributed"] = {"world_size": distributed.world_size(), "max_rank_difference": rank_difference}
+    metrics["resumed_from"] = store.resumed_from() if store is not None else None
     _check_accuracy_loss(metrics, pipeline.max_accuracy_loss)
     export = ExportRecord(folded, surgery, probe.detach().cpu())
-    record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}
     return CompressionResult(method.name, record, metrics, final_masks, original, network, exported, structure,
                              history, inclusion, posterior=posterior, export_record=export,
                              before_pruning=trained.before_pruning, scores=trained.scores)
+
+
+def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
+    """The run's checkpoint folder, after checking that a checkpoint already there is of this run (same method
+    settings and pipeline, progress bars aside)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint {folder} is a file; give a folder (new, or one an interrupted run left)")
+    settings = folder / "run.json"
+    wanted = {"method": record["method"], "pipeline": {k: v for k, v in record["pipeline"].items() if k != "quiet"}}
+    if settings.is_file():
+        saved = read_json_record(settings, "the settings of the checkpointed run")
+        saved = {"method": saved["method"], "pipeline": saved["pipeline"]}
+        differ = [f"{part}.{key}: {saved[part].get(key)!r} there, {value!r} now"
+                  for part in ("method", "pipeline") for key, value in wanted[part].items()
+                  if saved[part].get(key) != value]
+        if differ:
+            raise CheckpointMismatchError(f"the checkpoint in {folder} is of a run with other settings ("
+                                          + "; ".join(differ) + "); resume with the same ones, or give another folder")
+    elif folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        raise ValueError(f"{folder} is not empty and holds no bayescompress checkpoint (no run.json); give a new "
+                         "or empty folder (nothing there is replaced)")
+    store = Checkpoint(folder, writer=distributed.is_main())
+    if store.writer and not settings.is_file():
+        write_json(settings, {"format_version": FORMAT_VERSION, **wanted})
+    return store
 
 
 def _export_graph(network, masks, probe, output, val_loader, device) -> tuple[nn.Module, GraphSurgery]:

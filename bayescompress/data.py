@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
 
 from bayescompress._validation import check_choice, check_in_range, check_positive_int
 
@@ -320,11 +320,34 @@ def load_dataset(
     )
 
 
+class ShardedRandomSampler(Sampler[int]):
+    """Rank ``rank``'s share of one shuffle of ``size`` indices that every rank draws alike (same generator
+    seed): every ``world_size``-th index of the permutation from ``rank`` on, the permutation padded with its
+    first indices to a multiple of ``world_size`` (as ``DistributedSampler`` pads). Batching each share by
+    ``B / world_size`` makes the ranks' k-th batches together exactly the k-th batch of size ``B`` a single
+    process draws from the same generator, and the generator advances by itself every epoch (no ``set_epoch``)."""
+
+    def __init__(self, size: int, generator: torch.Generator, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.size, self.generator, self.rank, self.world_size = size, generator, rank, world_size
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator)
+        padded = torch.cat([order, order[: len(self) * self.world_size - self.size]])
+        return iter(padded[self.rank::self.world_size].tolist())
+
+
 def make_loaders(
     splits: DatasetSplits,
     batch_size: int = 128,
     eval_batch_size: int = 1000,
     seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Build train / val / test loaders yielding ``(x, y)`` batches.
 
@@ -341,6 +364,9 @@ def make_loaders(
         Batch size of the (unshuffled) validation and test loaders.
     seed : int
         Seed of the training shuffle, so equal seeds give equal batch orders.
+    rank, world_size : int
+        For a distributed run: the train loader yields this rank's share of each batch of ``batch_size``
+        (which ``world_size`` must divide; see :class:`ShardedRandomSampler`); validation and test stay whole.
 
     Returns
     -------
@@ -356,11 +382,17 @@ def make_loaders(
     """
     check_positive_int("batch_size", batch_size)
     check_positive_int("eval_batch_size", eval_batch_size)
+    check_positive_int("world_size", world_size)
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is the global batch of {world_size} processes and must be a "
+                         f"multiple of it; use e.g. --batch-size {batch_size - batch_size % world_size or world_size}")
     generator = torch.Generator().manual_seed(seed)
-    shuffled = RandomSampler(splits.train, generator=generator)
+    shuffled = (RandomSampler(splits.train, generator=generator) if world_size == 1 else
+                ShardedRandomSampler(len(splits.train), generator, rank, world_size))
     # batch_size=None turns off auto-collation: the sampler yields index lists and TensorDataset
     # answers each with one fancy-indexed (x, y) batch.
-    train = DataLoader(splits.train, sampler=BatchSampler(shuffled, batch_size, drop_last=False), batch_size=None)
+    train = DataLoader(splits.train, sampler=BatchSampler(shuffled, batch_size // world_size, drop_last=False),
+                       batch_size=None)
     val, test = (
         DataLoader(ds, sampler=BatchSampler(SequentialSampler(ds), eval_batch_size, drop_last=False), batch_size=None)
         for ds in (splits.val, splits.test)

@@ -153,14 +153,16 @@ class CompressionResult:
         """A short markdown report of the run."""
         return render_report(self.method, self.metrics)
 
-    def save(self, directory: str | os.PathLike, overwrite: bool = False, plots: bool = True) -> Path:
+    def save(self, directory: str | os.PathLike, overwrite: bool = False, plots: bool = True,
+             resume: bool = False) -> Path:
         """Write the run folder atomically (see the module docstring) and return its path; with ``plots``, its
         figures too, in ``plots/`` (:func:`bayescompress.plot.draw_run`).
 
         A non-empty folder that is not a run folder is refused; an existing run folder is replaced only with
-        ``overwrite=True``.
+        ``overwrite=True``; the checkpoint an interrupted run left there (``resume=True``: this run's) goes
+        with the rename that puts the finished run in its place.
         """
-        directory = check_run_destination(directory, overwrite)
+        directory = check_run_destination(directory, overwrite, resume)
         if self.export_record is None:
             raise ValueError("this result has no export record (it was not made by bayescompress.compress)")
         record = self.export_record
@@ -208,6 +210,18 @@ def _caller_source(original: nn.Module) -> dict:
     return {"kind": "caller", "class": f"{type(original).__module__}.{type(original).__qualname__}"}
 
 
+# What a run folder holds while its run trains: the checkpoint and, from the command line, the invocation.
+CHECKPOINT_DIR = "checkpoint"
+INVOCATION_FILE = "invocation.json"
+IN_PROGRESS_FILES = frozenset({CHECKPOINT_DIR, INVOCATION_FILE})
+
+
+def is_interrupted_run(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a run that has not finished: its checkpoint (a finished run's folder is
+    written without one; an interrupted ``--overwrite`` run also still holds the run it replaces)."""
+    return (Path(directory) / CHECKPOINT_DIR / "run.json").is_file()
+
+
 def is_run_folder(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a run folder this package wrote (its metrics.json names a method)."""
     metrics = Path(directory) / "metrics.json"
@@ -220,16 +234,34 @@ def is_run_folder(directory: str | os.PathLike) -> bool:
     return isinstance(record, dict) and "format_version" in record and "method" in record
 
 
-def check_run_destination(directory: str | os.PathLike, overwrite: bool = False) -> Path:
+def check_run_destination(directory: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
     """``directory`` as a Path if a run folder may be written there, else a ``ValueError`` that says why.
 
-    Call it before the work that produces the run, so a bad ``--out`` costs nothing.
+    Call it before the work that produces the run, so a bad ``--out`` costs nothing. A folder an interrupted
+    run left (:func:`is_interrupted_run`) is written by that run resuming (``resume``) or replaced with
+    ``overwrite``.
     """
     directory = Path(directory).expanduser()
     for ancestor in (directory, *directory.parents):
         if ancestor.exists() and not ancestor.is_dir():
             raise ValueError(f"cannot write the run folder {directory}: {ancestor} is a file, not a folder; "
                              "choose another path")
+    interrupted = directory.is_dir() and is_interrupted_run(directory)
+    if interrupted:
+        others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES | IN_PROGRESS_FILES
+                        and not p.name.startswith("."))
+        if others:
+            raise ValueError(f"{directory} holds an interrupted run and files it did not write ({', '.join(others)}); "
+                             "move them out first (nothing was touched)")
+        if not (resume or overwrite):
+            raise ValueError(f"{directory} holds an interrupted run; continue it with `bayescompress compress "
+                             f"--resume {directory}` (compress(..., checkpoint={str(directory / CHECKPOINT_DIR)!r}) "
+                             "from Python), or pass overwrite=True (--overwrite) to start again")
+        return directory
+    if resume:
+        raise ValueError(f"{directory} holds no interrupted run (no {CHECKPOINT_DIR}/run.json)"
+                         + ("; the run there has finished" if is_run_folder(directory) else "")
+                         + "; resume only a run folder whose run was stopped before it finished")
     if directory.is_dir() and any(directory.iterdir()):
         if not is_run_folder(directory):
             raise ValueError(f"{directory} is not empty and is not a bayescompress run folder; choose a new or "

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bayescompress import distributed
 from bayescompress.compare import DEFAULT_METHODS, Comparison, compare, compare_destination
 from bayescompress.compress import PipelineConfig, compress
 from bayescompress.data import DatasetSplits, load_dataset, make_loaders
@@ -144,15 +145,18 @@ def compress_files(
     config: MethodConfig | None = None,
     pipeline: PipelineConfig | None = None,
     batch_size: int = 128,
+    checkpoint: str | os.PathLike | None = None,
 ) -> CompressionResult:
-    """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it."""
+    """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it
+    (under torchrun, each rank on its share of every batch of ``batch_size``)."""
     pipeline = pipeline or PipelineConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
     splits = load_dataset(dataset, data_dir, image_size=image_size, seed=pipeline.seed)
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
-    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=pipeline.seed)
+    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=pipeline.seed,
+                                                         rank=distributed.rank(), world_size=distributed.world_size())
     result = compress(model, train_loader, val_loader, method, config=config, test_loader=test_loader,
-                      pipeline=pipeline)
+                      pipeline=pipeline, checkpoint=checkpoint)
     result.source = source
     return result
 
@@ -180,7 +184,8 @@ def compare_files(
         anchors = PUBLISHED.get(model_spec, []) if dataset == "mnist" else []
     splits = load_dataset(dataset, data_dir, image_size=REQUIRED_IMAGE_SIZE.get(model_spec))
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
-    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size)
+    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, rank=distributed.rank(),
+                                                         world_size=distributed.world_size())
     return compare(model, train_loader, val_loader, methods, seeds, test_loader=test_loader, out=out,
                    resume=resume, pipeline=pipeline, source=source, anchors=anchors)
 

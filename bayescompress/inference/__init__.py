@@ -13,10 +13,20 @@ from bayescompress.priors.mrf import (
 )
 from bayescompress.inference.stopping import EarlyStopping
 from bayescompress.inference.subspace import SparseSubspace
-from bayescompress.inference.train import Callback, NonFiniteLossError, Trainer, TrainConfig, fit
+from bayescompress.inference.checkpoint import Checkpoint, PhaseCheckpoint
+from bayescompress.inference.train import (
+    Callback,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    Trainer,
+    TrainConfig,
+    TrainingInterrupted,
+    fit,
+)
 from bayescompress.inference.turbo import TurboCallback
 from bayescompress.priors.spike_slab import point_gates, sample_gates  # the gates' sampling, for training code
 
-__all__ = ["BeliefPropagationWarning", "Callback", "EarlyStopping", "FactorGraph", "GateMonitor", "KeptFraction", "NonFiniteLossError",
+__all__ = ["BeliefPropagationWarning", "Callback", "Checkpoint", "CheckpointMismatchError", "PhaseCheckpoint",
+           "TrainingInterrupted", "EarlyStopping", "FactorGraph", "GateMonitor", "KeptFraction", "NonFiniteLossError",
            "SilentUnits", "SparseSubspace", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
            "gibbs_sample", "point_gates", "sample_gates"]

@@ -67,6 +67,14 @@ class TrainingCost(Callback):
         self.dense_vi_macs += self._dense_per_example * trainer.batch_size
         self.steps += 1
 
+    def state_dict(self) -> dict:
+        return {"macs": self.macs, "dense_vi_macs": self.dense_vi_macs, "steps": self.steps,
+                "dense_per_example": self._dense_per_example}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.macs, self.dense_vi_macs, self.steps = state["macs"], state["dense_vi_macs"], state["steps"]
+        self._dense_per_example = state["dense_per_example"]
+
     @property
     def ratio(self) -> float:
         """Training MACs over dense VI's on the same batches (NaN before any step)."""

@@ -45,6 +45,12 @@ class GateMonitor(Callback):
                     stacklevel=2,
                 )
 
+    def state_dict(self) -> dict:
+        return {"warned": sorted(self._warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._warned = set(state["warned"])
+
 
 class SilentUnits(Callback):
     """Keeps the units a gate switched off silent while the network is fine-tuned under its masks.

@@ -84,6 +84,16 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None:
         record["early_stopping/kept_step"] = self.kept_step
 
+    def state_dict(self) -> dict:
+        return {"reference_accuracy": self.reference_accuracy, "checks": [list(c) for c in self.checks],
+                "kept_step": self.kept_step, "stopped": self.stopped, "kept": self._kept}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference_accuracy, self.kept_step, self.stopped = (state["reference_accuracy"], state["kept_step"],
+                                                                  state["stopped"])
+        self.checks = [tuple(c) for c in state["checks"]]
+        self._kept = {k: v.clone() for k, v in state["kept"].items()}
+
     @torch.no_grad()
     def on_train_end(self, trainer: Trainer) -> None:
         if self.stopped:  # otherwise the kept state is the last batch's, and the end-of-epoch updates stand

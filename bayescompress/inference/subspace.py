@@ -184,6 +184,13 @@ class SparseSubspace(Callback):
             record[f"subspace/{name}/replaced"] = float(self._replaced.get(name, 0))
             self._replaced[name] = 0
 
+    def state_dict(self) -> dict:  # the masks are the layers' buffers, in the model's state
+        return {"generator": self.generator.get_state(), "updates": self.updates, "replaced": dict(self._replaced)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.updates, self._replaced = state["updates"], dict(state["replaced"])
+
     def on_train_end(self, trainer: Trainer) -> None:
         for hook in self._hooks:
             hook.remove()

@@ -6,8 +6,12 @@ all layers and divided by the training-set size once. Methods plug in through :c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +26,24 @@ from bayescompress._validation import (
     check_positive,
     check_positive_int,
 )
+from bayescompress import distributed
+from bayescompress.inference.checkpoint import PhaseCheckpoint, rng_state, set_rng_state
 from bayescompress.metrics import evaluate
 from bayescompress.nn.model import bayesian_layers, kl_divergence, update_priors
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; raised before the step so the weights stay the last finite ones."""
+    """The training loss became NaN or Inf; raised before the step so the weights stay the last finite ones
+    (and a checkpoint, if the run keeps one, stays the last good epoch's)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while a checkpointed run trained: the checkpoint now holds the state after the
+    last finished batch, and resuming continues from there."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another network, method or set of callbacks than the run resuming from it."""
 
 
 @torch.no_grad()
@@ -140,6 +156,14 @@ class Callback:
     def on_train_end(self, trainer: Trainer) -> None:
         """After the last epoch, also when training stopped early."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue this callback's work exactly (tensors, numbers, strings,
+        lists, dicts); what ``on_train_begin`` rebuilds from the model need not be here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back :meth:`state_dict`; called after ``on_train_begin`` when a run resumes."""
+
 
 class Trainer:
     """Runs the ELBO loop; see :func:`fit` for the arguments.
@@ -150,6 +174,13 @@ class Trainer:
     ``skip_step`` (set it in ``on_after_backward`` to leave the parameters of this step alone; reset every
     step), ``stop_training`` (set it to True to end training: the current epoch stops after this batch, its record,
     the priors' updates, validation and ``on_epoch_end`` still run, then ``on_train_end``).
+
+    With a ``checkpoint`` (:class:`~bayescompress.inference.checkpoint.PhaseCheckpoint`) the whole state (model,
+    optimiser, schedule, callbacks' ``state_dict``, random-number states and the data order, the epoch and the
+    position in it) is written at every epoch end and, on SIGINT/SIGTERM, after the current batch (then
+    :class:`TrainingInterrupted` is raised); a run given an existing checkpoint continues from it and ends where
+    the uninterrupted run would have. Under torch.distributed (:mod:`bayescompress.distributed`) the forward
+    pass runs through ``DistributedDataParallel``; only rank 0 shows progress and writes the checkpoint.
     """
 
     def __init__(
@@ -160,8 +191,12 @@ class Trainer:
         config: TrainConfig | None = None,
         callbacks: Sequence[Callback] = (),
         n_train: int | None = None,
+        checkpoint: PhaseCheckpoint | None = None,
     ) -> None:
         self.config = config or TrainConfig()
+        self.checkpoint = checkpoint
+        self.forward_module: nn.Module = model  # the DDP wrapper in a distributed run
+        self._interrupted: int | None = None
         self.model = model
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -204,37 +239,127 @@ class Trainer:
 
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, mean NLL, KL_total) of one mini-batch."""
-        nll = F.cross_entropy(self.model(x), y)
+        nll = F.cross_entropy(self.forward_module(x), y)
         kl = kl_divergence(self.model).to(nll.device)
         return nll + self.beta * kl / self.n_train, nll, kl
 
     def fit(self) -> list[dict[str, float]]:
         """Run the loop; returns one record per epoch (see :func:`fit`)."""
-        if self.config.seed is not None:
-            torch.manual_seed(self.config.seed)
+        if self.config.seed is not None:  # other ranks draw other noise; everything they decide is shared
+            torch.manual_seed(self.config.seed + 7919 * distributed.rank())
         self.model.to(self.device)
         self._emit("on_train_begin")
-        epochs = tqdm(range(self.config.epochs), desc="train", unit="epoch", disable=self.config.quiet)
-        for self.epoch in epochs:
-            record = self._train_epoch()
-            update_priors(self.model)
-            if self.val_loader is not None:
-                samples = self.config.eval_samples if bayesian_layers(self.model) else 0
-                val = evaluate(self.model, self.val_loader, samples=samples, device=self.device)
-                record.update({f"val_{k}": v for k, v in val.items()})
-            self._emit("on_epoch_end", self.epoch, record)
-            self.history.append(record)
-            epochs.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "val_accuracy")})
-            if self.stop_training:
-                break
+        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        position = self._restore(saved) if saved is not None else None
+        start = saved["epoch"] if saved is not None else 0
+        finished = saved is not None and saved["finished"]
+        if distributed.active():  # after on_train_begin, which may re-register parameters (SSVI's masks)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if finished:  # the phase ended in the checkpoint: only on_train_end is left
+            self.epoch, start = start - 1, self.config.epochs
+        epochs = tqdm(range(start, self.config.epochs), initial=start, total=self.config.epochs, desc="train",
+                      unit="epoch", disable=self.config.quiet or not distributed.is_main())
+        with self._signals():
+            for self.epoch in epochs:
+                record = self._train_epoch(position)
+                position = None
+                update_priors(self.model)
+                if self.val_loader is not None:
+                    samples = self.config.eval_samples if bayesian_layers(self.model) else 0
+                    val = evaluate(self.model, self.val_loader, samples=samples, device=self.device)
+                    record.update({f"val_{k}": v for k, v in val.items()})
+                self._emit("on_epoch_end", self.epoch, record)
+                self.history.append(record)
+                epochs.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "val_accuracy")})
+                finished = self.stop_training or self.epoch + 1 == self.config.epochs
+                if self.checkpoint is not None:
+                    self.checkpoint.save(self._state(self.epoch + 1, finished))
+                if self._interrupted is not None and not finished:
+                    self._raise_interrupted("after the epoch")
+                if self.stop_training:
+                    break
+        self.forward_module = self.model
         self._emit("on_train_end")
+        if self._interrupted is not None:  # the phase is complete and checkpointed: stop before the next one
+            self._raise_interrupted("at the end of the training phase")
         return self.history
 
-    def _train_epoch(self) -> dict[str, float]:
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """With a checkpoint, SIGINT and SIGTERM end the run after the current batch, checkpointed."""
+        if self.checkpoint is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signum, _frame) -> None:
+            self._interrupted = signum
+
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _raise_interrupted(self, where: str) -> None:
+        name = signal.Signals(self._interrupted).name
+        raise TrainingInterrupted(f"{name} received: training stopped {where} (epoch {self.epoch + 1}, step "
+                                  f"{self.step}); the checkpoint in {self.checkpoint.folder} holds the state")
+
+    def _state(self, epoch: int, finished: bool, position: dict | None = None) -> dict[str, Any]:
+        """Everything needed to continue at the start of 0-based ``epoch`` (or at ``position`` in it)."""
+        return {
+            "epoch": epoch, "step": self.step, "beta": self.beta, "finished": finished,
+            "stop_training": self.stop_training, "history": self.history, "position": position,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "callbacks": [{"class": type(c).__qualname__, "state": c.state_dict()} for c in self.callbacks],
+            "rng": rng_state(self.train_loader),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> dict | None:
+        """Load a checkpoint's state (after ``on_train_begin``); returns the position inside the epoch, if any."""
+        saved = [c["class"] for c in state["callbacks"]]
+        ours = [type(c).__qualname__ for c in self.callbacks]
+        if saved != ours:
+            raise CheckpointMismatchError(f"the checkpoint {self.checkpoint.record} was written with the callbacks "
+                                          f"{saved}, this run has {ours}; resume with the same method and settings")
+        mine = self.model.state_dict()
+        if set(state["model"]) != set(mine) or any(state["model"][k].shape != v.shape for k, v in mine.items()):
+            raise CheckpointMismatchError(f"the checkpoint {self.checkpoint.record} holds another network than this "
+                                          "run's; resume with the same network, method and settings")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for callback, saved_state in zip(self.callbacks, state["callbacks"]):
+            callback.load_state_dict(saved_state["state"])
+        self.step, self.beta, self.stop_training = state["step"], state["beta"], state["stop_training"]
+        self.history = list(state["history"])
+        self._resume_rng = state["rng"]
+        position = state["position"]
+        self.checkpoint.resumed_from = {"phase": self.checkpoint.phase, "epoch": state["epoch"] + 1,
+                                        "batch": position["batch"] if position else 0}
+        if state["position"] is None:
+            set_rng_state(state["rng"], self.train_loader)
+        return state["position"]
+
+    def _train_epoch(self, position: dict | None = None) -> dict[str, float]:
         self.model.train()
-        sums = torch.zeros(3, dtype=torch.float64)
-        batches = 0
-        for batch, (x, y) in enumerate(self.train_loader):
+        if position is None:
+            epoch_rng = rng_state(self.train_loader)  # before iter(): the loader draws its seed there
+            sums, batches, first = torch.zeros(3, dtype=torch.float64), 0, 0
+        else:  # replay the epoch's order up to where the checkpoint was taken
+            epoch_rng = position["epoch_rng"]
+            set_rng_state(epoch_rng, self.train_loader)
+            sums, batches, first = position["sums"].clone(), position["batches"], position["batch"]
+        iterator = iter(self.train_loader)
+        for _ in range(first):
+            next(iterator)
+        if position is not None:
+            set_rng_state(self._resume_rng, self.train_loader)
+        for batch, (x, y) in enumerate(iterator, start=first):
             x, y = x.to(self.device), y.to(self.device)
             self.batch_size = x.shape[0]
             self.beta = self._beta()
@@ -244,7 +369,8 @@ class Trainer:
                     f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} "
                     f"(NLL {nll.item():.4g}, KL {kl.item():.4g}){_culprits(self.model, x, kl)}; lower the learning "
                     f"rate (now {self.config.lr}) or check the inputs for NaN/Inf. The model keeps its last finite "
-                    "weights."
+                    "weights" + (" and the checkpoint its last good epoch" if self.checkpoint is not None else "")
+                    + "."
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -260,6 +386,10 @@ class Trainer:
             self._emit("on_batch_end", batch, loss.item())
             if self.stop_training:
                 break
+            if self._interrupted is not None and batch + 1 < self.steps_per_epoch:
+                self.checkpoint.save(self._state(self.epoch, False, {
+                    "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": epoch_rng}))
+                self._raise_interrupted(f"after batch {batch + 1}")
         mean = (sums / max(batches, 1)).tolist()
         return {"epoch": self.epoch + 1, "loss": mean[0], "nll": mean[1], "kl": mean[2], "beta": self.beta}
 
@@ -271,6 +401,7 @@ def fit(
     config: TrainConfig | None = None,
     callbacks: Sequence[Callback] = (),
     n_train: int | None = None,
+    checkpoint: PhaseCheckpoint | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` by minimising ``mean NLL + beta * KL / N_train`` with Adam.
 
@@ -286,6 +417,7 @@ def fit(
     config: :class:`TrainConfig`.
     callbacks: :class:`Callback` objects, called in order.
     n_train: training-set size N; by default ``len(train_loader.dataset)``.
+    checkpoint: where to keep the run's state every epoch, and to continue from (see :class:`Trainer`).
 
     Returns
     -------
@@ -301,7 +433,7 @@ def fit(
     >>> len(history)
     2
     """
-    return Trainer(model, train_loader, val_loader, config, callbacks, n_train).fit()
+    return Trainer(model, train_loader, val_loader, config, callbacks, n_train, checkpoint).fit()
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
@@ -341,4 +473,5 @@ def _dataset_size(loader: Iterable) -> int:
     return len(dataset)
 
 
-__all__ = ["Callback", "NonFiniteLossError", "TrainConfig", "Trainer", "fit"]
+__all__ = ["Callback", "CheckpointMismatchError", "NonFiniteLossError", "TrainConfig", "Trainer", "TrainingInterrupted",
+           "fit"]

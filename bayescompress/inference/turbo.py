@@ -135,6 +135,14 @@ class TurboCallback(Callback):
             record[f"turbo/{name}/active"] = float((layer.prior.inclusion_logit >= 0).float().mean())
             record[f"turbo/{name}/bp_iterations"] = float(self._bp_iterations.get(name, 0))
 
+    def state_dict(self) -> dict:  # the factor graphs are rebuilt from the priors
+        return {"messages": {name: [list(m) for m in messages] for name, messages in self._messages.items()},
+                "bp_iterations": dict(self._bp_iterations), "checked": sorted(self._checked)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._messages = {name: tuple(list(m) for m in messages) for name, messages in state["messages"].items()}
+        self._bp_iterations, self._checked = dict(state["bp_iterations"]), set(state["checked"])
+
     @torch.no_grad()
     def on_train_end(self, trainer: Trainer) -> None:
         for _, layer in self.turbo_layers(trainer.model):

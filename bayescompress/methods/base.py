@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from bayescompress.inference import Callback, EarlyStopping, TrainConfig, fit
+from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.methods import registry
 from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_
 from bayescompress.priors import Prior
@@ -67,7 +68,7 @@ class VariationalConfig(MethodConfig):
 class TrainingContext:
     """What the pipeline hands a method: the data, an example input (for the layer order), the output layer's
     name (kept whole), where and how to run, and ``observers``: callbacks every training phase of the method
-    must get (e.g. the training-cost counter), after its own."""
+    must get (e.g. the training-cost counter), after its own; and the run's ``checkpoint`` folder, if any."""
 
     train_loader: Iterable
     val_loader: Iterable
@@ -77,10 +78,14 @@ class TrainingContext:
     device: str = "cpu"
     quiet: bool = False
     observers: list[Callback] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
 
     def fit(self, network: nn.Module, config: TrainConfig, callbacks: list[Callback]) -> list[dict]:
-        """:func:`~bayescompress.inference.fit` on the context's data, with ``callbacks`` and the observers."""
-        return fit(network, self.train_loader, self.val_loader, config, [*callbacks, *self.observers])
+        """:func:`~bayescompress.inference.fit` on the context's data, with ``callbacks`` and the observers (and,
+        when the run keeps a checkpoint, the next training phase's)."""
+        phase = self.checkpoint.next_phase() if self.checkpoint is not None else None
+        return fit(network, self.train_loader, self.val_loader, config, [*callbacks, *self.observers],
+                   checkpoint=phase)
 
     def train_config(self, **settings: Any) -> TrainConfig:
         """A :class:`~bayescompress.TrainConfig` with the context's seed, device and verbosity."""

@@ -1,0 +1,91 @@
+"""Data-parallel runs with torch.distributed: ``torchrun --nproc-per-node N -m bayescompress compress ...``.
+
+Every rank holds the whole network; PyTorch's ``DistributedDataParallel`` averages the gradients, so every
+parameter update, closed-form prior update, message-passing step and early-stopping decision is the same on
+every rank. What is computed from local data only (SSVI's growth scores) is all-reduced here. Only rank 0
+writes files and prints. Without torchrun's environment every function is the single-process identity.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0, the one that writes files and prints (every process of a single-process run)."""
+    return rank() == 0
+
+
+def init_from_environment(device: str) -> str:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA) and return the device this rank
+    trains on (``cuda:LOCAL_RANK`` for a CUDA run). Without torchrun, nothing happens."""
+    if not launched() or active():
+        return device
+    cuda = torch.device(device).type == "cuda"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_(tensor: Tensor) -> Tensor:
+    """``tensor`` replaced by its mean over the ranks (in place)."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(world_size())
+    return tensor
+
+
+def broadcast_(tensor: Tensor) -> Tensor:
+    """``tensor`` replaced by rank 0's (in place): one decision for every rank."""
+    if active():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+@torch.no_grad()
+def max_rank_difference(tensors: dict[str, Tensor]) -> float:
+    """The largest difference between ranks of any entry of ``tensors`` (0.0 when every rank holds the same;
+    always 0.0 in a single process)."""
+    if not active() or not tensors:
+        return 0.0
+    device = next(iter(tensors.values())).device  # NCCL reduces CUDA tensors only, gloo CPU ones too
+    flat = torch.cat([t.detach().float().flatten().to(device) for t in tensors.values()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    difference = (high - low).nan_to_num(nan=0.0)
+    return float(difference.max()) if difference.numel() else 0.0
+
+
+__all__ = ["active", "average_", "broadcast_", "init_from_environment", "is_main", "launched",
+           "max_rank_difference", "rank", "shutdown", "world_size"]
