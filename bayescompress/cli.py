@@ -304,7 +304,20 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
             shutil.rmtree(out / CHECKPOINT_DIR)
         argv = [arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)]
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
+        args.wrote_invocation = True
     return out / CHECKPOINT_DIR
+
+
+def _forget_unstarted_run(out: Path) -> None:
+    """Remove the invocation a run that failed before its first checkpoint wrote, and the folder if it is left
+    empty: bad input leaves nothing behind."""
+    from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE
+
+    if (out / CHECKPOINT_DIR).exists() or not (out / INVOCATION_FILE).is_file():
+        return
+    (out / INVOCATION_FILE).unlink()
+    if not any(out.iterdir()):
+        out.rmdir()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -388,7 +401,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"bayescompress {args.command}: {interrupted}; continue with: {again}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"bayescompress {args.command}: error: {error}", file=sys.stderr)
+        if getattr(args, "wrote_invocation", False):
+            _forget_unstarted_run(Path(args.out))
+        if distributed.is_main():
+            print(f"bayescompress {args.command}: error: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(output))

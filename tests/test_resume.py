@@ -70,12 +70,9 @@ def _kill_during_training(args: list[str], out: Path, sig: int, after_phase: int
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "mlp.safetensors"
-    subprocess.run(_cli("pretrain", "--model", "mlp", "--epochs", "3", "--out", str(path), "--quiet"), check=True,
-                   env=_env())
-    return path
+@pytest.fixture
+def weights(digits_mlp_weights) -> Path:
+    return digits_mlp_weights
 
 
 @pytest.mark.parametrize("method", methods.names())

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import prune
 
+from bayescompress import distributed
 from bayescompress._validation import check_choice, check_in_range, check_non_negative_int, check_positive_int
 from bayescompress.inference.train import Callback, Trainer
 from bayescompress.nn.model import bayesian_layers
@@ -162,13 +163,15 @@ class SparseSubspace(Callback):
             if layer.weight.grad is None:
                 raise RuntimeError("the dense gradient of a layer's mean was not kept for the subspace update; "
                                    "SparseSubspace must see the forward pass of the update step")
-            gradient = layer.weight.grad
+            # each rank's gradient is of its share of the batch: all-reduced, it is the whole batch's
+            gradient = distributed.average_(layer.weight.grad.clone())
             grow_score = gradient.flatten(1).norm(dim=1) if self.structured else gradient.abs().flatten()
         else:
             grow_score = torch.rand(active.shape, generator=self.generator).to(active.device)
         grown = grow_score.masked_fill(active, -math.inf).topk(count).indices
         new = active.clone()
         new[dropped], new[grown] = False, True
+        new = distributed.broadcast_(new.to(torch.uint8)).bool()  # one mask for every rank, rank 0's
         new_mask, grown_mask = self._weight_mask(new, weight), self._weight_mask(new & ~active, weight)
         layer.weight_rho[grown_mask] = layer.weight_rho[mask & new_mask].mean()
         weight[grown_mask] = 0.0
