@@ -298,8 +298,10 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
     from bayescompress.io import FORMAT_VERSION, write_json
     from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE, check_run_destination, is_interrupted_run
 
+    if not distributed.is_main():  # rank 0 checks and writes the folder; the others only read the checkpoint
+        return Path(args.out) / CHECKPOINT_DIR
     out = check_run_destination(args.out, args.overwrite, resume=args.resume is not None)
-    if distributed.is_main() and args.resume is None:
+    if args.resume is None:
         if is_interrupted_run(out):  # --overwrite: start again, from nothing
             shutil.rmtree(out / CHECKPOINT_DIR)
         argv = [arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)]

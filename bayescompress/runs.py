@@ -23,10 +23,12 @@ run. Saving refuses a non-empty folder that is not a run folder, and replaces a 
 from __future__ import annotations
 
 import copy
+import ctypes
 import importlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,9 +278,23 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
     return directory
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if rename is None:
+        return False
+    at_cwd, exchange = -100, 2
+    return rename(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), exchange) == 0
+
+
 def _replace_directory(staging: Path, directory: Path) -> None:
+    """Put ``staging`` where ``directory`` is. A previous run is swapped out in one atomic step where the system
+    allows it, so no moment exists at which ``directory`` holds neither run."""
     if not directory.exists() or not any(directory.iterdir()):
         os.replace(staging, directory)  # a rename onto an empty folder replaces it
+        return
+    if _exchange(staging, directory):
+        shutil.rmtree(staging, ignore_errors=True)  # now the previous run
         return
     backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
     os.replace(directory, backup / directory.name)

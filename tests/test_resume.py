@@ -108,3 +108,19 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_identically(weights, tmp_path
     resumed_from = json.loads((stopped_run / "metrics.json").read_text())["resumed_from"]
     assert resumed_from["phase"] == 0 and resumed_from["batch"] > 0  # inside an epoch
     _assert_same_run(reference, stopped_run)
+
+
+def test_compare_killed_inside_a_run_resumes_it_from_its_checkpoint(weights, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    base = ["compare", "--model", "mlp", "--weights", str(weights), "--methods", "ss-gl", "--quiet", "--set",
+            "ss-gl.epochs=4", "ss-gl.finetune_epochs=3", "--batch-size", "32"]
+    subprocess.run(_cli(*base, "--out", str(reference)), check=True, env=_env(), capture_output=True)
+    run = killed / "ss-gl" / "seed0"
+    stopped = _kill_during_training([*base, "--out", str(killed)], run, signal.SIGKILL, 1)
+    assert stopped.returncode == -signal.SIGKILL and not (run / "metrics.json").exists()
+    refused = subprocess.run(_cli(*base, "--out", str(killed)), env=_env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and "interrupted run" in refused.stderr and "--resume" in refused.stderr
+    resumed = subprocess.run(_cli(*base, "--out", str(killed), "--resume"), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "metrics.json").read_text())["resumed_from"]["phase"] == 1
+    _assert_same_run(reference / "ss-gl" / "seed0", run)

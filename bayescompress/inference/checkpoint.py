@@ -156,7 +156,8 @@ class PhaseCheckpoint:
         for stale in self.folder.glob(f"phase-{self.phase}.*.safetensors"):
             if stale.name != self._tensors_file(serial).name:
                 stale.unlink(missing_ok=True)
-        for partial in self.folder.glob(f".phase-{self.phase}.*.tmp"):  # left by a process killed mid-write
+        # left by a process killed mid-write (ours, and the safetensors writer's own temporary files)
+        for partial in [*self.folder.glob(f".phase-{self.phase}.*.tmp"), *self.folder.glob(".tmp*")]:
             partial.unlink(missing_ok=True)
 
 

@@ -1,0 +1,141 @@
+"""Bad input around checkpoints and resuming: each refused with a message that names the problem and the fix,
+before any work (docs/reliability.md lists these with the rest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from bayescompress import compress
+from bayescompress.compress import PipelineConfig
+from bayescompress.inference import CheckpointMismatchError, TrainConfig, fit
+from bayescompress.inference.checkpoint import PhaseCheckpoint, join_state, split_state
+from bayescompress.inference.train import Callback
+from bayescompress.nn import bayesianize_
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bayescompress", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _toy():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), loader
+
+
+def test_state_round_trips_through_tensors_and_json():
+    state = {"a": torch.arange(3), "opt": {0: {"step": torch.tensor(2.0)}, 1: {}}, "betas": (0.9, 0.999),
+             "history": [{"loss": 1.5}], "none": None}
+    tensors, tree = split_state(state)
+    back = join_state(tensors, json.loads(json.dumps(tree)))
+    assert torch.equal(back["a"], state["a"]) and back["opt"][0]["step"] == 2.0 and 1 in back["opt"]
+    assert back["betas"] == (0.9, 0.999) and back["history"] == [{"loss": 1.5}] and back["none"] is None
+
+
+def test_a_callback_state_that_is_not_tensors_or_json_names_where_it_is(tmp_path):
+    with pytest.raises(TypeError, match=r"cannot checkpoint a set at /callbacks"):
+        PhaseCheckpoint(tmp_path, 0).save({"callbacks": {"seen": {1, 2}}})
+
+
+def test_resuming_with_other_method_settings_is_refused_naming_them(tmp_path):
+    model, loader = _toy()
+    pipeline = PipelineConfig(quiet=True, max_accuracy_loss=1.0)
+    compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    with pytest.raises(CheckpointMismatchError, match=r"method\.epochs: 1 there, 2 now.*resume with the same"):
+        compress(model, loader, loader, "gaussian-snr", epochs=2, pipeline=pipeline, checkpoint=tmp_path / "ck")
+
+
+def test_a_checkpoint_folder_holding_other_files_is_refused_and_kept(tmp_path):
+    model, loader = _toy()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no bayescompress checkpoint"):
+        compress(model, loader, loader, "gaussian-snr", epochs=1, checkpoint=tmp_path,
+                 pipeline=PipelineConfig(quiet=True))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path):
+    model, loader = _toy()
+    net = bayesianize_(model)
+    fit(net, loader, config=TrainConfig(epochs=1, quiet=True), checkpoint=PhaseCheckpoint(tmp_path, 0))
+    wider = bayesianize_(nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3)))
+    with pytest.raises(CheckpointMismatchError, match="another network"):
+        fit(wider, loader, config=TrainConfig(epochs=2, quiet=True), checkpoint=PhaseCheckpoint(tmp_path, 0))
+
+
+def test_a_checkpoint_with_other_callbacks_is_refused(tmp_path):
+    model, loader = _toy()
+    net = bayesianize_(model)
+    fit(net, loader, config=TrainConfig(epochs=1, quiet=True), checkpoint=PhaseCheckpoint(tmp_path, 0))
+    with pytest.raises(CheckpointMismatchError, match="callbacks"):
+        fit(net, loader, config=TrainConfig(epochs=2, quiet=True), callbacks=[Callback()],
+            checkpoint=PhaseCheckpoint(tmp_path, 0))
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    phase = PhaseCheckpoint(tmp_path, 0)
+    phase.save({"values": torch.ones(1000)})
+    tensors = next(tmp_path.glob("phase-0.*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        phase.load()
+
+
+def test_cli_resume_of_a_folder_without_an_interrupted_run(tmp_path):
+    done = _cli("compress", "--resume", str(tmp_path))
+    assert done.returncode != 0 and "holds no interrupted run" in done.stderr
+
+
+def test_cli_resume_refuses_other_settings_beside_it(tmp_path):
+    done = _cli("compress", "--resume", str(tmp_path), "--epochs", "3")
+    assert done.returncode != 0 and "give only --quiet / --json beside it, not --epochs 3" in done.stderr
+
+
+def test_cli_compress_without_its_required_flags_says_resume_is_the_alternative():
+    done = _cli("compress", "--model", "mlp")
+    assert done.returncode == 2 and "--weights, --out" in done.stderr and "--resume RUN alone" in done.stderr
+
+
+def test_a_new_run_into_an_interrupted_one_is_refused_naming_resume(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "run.json").write_text("{}")
+    done = _cli("compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path))
+    assert done.returncode == 2 and f"--resume {tmp_path}" in done.stderr and "--overwrite" in done.stderr
+    assert (tmp_path / "checkpoint" / "run.json").is_file()  # nothing touched
+
+
+class _PoisonInSecondEpoch(Callback):
+    def on_batch_end(self, trainer, batch, loss):
+        if trainer.step == trainer.steps_per_epoch + 1:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+
+def test_a_nan_loss_leaves_the_last_good_checkpoint(tmp_path):
+    from bayescompress.inference import NonFiniteLossError
+
+    model, loader = _toy()
+    net = bayesianize_(model)
+    with pytest.raises(NonFiniteLossError, match="checkpoint its last good epoch"):
+        fit(net, loader, config=TrainConfig(epochs=3, quiet=True), callbacks=[_PoisonInSecondEpoch()],
+            checkpoint=PhaseCheckpoint(tmp_path, 0))
+    state = PhaseCheckpoint(tmp_path, 0).load()
+    assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_ssvi_settings_that_would_run_no_subspace_update_say_what_to_change():
+    from bayescompress.inference import SparseSubspace
+
+    model, loader = _toy()
+    net = bayesianize_(model)
+    with pytest.raises(ValueError, match="no subspace update would run.*lower update_interval"):
+        fit(net, loader, config=TrainConfig(epochs=1, quiet=True), callbacks=[SparseSubspace(0.5)])
