@@ -197,6 +197,8 @@ def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
     """The run's checkpoint folder, after checking that a checkpoint already there is of this run (same method
     settings and pipeline, progress bars aside)."""
     folder = Path(folder)
+    if not distributed.is_main():  # rank 0 checks and writes it; the others only read the phases' checkpoints
+        return Checkpoint(folder, writer=False)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"checkpoint {folder} is a file; give a folder (new, or one an interrupted run left)")
     settings = folder / "run.json"
@@ -213,8 +215,8 @@ def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
     elif folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
         raise ValueError(f"{folder} is not empty and holds no bayescompress checkpoint (no run.json); give a new "
                          "or empty folder (nothing there is replaced)")
-    store = Checkpoint(folder, writer=distributed.is_main())
-    if store.writer and not settings.is_file():
+    store = Checkpoint(folder)
+    if not settings.is_file():
         write_json(settings, {"format_version": FORMAT_VERSION, **wanted})
     return store
 

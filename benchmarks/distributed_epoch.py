@@ -38,7 +38,7 @@ def worker(args) -> None:
         train, _, _ = make_loaders(splits, batch_size=args.batch_size, rank=distributed.rank(),
                                    world_size=distributed.world_size())
         method = methods.get(args.method)()
-        model = build_model("lenet5", splits.input_shape, splits.num_classes)
+        model, _ = build_model("lenet5", splits.input_shape, splits.num_classes)
         bayesianize_(model, method.prior(method.configure(model)), init=PosteriorInit(rho=-6.0),
                      example_input=splits.train[:1][0])
         config = TrainConfig(epochs=1, quiet=True, eval_samples=0)
