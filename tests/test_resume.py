@@ -78,10 +78,13 @@ def weights(digits_mlp_weights) -> Path:
 @pytest.mark.parametrize("method", methods.names())
 def test_sigkill_then_resume_ends_like_the_uninterrupted_run(method, weights, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(_cli(*_compress_args(weights, method, reference)), check=True, env=_env(), capture_output=True)
+    # the uninterrupted run beside the one killed: one core each
+    uninterrupted = subprocess.Popen(_cli(*_compress_args(weights, method, reference)), env=_env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # magnitude trains in one phase (the fine-tuning); the others are killed in their second
     phase = 0 if method == "magnitude" else 1
     stopped = _kill_during_training(_compress_args(weights, method, killed), killed, signal.SIGKILL, phase)
+    assert uninterrupted.wait(timeout=300) == 0
     assert stopped.returncode == -signal.SIGKILL
     assert (killed / "checkpoint" / "run.json").is_file() and not (killed / "metrics.json").exists()
     resumed = subprocess.run(_cli("compress", "--resume", str(killed), "--quiet"), env=_env(), capture_output=True,
@@ -98,8 +101,10 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_identically(weights, tmp_path
     reference, stopped_run = tmp_path / "reference", tmp_path / "stopped"
     args = ["--epochs", "6", "--finetune-epochs", "2", "--batch-size", "16"]
     base = ["compress", "--model", "mlp", "--weights", str(weights), "--method", "ss-gl", "--quiet", *args]
-    subprocess.run(_cli(*base, "--out", str(reference)), check=True, env=_env(), capture_output=True)
+    uninterrupted = subprocess.Popen(_cli(*base, "--out", str(reference)), env=_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
     stopped = _kill_during_training([*base, "--out", str(stopped_run)], stopped_run, signal.SIGTERM)
+    assert uninterrupted.wait(timeout=300) == 0
     assert stopped.returncode == 130, stopped.stderr
     assert "--resume" in stopped.stderr and "SIGTERM" in stopped.stderr
     resumed = subprocess.run(_cli("compress", "--resume", str(stopped_run), "--quiet"), env=_env(),
@@ -114,9 +119,11 @@ def test_compare_killed_inside_a_run_resumes_it_from_its_checkpoint(weights, tmp
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     base = ["compare", "--model", "mlp", "--weights", str(weights), "--methods", "ss-gl", "--quiet", "--set",
             "ss-gl.epochs=4", "ss-gl.finetune_epochs=3", "--batch-size", "32"]
-    subprocess.run(_cli(*base, "--out", str(reference)), check=True, env=_env(), capture_output=True)
+    uninterrupted = subprocess.Popen(_cli(*base, "--out", str(reference)), env=_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
     run = killed / "ss-gl" / "seed0"
     stopped = _kill_during_training([*base, "--out", str(killed)], run, signal.SIGKILL, 1)
+    assert uninterrupted.wait(timeout=300) == 0
     assert stopped.returncode == -signal.SIGKILL and not (run / "metrics.json").exists()
     refused = subprocess.run(_cli(*base, "--out", str(killed)), env=_env(), capture_output=True, text=True)
     assert refused.returncode == 2 and "interrupted run" in refused.stderr and "--resume" in refused.stderr
