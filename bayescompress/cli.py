@@ -405,8 +405,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(Path(args.out))
-        if distributed.is_main():
-            print(f"bayescompress {args.command}: error: {error}", file=sys.stderr)
+        where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named
+        print(f"bayescompress {args.command}{where}: error: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(output))

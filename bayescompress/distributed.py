@@ -72,6 +72,24 @@ def broadcast_(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def gather(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` (same shape on all), stacked in rank order: shape (world_size, ...)."""
+    if not active():
+        return tensor.unsqueeze(0)
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (every rank gets the same answer)."""
+    if not active():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 @torch.no_grad()
 def max_rank_difference(tensors: dict[str, Tensor]) -> float:
     """The largest difference between ranks of any entry of ``tensors`` (0.0 when every rank holds the same;
@@ -87,5 +105,5 @@ def max_rank_difference(tensors: dict[str, Tensor]) -> float:
     return float(difference.max()) if difference.numel() else 0.0
 
 
-__all__ = ["active", "average_", "broadcast_", "init_from_environment", "is_main", "launched",
+__all__ = ["active", "any_rank", "average_", "broadcast_", "gather", "init_from_environment", "is_main", "launched",
            "max_rank_difference", "rank", "shutdown", "world_size"]

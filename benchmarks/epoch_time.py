@@ -1,6 +1,6 @@
-"""Time one training epoch of the Bayesian (LRT) network against the deterministic one, same run.
+"""Time one training epoch of the Bayesian network (per estimator) against the deterministic one, same run.
 
-    python benchmarks/epoch_time.py [--data-dir ../shared/data/mnist] [--repeats 3]
+    python benchmarks/epoch_time.py [--data-dir ../shared/data/mnist] [--repeats 3] [--estimators lrt flipout shared]
 
 Both run through the same training loop (Adam, batch 128) on MNIST's training split; the Bayesian network is
 the deterministic one converted by ``bayesianize_``. The figure is the ratio of the best-of-``repeats``
@@ -20,7 +20,7 @@ from _common import DEFAULT_MNIST, save_results
 from bayescompress.data import make_loaders
 from bayescompress.inference import Trainer, TrainConfig
 from bayescompress.models import build_model
-from bayescompress.nn import bayesianize_
+from bayescompress.nn import ESTIMATORS, bayesianize_, set_estimator_
 from bayescompress.workflows import load_data_for
 
 TARGET = 2.0
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--max-batches", type=int, default=None, help="truncate the epoch (quick checks)")
+    parser.add_argument("--estimators", nargs="+", default=["lrt"], choices=ESTIMATORS)
     args = parser.parse_args()
 
     rows = []
@@ -59,17 +60,18 @@ def main() -> None:
                 loader = list(loader)[: args.max_batches]
             torch.manual_seed(0)
             deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
-            bayesian = bayesianize_(copy.deepcopy(deterministic))
             det = epoch_seconds(deterministic, loader, len(splits.train), args.repeats)
-            bay = epoch_seconds(bayesian, loader, len(splits.train), args.repeats)
-            rows.append({"model": name, "batch_size": batch_size, "deterministic_s": det, "bayesian_s": bay,
-                         "ratio": bay / det})
-            print(f"{name:<10} batch {batch_size:<5} deterministic {det:7.2f} s  bayesian {bay:7.2f} s  "
-                  f"ratio {bay / det:5.2f}x", flush=True)
-    print(f"{'model':<10}{'batch':>6}{'det s':>9}{'bayes s':>9}{'ratio':>7}{'target':>8}")
+            for estimator in args.estimators:
+                bayesian = set_estimator_(bayesianize_(copy.deepcopy(deterministic)), estimator)
+                bay = epoch_seconds(bayesian, loader, len(splits.train), args.repeats)
+                rows.append({"model": name, "batch_size": batch_size, "estimator": estimator, "deterministic_s": det,
+                             "bayesian_s": bay, "ratio": bay / det})
+                print(f"{name:<10} batch {batch_size:<5} deterministic {det:7.2f} s  {estimator:<8}{bay:7.2f} s  "
+                      f"ratio {bay / det:5.2f}x", flush=True)
+    print(f"{'model':<10}{'batch':>6}{'estimator':>10}{'det s':>9}{'bayes s':>9}{'ratio':>7}")
     for r in rows:
-        print(f"{r['model']:<10}{r['batch_size']:>6}{r['deterministic_s']:>9.2f}{r['bayesian_s']:>9.2f}"
-              f"{r['ratio']:>7.2f}{TARGET:>8}")
+        print(f"{r['model']:<10}{r['batch_size']:>6}{r['estimator']:>10}{r['deterministic_s']:>9.2f}"
+              f"{r['bayesian_s']:>9.2f}{r['ratio']:>7.2f}")
     command = "python benchmarks/epoch_time.py " + " ".join(sys.argv[1:])
     save_results("epoch_time", {"command": command.strip(), "target_ratio": TARGET, "rows": rows})
 

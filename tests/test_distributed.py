@@ -78,3 +78,27 @@ def test_global_batch_must_divide_among_the_processes(digits_mlp_weights, tmp_pa
     assert done.returncode != 0
     assert "batch_size 63 is the global batch of 2 processes" in done.stdout + done.stderr
     assert not (tmp_path / "run").exists()  # nothing left behind
+
+
+def test_torchrun_stopped_by_sigterm_resumes_on_two_ranks_exactly(digits_mlp_weights, tmp_path):
+    import signal
+    import time
+
+    base = ["-m", "bayescompress", "compress", "--model", "mlp", "--weights", str(digits_mlp_weights), "--method",
+            "ss-gl", "--epochs", "6", "--finetune-epochs", "2", "--batch-size", "16", "--quiet"]
+    torchrun = [TORCHRUN, "--standalone", "--nproc-per-node", "2"]
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    _launch(*base, "--out", str(reference), processes=2)
+    process = subprocess.Popen([*torchrun, *base, "--out", str(stopped)], env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (stopped / "checkpoint" / "phase-0.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks, not at the same moment
+    _, stderr = process.communicate(timeout=120)
+    assert "SIGTERM received" in stderr and not (stopped / "metrics.json").exists()
+    _launch("-m", "bayescompress", "compress", "--resume", str(stopped), "--quiet", processes=2)
+    for name in ("masks.safetensors", "trained.safetensors", "model.safetensors"):
+        left, right = load_file(str(reference / name)), load_file(str(stopped / name))
+        assert all(torch.equal(left[k], right[k]) for k in left), name
+    assert json.loads((stopped / "metrics.json").read_text())["resumed_from"] is not None

@@ -275,13 +275,15 @@ class Trainer:
                 finished = self.stop_training or self.epoch + 1 == self.config.epochs
                 if self.checkpoint is not None:
                     self.checkpoint.save(self._state(self.epoch + 1, finished))
-                if self._interrupted is not None and not finished:
+                if distributed.any_rank(self._interrupted is not None) and not finished:
+                    self._interrupted = self._interrupted or signal.SIGTERM
                     self._raise_interrupted("after the epoch")
                 if self.stop_training:
                     break
         self.forward_module = self.model
         self._emit("on_train_end")
-        if self._interrupted is not None:  # the phase is complete and checkpointed: stop before the next one
+        if distributed.any_rank(self._interrupted is not None):  # complete and checkpointed: stop before the next
+            self._interrupted = self._interrupted or signal.SIGTERM
             self._raise_interrupted("at the end of the training phase")
         return self.history
 
@@ -315,7 +317,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "callbacks": [{"class": type(c).__qualname__, "state": c.state_dict()} for c in self.callbacks],
-            "rng": rng_state(self.train_loader),
+            "rng": _per_rank(rng_state(self.train_loader)),
         }
 
     def _restore(self, state: dict[str, Any]) -> dict | None:
@@ -337,7 +339,7 @@ class Trainer:
             callback.load_state_dict(saved_state["state"])
         self.step, self.beta, self.stop_training = state["step"], state["beta"], state["stop_training"]
         self.history = list(state["history"])
-        self._resume_rng = state["rng"]
+        self._resume_rng = _own_rank(state["rng"])
         position = state["position"]
         self.checkpoint.resumed_from = {"phase": self.checkpoint.phase, "epoch": state["epoch"] + 1,
                                         "batch": position["batch"] if position else 0}
@@ -351,7 +353,7 @@ class Trainer:
             epoch_rng = rng_state(self.train_loader)  # before iter(): the loader draws its seed there
             sums, batches, first = torch.zeros(3, dtype=torch.float64), 0, 0
         else:  # replay the epoch's order up to where the checkpoint was taken
-            epoch_rng = position["epoch_rng"]
+            epoch_rng = _own_rank(position["epoch_rng"])
             set_rng_state(epoch_rng, self.train_loader)
             sums, batches, first = position["sums"].clone(), position["batches"], position["batch"]
         iterator = iter(self.train_loader)
@@ -386,9 +388,11 @@ class Trainer:
             self._emit("on_batch_end", batch, loss.item())
             if self.stop_training:
                 break
-            if self._interrupted is not None and batch + 1 < self.steps_per_epoch:
+            # every rank stops at the same batch (torchrun signals each one, not all at the same moment)
+            if distributed.any_rank(self._interrupted is not None) and batch + 1 < self.steps_per_epoch:
+                self._interrupted = self._interrupted or signal.SIGTERM
                 self.checkpoint.save(self._state(self.epoch, False, {
-                    "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": epoch_rng}))
+                    "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": _per_rank(epoch_rng)}))
                 self._raise_interrupted(f"after batch {batch + 1}")
         mean = (sums / max(batches, 1)).tolist()
         return {"epoch": self.epoch + 1, "loss": mean[0], "nll": mean[1], "kl": mean[2], "beta": self.beta}
@@ -434,6 +438,20 @@ def fit(
     2
     """
     return Trainer(model, train_loader, val_loader, config, callbacks, n_train, checkpoint).fit()
+
+
+def _per_rank(rng: dict[str, Any]) -> dict[str, Any]:
+    """``rng`` with the torch state of every rank (each draws its own noise); others are the same everywhere."""
+    return {**rng, "torch": distributed.gather(rng["torch"])}
+
+
+def _own_rank(rng: dict[str, Any]) -> dict[str, Any]:
+    """This rank's part of a :func:`_per_rank` state; a checkpoint of another number of processes is refused."""
+    states = rng["torch"]
+    if states.shape[0] != distributed.world_size():
+        raise CheckpointMismatchError(f"the checkpoint was written by {states.shape[0]} processes, this run has "
+                                      f"{distributed.world_size()}; resume with as many")
+    return {**rng, "torch": states[distributed.rank()].clone()}  # set_rng_state misreads a view at an offset
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:

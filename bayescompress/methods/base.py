@@ -21,11 +21,11 @@ from torch import Tensor, nn
 from bayescompress.inference import Callback, EarlyStopping, TrainConfig, fit
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.methods import registry
-from bayescompress.nn import PosteriorInit, bayesian_layers, bayesianize_
+from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
 from bayescompress.priors import Prior
 from bayescompress.pruning import Masks, PruningStrategy, prunable_layers
 from bayescompress.pruning.importance import sweep_scores
-from bayescompress.settings import Integer, Real, Settings, setting
+from bayescompress.settings import Choice, Integer, Real, Settings, setting
 
 def network_kind(model: nn.Module) -> str:
     """``"cnn"`` when ``model`` has a ``Conv2d``, else ``"mlp"``: which preset of a method's recipe applies."""
@@ -62,6 +62,9 @@ class VariationalConfig(MethodConfig):
     val_checks_per_epoch: int = setting(1, "validation checks per epoch for max_val_drop", Integer(1))
     prior_scale: float = setting(0.5, "standard deviation s0 of the Gaussian prior of the fine-tuning",
                                  Real(0.0, low_open=True))
+    estimator: str = setting("lrt", "how training passes sample: lrt (local reparameterisation, per-example "
+                             "noise), flipout (one perturbation, sign-flipped per example) or shared (one weight "
+                             "sample per batch: cheapest, noisiest)", Choice(ESTIMATORS))
 
 
 @dataclass
@@ -208,6 +211,7 @@ class VariationalMethod(Method):
     def prepare(self, network, config, context) -> None:
         bayesianize_(network, self.prior(config), init=PosteriorInit(rho=config.init_rho),
                      example_input=context.example)
+        set_estimator_(network, config.estimator)
 
     def train(self, network, config, context) -> list[dict]:
         callbacks = self.callbacks(network, config, context)

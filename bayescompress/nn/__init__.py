@@ -2,6 +2,7 @@
 
 from bayescompress.nn.layers import (
     BAYESIAN_TYPES,
+    ESTIMATORS,
     BayesConv2d,
     BayesianLayer,
     BayesLinear,
@@ -18,12 +19,14 @@ from bayescompress.nn.model import (
     mc_sampling,
     output_layer,
     predict,
+    set_estimator_,
     unhandled_modules,
     update_priors,
 )
 
 __all__ = [
     "BAYESIAN_TYPES",
+    "ESTIMATORS",
     "BayesConv2d",
     "BayesianLayer",
     "BayesLinear",
@@ -38,6 +41,7 @@ __all__ = [
     "mc_sampling",
     "output_layer",
     "predict",
+    "set_estimator_",
     "unhandled_modules",
     "update_priors",
 ]

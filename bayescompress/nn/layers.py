@@ -18,6 +18,10 @@ from bayescompress._validation import check_in_range, check_positive
 from bayescompress.priors.base import Prior
 from bayescompress.priors.gaussian import GaussianPrior
 
+# How a training forward pass samples (docs/bayesian-layers.md#estimators): each gives every pre-activation the
+# posterior's marginal distribution; they differ in how samples are correlated across a batch, and in cost.
+ESTIMATORS = ("lrt", "flipout", "shared")
+
 # Added under the square root so a pre-activation whose variance is exactly zero keeps a finite gradient.
 _VARIANCE_FLOOR = 1e-8
 # Smallest sigma a folded posterior keeps: a factor of 0 (a pruned unit) would otherwise make rho = -inf.
@@ -131,9 +135,16 @@ class BayesianLayer(nn.Module):
     """The shared core: a posterior N(mu, softplus(rho)^2) over ``weight`` and ``bias``.
 
     Subclasses supply only :meth:`_op`, the deterministic operation (linear map or convolution). In
-    training mode (or inside :func:`bayescompress.nn.mc_sampling`) the forward pass samples pre-activations
-    with the local reparameterisation trick: mean ``op(x, mu) + b``, variance ``op(x^2, sigma^2) +
-    sigma_b^2``. In eval mode it returns the posterior-mean output ``op(x, mu) + b``.
+    training mode (or inside :func:`bayescompress.nn.mc_sampling`) the forward pass samples, by ``estimator``:
+
+    - ``"lrt"`` (default): the local reparameterisation trick, pre-activations drawn from their Gaussian,
+      mean ``op(x, mu) + b``, variance ``op(x^2, sigma^2) + sigma_b^2``, independently per example;
+    - ``"flipout"``: one weight perturbation ``sigma * eps`` per pass, decorrelated across examples by random
+      signs on each example's inputs and outputs: ``op(x, mu) + b + s_out * op(s_in * x, sigma * eps)``;
+    - ``"shared"``: one weight sample for the whole batch, ``op(x, mu + sigma * eps) + b + sigma_b * eps_b``:
+      one operation per pass, but every example sees the same weights (higher-variance gradients).
+
+    In eval mode it returns the posterior-mean output ``op(x, mu) + b``.
     """
 
     prior: Prior
@@ -146,6 +157,7 @@ class BayesianLayer(nn.Module):
     def _setup_posterior(self, prior: Prior | None, init: PosteriorInit | None) -> None:
         init = init or PosteriorInit()
         self.mc_sample = False
+        self.estimator = "lrt"
         self.weight_rho = nn.Parameter(torch.empty_like(self.weight))
         if self.bias is not None:
             self.bias_rho = nn.Parameter(torch.empty_like(self.bias))
@@ -181,12 +193,41 @@ class BayesianLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         sample = self.training or self.mc_sample
         x = _scale_channels(x, self.prior.input_multiplier(self, sample), self.spatial_dims)
-        mean = self._op(x, self.weight, self.bias)
-        if sample:
+        if not sample:
+            out = self._op(x, self.weight, self.bias)
+        elif self.estimator == "lrt":
             bias_var = None if self.bias_rho is None else _SoftplusSquared.apply(self.bias_rho, None)
-            variance = self._op(x * x, self.weight_variance(), bias_var)
-            mean = _SampleOutput.apply(mean, variance)
-        return _scale_channels(mean, self.prior.unit_multiplier(self, sample), self.spatial_dims)
+            out = _SampleOutput.apply(self._op(x, self.weight, self.bias), self._op(x * x, self.weight_variance(),
+                                                                                     bias_var))
+        else:
+            out = self._perturbed(x)
+        return _scale_channels(out, self.prior.unit_multiplier(self, sample), self.spatial_dims)
+
+    def set_estimator_(self, estimator: str) -> BayesianLayer:
+        """Choose how training passes sample (one of :data:`ESTIMATORS`; see the class docstring)."""
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
+        self.estimator = estimator
+        return self
+
+    def _perturbed(self, x: Tensor) -> Tensor:
+        """A pass with one sampled weight perturbation: shared by the batch, or flipped per example."""
+        sigma = F.softplus(self.weight_rho)
+        if self.weight_keep is not None:
+            sigma = sigma * self.weight_keep  # a pruned weight stays exactly 0
+        weight_noise = sigma * torch.randn_like(sigma)
+        bias_noise = None if self.bias_rho is None else F.softplus(self.bias_rho) * torch.randn_like(self.bias_rho)
+        if self.estimator == "shared":
+            bias = self.bias if bias_noise is None else self.bias + bias_noise
+            return self._op(x, self.weight + weight_noise, bias)
+        # flipout: +-1 per example and channel; a linear layer's every leading index counts as an example
+        signs_shape = x.shape if self.spatial_dims == 0 else (*x.shape[:2], *([1] * self.spatial_dims))
+        sign_in = torch.empty(signs_shape, dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+        mean = self._op(x, self.weight, self.bias)
+        perturbation = self._op(x * sign_in, weight_noise, bias_noise)
+        out_shape = mean.shape if self.spatial_dims == 0 else (*mean.shape[:2], *([1] * self.spatial_dims))
+        sign_out = torch.empty(out_shape, dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+        return mean + perturbation * sign_out
 
     @torch.no_grad()
     def scale_posterior_(self, units: Tensor | None = None, inputs: Tensor | None = None) -> BayesianLayer:

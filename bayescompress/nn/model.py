@@ -208,6 +208,14 @@ def update_priors(model: nn.Module) -> None:
         layer.prior.update(layer)
 
 
+def set_estimator_(model: nn.Module, estimator: str) -> nn.Module:
+    """How every Bayesian layer of ``model`` samples in training: ``"lrt"``, ``"flipout"`` or ``"shared"``
+    (:class:`~bayescompress.nn.BayesianLayer`); returns ``model``."""
+    for _, layer in bayesian_layers(model):
+        layer.set_estimator_(estimator)
+    return model
+
+
 @contextlib.contextmanager
 def mc_sampling(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Make Bayesian layers sample their weights even in ``eval()`` mode (BatchNorm stays in eval)."""
