@@ -275,15 +275,13 @@ class Trainer:
                 finished = self.stop_training or self.epoch + 1 == self.config.epochs
                 if self.checkpoint is not None:
                     self.checkpoint.save(self._state(self.epoch + 1, finished))
-                if distributed.any_rank(self._interrupted is not None) and not finished:
-                    self._interrupted = self._interrupted or signal.SIGTERM
+                if not finished and self._stop_requested():
                     self._raise_interrupted("after the epoch")
                 if self.stop_training:
                     break
         self.forward_module = self.model
         self._emit("on_train_end")
-        if distributed.any_rank(self._interrupted is not None):  # complete and checkpointed: stop before the next
-            self._interrupted = self._interrupted or signal.SIGTERM
+        if self._stop_requested():  # the phase is complete and checkpointed: stop before the next one
             self._raise_interrupted("at the end of the training phase")
         return self.history
 
@@ -303,6 +301,14 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked the run to stop, on any rank: torchrun signals each rank at its own moment,
+        so the ranks agree here and all stop after the same batch."""
+        if distributed.any_rank(self._interrupted is not None):
+            self._interrupted = self._interrupted or signal.SIGTERM
+            return True
+        return False
 
     def _raise_interrupted(self, where: str) -> None:
         name = signal.Signals(self._interrupted).name
@@ -388,9 +394,7 @@ class Trainer:
             self._emit("on_batch_end", batch, loss.item())
             if self.stop_training:
                 break
-            # every rank stops at the same batch (torchrun signals each one, not all at the same moment)
-            if distributed.any_rank(self._interrupted is not None) and batch + 1 < self.steps_per_epoch:
-                self._interrupted = self._interrupted or signal.SIGTERM
+            if batch + 1 < self.steps_per_epoch and self._stop_requested():
                 self.checkpoint.save(self._state(self.epoch, False, {
                     "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": _per_rank(epoch_rng)}))
                 self._raise_interrupted(f"after batch {batch + 1}")
