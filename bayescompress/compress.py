@@ -9,6 +9,7 @@ methods are plug-ins found by name (``bayescompress.methods.names()``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import warnings
@@ -202,7 +203,9 @@ def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"checkpoint {folder} is a file; give a folder (new, or one an interrupted run left)")
     settings = folder / "run.json"
-    wanted = {"method": record["method"], "pipeline": {k: v for k, v in record["pipeline"].items() if k != "quiet"}}
+    # as JSON gives it back (tuples as lists), so a saved setting compares equal to the same one now
+    wanted = json.loads(json.dumps({"method": record["method"],
+                                    "pipeline": {k: v for k, v in record["pipeline"].items() if k != "quiet"}}))
     if settings.is_file():
         saved = read_json_record(settings, "the settings of the checkpointed run")
         saved = {"method": saved["method"], "pipeline": saved["pipeline"]}

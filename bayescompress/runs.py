@@ -248,8 +248,7 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
         if ancestor.exists() and not ancestor.is_dir():
             raise ValueError(f"cannot write the run folder {directory}: {ancestor} is a file, not a folder; "
                              "choose another path")
-    interrupted = directory.is_dir() and is_interrupted_run(directory)
-    if interrupted:
+    if is_interrupted_run(directory):
         others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES | IN_PROGRESS_FILES
                         and not p.name.startswith("."))
         if others:

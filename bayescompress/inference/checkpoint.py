@@ -181,10 +181,6 @@ class Checkpoint:
         """Where this run continued from a checkpoint (its last resumed phase), or None for a fresh run."""
         return next((p.resumed_from for p in reversed(self.handed) if p.resumed_from is not None), None)
 
-    def phases(self) -> list[int]:
-        """The phases that have a checkpoint."""
-        return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("phase-*.json"))
-
 
 __all__ = ["Checkpoint", "PhaseCheckpoint", "join_state", "rng_state", "set_rng_state", "shuffling_generators",
            "split_state"]

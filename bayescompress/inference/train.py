@@ -28,6 +28,7 @@ from bayescompress._validation import (
 )
 from bayescompress import distributed
 from bayescompress.inference.checkpoint import PhaseCheckpoint, rng_state, set_rng_state
+from bayescompress.io import WeightsMismatchError, load_weights_
 from bayescompress.metrics import evaluate
 from bayescompress.nn.model import bayesian_layers, kl_divergence, update_priors
 
@@ -333,11 +334,11 @@ class Trainer:
         if saved != ours:
             raise CheckpointMismatchError(f"the checkpoint {self.checkpoint.record} was written with the callbacks "
                                           f"{saved}, this run has {ours}; resume with the same method and settings")
-        mine = self.model.state_dict()
-        if set(state["model"]) != set(mine) or any(state["model"][k].shape != v.shape for k, v in mine.items()):
-            raise CheckpointMismatchError(f"the checkpoint {self.checkpoint.record} holds another network than this "
-                                          "run's; resume with the same network, method and settings")
-        self.model.load_state_dict(state["model"])
+        try:
+            load_weights_(self.model, state["model"], source=f"the checkpoint {self.checkpoint.record}")
+        except WeightsMismatchError as error:
+            raise CheckpointMismatchError(f"{error}: it holds another network than this run's; resume with the same "
+                                          "network, method and settings") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -356,7 +357,8 @@ class Trainer:
     def _train_epoch(self, position: dict | None = None) -> dict[str, float]:
         self.model.train()
         if position is None:
-            epoch_rng = rng_state(self.train_loader)  # before iter(): the loader draws its seed there
+            # before iter(): the loader draws its seed there (kept for a mid-epoch checkpoint only)
+            epoch_rng = rng_state(self.train_loader) if self.checkpoint is not None else None
             sums, batches, first = torch.zeros(3, dtype=torch.float64), 0, 0
         else:  # replay the epoch's order up to where the checkpoint was taken
             epoch_rng = _own_rank(position["epoch_rng"])

@@ -212,11 +212,11 @@ class BayesianLayer(nn.Module):
 
     def _perturbed(self, x: Tensor) -> Tensor:
         """A pass with one sampled weight perturbation: shared by the batch, or flipped per example."""
-        sigma = F.softplus(self.weight_rho)
+        sigma = self.weight_sigma
         if self.weight_keep is not None:
             sigma = sigma * self.weight_keep  # a pruned weight stays exactly 0
         weight_noise = sigma * torch.randn_like(sigma)
-        bias_noise = None if self.bias_rho is None else F.softplus(self.bias_rho) * torch.randn_like(self.bias_rho)
+        bias_noise = None if self.bias_rho is None else self.bias_sigma * torch.randn_like(self.bias_rho)
         if self.estimator == "shared":
             bias = self.bias if bias_noise is None else self.bias + bias_noise
             return self._op(x, self.weight + weight_noise, bias)
