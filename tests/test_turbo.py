@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import Bernoulli, Gamma, Normal, kl_divergence
+from torch.distributions import Bernoulli, Gamma, Normal, StudentT, kl_divergence
 
 from bayescompress.inference import TrainConfig, TurboCallback, fit
 from bayescompress.priors.hierarchical import expected_kl_sum, module_a_, support_log_odds, update_precision
@@ -207,3 +207,63 @@ def test_turbo_iterations_run_before_training_and_evenly_within_each_epoch():
     loader = [(torch.randn(5, 6), torch.randint(0, 3, (5,))) for _ in range(7)]
     fit(model, loader, config=TrainConfig(epochs=2, quiet=True), n_train=35, callbacks=[Counting(updates_per_epoch=3)])
     assert len(calls) == 1 + 2 * 3
+
+
+def _kernel_layer(seed=0):
+    """A 3x3 conv, 4 -> 6 channels, with kernel support: input channel 2 and filter 5 far below the layer's
+    scale, every other slice at it."""
+    torch.manual_seed(seed)
+    layer = BayesConv2d(4, 6, 3, prior=HierarchicalPrior(pi0=0.01, support="kernel"))
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.1)
+        layer.weight[:, 2].mul_(1e-3)
+        layer.weight[5].mul_(1e-3)
+    layer.prior.attach(layer)  # the scale-aware rates from these weights
+    return layer
+
+
+def test_kernel_support_sums_its_weights_student_t_bayes_factors():
+    """With the precision integrated out, w | s is a Student-t (2a degrees of freedom, scale sqrt(b/a)); a
+    kernel slice's evidence is the sum of its weights' log density ratios at w = sqrt(E[w^2])."""
+    layer = _kernel_layer()
+    prior = layer.prior
+    generator = torch.Generator().manual_seed(7)
+    prior.prior_logit.copy_(torch.randn(prior.prior_logit.shape, generator=generator) - 4)
+    extrinsic = module_a_(prior, layer)
+    a, b, a_bar, b_bar = prior.gamma_parameters()
+    w = (layer.weight.detach() ** 2 + layer.weight_sigma.detach() ** 2).double().sqrt()
+    active = StudentT(2 * a, 0.0, math.sqrt(b / a)).log_prob(w)
+    inactive = StudentT(2 * a_bar, 0.0, math.sqrt(b_bar / a_bar)).log_prob(w)
+    torch.testing.assert_close(extrinsic.double(), (active - inactive).sum((2, 3)), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(prior.inclusion_logit, prior.prior_logit + extrinsic)
+    # q(gamma) of every weight then follows its slice's decided inclusion
+    expected_shape, _ = update_precision(torch.sigmoid(prior.per_weight(prior.inclusion_logit)),
+                                         w.float().reshape(6, -1) ** 2, prior.gamma_parameters())
+    torch.testing.assert_close(prior.precision_shape, expected_shape)
+
+
+def test_kernel_support_turns_off_a_whole_input_channel_and_a_whole_filter():
+    layer = _kernel_layer()
+    callback = TurboCallback()
+    for _ in range(5):  # turbo iterations: module A then BP on the (filters, input channels) grid
+        callback.iterate(nn.Sequential(layer))
+    inclusion = layer.prior.inclusion(layer).weight
+    assert inclusion.shape == layer.weight.shape
+    assert (inclusion == inclusion[..., :1, :1]).all()  # one value per kernel slice
+    on = inclusion[..., 0, 0] >= 0.5
+    expected = torch.ones(6, 4, dtype=torch.bool)
+    expected[:, 2] = False
+    expected[5] = False
+    assert torch.equal(on, expected)
+
+
+def test_kernel_support_leaves_linear_layers_and_1x1_convolutions_per_weight():
+    torch.manual_seed(0)
+    for make in (lambda support: BayesLinear(8, 3, prior=HierarchicalPrior(support=support)),
+                 lambda support: BayesConv2d(8, 3, 1, prior=HierarchicalPrior(support=support))):
+        torch.manual_seed(0)
+        per_weight = make("weight")
+        torch.manual_seed(0)
+        per_kernel = make("kernel")
+        torch.testing.assert_close(per_kernel.prior.inclusion_logit, per_weight.prior.inclusion_logit)
+        assert per_kernel.prior.inclusion_logit.shape == (3, 8)

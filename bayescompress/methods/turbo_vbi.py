@@ -14,7 +14,7 @@ from bayescompress.inference import Callback, TurboCallback
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
 from bayescompress.nn import fold_multipliers_
 from bayescompress.priors import GaussianPrior, HierarchicalPrior
-from bayescompress.priors.hierarchical import GRAPHS
+from bayescompress.priors.hierarchical import GRAPHS, SUPPORTS
 from bayescompress.pruning import InclusionPruning
 from bayescompress.settings import Choice, Integer, Real, setting
 
@@ -35,6 +35,8 @@ class TurboVBIConfig(VariationalConfig):
     mrf_p01: float = setting(0.3, "P(active | inactive neighbour) of the support MRF, along rows and columns",
                              _PROBABILITY)
     mrf_graph: str = setting("grid", "the support's factor graph per layer", Choice(GRAPHS))
+    mrf_support: str = setting("weight", "one support variable per weight, or per kernel slice (filter, input "
+                               "channel) of a convolution, so whole filters and input channels go", Choice(SUPPORTS))
     active_shape: float = setting(1.0, "shape a of the active state's Gamma(a, b) precision", Real(0.0, low_open=True))
     active_rate: float | None = setting(None, "rate b of the active state's precision (none = the layer's "
                                         "pretrained weight variance)", Real(0.0, low_open=True, optional=True))
@@ -58,7 +60,8 @@ class TurboVBI(VariationalMethod):
         return HierarchicalPrior(
             active_shape=config.active_shape, active_rate=config.active_rate, inactive_shape=config.inactive_shape,
             inactive_rate=config.inactive_rate, pi0=config.pi0, row_p11=config.mrf_p11, row_p01=config.mrf_p01,
-            column_p11=config.mrf_p11, column_p01=config.mrf_p01, graph=config.mrf_graph)
+            column_p11=config.mrf_p11, column_p01=config.mrf_p01, graph=config.mrf_graph,
+            support=config.mrf_support)
 
     def callbacks(self, network, config: TurboVBIConfig, context) -> list[Callback]:
         return [TurboCallback(config.turbo_updates_per_epoch, damping=config.bp_damping)]

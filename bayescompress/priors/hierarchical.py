@@ -6,6 +6,12 @@ Per weight n of a layer (weights as the grid W of shape (out, fan_in), a conv fi
     precision    gamma_n | s_n ~ Gamma(a, b) if active, Gamma(a_bar, b_bar) if inactive (shape, rate);
     weight       w_n | gamma_n ~ N(0, 1 / gamma_n).
 
+With ``support="kernel"`` a convolution's support is coarser: one s_g per kernel slice g = (filter, input
+channel), shared by its kh*kw weights, on the grid (filters, input channels). A row chain then clusters the
+live slices of a filter (a filter whose row goes inactive is removed), a column chain the slices that read
+one input channel (a channel inactive down its column is removed from every filter): structure a conv layer
+can physically lose. Each weight keeps its own precision.
+
 The active state is a wide slab (E[gamma] = a/b small), the inactive one a narrow spike. The variational
 family is q(w_n) q(gamma_n) q(s_n) = N(mu_n, sigma_n^2) Gamma(a~_n, b~_n) Bernoulli(pi~_n); this module keeps
 q(gamma), q(s) and the prior message pi_n from the MRF as buffers, and holds the closed-form mathematics
@@ -27,6 +33,7 @@ from bayescompress.priors.kl import kl_normal_normal_sum
 from bayescompress.priors.mrf import FactorGraph, TransitionPotential
 
 GRAPHS = ("grid", "rows", "columns", "independent")
+SUPPORTS = ("weight", "kernel")
 # Scale-aware defaults (SPEC section 2): b = v_l and b_bar = 1e-4 v_l with v_l the layer's weight variance,
 # so the slab's standard deviation is about the layer's weight scale and the spike's about 1 % of it.
 _INACTIVE_RATE_FACTOR = 1e-4
@@ -54,6 +61,10 @@ class HierarchicalPrior(Prior):
     graph:
         ``"grid"`` (rows and columns, the default), ``"rows"`` (a chain per unit), ``"columns"`` (a chain
         per input) or ``"independent"`` (no MRF: each weight's support on its own).
+    support:
+        ``"weight"`` (one support variable per weight, the default) or ``"kernel"`` (one per kernel slice
+        (filter, input channel) of a convolution, on the grid (filters, input channels); a linear layer's
+        slice is one weight, so it is unaffected).
     bias_scale:
         Standard deviation of the Gaussian prior on the bias, which the hierarchy does not cover (> 0).
 
@@ -78,6 +89,7 @@ class HierarchicalPrior(Prior):
         column_p11: float = 0.7,
         column_p01: float = 0.3,
         graph: str = "grid",
+        support: str = "weight",
         bias_scale: float = 1.0,
     ) -> None:
         super().__init__()
@@ -90,10 +102,12 @@ class HierarchicalPrior(Prior):
                             ("column_p01", column_p01)):
             check_probability(name, value)
         check_choice("graph", graph, GRAPHS)
+        check_choice("support", support, SUPPORTS)
         check_positive("bias_scale", bias_scale)
         if active_rate is not None and inactive_rate is not None:
             _check_narrower(active_shape, active_rate, inactive_shape, inactive_rate)
         self.graph = graph
+        self.support = support
         self._rates = (active_rate, inactive_rate)
         self.register_buffer("active_shape", torch.tensor(float(active_shape)))
         self.register_buffer("inactive_shape", torch.tensor(float(inactive_shape)))
@@ -115,10 +129,13 @@ class HierarchicalPrior(Prior):
         _check_narrower(float(self.active_shape), float(self.active_rate), float(self.inactive_shape),
                         float(self.inactive_rate))
         grid = weight.reshape(weight.shape[0], -1)
+        # weights per support variable: a kernel slice's kh*kw, or 1
+        self.slice_size = weight[0, 0].numel() if self.support == "kernel" and weight.dim() > 2 else 1
+        support_grid = grid.view(grid.shape[0], -1, self.slice_size)[..., 0]
         logit_pi0 = math.log(float(self.pi0)) - math.log1p(-float(self.pi0))
-        # q(s), q(gamma), the MRF's message pi and the moments the SGD steps read, all per weight
-        self.register_buffer("prior_logit", torch.full_like(grid, logit_pi0))
-        self.register_buffer("inclusion_logit", torch.full_like(grid, logit_pi0))
+        # q(s) and the MRF's message pi per support variable; q(gamma) and the moments the SGD steps read per weight
+        self.register_buffer("prior_logit", torch.full_like(support_grid, logit_pi0))
+        self.register_buffer("inclusion_logit", torch.full_like(support_grid, logit_pi0))
         self.register_buffer("precision_shape", torch.ones_like(grid))
         self.register_buffer("precision_rate", torch.ones_like(grid))
         self.register_buffer("expected_precision", torch.ones_like(grid))
@@ -135,8 +152,21 @@ class HierarchicalPrior(Prior):
         (rp11, rp01), (cp11, cp01) = self.transitions.tolist()
         return TransitionPotential(rp11, rp01), TransitionPotential(cp11, cp01)
 
+    def per_weight(self, support: Tensor) -> Tensor:
+        """A tensor over the support grid repeated onto the weight grid (out, fan_in)."""
+        if self.slice_size == 1:
+            return support
+        return support.unsqueeze(-1).expand(*support.shape, self.slice_size).reshape(support.shape[0], -1)
+
+    def per_support(self, weights: Tensor) -> Tensor:
+        """A tensor over the weight grid (out, fan_in) summed over each support variable's weights."""
+        if self.slice_size == 1:
+            return weights
+        return weights.reshape(weights.shape[0], -1, self.slice_size).sum(-1)
+
     def factor_graph(self, shape):
-        """The support's factor graph on a grid of ``shape`` (out, fan_in), as ``graph`` says."""
+        """The support's factor graph on a grid of ``shape`` (out, fan_in), or (filters, input channels) with
+        kernel support, as ``graph`` says."""
         rows, columns = self.potentials()
         if self.graph == "independent":
             return FactorGraph.independent(shape)
@@ -154,7 +184,7 @@ class HierarchicalPrior(Prior):
     @torch.no_grad()
     def inclusion(self, layer) -> Inclusion:
         """Per weight: pi~, the posterior probability that its support is active."""
-        return Inclusion(weight=torch.sigmoid(self.inclusion_logit).view_as(layer.weight).clone())
+        return Inclusion(weight=torch.sigmoid(self.per_weight(self.inclusion_logit)).view_as(layer.weight).clone())
 
     @torch.no_grad()
     def statistics(self, layer) -> dict[str, Tensor]:
@@ -164,7 +194,7 @@ class HierarchicalPrior(Prior):
         inclusion = self.inclusion(layer).weight
         stats.update(
             inclusion=inclusion,
-            prior_inclusion=torch.sigmoid(self.prior_logit).view_as(layer.weight),
+            prior_inclusion=torch.sigmoid(self.per_weight(self.prior_logit)).view_as(layer.weight),
             expected_precision=self.expected_precision.view_as(layer.weight).clone(),
             unit_active_fraction=(inclusion >= 0.5).flatten(1).float().mean(dim=1),
         )
@@ -174,7 +204,7 @@ class HierarchicalPrior(Prior):
         a, b, a_bar, b_bar = self.gamma_parameters()
         (rp11, rp01), (cp11, cp01) = self.transitions.tolist()
         return (f"active=Gamma({a:g}, {b:.3g}), inactive=Gamma({a_bar:g}, {b_bar:.3g}), pi0={float(self.pi0):g}, "
-                f"rows=({rp11:g}, {rp01:g}), columns=({cp11:g}, {cp01:g}), graph={self.graph}")
+                f"rows=({rp11:g}, {rp01:g}), columns=({cp11:g}, {cp01:g}), graph={self.graph}, support={self.support}")
 
 
 class _ExpectedKLSum(torch.autograd.Function):
@@ -231,6 +261,21 @@ def support_log_odds(shape: Tensor, rate: Tensor, gamma: tuple[float, float, flo
     return active - inactive
 
 
+def support_log_bayes_factor(second_moment: Tensor, gamma: tuple[float, float, float, float]) -> Tensor:
+    """log p(w | s = 1) - log p(w | s = 0) with the precision integrated out, w^2 replaced by E[w^2].
+
+    w | s is then a Student-t with 2a degrees of freedom and scale sqrt(b / a) (a_bar, b_bar when inactive):
+    log p(w | a, b) = a log b + lgamma(a + 1/2) - lgamma(a) - log(2 pi)/2 - (a + 1/2) log(b + w^2 / 2).
+    """
+    a, b, a_bar, b_bar = gamma
+
+    def log_marginal(shape: float, rate: float) -> Tensor:
+        constant = shape * math.log(rate) + math.lgamma(shape + 0.5) - math.lgamma(shape)
+        return constant - (shape + 0.5) * torch.log(second_moment * 0.5 + rate)
+
+    return log_marginal(a, b) - log_marginal(a_bar, b_bar)
+
+
 def _set_precision_(prior, inclusion: Tensor, second_moment: Tensor) -> None:
     shape, rate = update_precision(inclusion, second_moment, prior.gamma_parameters())
     prior.precision_shape.copy_(shape)
@@ -248,12 +293,20 @@ def module_a_(prior, layer) -> Tensor:
     state. Starting from pi rather than from the previous pi~ matters: q(gamma) carries the evidence of a
     single weight (shape + 1/2), so a q(gamma) fitted to s = 1 always favours s = 1 again and the
     decision could never be revised as the weight shrinks.
+
+    A support variable shared by a kernel slice gets instead the sum of its weights' Bayes factors with the
+    precision integrated out (:func:`support_log_bayes_factor`). The mean-field evidence above is unbounded
+    below as E[w^2] -> 0 (q(gamma) fitted under a small pi puts E[gamma] near 1/E[w^2]), so summed over a
+    slice it would let the slice's smallest weight decide; each Bayes factor is bounded.
     """
-    second_moment = (layer.weight.detach() ** 2 + layer.weight_sigma.detach() ** 2).reshape_as(prior.prior_logit)
-    _set_precision_(prior, torch.sigmoid(prior.prior_logit), second_moment)
-    extrinsic = support_log_odds(prior.precision_shape, prior.precision_rate, prior.gamma_parameters())
+    second_moment = (layer.weight.detach() ** 2 + layer.weight_sigma.detach() ** 2).reshape_as(prior.precision_shape)
+    if prior.slice_size > 1:
+        extrinsic = prior.per_support(support_log_bayes_factor(second_moment, prior.gamma_parameters()))
+    else:
+        _set_precision_(prior, torch.sigmoid(prior.prior_logit), second_moment)
+        extrinsic = support_log_odds(prior.precision_shape, prior.precision_rate, prior.gamma_parameters())
     prior.inclusion_logit.copy_(prior.prior_logit + extrinsic)
-    _set_precision_(prior, torch.sigmoid(prior.inclusion_logit), second_moment)
+    _set_precision_(prior, torch.sigmoid(prior.per_weight(prior.inclusion_logit)), second_moment)
     return extrinsic
 
 
@@ -265,4 +318,4 @@ def _check_narrower(a: float, b: float, a_bar: float, b_bar: float) -> None:
             "inactive_shape")
 
 
-__all__ = ["GRAPHS", "HierarchicalPrior", "expected_kl_sum", "module_a_", "support_log_odds", "update_precision"]
+__all__ = ["GRAPHS", "SUPPORTS", "HierarchicalPrior", "expected_kl_sum", "module_a_", "support_log_bayes_factor", "support_log_odds", "update_precision"]

@@ -1,0 +1,196 @@
+"""Time one training epoch of our Bayesian layers against bayesian-torch 0.5.0's, same networks, one process.
+
+    python benchmarks/peer_epoch.py [--data-dir ../shared/data/mnist] [--models lenet300 lenet5]
+        [--repeats 3] [--threads N] [--max-batches B]
+
+bayesian-torch is a benchmark-only extra, installed without its dependencies (its metadata pulls in
+torchvision, whose registry wheel is a CUDA build that breaks a CPU torch; the layers need only torch):
+
+    pip install --no-deps -r benchmarks/requirements-peers.txt
+
+Compared, on LeNet-300-100 and LeNet-5-Caffe over MNIST's training split (Adam lr 1e-3, batch 128,
+loss = mean NLL + KL / N_train):
+
+* ours: the deterministic network and ``bayesianize_`` of it with the estimators lrt, flipout and
+  shared, each timed by ``epoch_time.epoch_seconds`` (our Trainer) exactly as epoch_time.py does.
+  Ratio over the deterministic network timed the same way (Trainer).
+* bayesian-torch: the same architectures built from ``LinearReparameterization`` /
+  ``Conv2dReparameterization`` and ``LinearFlipout`` / ``Conv2dFlipout``, trained by the plain loop below
+  (forward, NLL + KL/N, backward, Adam step). Ratio over the deterministic network timed through that
+  same plain loop, so neither side is charged for the other's loop.
+
+Every figure is the best of ``--repeats`` epochs after one untimed warm-up epoch. The two deterministic
+rows (Trainer vs plain loop) show how much the loops themselves differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from importlib.metadata import version
+
+import torch
+import torch.nn.functional as F
+from _common import DEFAULT_MNIST, save_results
+from bayesian_torch.layers import (
+    BaseVariationalLayer_,
+    Conv2dFlipout,
+    Conv2dReparameterization,
+    LinearFlipout,
+    LinearReparameterization,
+)
+from epoch_time import epoch_seconds
+from torch import nn
+
+from bayescompress.data import make_loaders
+from bayescompress.models import build_model
+from bayescompress.nn import bayesianize_, set_estimator_
+from bayescompress.workflows import load_data_for
+
+OUR_ESTIMATORS = ("lrt", "flipout", "shared")
+PEER_LAYERS = {
+    "reparam": (LinearReparameterization, Conv2dReparameterization),
+    "flipout": (LinearFlipout, Conv2dFlipout),
+}
+
+
+class PeerNet(nn.Module):
+    """A sequential network whose bayesian-torch layers return (output, kl); returns (logits, KL summed)."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kl = x.new_zeros(())
+        for layer in self.layers:
+            if isinstance(layer, BaseVariationalLayer_):
+                x, layer_kl = layer(x)  # return_kl is a forward argument, True by default
+                kl = kl + layer_kl
+            else:
+                x = layer(x)
+        return x, kl
+
+
+def peer_model(name: str, kind: str) -> PeerNet:
+    """bayesian-torch's version of our ``build_model(name)`` (see bayescompress/models.py), default
+    prior N(0, 1) (the same as our default GaussianPrior) and default posterior init."""
+    linear, conv = PEER_LAYERS[kind]
+    if name == "lenet300":
+        return PeerNet(nn.Flatten(), linear(784, 300), nn.ReLU(), linear(300, 100), nn.ReLU(),
+                       linear(100, 10))
+    if name == "lenet5":
+        return PeerNet(conv(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2), conv(20, 50, 5), nn.ReLU(),
+                       nn.MaxPool2d(2), nn.Flatten(), linear(800, 500), nn.ReLU(), linear(500, 10))
+    raise ValueError(f"no bayesian-torch version of {name!r}")
+
+
+def _fused_adam_supported() -> bool:
+    """The Trainer's rule: fused Adam where this torch has it (it matters: VI doubles the parameters)."""
+    probe = torch.zeros(1, requires_grad=True)
+    try:
+        torch.optim.Adam([probe], fused=True)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def plain_epoch_seconds(model: nn.Module, batches, n_train: int, repeats: int,
+                        kl_weight: float = 1.0) -> float:
+    """``epoch_seconds`` for a model outside our Trainer: the same step (NLL + kl_weight * KL / N,
+    backward, Adam step, a finiteness check and the loss read back) and the same timing rule."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=_fused_adam_supported())
+
+    def epoch() -> None:
+        model.train()
+        for x, y in batches:
+            out = model(x)
+            if isinstance(out, tuple):
+                logits, kl = out
+            else:  # deterministic: a zero KL, as the Trainer adds
+                logits, kl = out, out.new_zeros(())
+            loss = F.cross_entropy(logits, y) + kl_weight * kl / n_train
+            if not torch.isfinite(loss):  # the Trainer checks too; also catches a broken peer setup
+                raise RuntimeError(f"non-finite loss {loss.item()} in {type(model).__name__}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+    epoch()  # untimed warm-up, as epoch_seconds
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(DEFAULT_MNIST))
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="truncate the epoch (quick checks)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: leave torch's choice)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    rows = []
+
+    def record(model: str, network: str, loop: str, seconds: float, baseline: float) -> None:
+        rows.append({"model": model, "network": network, "loop": loop, "epoch_s": seconds,
+                     "baseline_s": baseline, "ratio": seconds / baseline})
+        print(f"{model:<10}{network:<26}{loop:<8}{seconds:8.3f} s  ratio {seconds / baseline:5.2f}x",
+              flush=True)
+
+    for name in args.models:
+        splits = load_data_for(name, "mnist", args.data_dir)
+        loader, _, _ = make_loaders(splits, batch_size=128)
+        if args.max_batches:
+            loader = list(loader)[: args.max_batches]
+        n_train = len(splits.train)
+
+        # Ours, exactly as epoch_time.py: Trainer-timed, ratio over the Trainer-timed deterministic net.
+        torch.manual_seed(0)
+        deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
+        untrained = copy.deepcopy(deterministic)
+        det = epoch_seconds(deterministic, loader, n_train, args.repeats)
+        record(name, "deterministic", "Trainer", det, det)
+        for estimator in OUR_ESTIMATORS:
+            bayesian = set_estimator_(bayesianize_(copy.deepcopy(deterministic)), estimator)
+            seconds = epoch_seconds(bayesian, loader, n_train, args.repeats)
+            record(name, f"bayescompress {estimator}", "Trainer", seconds, det)
+
+        # Peers: plain-loop-timed, ratio over the same deterministic net through the plain loop.
+        plain_det = plain_epoch_seconds(untrained, loader, n_train, args.repeats)
+        record(name, "deterministic", "plain", plain_det, plain_det)
+        for kind in PEER_LAYERS:
+            torch.manual_seed(0)
+            seconds = plain_epoch_seconds(peer_model(name, kind), loader, n_train, args.repeats)
+            record(name, f"bayesian-torch {kind}", "plain", seconds, plain_det)
+
+    print(f"\n{'model':<10}{'network/estimator':<26}{'loop':<8}{'epoch s':>8}{'ratio':>8}")
+    for r in rows:
+        print(f"{r['model']:<10}{r['network']:<26}{r['loop']:<8}{r['epoch_s']:8.3f}"
+              f"{r['ratio']:8.2f}")
+    command = "python benchmarks/peer_epoch.py " + " ".join(sys.argv[1:])
+    save_results("peer_epoch", {
+        "command": command.strip(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bayesian_torch": version("bayesian-torch"),
+        "baselines": {"Trainer": "our deterministic net timed by epoch_time.epoch_seconds",
+                      "plain": "the same deterministic net timed by this script's plain loop"},
+        "truncated_to_batches": args.max_batches,
+        "rows": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()
