@@ -194,7 +194,7 @@ def demo(
     out: str | os.PathLike | None = None, *, seed: int = 0, quiet: bool = False, overwrite: bool = False,
     device: str = "cpu",
 ) -> Comparison:
-    """What bayescompress is for, on scikit-learn's digits in well under a minute on a CPU.
+    r"""What bayescompress is for, on scikit-learn's digits in well under a minute on a CPU.
 
     Pretrains a 64-100-10 MLP, then :func:`~bayescompress.compare`\ s two compressions of it: the baseline,
     SNR pruning of single weights (``gaussian-snr``), and its structured form, which keeps whole neurons
