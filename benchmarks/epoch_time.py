@@ -32,11 +32,16 @@ def epoch_seconds(model, batches, n_train: int, repeats: int, callbacks=()) -> f
                       n_train=n_train)
     for callback in callbacks:
         callback.on_train_begin(trainer)
-    trainer._train_epoch()
+    return best_epoch_seconds(trainer._train_epoch, repeats)
+
+
+def best_epoch_seconds(run_epoch, repeats: int) -> float:
+    """Best of ``repeats`` timed calls of ``run_epoch`` after one untimed warm-up call."""
+    run_epoch()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        trainer._train_epoch()
+        run_epoch()
         best = min(best, time.perf_counter() - start)
     return best
 

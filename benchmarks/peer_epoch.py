@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from importlib.metadata import version
 
 import torch
@@ -41,15 +40,15 @@ from bayesian_torch.layers import (
     LinearFlipout,
     LinearReparameterization,
 )
-from epoch_time import epoch_seconds
+from epoch_time import best_epoch_seconds, epoch_seconds
 from torch import nn
 
 from bayescompress.data import make_loaders
+from bayescompress.inference.train import _fused_adam_supported
 from bayescompress.models import build_model
-from bayescompress.nn import bayesianize_, set_estimator_
+from bayescompress.nn import ESTIMATORS, bayesianize_, set_estimator_
 from bayescompress.workflows import load_data_for
 
-OUR_ESTIMATORS = ("lrt", "flipout", "shared")
 PEER_LAYERS = {
     "reparam": (LinearReparameterization, Conv2dReparameterization),
     "flipout": (LinearFlipout, Conv2dFlipout),
@@ -87,21 +86,12 @@ def peer_model(name: str, kind: str) -> PeerNet:
     raise ValueError(f"no bayesian-torch version of {name!r}")
 
 
-def _fused_adam_supported() -> bool:
-    """The Trainer's rule: fused Adam where this torch has it (it matters: VI doubles the parameters)."""
-    probe = torch.zeros(1, requires_grad=True)
-    try:
-        torch.optim.Adam([probe], fused=True)
-    except (RuntimeError, ValueError):
-        return False
-    return True
-
-
 def plain_epoch_seconds(model: nn.Module, batches, n_train: int, repeats: int,
                         kl_weight: float = 1.0) -> float:
     """``epoch_seconds`` for a model outside our Trainer: the same step (NLL + kl_weight * KL / N,
     backward, Adam step, a finiteness check and the loss read back) and the same timing rule."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=_fused_adam_supported())
+    # the Trainer's rule: fused Adam where this torch has it (it matters: VI doubles the parameters)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=_fused_adam_supported(torch.device("cpu")))
 
     def epoch() -> None:
         model.train()
@@ -119,13 +109,7 @@ def plain_epoch_seconds(model: nn.Module, batches, n_train: int, repeats: int,
             optimizer.step()
             loss.item()
 
-    epoch()  # untimed warm-up, as epoch_seconds
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        epoch()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_epoch_seconds(epoch, repeats)
 
 
 def main() -> None:
@@ -162,7 +146,7 @@ def main() -> None:
         untrained = copy.deepcopy(deterministic)
         det = epoch_seconds(deterministic, loader, n_train, args.repeats)
         record(name, "deterministic", "Trainer", det, det)
-        for estimator in OUR_ESTIMATORS:
+        for estimator in ESTIMATORS:
             bayesian = set_estimator_(bayesianize_(copy.deepcopy(deterministic)), estimator)
             seconds = epoch_seconds(bayesian, loader, n_train, args.repeats)
             record(name, f"bayescompress {estimator}", "Trainer", seconds, det)
@@ -182,8 +166,6 @@ def main() -> None:
     command = "python benchmarks/peer_epoch.py " + " ".join(sys.argv[1:])
     save_results("peer_epoch", {
         "command": command.strip(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "bayesian_torch": version("bayesian-torch"),
         "baselines": {"Trainer": "our deterministic net timed by epoch_time.epoch_seconds",
                       "plain": "the same deterministic net timed by this script's plain loop"},

@@ -220,14 +220,14 @@ class BayesianLayer(nn.Module):
         if self.estimator == "shared":
             bias = self.bias if bias_noise is None else self.bias + bias_noise
             return self._op(x, self.weight + weight_noise, bias)
-        # flipout: +-1 per example and channel; a linear layer's every leading index counts as an example
-        signs_shape = x.shape if self.spatial_dims == 0 else (*x.shape[:2], *([1] * self.spatial_dims))
-        sign_in = torch.empty(signs_shape, dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
         mean = self._op(x, self.weight, self.bias)
-        perturbation = self._op(x * sign_in, weight_noise, bias_noise)
-        out_shape = mean.shape if self.spatial_dims == 0 else (*mean.shape[:2], *([1] * self.spatial_dims))
-        sign_out = torch.empty(out_shape, dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
-        return mean + perturbation * sign_out
+        perturbation = self._op(x * self._random_signs(x), weight_noise, bias_noise)
+        return mean + perturbation * self._random_signs(mean)
+
+    def _random_signs(self, t: Tensor) -> Tensor:
+        """Flipout's +-1 per example and channel of ``t``; a linear layer's every leading index is an example."""
+        shape = t.shape if self.spatial_dims == 0 else (*t.shape[:2], *([1] * self.spatial_dims))
+        return torch.empty(shape, dtype=t.dtype, device=t.device).bernoulli_(0.5).mul_(2).sub_(1)
 
     @torch.no_grad()
     def scale_posterior_(self, units: Tensor | None = None, inputs: Tensor | None = None) -> BayesianLayer:

@@ -131,11 +131,11 @@ class HierarchicalPrior(Prior):
         grid = weight.reshape(weight.shape[0], -1)
         # weights per support variable: a kernel slice's kh*kw, or 1
         self.slice_size = weight[0, 0].numel() if self.support == "kernel" and weight.dim() > 2 else 1
-        support_grid = grid.view(grid.shape[0], -1, self.slice_size)[..., 0]
+        support_shape = (grid.shape[0], grid.shape[1] // self.slice_size)
         logit_pi0 = math.log(float(self.pi0)) - math.log1p(-float(self.pi0))
         # q(s) and the MRF's message pi per support variable; q(gamma) and the moments the SGD steps read per weight
-        self.register_buffer("prior_logit", torch.full_like(support_grid, logit_pi0))
-        self.register_buffer("inclusion_logit", torch.full_like(support_grid, logit_pi0))
+        self.register_buffer("prior_logit", grid.new_full(support_shape, logit_pi0))
+        self.register_buffer("inclusion_logit", grid.new_full(support_shape, logit_pi0))
         self.register_buffer("precision_shape", torch.ones_like(grid))
         self.register_buffer("precision_rate", torch.ones_like(grid))
         self.register_buffer("expected_precision", torch.ones_like(grid))
