@@ -185,6 +185,7 @@ def compress(
     metrics["training"] = {"macs": cost.macs, "dense_vi_macs": cost.dense_vi_macs, "steps": cost.steps,
                            "wall_s": training_seconds}
     metrics["training_macs_ratio"] = cost.ratio
+    metrics["pruning"] = trained.pruning
     metrics["distributed"] = {"world_size": distributed.world_size(), "max_rank_difference": rank_difference}
     metrics["resumed_from"] = store.resumed_from() if store is not None else None
     _check_accuracy_loss(metrics, pipeline.max_accuracy_loss)

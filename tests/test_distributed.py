@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bayescompress import methods
+from helpers.method_kinds import ONE_PER_KIND
 
 WORKER = Path(__file__).parent / "helpers" / "distributed_worker.py"
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
@@ -40,7 +40,7 @@ def _weight_masks(state: dict) -> list[str]:
     return [k for k in state if k.startswith("mask/weight")]
 
 
-@pytest.mark.parametrize("method", methods.names())
+@pytest.mark.parametrize("method", ONE_PER_KIND)
 def test_two_ranks_end_identical_and_agree_with_one_process(method, digits_mlp_weights, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()

@@ -297,5 +297,5 @@ def test_cli_flags_reach_the_method_typed_and_switches_turn_off(tmp_path, capsys
     assert code == 0
     record = load(tmp_path / "run").metrics["config"]
     assert record["method"]["input_gates"] is False and record["method"]["slab_regulariser"] is None
-    assert record["method"]["epochs"] == 1 and record["method"]["kl_weight"] == 0.5  # the rest: the recipe
+    assert record["method"]["epochs"] == 1 and record["method"]["slab_kl"] == "mean-field"  # the rest: the recipe
     assert record["pipeline"]["mc_samples"] == 2

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from bayescompress import methods
+from helpers.method_kinds import ONE_PER_KIND
 
 # a few epochs of every phase with small batches, so the kill lands inside training
 SHORT = {"magnitude": ["--finetune-epochs", "4"]}
@@ -75,7 +76,7 @@ def weights(digits_mlp_weights) -> Path:
     return digits_mlp_weights
 
 
-@pytest.mark.parametrize("method", methods.names())
+@pytest.mark.parametrize("method", ONE_PER_KIND)
 def test_sigkill_then_resume_ends_like_the_uninterrupted_run(method, weights, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     # the uninterrupted run beside the one killed: one core each
@@ -131,3 +132,7 @@ def test_compare_killed_inside_a_run_resumes_it_from_its_checkpoint(weights, tmp
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "metrics.json").read_text())["resumed_from"]["phase"] == 1
     _assert_same_run(reference / "ss-gl" / "seed0", run)
+
+
+def test_the_methods_the_slow_tests_cover_are_registered():
+    assert set(ONE_PER_KIND) <= set(methods.names())

@@ -2,7 +2,7 @@
 (module A's closed-form updates, module B's message passing on the support's factor graph)."""
 
 from bayescompress.inference.cost import TrainingCost
-from bayescompress.inference.gates import GateMonitor, SilentUnits
+from bayescompress.inference.gates import GateMonitor, SilentUnits, gate_gradient_balance
 from bayescompress.inference.kept import KeptFraction
 from bayescompress.priors.mrf import (
     BeliefPropagationWarning,
@@ -28,5 +28,5 @@ from bayescompress.priors.spike_slab import point_gates, sample_gates  # the gat
 
 __all__ = ["BeliefPropagationWarning", "Callback", "Checkpoint", "CheckpointMismatchError", "PhaseCheckpoint",
            "TrainingInterrupted", "EarlyStopping", "FactorGraph", "GateMonitor", "KeptFraction", "NonFiniteLossError",
-           "SilentUnits", "SparseSubspace", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit",
+           "SilentUnits", "SparseSubspace", "TrainConfig", "TrainingCost", "Trainer", "TransitionPotential", "TurboCallback", "belief_propagation", "fit", "gate_gradient_balance",
            "gibbs_sample", "point_gates", "sample_gates"]

@@ -5,10 +5,13 @@ and live with it in :mod:`bayescompress.priors.spike_slab`."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from bayescompress._validation import check_positive_int
 from bayescompress.inference.train import Callback, Trainer
 from bayescompress.nn.model import bayesian_layers
 
@@ -79,3 +82,55 @@ class SilentUnits(Callback):
             for param in (layer.bias, layer.bias_rho):
                 if param.grad is not None:
                     param.grad[off] = 0.0
+
+
+def gate_gradient_balance(model: nn.Module, batches: Iterable, n_train: int, kl_weight: float = 1.0,
+                          max_batches: int = 8) -> dict[str, float]:
+    """How much the KL outweighs the data on each layer's unit gates: per gated layer, the median over units of
+    |d (kl_weight * KL / N) / d theta_j| over the root-mean-square of d (mean NLL) / d theta_j across batches.
+
+    Adam divides each logit's step by its gradient's root-mean-square, so where this ratio is far above 1 the
+    KL's constant pull sets every step and a layer's gates fall together at the learning rate, whatever the
+    data say; near 1 the data's answer (a unit needed or not) can win. Measured with sampled gates (train mode)
+    on up to ``max_batches`` batches; the model's parameters and gradients are left as they were.
+
+    Example
+    -------
+    >>> from bayescompress.nn import bayesianize_
+    >>> from bayescompress.priors import SpikeSlabGroupLasso
+    >>> net = bayesianize_(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), SpikeSlabGroupLasso())
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> sorted(gate_gradient_balance(net, [(x, y)], n_train=64))
+    ['0']
+    """
+    check_positive_int("n_train", n_train)
+    check_positive_int("max_batches", max_batches)
+    gated = [(name, layer) for name, layer in bayesian_layers(model)
+             if getattr(layer.prior, "gate_logit", None) is not None]
+    if not gated:
+        raise ValueError(f"{type(model).__name__} has no gated layer: convert it under a spike-and-slab prior")
+    logits = [layer.prior.gate_logit for _, layer in gated]
+    device = logits[0].device
+    was_training = model.training
+    model.train()
+    try:
+        kl = sum(layer.kl() for _, layer in bayesian_layers(model)) * (kl_weight / n_train)
+        kl_grads = torch.autograd.grad(kl, logits, allow_unused=True)
+        squares = [torch.zeros_like(t) for t in logits]
+        seen = 0
+        for x, y in batches:
+            if seen == max_batches:
+                break
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            for total, grad in zip(squares, torch.autograd.grad(loss, logits, allow_unused=True)):
+                if grad is not None:
+                    total += grad.pow(2)
+            seen += 1
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("batches is empty: pass a loader with at least one batch")
+    return {
+        name: float((torch.zeros_like(total) if grad is None else grad.abs()).div((total / seen).sqrt()).median())
+        for (name, _), grad, total in zip(gated, kl_grads, squares)
+    }

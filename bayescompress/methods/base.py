@@ -100,7 +100,8 @@ class Trained:
     """A method's result: the trained, masked network, its masks, one record per epoch of every training phase,
     the per-weight inclusion probabilities the pruning read (methods with weight-level supports), and the
     network's state as the pruning found it and its weights' :func:`~bayescompress.pruning.importance.sweep_scores`
-    then (CPU copies; operating points re-prune that state, the figures draw those scores)."""
+    then (CPU copies; operating points re-prune that state, the figures draw those scores), and what
+:meth:`Method.refine_masks` recorded (``metrics.json``'s ``"pruning"``)."""
 
     network: nn.Module
     masks: Masks
@@ -108,6 +109,7 @@ class Trained:
     inclusion: dict[str, Tensor] = field(default_factory=dict)
     before_pruning: dict[str, Tensor] = field(default_factory=dict)
     scores: dict[str, Tensor] = field(default_factory=dict)
+    pruning: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(abc.ABC):
@@ -157,7 +159,8 @@ class Method(abc.ABC):
         history = self.train(network, config, context)
         before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
         scores = {name: sweep_scores(layer).cpu() for name, layer in prunable_layers(network)}
-        masks = self.strategy(config).masks(network, context.output)
+        masks, pruning = self.refine_masks(network, config, self.strategy(config).masks(network, context.output),
+                                           context)
         inclusion = {name: probs.cpu() for name, layer in bayesian_layers(network)
                      if (probs := layer.prior.inclusion(layer).weight) is not None}
         callbacks = self.before_finetune(network, config, masks)
@@ -165,7 +168,7 @@ class Method(abc.ABC):
         if config.finetune_epochs:  # annealed: settle the survivors
             history += context.fit(network, context.train_config(
                 epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine"), callbacks)
-        return Trained(network, masks, history, inclusion, before_pruning, scores)
+        return Trained(network, masks, history, inclusion, before_pruning, scores, pruning)
 
     @abc.abstractmethod
     def prepare(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> None:
@@ -179,6 +182,12 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def strategy(self, config: MethodConfig) -> PruningStrategy:
         """The pruning strategy that turns the trained network into masks."""
+
+    def refine_masks(self, network: nn.Module, config: MethodConfig, masks: Masks,
+                     context: TrainingContext) -> tuple[Masks, dict[str, Any]]:
+        """A second look at the strategy's ``masks`` with the validation data (e.g. a threshold chosen on them);
+        returns the masks and a record of what was decided. By default the masks are kept as they are."""
+        return masks, {}
 
     def before_finetune(self, network: nn.Module, config: MethodConfig, masks: Masks) -> list[Callback]:
         """Changes between pruning and fine-tuning (e.g. a change of prior); returns the fine-tuning's callbacks."""

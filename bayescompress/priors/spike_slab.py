@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pyro.distributions import RelaxedBernoulliStraightThrough
 
-from bayescompress._validation import check_positive, check_probability
+from bayescompress._validation import check_choice, check_positive, check_probability
 from bayescompress.priors.base import Inclusion, Prior
 from bayescompress.priors.kl import (
     kl_bernoulli,
@@ -36,7 +36,8 @@ from bayescompress.priors.kl import (
 _INIT_LOG_STD = math.log(1e-2)
 # Smallest starting scale, for units whose pretrained weights are all zero.
 _MIN_INIT_SCALE = 1e-4
-
+# How a unit's slab KL enters the bound: weighted by its gate, or counted whatever the gate (mean field).
+SLAB_KLS = ("gated", "mean-field")
 
 
 def sample_gates(logits: Tensor, temperature: Tensor | float) -> Tensor:
@@ -104,6 +105,13 @@ class SpikeSlabPrior(Prior, abc.ABC):
         network's first layer gets them.
     gated:
         Whether this layer's units have gates at all (``for_position`` sets it; rarely set by hand).
+    slab_kl:
+        ``"gated"``: q(beta_j | z_j = 0) is the slab itself, so unit j's slab KL is weighted by g_j. Switching a
+        unit off then saves its whole description cost (thousands of nats for a wide layer), a force on the
+        gates that is the same for every unit of a layer and dwarfs the data's (see :meth:`kl`).
+        ``"mean-field"``: q(z) q(beta), so the slab KL is counted whatever z_j is; only
+        KL(Bern(g_j) || Bern(lambda)) then pulls the gates down, and a unit goes off when the data do not need
+        it (the SS-GHS authors' bound).
     """
 
     def __init__(
@@ -115,12 +123,14 @@ class SpikeSlabPrior(Prior, abc.ABC):
         gate_output_layer: bool = False,
         input_gates: bool = False,
         gated: bool = True,
+        slab_kl: str = "gated",
     ) -> None:
         super().__init__()
         check_probability("prior_inclusion", prior_inclusion)
         check_positive("slab_scale", slab_scale)
         check_positive("temperature", temperature)
         check_probability("init_inclusion", init_inclusion)
+        check_choice("slab_kl", slab_kl, SLAB_KLS)
         self.register_buffer("prior_inclusion", torch.tensor(float(prior_inclusion)))
         self.register_buffer("slab_scale", torch.tensor(float(slab_scale)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
@@ -128,6 +138,7 @@ class SpikeSlabPrior(Prior, abc.ABC):
         self.gate_output_layer = bool(gate_output_layer)
         self.input_gates = bool(input_gates)
         self.gated = bool(gated)
+        self.slab_kl = slab_kl
         self.gate_logit: nn.Parameter | None = None
         self.input_gate_logit: nn.Parameter | None = None
 
@@ -197,17 +208,30 @@ class SpikeSlabPrior(Prior, abc.ABC):
     def kl(self, layer) -> Tensor:
         """sum_j KL(Bern(g_j) || Bern(lambda)) + sum_j g_j KL(q(beta_j) || N(0, s0^2 I)) + the scales' KLs.
 
-        A unit that is off leaves beta_j unconstrained by the data, so its optimal q(beta_j) is the slab
-        itself: hence the slab KL weighted by g_j. Input gates weight their columns the same way.
+        With ``slab_kl="gated"``: a unit that is off leaves beta_j unconstrained by the data, so its optimal
+        q(beta_j) is the slab itself, hence the slab KL weighted by g_j (input gates weight their columns the
+        same way). With ``"mean-field"`` the weights g_j are 1: q(beta) does not depend on z.
+
+        Example
+        -------
+        >>> from bayescompress.nn import BayesLinear
+        >>> gated = BayesLinear(6, 4, prior=SpikeSlabGroupLasso())
+        >>> mean_field = BayesLinear(6, 4, prior=SpikeSlabGroupLasso(slab_kl="mean-field"))
+        >>> mean_field.load_state_dict(gated.state_dict())
+        <All keys matched successfully>
+        >>> bool(mean_field.kl() > gated.kl())
+        True
         """
         slab = kl_normal_normal(layer.weight, layer.weight_sigma, self.slab_scale)
         keep = layer.weight_keep
         if keep is not None:
             slab = torch.where(keep.bool(), slab, torch.zeros((), dtype=slab.dtype))
         total = self._scale_kl()
+        mean_field = self.slab_kl == "mean-field"
         if self.input_gate_logit is not None:
             included = torch.sigmoid(self.input_gate_logit)
-            slab = slab * included.view(1, -1, *([1] * (slab.dim() - 2)))
+            if not mean_field:
+                slab = slab * included.view(1, -1, *([1] * (slab.dim() - 2)))
             total = total + kl_bernoulli(included, self.prior_inclusion).sum()
         per_unit = slab.flatten(1).sum(1)
         if layer.bias is not None:
@@ -215,7 +239,8 @@ class SpikeSlabPrior(Prior, abc.ABC):
         if self.gate_logit is None:
             return total + per_unit.sum()
         included = torch.sigmoid(self.gate_logit)
-        return total + torch.dot(included, per_unit) + kl_bernoulli(included, self.prior_inclusion).sum()
+        slab_total = per_unit.sum() if mean_field else torch.dot(included, per_unit)
+        return total + slab_total + kl_bernoulli(included, self.prior_inclusion).sum()
 
     @torch.no_grad()
     def inclusion(self, layer) -> Inclusion:
@@ -240,7 +265,8 @@ class SpikeSlabPrior(Prior, abc.ABC):
     def extra_repr(self) -> str:
         return (
             f"prior_inclusion={float(self.prior_inclusion):.3g}, slab_scale={float(self.slab_scale):.3g}, "
-            f"temperature={float(self.temperature):.3g}, gated={self.gated}, input_gates={self.input_gates}"
+            f"temperature={float(self.temperature):.3g}, gated={self.gated}, input_gates={self.input_gates}, "
+            f"slab_kl={self.slab_kl!r}"
         )
 
 

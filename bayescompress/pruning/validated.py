@@ -1,0 +1,81 @@
+"""Single weights pruned inside the units a structured strategy kept, as far as validation data allow.
+
+Unit gates remove whole neurons, filters and inputs, but a surviving unit keeps every incoming weight, most of
+which the posterior says carry little (a small |mu| / sigma). :func:`prune_within_units` ranks the surviving
+weights by SNR across all layers and keeps the fewest whose posterior-mean validation accuracy stays within
+``max_drop`` of the structured masks' own: the final threshold is chosen on validation data, not fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from bayescompress._validation import check_in_range
+from bayescompress.metrics import evaluate
+from bayescompress.nn.model import bayesian_layers
+from bayescompress.pruning.importance import weight_snr
+from bayescompress.pruning.masks import Masks, copy_network
+from bayescompress.pruning.strategies import PruningStrategy, _top_fraction_threshold
+
+# Fractions of the surviving weights tried, from mild to extreme; the scan stops at the first that fails.
+KEEP_FRACTIONS = (0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.03, 0.02, 0.014, 0.01)
+
+
+def masked_accuracy(network: nn.Module, masks: Masks, loader: Iterable, device: str = "cpu") -> float:
+    """Posterior-mean accuracy of a copy of ``network`` under ``masks`` (the network itself is left alone)."""
+    pruned = masks.apply_(copy_network(network), replace=True)
+    return float(evaluate(pruned, loader, samples=0, device=device)["accuracy"])
+
+
+@torch.no_grad()
+def prune_within_units(
+    network: nn.Module,
+    masks: Masks,
+    loader: Iterable,
+    output: str,
+    max_drop: float,
+    device: str = "cpu",
+    keep_fractions: Sequence[float] = KEEP_FRACTIONS,
+) -> tuple[Masks, dict]:
+    """``masks`` with, in addition, the lowest-SNR weights of the surviving units removed: the smallest of
+    ``keep_fractions`` (of the weights ``masks`` keeps, ranked by |mu|/sigma across all Bayesian layers) whose
+    posterior-mean accuracy on ``loader`` is at least that of ``masks`` minus ``max_drop``.
+
+    Returns the masks and a record: ``accuracy_units`` (under ``masks``), ``accuracy`` (under the result),
+    ``keep_fraction`` (1.0 when no fraction passed) and ``tried`` (each fraction tried, with its accuracy). ``output`` is the
+    output layer, whose units are all kept.
+
+    Example
+    -------
+    >>> masks, record = prune_within_units(net, InclusionPruning().masks(net), val, "fc3", 0.005)  # doctest: +SKIP
+    """
+    check_in_range("max_drop", max_drop, 0.0, 1.0)
+    layers = bayesian_layers(network)
+    if {name for name, _ in layers} != set(masks.weight):
+        raise ValueError("masks do not cover exactly the network's Bayesian layers: prune_within_units needs a "
+                         "fully Bayesian network and its masks")
+    kept = [masks.weight[name].to(layer.weight.device) for name, layer in layers]
+    scores = [torch.where(keep, weight_snr(layer), 0.0) for (_, layer), keep in zip(layers, kept)]
+    surviving = torch.cat([s[k] for s, k in zip(scores, kept)])
+    floor = masked_accuracy(network, masks, loader, device) - max_drop
+    best, best_fraction, best_accuracy, tried = masks, 1.0, None, []
+    for fraction in keep_fractions:
+        if surviving.numel() == 0:
+            break
+        cut = _top_fraction_threshold(surviving, fraction)
+        candidate = PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)],
+                                                        output)
+        accuracy = masked_accuracy(network, candidate, loader, device)
+        tried.append({"keep_fraction": fraction, "accuracy": accuracy})
+        if accuracy < floor:
+            break
+        best, best_fraction, best_accuracy = candidate, fraction, accuracy
+    record = {"accuracy_units": floor + max_drop, "accuracy": floor + max_drop if best_accuracy is None
+              else best_accuracy, "keep_fraction": best_fraction, "tried": tried}
+    return best, record
+
+
+__all__ = ["KEEP_FRACTIONS", "masked_accuracy", "prune_within_units"]
