@@ -8,12 +8,13 @@ weights by SNR across all layers and keeps the fewest whose posterior-mean valid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from bayescompress._validation import check_in_range
+from bayescompress._validation import check_in_range, check_non_negative_int
 from bayescompress.metrics import evaluate
 from bayescompress.nn.model import bayesian_layers
 from bayescompress.pruning.importance import weight_snr
@@ -39,20 +40,24 @@ def prune_within_units(
     max_drop: float,
     device: str = "cpu",
     keep_fractions: Sequence[float] = KEEP_FRACTIONS,
+    bisections: int = 4,
 ) -> tuple[Masks, dict]:
-    """``masks`` with, in addition, the lowest-SNR weights of the surviving units removed: the smallest of
-    ``keep_fractions`` (of the weights ``masks`` keeps, ranked by |mu|/sigma across all Bayesian layers) whose
-    posterior-mean accuracy on ``loader`` is at least that of ``masks`` minus ``max_drop``.
+    """``masks`` with, in addition, the lowest-SNR weights of the surviving units removed: the smallest
+    fraction of the weights ``masks`` keeps (ranked by |mu|/sigma across all Bayesian layers) whose
+    posterior-mean accuracy on ``loader`` is at least that of ``masks`` minus ``max_drop``. ``keep_fractions``
+    are tried from the largest down until one fails; then ``bisections`` steps of bisection (in log space)
+    between the last that passed and the first that failed.
 
     Returns the masks and a record: ``accuracy_units`` (under ``masks``), ``accuracy`` (under the result),
-    ``keep_fraction`` (1.0 when no fraction passed) and ``tried`` (each fraction tried, with its accuracy). ``output`` is the
-    output layer, whose units are all kept.
+    ``keep_fraction`` (1.0 when no fraction passed) and ``tried`` (each fraction tried, with its accuracy).
+    ``output`` is the output layer, whose units are all kept.
 
     Example
     -------
     >>> masks, record = prune_within_units(net, InclusionPruning().masks(net), val, "fc3", 0.005)  # doctest: +SKIP
     """
     check_in_range("max_drop", max_drop, 0.0, 1.0)
+    check_non_negative_int("bisections", bisections)
     layers = bayesian_layers(network)
     if {name for name, _ in layers} != set(masks.weight):
         raise ValueError("masks do not cover exactly the network's Bayesian layers: prune_within_units needs a "
@@ -60,21 +65,36 @@ def prune_within_units(
     kept = [masks.weight[name].to(layer.weight.device) for name, layer in layers]
     scores = [torch.where(keep, weight_snr(layer), 0.0) for (_, layer), keep in zip(layers, kept)]
     surviving = torch.cat([s[k] for s, k in zip(scores, kept)])
-    floor = masked_accuracy(network, masks, loader, device) - max_drop
-    best, best_fraction, best_accuracy, tried = masks, 1.0, None, []
-    for fraction in keep_fractions:
-        if surviving.numel() == 0:
-            break
+    units_accuracy = masked_accuracy(network, masks, loader, device)
+    floor = units_accuracy - max_drop
+    tried = []
+
+    def attempt(fraction: float) -> tuple[Masks, float]:
         cut = _top_fraction_threshold(surviving, fraction)
         candidate = PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)],
                                                         output)
         accuracy = masked_accuracy(network, candidate, loader, device)
         tried.append({"keep_fraction": fraction, "accuracy": accuracy})
+        return candidate, accuracy
+
+    best, best_fraction, best_accuracy, failed = masks, 1.0, units_accuracy, None
+    for fraction in keep_fractions if surviving.numel() else ():
+        candidate, accuracy = attempt(fraction)
         if accuracy < floor:
+            failed = fraction
             break
         best, best_fraction, best_accuracy = candidate, fraction, accuracy
-    record = {"accuracy_units": floor + max_drop, "accuracy": floor + max_drop if best_accuracy is None
-              else best_accuracy, "keep_fraction": best_fraction, "tried": tried}
+    # the grid is coarse (steps of about 1.4x): bisect, in log space, between the last fraction that passed
+    # and the first that failed
+    for _ in range(bisections if failed is not None else 0):
+        fraction = math.sqrt(best_fraction * failed)
+        candidate, accuracy = attempt(fraction)
+        if accuracy < floor:
+            failed = fraction
+        else:
+            best, best_fraction, best_accuracy = candidate, fraction, accuracy
+    record = {"accuracy_units": units_accuracy, "accuracy": best_accuracy, "keep_fraction": best_fraction,
+              "tried": tried}
     return best, record
 
 
