@@ -19,6 +19,7 @@ from bayescompress.nn import (
     kl_divergence,
     mc_sampling,
     predict,
+    shared_sigma,
 )
 from bayescompress.priors import GaussianPrior
 
@@ -244,3 +245,43 @@ def test_sampled_output_is_the_plain_formula_with_the_same_noise_and_its_gradien
     plain = mean + torch.sqrt(variance + _VARIANCE_FLOOR) * torch.randn_like(mean)
     assert torch.allclose(seeded(mean, variance), plain)
     assert torch.autograd.gradcheck(seeded, (mean, variance))
+
+
+def _loss_and_grads(net, x, share):
+    torch.manual_seed(1)  # the same noise in both passes
+    net.zero_grad()
+    if share:
+        with shared_sigma(net):
+            loss = net(x).pow(2).sum() + kl_divergence(net)
+    else:
+        loss = net(x).pow(2).sum() + kl_divergence(net)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_shared_sigma_gives_the_same_loss_and_gradients_with_one_softplus_per_rho(masked, monkeypatch):
+    net = bayesianize_(nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))).train()
+    if masked:
+        torch.nn.utils.prune.random_unstructured(net[0], "weight", amount=0.5)
+    x = torch.randn(5, 2, 6, 6)
+    plain_loss, plain = _loss_and_grads(net, x, share=False)
+    calls = []
+    softplus = torch.nn.functional.softplus
+    monkeypatch.setattr(torch.nn.functional, "softplus", lambda t, *a, **k: calls.append(t) or softplus(t, *a, **k))
+    shared_loss, shared = _loss_and_grads(net, x, share=True)
+    assert torch.allclose(plain_loss, shared_loss, rtol=1e-6)
+    for a, b in zip(plain, shared):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert len(calls) == 4  # weight and bias rho of two layers, once each, for the forward and the KL
+
+
+def test_shared_sigma_never_serves_a_sigma_older_than_rho():
+    layer = BayesLinear(3, 2).train()
+    with shared_sigma(layer):
+        before = layer.weight_sigma
+        with torch.no_grad():
+            layer.weight_rho.add_(1.0)
+        assert torch.allclose(layer.weight_sigma, torch.nn.functional.softplus(layer.weight_rho))
+        assert not torch.allclose(layer.weight_sigma, before)
+    assert layer._sigma_memo is None

@@ -30,7 +30,7 @@ from bayescompress import distributed
 from bayescompress.inference.checkpoint import PhaseCheckpoint, rng_state, set_rng_state
 from bayescompress.io import WeightsMismatchError, load_weights_
 from bayescompress.metrics import evaluate
-from bayescompress.nn.model import bayesian_layers, kl_divergence, update_priors
+from bayescompress.nn.model import bayesian_layers, kl_divergence, shared_sigma, update_priors
 
 
 class NonFiniteLossError(RuntimeError):
@@ -240,8 +240,9 @@ class Trainer:
 
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, mean NLL, KL_total) of one mini-batch."""
-        nll = F.cross_entropy(self.forward_module(x), y)
-        kl = kl_divergence(self.model).to(nll.device)
+        with shared_sigma(self.model):
+            nll = F.cross_entropy(self.forward_module(x), y)
+            kl = kl_divergence(self.model).to(nll.device)
         return nll + self.beta * kl / self.n_train, nll, kl
 
     def fit(self) -> list[dict[str, float]]:

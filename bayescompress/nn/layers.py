@@ -81,6 +81,22 @@ class _SoftplusSquared(torch.autograd.Function):
         return torch.ops.aten.softplus_backward(grad_sigma, rho, 1.0, 20.0), None
 
 
+class _MaskedSquare(torch.autograd.Function):
+    """sigma^2, zeroed where ``keep`` is 0: :class:`_SoftplusSquared` for a sigma computed once and shared."""
+
+    @staticmethod
+    def forward(ctx, sigma: Tensor, keep: Tensor | None) -> Tensor:
+        if keep is not None:
+            sigma = sigma * keep  # a zero sigma also zeroes the pruned entries' gradient
+        ctx.save_for_backward(sigma)
+        return sigma * sigma
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (sigma,) = ctx.saved_tensors
+        return torch.mul(grad, sigma).mul_(2.0), None
+
+
 class _SampleOutput(torch.autograd.Function):
     """``mean + sqrt(variance + floor) * eps`` with eps ~ N(0, 1), and its hand-written backward.
 
@@ -158,6 +174,8 @@ class BayesianLayer(nn.Module):
         init = init or PosteriorInit()
         self.mc_sample = False
         self.estimator = "lrt"
+        # inside nn.shared_sigma: softplus(rho) per parameter name, computed once per value of rho
+        self._sigma_memo: dict[str, tuple[int, Tensor]] | None = None
         self.weight_rho = nn.Parameter(torch.empty_like(self.weight))
         if self.bias is not None:
             self.bias_rho = nn.Parameter(torch.empty_like(self.bias))
@@ -171,15 +189,25 @@ class BayesianLayer(nn.Module):
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def _sigma(self, name: str) -> Tensor:
+        rho = getattr(self, name)
+        memo = self._sigma_memo
+        if memo is None:
+            return F.softplus(rho)
+        # the version changes with every in-place update (an optimiser step), so a stale sigma is never reused
+        if name not in memo or memo[name][0] != rho._version:
+            memo[name] = (rho._version, F.softplus(rho))
+        return memo[name][1]
+
     @property
     def weight_sigma(self) -> Tensor:
         """Posterior standard deviation of every weight, softplus(weight_rho)."""
-        return F.softplus(self.weight_rho)
+        return self._sigma("weight_rho")
 
     @property
     def bias_sigma(self) -> Tensor | None:
         """Posterior standard deviation of every bias (None without a bias)."""
-        return None if self.bias_rho is None else F.softplus(self.bias_rho)
+        return None if self.bias_rho is None else self._sigma("bias_rho")
 
     @property
     def weight_keep(self) -> Tensor | None:
@@ -188,6 +216,8 @@ class BayesianLayer(nn.Module):
 
     def weight_variance(self) -> Tensor:
         """sigma^2 with pruned entries zeroed, so a pruned weight is exactly 0 in every sample."""
+        if self._sigma_memo is not None:
+            return _MaskedSquare.apply(self.weight_sigma, self.weight_keep)
         return _SoftplusSquared.apply(self.weight_rho, self.weight_keep)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -196,7 +226,9 @@ class BayesianLayer(nn.Module):
         if not sample:
             out = self._op(x, self.weight, self.bias)
         elif self.estimator == "lrt":
-            bias_var = None if self.bias_rho is None else _SoftplusSquared.apply(self.bias_rho, None)
+            bias_var = None if self.bias_rho is None else (
+                _SoftplusSquared.apply(self.bias_rho, None) if self._sigma_memo is None
+                else _MaskedSquare.apply(self.bias_sigma, None))
             out = _SampleOutput.apply(self._op(x, self.weight, self.bias), self._op(x * x, self.weight_variance(),
                                                                                      bias_var))
         else:

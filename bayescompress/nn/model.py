@@ -230,6 +230,31 @@ def mc_sampling(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
             layer.mc_sample = state
 
 
+@contextlib.contextmanager
+def shared_sigma(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, each Bayesian layer computes sigma = softplus(rho) once and reuses it: the forward
+    pass's variance and the KL then share one softplus and, in the backward, one softplus gradient.
+
+    The training loop wraps each mini-batch's loss in it; the memo is dropped on exit, and a changed rho (an
+    in-place update bumps its version) is never served a stale sigma.
+
+    Example
+    -------
+    >>> net = bayesianize_(nn.Sequential(nn.Linear(4, 3))).train()
+    >>> with shared_sigma(net):
+    ...     loss = net(torch.randn(2, 4)).sum() + kl_divergence(net)
+    >>> loss.backward()
+    """
+    layers = [layer for _, layer in bayesian_layers(model)]
+    for layer in layers:
+        layer._sigma_memo = {}
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._sigma_memo = None
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, samples: int = 10) -> Tensor:
     """Predictive class probabilities: the softmax averaged over ``samples`` posterior samples.
