@@ -328,3 +328,34 @@ def test_silent_units_keep_a_pruned_unit_at_zero_through_fine_tuning():
 def test_input_gates_on_a_grouped_first_conv_are_refused():
     with pytest.raises(ValueError, match="groups=1"):
         bayesianize_(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), SpikeSlabGroupLasso(input_gates=True))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_input_gates_remove_the_unit_before_that_feeds_a_gated_off_input(family):
+    net = _cnn()
+    x = torch.randn(4, 2, 6, 6)
+    bayesianize_(net, family(hidden_input_gates=True), example_input=x)
+    priors = [layer.prior for _, layer in bayesian_layers(net)]
+    # not the first layer (input_gates is off), every later one, the classifier included
+    assert [p.input_gate_logit is not None for p in priors] == [False, True, True]
+    with torch.no_grad():
+        priors[1].input_gate_logit[2] = -6.0  # the second conv stops reading the first conv's filter 2
+    net.eval()
+    masks = InclusionPruning().masks(net)
+    structure = propagate(net, masks, x)
+    assert structure.masks.units["0"].tolist() == [True, True, False, True]
+    expected = net(x)
+    fold_multipliers_(net)  # gates and scales into the weights, as compress does before the export
+    structure.masks.apply_(net)
+    exported = export_sequential(net, structure).eval()
+    assert exported[0].out_channels == 3 and exported[2].in_channels == 3
+    assert torch.allclose(exported(x), expected, atol=1e-5)
+    assert torch.allclose(exported(x), net(x), atol=1e-5)
+
+
+def test_hidden_input_gates_leave_a_grouped_conv_ungated():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 2 * 2, 3))
+    bayesianize_(net, SpikeSlabGroupLasso(input_gates=True, hidden_input_gates=True),
+                 example_input=torch.randn(1, 2, 6, 6))
+    assert [layer.prior.input_gate_logit is not None for _, layer in bayesian_layers(net)] == [True, False, True]

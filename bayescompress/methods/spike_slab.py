@@ -39,6 +39,9 @@ class SpikeSlabConfig(VariationalConfig):
                            "(mean-field)", Choice(SLAB_KLS))
     input_gates: bool = setting(True, "also gate the network's input features, so inputs that carry nothing "
                                 "are removed", Flag())
+    hidden_input_gates: bool = setting(False, "also gate the inputs of every later layer (a conv's input channels, "
+                                       "a linear layer's input features), weighing a unit against the weights "
+                                       "that read it", Flag())
     prior_lr: float = setting(3e-3, "learning rate of the gate logits and log-scales",
                               Real(0.0, 10.0, low_open=True))
     input_gate_lr: float | None = setting(None, "learning rate of the input gates' logits (none = prior_lr)",
@@ -84,6 +87,7 @@ class SpikeSlabGL(VariationalMethod):
     def _prior_settings(config: SpikeSlabConfig) -> dict:
         return dict(prior_inclusion=config.prior_inclusion, slab_scale=config.slab_scale,
                     temperature=config.temperature, input_gates=config.input_gates,
+                    hidden_input_gates=config.hidden_input_gates,
                     init_inclusion=config.init_inclusion, slab_kl=config.slab_kl)
 
     def train_settings(self, config: SpikeSlabConfig) -> dict:

@@ -102,7 +102,13 @@ class SpikeSlabPrior(Prior, abc.ABC):
     input_gates:
         Also gate the input features (columns of the first layer, input channels of a first conv), with the
         same ``prior_inclusion``, so inputs that carry nothing are removed (Louizos et al. 2017). Only the
-        network's first layer gets them.
+        network's first layer gets them (later layers: ``hidden_input_gates``).
+    hidden_input_gates:
+        Also gate the inputs of every later layer: the input channels of a convolution, the input features of a
+        linear layer. An input switched off there removes the unit of the layer before that feeds it, weighed
+        against the weights that read it (for LeNet-5's conv1 filters: the 50 x 25 weights of conv2 reading
+        each one, not the filter's own 25), as Louizos et al. (2017) gate the inputs of every layer. Grouped
+        convolutions are left without them.
     gated:
         Whether this layer's units have gates at all (``for_position`` sets it; rarely set by hand).
     slab_kl:
@@ -122,6 +128,7 @@ class SpikeSlabPrior(Prior, abc.ABC):
         init_inclusion: float = 0.99,
         gate_output_layer: bool = False,
         input_gates: bool = False,
+        hidden_input_gates: bool = False,
         gated: bool = True,
         slab_kl: str = "gated",
     ) -> None:
@@ -137,6 +144,8 @@ class SpikeSlabPrior(Prior, abc.ABC):
         self.init_inclusion = float(init_inclusion)
         self.gate_output_layer = bool(gate_output_layer)
         self.input_gates = bool(input_gates)
+        self.hidden_input_gates = bool(hidden_input_gates)
+        self._skip_grouped_inputs = False  # a later layer's input gates give way on a grouped conv
         self.gated = bool(gated)
         self.slab_kl = slab_kl
         self.gate_logit: nn.Parameter | None = None
@@ -145,7 +154,8 @@ class SpikeSlabPrior(Prior, abc.ABC):
     def for_position(self, first: bool, last: bool) -> SpikeSlabPrior:
         prior = copy.deepcopy(self)
         prior.gated = self.gated and (self.gate_output_layer or not last)
-        prior.input_gates = self.input_gates and first
+        prior.input_gates = self.input_gates if first else self.hidden_input_gates
+        prior._skip_grouped_inputs = not first
         return prior
 
     # --- the scale, defined by each family ---------------------------------------------------------------
@@ -176,7 +186,10 @@ class SpikeSlabPrior(Prior, abc.ABC):
         weight = getattr(layer, "weight_orig", layer.weight)
         units, group_size = weight.shape[0], weight[0].numel() + (layer.bias is not None)
         if self.input_gates and getattr(layer, "groups", 1) != 1:
-            raise ValueError("input gates need an ungrouped first layer (groups=1); set input_gates=False")
+            if self._skip_grouped_inputs:
+                self.input_gates = False  # a grouped conv's input channels belong to its groups: left ungated
+            else:
+                raise ValueError("input gates need an ungrouped first layer (groups=1); set input_gates=False")
         logit = math.log(self.init_inclusion / (1 - self.init_inclusion))
         self.gate_logit = nn.Parameter(torch.full((units,), logit)) if self.gated else None
         self.input_gate_logit = nn.Parameter(torch.full((weight.shape[1],), logit)) if self.input_gates else None
@@ -266,6 +279,7 @@ class SpikeSlabPrior(Prior, abc.ABC):
         return (
             f"prior_inclusion={float(self.prior_inclusion):.3g}, slab_scale={float(self.slab_scale):.3g}, "
             f"temperature={float(self.temperature):.3g}, gated={self.gated}, input_gates={self.input_gates}, "
+            f"hidden_input_gates={self.hidden_input_gates}, "
             f"slab_kl={self.slab_kl!r}"
         )
 
