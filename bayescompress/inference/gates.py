@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from bayescompress._validation import check_positive_int
 from bayescompress.inference.train import Callback, Trainer
-from bayescompress.nn.model import bayesian_layers
+from bayescompress.nn.model import bayesian_layers, kl_divergence
 
 # rho of a silenced bias: sigma = softplus(-14) ~ 8e-7, so sampled networks see (almost exactly) 0 too
 _SILENT_RHO = -14.0
@@ -114,7 +114,7 @@ def gate_gradient_balance(model: nn.Module, batches: Iterable, n_train: int, kl_
     was_training = model.training
     model.train()
     try:
-        kl = sum(layer.kl() for _, layer in bayesian_layers(model)) * (kl_weight / n_train)
+        kl = kl_divergence(model) * (kl_weight / n_train)
         kl_grads = torch.autograd.grad(kl, logits, allow_unused=True)
         squares = [torch.zeros_like(t) for t in logits]
         seen = 0

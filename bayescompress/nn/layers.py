@@ -214,11 +214,15 @@ class BayesianLayer(nn.Module):
         """The 0/1 keep mask that ``torch.nn.utils.prune`` registered on ``weight``, if any."""
         return getattr(self, "weight_mask", None)
 
+    def _variance(self, name: str, keep: Tensor | None) -> Tensor:
+        """softplus(rho)^2 zeroed where ``keep`` is 0, from the shared sigma inside :func:`shared_sigma`."""
+        if self._sigma_memo is not None:
+            return _MaskedSquare.apply(self._sigma(name), keep)
+        return _SoftplusSquared.apply(getattr(self, name), keep)
+
     def weight_variance(self) -> Tensor:
         """sigma^2 with pruned entries zeroed, so a pruned weight is exactly 0 in every sample."""
-        if self._sigma_memo is not None:
-            return _MaskedSquare.apply(self.weight_sigma, self.weight_keep)
-        return _SoftplusSquared.apply(self.weight_rho, self.weight_keep)
+        return self._variance("weight_rho", self.weight_keep)
 
     def forward(self, x: Tensor) -> Tensor:
         sample = self.training or self.mc_sample
@@ -226,9 +230,7 @@ class BayesianLayer(nn.Module):
         if not sample:
             out = self._op(x, self.weight, self.bias)
         elif self.estimator == "lrt":
-            bias_var = None if self.bias_rho is None else (
-                _SoftplusSquared.apply(self.bias_rho, None) if self._sigma_memo is None
-                else _MaskedSquare.apply(self.bias_sigma, None))
+            bias_var = None if self.bias_rho is None else self._variance("bias_rho", None)
             out = _SampleOutput.apply(self._op(x, self.weight, self.bias), self._op(x * x, self.weight_variance(),
                                                                                      bias_var))
         else:

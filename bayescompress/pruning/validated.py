@@ -27,8 +27,12 @@ KEEP_FRACTIONS = (0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.09, 0.065, 0.045, 0.03, 0.
 
 def masked_accuracy(network: nn.Module, masks: Masks, loader: Iterable, device: str = "cpu") -> float:
     """Posterior-mean accuracy of a copy of ``network`` under ``masks`` (the network itself is left alone)."""
-    pruned = masks.apply_(copy_network(network), replace=True)
-    return float(evaluate(pruned, loader, samples=0, device=device)["accuracy"])
+    return _accuracy_under(copy_network(network), masks, loader, device)
+
+
+def _accuracy_under(trial: nn.Module, masks: Masks, loader: Iterable, device: str) -> float:
+    """Accuracy of ``trial`` with its masks replaced by ``masks``: one copy serves every candidate."""
+    return float(evaluate(masks.apply_(trial, replace=True), loader, samples=0, device=device)["accuracy"])
 
 
 @torch.no_grad()
@@ -65,7 +69,8 @@ def prune_within_units(
     kept = [masks.weight[name].to(layer.weight.device) for name, layer in layers]
     scores = [torch.where(keep, weight_snr(layer), 0.0) for (_, layer), keep in zip(layers, kept)]
     surviving = torch.cat([s[k] for s, k in zip(scores, kept)])
-    units_accuracy = masked_accuracy(network, masks, loader, device)
+    trial = copy_network(network)
+    units_accuracy = _accuracy_under(trial, masks, loader, device)
     floor = units_accuracy - max_drop
     tried = []
 
@@ -73,7 +78,7 @@ def prune_within_units(
         cut = _top_fraction_threshold(surviving, fraction)
         candidate = PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)],
                                                         output)
-        accuracy = masked_accuracy(network, candidate, loader, device)
+        accuracy = _accuracy_under(trial, candidate, loader, device)
         tried.append({"keep_fraction": fraction, "accuracy": accuracy})
         return candidate, accuracy
 
