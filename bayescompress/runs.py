@@ -48,6 +48,7 @@ from bayescompress.pruning.graph_export import (
     to_plain_network,
 )
 from bayescompress.pruning.masks import prunable_layers
+from bayescompress.pruning.structure import SelectInputs
 
 # Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
 _PROBE_RTOL = 1e-4
@@ -67,7 +68,10 @@ _MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "AvgPool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
     "Flatten": ("start_dim", "end_dim"),
     "Dropout": ("p",),
+    "SelectInputs": ("dim", "features"),
 }
+# Modules that are not torch.nn's; the index of SelectInputs is part of the saved weights.
+_OWN_MODULES = {"SelectInputs": lambda dim, features: SelectInputs(torch.zeros(features, dtype=torch.long), dim)}
 
 
 def describe_sequential(model: nn.Sequential) -> list[dict]:
@@ -93,7 +97,7 @@ def build_sequential(layers: list[dict]) -> nn.Sequential:
         if kind not in _MODULE_ARGS:
             raise ValueError(f"architecture.json names an unknown module type {kind!r}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-        modules.append(getattr(nn, kind)(**kwargs))
+        modules.append(_OWN_MODULES[kind](**kwargs) if kind in _OWN_MODULES else getattr(nn, kind)(**kwargs))
     return nn.Sequential(*modules)
 
 

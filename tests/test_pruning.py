@@ -286,3 +286,28 @@ def test_optimizer_state_of_regrown_entries_is_reset_and_the_rest_kept():
             if isinstance(value, torch.Tensor) and value.shape == weight.shape:
                 assert bool((value[where] == 0).all()) and torch.equal(value[~where], before[key][~where])
                 assert bool((before[key][where] != 0).all())  # the reset changed something
+
+
+@pytest.mark.parametrize("make, shape, dead, saved_macs", [
+    (lambda: mlp(12, (6,), 3), (9, 1, 3, 4), [0, 5, 11], 3 * 6),  # pixels no unit reads
+    # one input channel: 4 filters x 3x3 kernel x 2x2 positions
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2)), (5, 3, 4, 4), [1], 144),
+], ids=["pixels", "input-channel"])
+def test_inputs_the_first_layer_no_longer_reads_are_gathered_away_and_save_and_rebuild(make, shape, dead,
+                                                                                        saved_macs):
+    from bayescompress.runs import build_sequential, describe_sequential
+
+    net = _random_bnn(make())
+    first = next(name for name, m in net.named_modules() if isinstance(m, BayesianLayer))
+    keep = torch.ones_like(net.get_submodule(first).weight, dtype=torch.bool)
+    keep[:, dead] = False
+    x = torch.randn(*shape)
+    masked = Masks({first: keep}).apply_(copy.deepcopy(net)).eval()
+    exported = export_sequential(masked, propagate(masked, Masks({first: keep}), x)).eval()
+    select = [m for m in exported if type(m).__name__ == "SelectInputs"]
+    assert len(select) == 1 and sorted(set(range(keep.shape[1])) - set(select[0].index.tolist())) == dead
+    assert (exported(x) - masked(x)).abs().max().item() <= 1e-5
+    assert dense_macs(net, x[:1]) - dense_macs(exported, x[:1]) == saved_macs
+    rebuilt = build_sequential(describe_sequential(exported))
+    rebuilt.load_state_dict(exported.state_dict())
+    assert torch.equal(rebuilt.eval()(x), exported(x))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear
 from bayescompress.pruning.masks import current_weight
-from bayescompress.pruning.structure import Structure, sequential_chain
+from bayescompress.pruning.structure import SelectInputs, Structure, sequential_chain
 
 # rho of a bias that only carries folded constants: sigma = softplus(-14) ~ 8e-7
 DETERMINISTIC_RHO = -14.0
@@ -34,11 +34,13 @@ def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, gr
     return cls(n_in, n_out, bias=has_bias)
 
 
-def _columns(layer: nn.Module, previous_units: Tensor | None) -> Tensor:
-    """Index of the kept entries of dim 1 of ``layer``'s weight, given the previous layer's unit mask."""
+def _columns(layer: nn.Module, previous_units: Tensor | None, keep: Tensor) -> Tensor:
+    """Index of the kept entries of dim 1 of ``layer``'s weight, given the previous layer's unit mask (for the
+    first layer, whose inputs no unit mask covers: the columns ``keep`` still reads)."""
     n_in = layer.weight.shape[1]
     if previous_units is None:
-        return torch.arange(n_in)
+        read = keep.transpose(0, 1).flatten(1).any(dim=1)
+        return torch.nonzero(read).flatten() if read.any() else torch.arange(1)  # a layer needs an input
     per_unit = n_in // previous_units.numel()  # spatial positions of one channel after a flatten, else 1
     return torch.nonzero(previous_units.repeat_interleave(per_unit)).flatten()
 
@@ -66,9 +68,13 @@ def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = F
     for name, layer, after in zip(chain.names, chain.layers, chain.after):
         units = structure.masks.units[name].to(layer.weight.device)
         rows = torch.nonzero(units).flatten()
-        cols = _columns(layer, previous_units)
+        keep = structure.masks.weight[name].to(layer.weight.device)
+        cols = _columns(layer, previous_units, keep)
+        if previous_units is None and cols.numel() < layer.weight.shape[1]:
+            # a linear layer reads the last dim, a conv its channels
+            modules.append(SelectInputs(cols, 1 if isinstance(layer, nn.Conv2d) else -1).to(layer.weight.device))
         # cols index input features of a linear layer and input channels of a conv alike (dim 1 of weight)
-        keep = structure.masks.weight[name].to(layer.weight.device)[rows][:, cols]
+        keep = keep[rows][:, cols]
         correction = structure.bias_correction[name].to(layer.weight.device)
         # a folded constant needs a bias even where the layer had none
         new = plain_layer_like(layer, int(cols.numel()), int(rows.numel()), bayesian,

@@ -31,6 +31,29 @@ CHANNELWISE = (
 )
 
 
+class SelectInputs(nn.Module):
+    """Keeps the input features (or channels, ``dim=1`` of an image batch) the first layer still reads.
+
+    The export puts it in front of the first layer when whole input columns are pruned (pixels nobody reads):
+    the exported network takes the original input and gathers what it needs, at no multiply-accumulate cost.
+    """
+
+    def __init__(self, index: Tensor, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("index", index.long())
+
+    @property
+    def features(self) -> int:
+        return self.index.numel()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.index_select(self.dim, self.index)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, dim={self.dim}"
+
+
 class UnsupportedGraphError(ValueError):
     """The network is not a sequential chain the built-in structural path can handle."""
 
@@ -72,7 +95,7 @@ def sequential_chain(model: nn.Module) -> Chain:
             chain.names.append(name)
             chain.layers.append(leaf)
             chain.after.append([])
-        elif isinstance(leaf, CHANNELWISE):
+        elif isinstance(leaf, CHANNELWISE) or (isinstance(leaf, SelectInputs) and not chain.layers):
             (chain.after[-1] if chain.layers else chain.prefix).append(leaf)
         else:
             raise UnsupportedGraphError(
