@@ -60,19 +60,23 @@ class Real:
 
 @dataclass(frozen=True)
 class Integer:
-    """An integer >= ``low``."""
+    """An integer >= ``low``; ``optional`` also allows None, whose meaning the field's help states."""
 
     low: int = 0
+    optional: bool = False
 
     def check(self, name: str, value: Any) -> None:
+        if value is None and self.optional:
+            return
         if isinstance(value, bool) or not isinstance(value, int) or value < self.low:
-            raise ValueError(f"{name} must be an integer >= {self.low}; got {value!r}")
+            raise ValueError(f"{name} must be an integer >= {self.low}{' or none' if self.optional else ''}; "
+                             f"got {value!r}")
 
-    def parse(self, text: str) -> int:
-        return int(text)
+    def parse(self, text: str) -> int | None:
+        return None if self.optional and text.lower() == "none" else int(text)
 
     def describe(self) -> str:
-        return f"an integer >= {self.low}"
+        return f"an integer >= {self.low}" + (", or none" if self.optional else "")
 
 
 @dataclass(frozen=True)

@@ -337,3 +337,39 @@ def test_empty_validation_loader_is_a_clear_error(pretrained, digits):
     train, _, _ = digits
     with pytest.raises(ValueError, match="val_loader yields no batch"):
         compress(pretrained, train, [], "magnitude")
+
+
+@pytest.mark.parametrize("method", [Magnitude(keep_fraction=0.5, finetune_epochs=1, target_macs=600, macs_rounds=2),
+                                    GaussianSNR(epochs=2, prior_scale=1.0, keep_fraction=0.5, finetune_epochs=1,
+                                                target_macs=600, macs_rounds=2)],
+                         ids=["magnitude", "gaussian-snr"])
+@pytest.mark.filterwarnings("ignore::bayescompress.compress.AccuracyLossWarning")
+def test_a_compute_budget_removes_units_and_inputs_until_the_export_fits(pretrained, digits, method, tmp_path):
+    train, val, test = digits
+    result = compress(pretrained, train, val, method, test_loader=test, pipeline=QUICK)
+    record = result.metrics["pruning"]["macs_budget"]
+    assert record["start_macs"] > 600 >= result.metrics["macs"]["exported"]
+    assert [r["macs"] for r in record["rounds"]][-1] >= result.metrics["macs"]["exported"]
+    assert len(record["rounds"]) == 2 and record["rounds"][0]["macs"] > record["rounds"][1]["macs"]
+    assert "SelectInputs" in [type(m).__name__ for m in result.export()]  # pixels gathered away
+    assert result.metrics["compressed"]["accuracy"] > 0.5  # one epoch per round keeps it working
+    run = load(result.save(tmp_path / "run"))
+    x = next(iter(test))[0]
+    assert torch.allclose(run.model(x), result.export()(x), atol=1e-5)
+
+
+def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_training(pretrained, digits, monkeypatch):
+    from bayescompress.pruning import UnsupportedGraphError
+
+    class TwoPaths(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.a(x.flatten(1)) + self.b(x.flatten(1))
+
+    train, val, _ = digits
+    monkeypatch.setattr(GaussianSNR, "prepare", lambda *a: pytest.fail("training started"))
+    with pytest.raises(UnsupportedGraphError, match="target_macs needs a sequential network"):
+        compress(TwoPaths(), train, val, GaussianSNR(target_macs=100), pipeline=QUICK)

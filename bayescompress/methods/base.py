@@ -12,18 +12,21 @@ before the fine-tuning.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
-from bayescompress.inference import Callback, EarlyStopping, TrainConfig, fit
+from bayescompress.inference import Callback, EarlyStopping, SilentUnits, TrainConfig, fit
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
 from bayescompress.priors import Prior
-from bayescompress.pruning import Masks, PruningStrategy, prunable_layers
+from bayescompress.pruning import Masks, PruningStrategy, UnsupportedGraphError, prunable_layers
+from bayescompress.pruning.compute import INPUTS, ChainCosts, remove_units_to_macs, taylor_importance
 from bayescompress.pruning.importance import sweep_scores
 from bayescompress.settings import Choice, Integer, Real, Settings, setting
 
@@ -40,6 +43,12 @@ class MethodConfig(Settings):
                                    Integer(0))
     finetune_lr: float = setting(1e-3, "peak learning rate of the fine-tuning (cosine-annealed to 0)",
                                  Real(0.0, 10.0, low_open=True))
+    target_macs: int | None = setting(
+        None, "after pruning, also remove whole units and input features, the least important per MAC first, "
+        "until the exported network needs at most this many multiply-accumulates per example (none = no budget; "
+        "sequential networks)", Integer(1, optional=True))
+    macs_rounds: int = setting(6, "rounds of unit removal towards target_macs, each followed by one epoch of "
+                               "fine-tuning at finetune_lr", Integer(1))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +164,7 @@ class Method(abc.ABC):
 
     def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> Trained:
         """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method."""
+        costs = self._costs(network, config, context)  # before any training: an unsupported graph fails now
         self.prepare(network, config, context)
         history = self.train(network, config, context)
         before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
@@ -165,6 +175,9 @@ class Method(abc.ABC):
                      if (probs := layer.prior.inclusion(layer).weight) is not None}
         callbacks = self.before_finetune(network, config, masks)
         masks.apply_(network)
+        if costs is not None:
+            masks, history, callbacks, pruning["macs_budget"] = self._reach_macs(
+                network, config, masks, context, costs, history, callbacks)
         if config.finetune_epochs:  # annealed: settle the survivors
             history += context.fit(network, context.train_config(
                 epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine"), callbacks)
@@ -192,6 +205,45 @@ class Method(abc.ABC):
     def before_finetune(self, network: nn.Module, config: MethodConfig, masks: Masks) -> list[Callback]:
         """Changes between pruning and fine-tuning (e.g. a change of prior); returns the fine-tuning's callbacks."""
         return []
+
+    @staticmethod
+    def _costs(network: nn.Module, config: MethodConfig, context: TrainingContext) -> ChainCosts | None:
+        if config.target_macs is None:
+            return None
+        try:
+            return ChainCosts.of(network, context.example)
+        except UnsupportedGraphError as error:
+            raise UnsupportedGraphError(f"target_macs needs a sequential network (the built-in export's cost "
+                                        f"model): {error}") from None
+
+    def _reach_macs(self, network, config, masks, context, costs, history, callbacks):
+        """Remove units towards ``target_macs`` in ``macs_rounds`` geometric steps, one epoch of fine-tuning
+        after each (removed units stay silent: bias 0, as the importance assumed)."""
+        def macs(m: Masks) -> int:
+            units = torch.stack([m.weight[name].flatten(1).any(dim=1).sum() for name in costs.names])
+            return costs.macs(units, int(m.weight[costs.names[0]].transpose(0, 1).flatten(1).any(dim=1).sum()))
+
+        start, rounds = macs(masks), []
+        off = {name: torch.zeros(masks.weight[name].shape[0], dtype=torch.bool) for name in costs.names}
+        for step in range(1, config.macs_rounds + 1):
+            goal = max(config.target_macs, round(start * (config.target_macs / start) ** (step / config.macs_rounds)))
+            importance = taylor_importance(network, costs.names, context.val_loader, device=context.device)
+            masks, removed = remove_units_to_macs(masks, costs, importance, goal)
+            masks.apply_(network, replace=True)
+            off = {name: off[name] | removed[name] for name in costs.names}
+            silent = SilentUnits(network, {name: ~gone for name, gone in off.items()})
+            history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr),
+                                   [*callbacks, silent])
+            rounds.append({"macs": macs(masks), "units": [int(m.flatten(1).any(dim=1).sum()) for m in
+                                                          (masks.weight[name] for name in costs.names)],
+                           "inputs_removed": int(removed[INPUTS].sum()),
+                           "val_accuracy": history[-1].get("val_accuracy")})
+        end = macs(masks)
+        if end > config.target_macs:
+            warnings.warn(f"target_macs {config.target_macs:,} is out of reach: with one unit per layer the "
+                          f"exported network still needs {end:,} MACs", stacklevel=4)
+        record = {"target_macs": config.target_macs, "start_macs": start, "rounds": rounds}
+        return masks, history, [*callbacks, silent], record
 
     def __repr__(self) -> str:
         given = self.config if self.config is not None else ", ".join(f"{k}={v!r}" for k, v in self.settings.items())

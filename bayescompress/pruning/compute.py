@@ -1,0 +1,159 @@
+"""Whole units removed to a compute budget, the least important per multiply-accumulate first.
+
+The ELBO prices parameters, not operations: a conv1 filter of LeNet-5 is 26 parameters but 14.4k MACs, plus
+the 80k MACs of the conv2 weights that read it, so the priors keep exactly the units that cost most of the
+compute. Here every unit (a neuron or filter of a layer other than the output, and an input feature or channel
+of the first layer) is scored by how much the loss would change without it -- the first-order Taylor estimate
+``sum over positions of a * dL/da``, squared per example and summed (Molchanov et al. 2019), at the posterior
+mean -- and divided by the MACs its removal saves in the exported network. :func:`remove_units_to_macs` takes
+the cheapest to lose out first until the export fits the budget.
+
+Only sequential networks (the built-in export's chains) have a cost model here; the training between removal
+rounds lives with the methods (``target_macs``, :mod:`bayescompress.methods.base`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bayescompress.pruning.masks import Masks
+from bayescompress.pruning.structure import layer_output_shapes, sequential_chain
+
+INPUTS = "inputs"  # the key of the first layer's input features in importance and removal records
+
+
+@dataclass
+class ChainCosts:
+    """Dense MACs of a sequential network's export as a function of how many units each layer keeps.
+
+    Layer ``i`` costs ``positions[i] * pairs[i] * in_i * units_i``: ``in_0`` is the first layer's input features
+    (channels), ``in_i`` the previous layer's units, and ``pairs[i]`` the weights between one input unit and one
+    output unit (a kernel's area, or a producer channel's positions after a flatten, else 1).
+    """
+
+    names: list[str]
+    positions: list[int]
+    pairs: list[int]
+
+    @classmethod
+    def of(cls, model: nn.Module, example: Tensor) -> ChainCosts:
+        """The cost model of ``model`` (raises :class:`~bayescompress.pruning.UnsupportedGraphError` for a
+        network the built-in export cannot read as a chain)."""
+        chain = sequential_chain(model)
+        shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example)
+        positions = [int(torch.Size(shapes[name][1:]).numel()) for name in chain.names]
+        pairs = [chain.layers[0].weight[0, 0].numel()]
+        pairs += [layer.weight[0].numel() // previous.weight.shape[0]
+                  for previous, layer in zip(chain.layers, chain.layers[1:])]
+        return cls(list(chain.names), positions, pairs)
+
+    def macs(self, units: Tensor, inputs: int) -> int:
+        """Dense MACs per example when layer ``i`` keeps ``units[i]`` units and the first layer reads ``inputs``."""
+        reads = torch.cat([torch.tensor([inputs]), units[:-1]])
+        return int((torch.tensor(self.positions) * torch.tensor(self.pairs) * reads * units).sum())
+
+    def saved(self, units: Tensor, inputs: int) -> tuple[Tensor, int]:
+        """MACs saved by removing one unit of each layer (the output layer's entry is meaningless) and by
+        removing one input feature of the first layer."""
+        cost = torch.tensor(self.positions) * torch.tensor(self.pairs)
+        reads = torch.cat([torch.tensor([inputs]), units[:-1]])
+        read_by_next = torch.cat([cost[1:] * units[1:], torch.zeros(1, dtype=cost.dtype)])
+        return cost * reads + read_by_next, int(cost[0] * units[0])
+
+
+def taylor_importance(model: nn.Module, names: list[str], loader: Iterable, batches: int = 5,
+                      device: str = "cpu") -> dict[str, Tensor]:
+    """Per unit of each layer in ``names`` (and, under :data:`INPUTS`, per input feature or channel of the
+    first), the summed squared first-order estimate of the change in the loss (cross-entropy of the outputs)
+    if it were zero, over the first ``batches`` batches of ``loader``, at the posterior mean (eval mode)."""
+    modules = dict(model.named_modules())
+    outputs: dict[str, Tensor] = {}
+
+    def keep_output(name: str, output: Tensor) -> None:
+        output.retain_grad()
+        outputs[name] = output
+
+    def first_input(_module, inputs):  # a leaf, so its gradient is kept
+        outputs[INPUTS] = inputs[0].detach().requires_grad_()
+        return (outputs[INPUTS], *inputs[1:])
+
+    hooks = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: keep_output(name, out))
+             for name in names]
+    hooks.append(modules[names[0]].register_forward_pre_hook(first_input))
+    was_training = model.training
+    model.eval()
+    scores: dict[str, Tensor] = {}
+    try:
+        for index, (x, y) in enumerate(loader):
+            if index == batches:
+                break
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").backward()
+            for name, value in outputs.items():
+                change = value * value.grad
+                change = change.flatten(2).sum(2) if change.dim() > 2 else change  # over positions
+                scores[name] = scores.get(name, 0) + change.pow(2).sum(0).detach()
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+        for hook in hooks:
+            hook.remove()
+    return scores
+
+
+@torch.no_grad()
+def remove_units_to_macs(masks: Masks, costs: ChainCosts, importance: dict[str, Tensor], target_macs: int
+                         ) -> tuple[Masks, dict[str, Tensor]]:
+    """``masks`` with whole units (rows, and the next layer's columns reading them) and input features (the first
+    layer's columns) removed, lowest ``importance`` per MAC saved first, until the export needs at most
+    ``target_macs`` (or every layer is down to one unit and the first layer to one input).
+
+    Returns the masks and, per layer and under :data:`INPUTS`, which entries this call removed.
+    """
+    names, first = costs.names, costs.names[0]
+    weight = {name: masks.weight[name].clone() for name in names}
+    alive = {name: weight[name].flatten(1).any(dim=1) for name in names}
+    alive[INPUTS] = weight[first].transpose(0, 1).flatten(1).any(dim=1)
+    removed = {name: torch.zeros_like(keep) for name, keep in alive.items()}
+    candidates = [*names[:-1], INPUTS]  # the output layer keeps every class
+    # Within a group the order never changes (what one unit saves depends only on the counts), so each group is
+    # sorted once and the greedy step only compares the groups' heads: one step per removed unit, not per weight.
+    order = {name: torch.argsort(torch.where(alive[name], importance[name].cpu(), torch.inf)).tolist()
+             for name in candidates}
+    head = dict.fromkeys(candidates, 0)
+    while True:
+        units = torch.tensor([int(alive[name].sum()) for name in names])
+        inputs = int(alive[INPUTS].sum())
+        if costs.macs(units, inputs) <= target_macs:
+            break
+        saved_units, saved_input = costs.saved(units, inputs)
+        saved = dict(zip(names, saved_units.tolist())) | {INPUTS: saved_input}
+        best, best_value = None, torch.inf
+        for name in candidates:
+            if int(alive[name].sum()) <= 1:
+                continue
+            value = float(importance[name][order[name][head[name]]]) / max(saved[name], 1)
+            if value < best_value:
+                best, best_value = name, value
+        if best is None:
+            break
+        index = order[best][head[best]]
+        head[best] += 1
+        alive[best][index], removed[best][index] = False, True
+        if best == INPUTS:
+            weight[first][:, index] = False
+        else:
+            weight[best][index] = False
+            consumer = names[names.index(best) + 1]
+            per_unit = weight[consumer].shape[1] // alive[best].numel()
+            weight[consumer][:, index * per_unit:(index + 1) * per_unit] = False
+    units = {name: masks.units.get(name, torch.ones_like(alive[name])) & alive[name] for name in names}
+    return Masks(weight, units), removed
+
+
+__all__ = ["INPUTS", "ChainCosts", "remove_units_to_macs", "taylor_importance"]

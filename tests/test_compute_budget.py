@@ -1,0 +1,158 @@
+"""Units removed to a compute budget: the cost model against the export's own MAC count, the Taylor importance
+against per-example gradients of explicit unit masks, and the greedy order by importance per MAC."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bayescompress.metrics import dense_macs
+from bayescompress.models import lenet5, mlp
+from bayescompress.nn import bayesianize_
+from bayescompress.pruning import Masks, UnsupportedGraphError, export_sequential, propagate
+from bayescompress.pruning.compute import INPUTS, ChainCosts, remove_units_to_macs, taylor_importance
+
+NAMES = {"mlp": ["1", "3", "5"], "lenet5": ["0", "3", "7", "9"]}
+
+
+def _network(kind):
+    torch.manual_seed(0)
+    net = mlp(20, (12, 9), 4) if kind == "mlp" else lenet5()
+    example = torch.randn(2, 1, 4, 5) if kind == "mlp" else torch.randn(2, 1, 28, 28)
+    return net.eval(), example
+
+
+def _random_unit_masks(net, names, generator):
+    """Masks that drop random rows of every layer but the output, random first-layer inputs, and the next
+    layer's columns reading a dropped unit."""
+    layers = dict(net.named_modules())
+    weight = {name: torch.ones_like(layers[name].weight, dtype=torch.bool) for name in names}
+    for i, name in enumerate(names[:-1]):
+        rows = torch.rand(weight[name].shape[0], generator=generator) < 0.4
+        rows[0] = False  # keep one
+        weight[name][rows] = False
+        per_unit = weight[names[i + 1]].shape[1] // rows.numel()
+        weight[names[i + 1]][:, rows.repeat_interleave(per_unit)] = False
+    if weight[names[0]].shape[1] > 1:
+        weight[names[0]][:, torch.rand(weight[names[0]].shape[1], generator=generator) < 0.3] = False
+    return Masks(weight)
+
+
+def _exported_macs(net, masks, example):
+    masked = masks.apply_(copy.deepcopy(net))
+    structure = propagate(masked, masks, example)
+    return dense_macs(export_sequential(structure.masks.apply_(masked), structure), example[:1])
+
+
+def _counts(masks, names):
+    units = torch.stack([masks.weight[name].flatten(1).any(dim=1).sum() for name in names])
+    return units, int(masks.weight[names[0]].transpose(0, 1).flatten(1).any(dim=1).sum())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lenet5"])
+def test_cost_model_counts_the_exported_networks_macs(kind):
+    net, example = _network(kind)
+    costs = ChainCosts.of(net, example)
+    assert costs.names == NAMES[kind]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        masks = _random_unit_masks(net, costs.names, generator)
+        assert costs.macs(*_counts(masks, costs.names)) == _exported_macs(net, masks, example)
+    full = torch.tensor([net.get_submodule(name).weight.shape[0] for name in costs.names])
+    assert costs.macs(full, net.get_submodule(costs.names[0]).weight.shape[1]) == dense_macs(net, example[:1])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lenet5"])
+def test_savings_are_the_macs_one_removal_takes_off(kind):
+    net, example = _network(kind)
+    costs = ChainCosts.of(net, example)
+    units = torch.tensor([net.get_submodule(name).weight.shape[0] for name in costs.names]) - 1
+    inputs = net.get_submodule(costs.names[0]).weight.shape[1]
+    saved, saved_input = costs.saved(units, inputs)
+    for i in range(len(units) - 1):
+        fewer = units.clone()
+        fewer[i] -= 1
+        assert int(saved[i]) == costs.macs(units, inputs) - costs.macs(fewer, inputs)
+    assert saved_input == costs.macs(units, inputs) - costs.macs(units, inputs - 1)
+
+
+class _UnitGates(nn.Module):
+    """Multiplies a layer's output units by m (ones): d loss_n / d m_j is the Taylor term of unit j."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.m = nn.Parameter(torch.ones(units))
+
+    def forward(self, x):
+        return x * self.m.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def test_taylor_importance_is_the_squared_per_example_derivative_by_an_explicit_unit_mask():
+    torch.manual_seed(0)
+    net = bayesianize_(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 5),
+                                     nn.ReLU(), nn.Linear(5, 4))).eval()
+    x, y = torch.randn(6, 2, 6, 6), torch.randint(0, 4, (6,))
+    importance = taylor_importance(net, ["0", "3", "5"], [(x[:3], y[:3]), (x[3:], y[3:])], batches=2)
+    assert not any(p.grad is not None for p in net.parameters())  # the network is left clean
+    # reference: gates on the first layer's input channels and on the two hidden layers' outputs
+    gated = nn.Sequential(_UnitGates(2), net[0], _UnitGates(3), *net[1:4], _UnitGates(5), *net[4:])
+    expected = {INPUTS: torch.zeros(2), "0": torch.zeros(3), "3": torch.zeros(5)}
+    for n in range(6):
+        gated.zero_grad()
+        F.cross_entropy(gated(x[n:n + 1]), y[n:n + 1], reduction="sum").backward()
+        for key, gate in zip((INPUTS, "0", "3"), (gated[0], gated[2], gated[6])):
+            expected[key] += gate.m.grad.pow(2)
+    assert set(importance) == {INPUTS, "0", "3", "5"}
+    for key, value in expected.items():
+        assert torch.allclose(importance[key], value, rtol=1e-4, atol=1e-10)
+
+
+def test_removal_takes_the_lowest_importance_per_mac_first_and_stops_at_the_budget():
+    net, example = _network("mlp")  # 20 inputs -> 12 -> 9 -> 4
+    costs = ChainCosts.of(net, example)
+    masks = Masks({name: torch.ones_like(net.get_submodule(name).weight, dtype=torch.bool) for name in costs.names})
+    importance = {"1": torch.arange(1.0, 13.0), "3": torch.arange(1.0, 10.0) * 100, "5": torch.ones(4),
+                  INPUTS: torch.arange(1.0, 21.0) * 10}
+    start = costs.macs(*_counts(masks, costs.names))
+    # one removal: each group's cheapest candidate, by importance over MACs saved
+    units, inputs = _counts(masks, costs.names)
+    saved, saved_input = costs.saved(units, inputs)
+    ratios = {"1": 1 / float(saved[0]), "3": 100 / float(saved[1]), INPUTS: 10 / saved_input}
+    one, removed = remove_units_to_macs(masks, costs, importance, start - 1)
+    first = min(ratios, key=ratios.get)
+    assert int(removed[first].sum()) == 1 and sum(int(r.sum()) for r in removed.values()) == 1
+    assert bool(removed[first][0])  # the least important entry of that group
+    # a real budget: met, by the export itself, and nothing removed from the output layer
+    target = start // 4
+    smaller, removed = remove_units_to_macs(masks, costs, importance, target)
+    assert _exported_macs(net, smaller, example) <= target
+    assert not removed["5"].any() and smaller.weight["5"].flatten(1).any(dim=1).all()
+    # units and inputs removed are the lowest-importance ones of their group
+    for key in ("1", "3", INPUTS):
+        gone = torch.nonzero(removed[key]).flatten()
+        assert gone.tolist() == list(range(len(gone)))
+
+
+def test_an_unreachable_budget_stops_at_one_unit_per_layer():
+    net, example = _network("mlp")
+    costs = ChainCosts.of(net, example)
+    masks = Masks({name: torch.ones_like(net.get_submodule(name).weight, dtype=torch.bool) for name in costs.names})
+    importance = {name: torch.rand(net.get_submodule(name).weight.shape[0]) for name in costs.names}
+    importance[INPUTS] = torch.rand(20)
+    smaller, _ = remove_units_to_macs(masks, costs, importance, 1)
+    assert _counts(smaller, costs.names)[0].tolist() == [1, 1, 4] and _counts(smaller, costs.names)[1] == 1
+
+
+def test_a_network_that_is_not_a_chain_has_no_cost_model():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(x + torch.relu(self.a(x)))
+
+    with pytest.raises(UnsupportedGraphError, match="not an nn.Sequential"):
+        ChainCosts.of(Residual(), torch.randn(1, 4))
