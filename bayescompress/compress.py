@@ -152,7 +152,7 @@ def compress(
     cost = TrainingCost(example)
     context = TrainingContext(train_loader, val_loader, example, output, seed=pipeline.seed, device=pipeline.device,
                               quiet=pipeline.quiet or not distributed.is_main(), observers=[cost, KeptFraction()],
-                              checkpoint=store)
+                              checkpoint=store, original=original)
     start = time.perf_counter()
     trained = method.train_and_prune(network, method_config, context)
     training_seconds = time.perf_counter() - start

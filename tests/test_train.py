@@ -40,6 +40,29 @@ def test_loss_is_mean_nll_plus_kl_over_training_set_size():
     assert torch.allclose(loss, expected_nll + kl / 96)
 
 
+def test_distillation_mixes_the_teachers_probabilities_into_the_targets():
+    loader, x, y = _toy_problem()
+    model, teacher = _bnn(), nn.Sequential(nn.Linear(6, 3))
+    trainer = Trainer(model, loader, config=TrainConfig(epochs=1, quiet=True, distill=0.3), teacher=teacher)
+    torch.manual_seed(3)
+    loss, nll, kl = trainer.loss(x[:32], y[:32])
+    torch.manual_seed(3)
+    model.train()
+    log_p = F.log_softmax(model(x[:32]), dim=1)
+    teacher_p = F.softmax(teacher(x[:32]), dim=1).detach()
+    # -E_target[log p] with the target (0.7 label + 0.3 teacher), written out term by term
+    expected = -(0.7 * log_p.gather(1, y[:32, None]).squeeze(1) + 0.3 * (teacher_p * log_p).sum(1)).mean()
+    assert torch.allclose(nll, expected, atol=1e-6)
+    assert torch.allclose(loss, expected + kl / 96, atol=1e-6)
+
+
+@pytest.mark.parametrize("distill, teacher", [(0.3, None), (0.0, nn.Linear(6, 3))], ids=["no-teacher", "no-weight"])
+def test_distillation_needs_both_a_weight_and_a_teacher(distill, teacher):
+    loader, _, _ = _toy_problem()
+    with pytest.raises(ValueError, match="distill > 0 needs a teacher"):
+        Trainer(_bnn(), loader, config=TrainConfig(epochs=1, quiet=True, distill=distill), teacher=teacher)
+
+
 def test_kl_warmup_ramps_beta_linearly_to_the_kl_weight():
     loader, _, _ = _toy_problem()
     betas = []

@@ -89,6 +89,9 @@ class TrainConfig:
     lr_schedule: ``"constant"`` or ``"cosine"`` (annealed to 0 over all steps).
     kl_weight: beta once warm-up is over (> 0; 1 is the ELBO).
     kl_warmup_epochs: beta grows linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up).
+    distill: weight w of a teacher's predicted probabilities in the targets, in [0, 1): the data term is the
+        cross-entropy with ``(1 - w) * one_hot(label) + w * softmax(teacher(x))`` (0 = the labels only; a
+        positive weight needs ``fit(..., teacher=...)``).
     eval_samples: Monte-Carlo samples for the per-epoch validation metrics (0 = posterior mean).
     seed: seeds torch before training (None leaves the global RNG alone).
     device: where to train, e.g. ``"cpu"`` or ``"cuda"``.
@@ -111,6 +114,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
+    distill: float = 0.0
     eval_samples: int = 10
     seed: int | None = 0
     device: str = "cpu"
@@ -128,6 +132,7 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_positive("kl_weight", self.kl_weight)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
+        check_in_range("distill", self.distill, 0.0, 1.0, high_inclusive=False)
         check_non_negative_int("eval_samples", self.eval_samples)
         if self.seed is not None:
             check_non_negative_int("seed", self.seed)
@@ -193,8 +198,14 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         n_train: int | None = None,
         checkpoint: PhaseCheckpoint | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.config = config or TrainConfig()
+        if (teacher is None) != (self.config.distill == 0):
+            raise ValueError("distill > 0 needs a teacher network (fit(..., teacher=...)), and a teacher needs "
+                             f"distill > 0; got distill={self.config.distill} and "
+                             f"{'no teacher' if teacher is None else 'a teacher'}")
+        self.teacher = teacher.eval() if teacher is not None else None
         self.checkpoint = checkpoint
         self.forward_module: nn.Module = model  # the DDP wrapper in a distributed run
         self._interrupted: int | None = None
@@ -241,9 +252,16 @@ class Trainer:
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, mean NLL, KL_total) of one mini-batch."""
         with shared_sigma(self.model):
-            nll = F.cross_entropy(self.forward_module(x), y)
+            logits = self.forward_module(x)
+            nll = F.cross_entropy(logits, y if self.teacher is None else self._targets(x, y, logits.shape[-1]))
             kl = kl_divergence(self.model).to(nll.device)
         return nll + self.beta * kl / self.n_train, nll, kl
+
+    @torch.no_grad()
+    def _targets(self, x: Tensor, y: Tensor, classes: int) -> Tensor:
+        """The labels mixed with the teacher's probabilities (``distill``)."""
+        soft = F.softmax(self.teacher(x), dim=-1)
+        return torch.lerp(F.one_hot(y, classes).to(soft.dtype), soft, self.config.distill)
 
     def fit(self) -> list[dict[str, float]]:
         """Run the loop; returns one record per epoch (see :func:`fit`)."""
@@ -413,6 +431,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     n_train: int | None = None,
     checkpoint: PhaseCheckpoint | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` by minimising ``mean NLL + beta * KL / N_train`` with Adam.
 
@@ -429,6 +448,7 @@ def fit(
     callbacks: :class:`Callback` objects, called in order.
     n_train: training-set size N; by default ``len(train_loader.dataset)``.
     checkpoint: where to keep the run's state every epoch, and to continue from (see :class:`Trainer`).
+    teacher: a fixed network whose predicted probabilities enter the targets with weight ``config.distill``.
 
     Returns
     -------
@@ -444,7 +464,7 @@ def fit(
     >>> len(history)
     2
     """
-    return Trainer(model, train_loader, val_loader, config, callbacks, n_train, checkpoint).fit()
+    return Trainer(model, train_loader, val_loader, config, callbacks, n_train, checkpoint, teacher).fit()
 
 
 def _per_rank(rng: dict[str, Any]) -> dict[str, Any]:

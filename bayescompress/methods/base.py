@@ -43,6 +43,9 @@ class MethodConfig(Settings):
                                    Integer(0))
     finetune_lr: float = setting(1e-3, "peak learning rate of the fine-tuning (cosine-annealed to 0)",
                                  Real(0.0, 10.0, low_open=True))
+    finetune_distill: float = setting(
+        0.0, "weight w of the original network's predicted probabilities in the fine-tuning's targets: "
+        "cross-entropy with (1 - w) * label + w * original (0 = the labels only)", Real(0.0, 1.0, high_open=True))
     target_macs: int | None = setting(
         None, "after pruning, also remove whole units and input features, the least important per MAC first, "
         "until the exported network needs at most this many multiply-accumulates per example (none = no budget; "
@@ -80,7 +83,8 @@ class VariationalConfig(MethodConfig):
 class TrainingContext:
     """What the pipeline hands a method: the data, an example input (for the layer order), the output layer's
     name (kept whole), where and how to run, and ``observers``: callbacks every training phase of the method
-    must get (e.g. the training-cost counter), after its own; and the run's ``checkpoint`` folder, if any."""
+    must get (e.g. the training-cost counter), after its own; the run's ``checkpoint`` folder, if any; and the
+    ``original`` network (the teacher of ``finetune_distill``)."""
 
     train_loader: Iterable
     val_loader: Iterable
@@ -91,13 +95,17 @@ class TrainingContext:
     quiet: bool = False
     observers: list[Callback] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    original: nn.Module | None = None
 
     def fit(self, network: nn.Module, config: TrainConfig, callbacks: list[Callback]) -> list[dict]:
         """:func:`~bayescompress.inference.fit` on the context's data, with ``callbacks`` and the observers (and,
-        when the run keeps a checkpoint, the next training phase's)."""
+        when the run keeps a checkpoint, the next training phase's); ``config.distill`` > 0 distils the
+        ``original`` network."""
         phase = self.checkpoint.next_phase() if self.checkpoint is not None else None
+        if config.distill and self.original is None:
+            raise ValueError("distillation needs the original network in the training context")
         return fit(network, self.train_loader, self.val_loader, config, [*callbacks, *self.observers],
-                   checkpoint=phase)
+                   checkpoint=phase, teacher=self.original if config.distill else None)
 
     def train_config(self, **settings: Any) -> TrainConfig:
         """A :class:`~bayescompress.TrainConfig` with the context's seed, device and verbosity."""
@@ -180,7 +188,8 @@ class Method(abc.ABC):
                 network, config, masks, context, costs, history, callbacks)
         if config.finetune_epochs:  # annealed: settle the survivors
             history += context.fit(network, context.train_config(
-                epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine"), callbacks)
+                epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine",
+                distill=config.finetune_distill), callbacks)
         return Trained(network, masks, history, inclusion, before_pruning, scores, pruning)
 
     @abc.abstractmethod
@@ -232,7 +241,8 @@ class Method(abc.ABC):
             masks.apply_(network, replace=True)
             off = {name: off[name] | removed[name] for name in costs.names}
             silent = SilentUnits(network, {name: ~gone for name, gone in off.items()})
-            history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr),
+            history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
+                                                                 distill=config.finetune_distill),
                                    [*callbacks, silent])
             rounds.append({"macs": macs(masks), "units": [int(m.flatten(1).any(dim=1).sum()) for m in
                                                           (masks.weight[name] for name in costs.names)],
