@@ -136,3 +136,21 @@ def test_compare_killed_inside_a_run_resumes_it_from_its_checkpoint(weights, tmp
 
 def test_the_methods_the_slow_tests_cover_are_registered():
     assert set(ONE_PER_KIND) <= set(methods.names())
+
+
+def test_a_run_killed_between_compute_budget_rounds_resumes_to_the_same_units(weights, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    budget = ["--target-macs", "1500", "--macs-rounds", "3"]
+    uninterrupted = subprocess.Popen(_cli(*_compress_args(weights, "gaussian-snr", reference), *budget), env=_env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # phase 2 is the second removal round: the first round's units were removed before the kill
+    stopped = _kill_during_training([*_compress_args(weights, "gaussian-snr", killed), *budget], killed,
+                                    signal.SIGKILL, after_phase=2)
+    assert uninterrupted.wait(timeout=300) == 0
+    assert stopped.returncode == -signal.SIGKILL
+    resumed = subprocess.run(_cli("compress", "--resume", str(killed), "--quiet"), env=_env(), capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((killed / "metrics.json").read_text())["resumed_from"]["phase"] >= 2
+    assert json.loads((killed / "metrics.json").read_text())["macs"]["exported"] <= 1500
+    _assert_same_run(reference, killed)
