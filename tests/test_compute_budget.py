@@ -12,7 +12,13 @@ from bayescompress.metrics import dense_macs
 from bayescompress.models import lenet5, mlp
 from bayescompress.nn import bayesianize_
 from bayescompress.pruning import Masks, UnsupportedGraphError, export_sequential, propagate
-from bayescompress.pruning.compute import INPUTS, ChainCosts, remove_units_to_macs, taylor_importance
+from bayescompress.pruning.compute import (
+    INPUTS,
+    ChainCosts,
+    fill_kept_units,
+    remove_units_to_macs,
+    taylor_importance,
+)
 
 NAMES = {"mlp": ["1", "3", "5"], "lenet5": ["0", "3", "7", "9"]}
 
@@ -156,3 +162,30 @@ def test_a_network_that_is_not_a_chain_has_no_cost_model():
 
     with pytest.raises(UnsupportedGraphError, match="not an nn.Sequential"):
         ChainCosts.of(Residual(), torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lenet5"])
+def test_filling_the_kept_units_keeps_the_units_and_every_weight_between_them(kind):
+    net, example = _network(kind)
+    costs = ChainCosts.of(net, example)
+    generator = torch.Generator().manual_seed(2)
+    structured = _random_unit_masks(net, costs.names, generator)
+    # single weights pruned inside the kept units as well
+    sparse = Masks({name: m & (torch.rand(m.shape, generator=generator) < 0.5) | _first_weight(m)
+                    for name, m in structured.weight.items()})
+    filled = fill_kept_units(sparse, costs)
+    assert _counts(filled, costs.names)[0].tolist() == _counts(sparse, costs.names)[0].tolist()
+    for name in costs.names:  # exactly the weights between kept units: those of the structured masks
+        assert torch.equal(filled.weight[name], structured.weight[name]), name
+
+
+def _first_weight(mask):
+    """One weight of every kept row and column (so random inner pruning keeps the units and inputs)."""
+    rows = mask.flatten(1).any(dim=1)
+    keep = torch.zeros_like(mask)
+    columns = torch.nonzero(mask.transpose(0, 1).flatten(1).any(dim=1)).flatten()
+    for j, row in enumerate(torch.nonzero(rows).flatten()):
+        keep[row, columns[j % len(columns)]] = True
+    for k, column in enumerate(columns):
+        keep[torch.nonzero(rows).flatten()[k % int(rows.sum())], column] = True
+    return keep & mask

@@ -26,9 +26,15 @@ from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
 from bayescompress.priors import Prior
 from bayescompress.pruning import Masks, PruningStrategy, UnsupportedGraphError, prunable_layers
-from bayescompress.pruning.compute import INPUTS, ChainCosts, remove_units_to_macs, taylor_importance
+from bayescompress.pruning.compute import (
+    INPUTS,
+    ChainCosts,
+    fill_kept_units,
+    remove_units_to_macs,
+    taylor_importance,
+)
 from bayescompress.pruning.importance import sweep_scores
-from bayescompress.settings import Choice, Integer, Real, Settings, setting
+from bayescompress.settings import Choice, Flag, Integer, Real, Settings, setting
 
 def network_kind(model: nn.Module) -> str:
     """``"cnn"`` when ``model`` has a ``Conv2d``, else ``"mlp"``: which preset of a method's recipe applies."""
@@ -52,6 +58,9 @@ class MethodConfig(Settings):
         "sequential networks)", Integer(1, optional=True))
     macs_rounds: int = setting(6, "rounds of unit removal towards target_macs, each followed by one epoch of "
                                "fine-tuning at finetune_lr", Integer(1))
+    macs_regrow: bool = setting(True, "with target_macs, let the weights pruned inside the kept units grow back "
+                                "(the dense export pays for them anyway); off keeps the method's weight sparsity",
+                                Flag())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,6 +247,8 @@ class Method(abc.ABC):
             goal = max(config.target_macs, round(start * (config.target_macs / start) ** (step / config.macs_rounds)))
             importance = taylor_importance(network, costs.names, context.val_loader, device=context.device)
             masks, removed = remove_units_to_macs(masks, costs, importance, goal)
+            if config.macs_regrow:  # the pruned entries restart from the values they were pruned at
+                masks = fill_kept_units(masks, costs)
             masks.apply_(network, replace=True)
             off = {name: off[name] | removed[name] for name in costs.names}
             silent = SilentUnits(network, {name: ~gone for name, gone in off.items()})

@@ -156,4 +156,23 @@ def remove_units_to_macs(masks: Masks, costs: ChainCosts, importance: dict[str, 
     return Masks(weight, units), removed
 
 
-__all__ = ["INPUTS", "ChainCosts", "remove_units_to_macs", "taylor_importance"]
+def fill_kept_units(masks: Masks, costs: ChainCosts) -> Masks:
+    """``masks`` with every weight between kept units (and the first layer's kept inputs) kept: the dense
+    export pays for them anyway, so under a compute budget a weight pruned inside a kept unit only costs
+    accuracy."""
+    names = costs.names
+    rows = {name: masks.weight[name].flatten(1).any(dim=1) for name in names}
+    first = masks.weight[names[0]]
+    weight = {}
+    for i, name in enumerate(names):
+        shape = masks.weight[name].shape
+        if i == 0:
+            columns = first.transpose(0, 1).flatten(1).any(dim=1)
+        else:
+            columns = rows[names[i - 1]].repeat_interleave(shape[1] // rows[names[i - 1]].numel())
+        pairs = rows[name][:, None] & columns[None, :]
+        weight[name] = pairs.view(*pairs.shape, *([1] * (len(shape) - 2))).expand(shape).clone()
+    return Masks(weight, masks.units)
+
+
+__all__ = ["INPUTS", "ChainCosts", "fill_kept_units", "remove_units_to_macs", "taylor_importance"]
