@@ -237,13 +237,9 @@ class Method(abc.ABC):
     def _reach_macs(self, network, config, masks, context, costs, history, callbacks):
         """Remove units towards ``target_macs`` in ``macs_rounds`` geometric steps, one epoch of fine-tuning
         after each (removed units stay silent: bias 0, as the importance assumed)."""
-        def macs(m: Masks) -> int:
-            units = torch.stack([m.weight[name].flatten(1).any(dim=1).sum() for name in costs.names])
-            return costs.macs(units, int(m.weight[costs.names[0]].transpose(0, 1).flatten(1).any(dim=1).sum()))
-
-        start, rounds = macs(masks), []
+        start, rounds, own = costs.masks_macs(masks), [], callbacks
         off = {name: torch.zeros(masks.weight[name].shape[0], dtype=torch.bool) for name in costs.names}
-        for step in range(1, config.macs_rounds + 1):
+        for step in range(1, config.macs_rounds + 1) if start > config.target_macs else ():
             goal = max(config.target_macs, round(start * (config.target_macs / start) ** (step / config.macs_rounds)))
             importance = taylor_importance(network, costs.names, context.val_loader, device=context.device)
             masks, removed = remove_units_to_macs(masks, costs, importance, goal)
@@ -251,20 +247,16 @@ class Method(abc.ABC):
                 masks = fill_kept_units(masks, costs)
             masks.apply_(network, replace=True)
             off = {name: off[name] | removed[name] for name in costs.names}
-            silent = SilentUnits(network, {name: ~gone for name, gone in off.items()})
+            callbacks = [*own, SilentUnits(network, {name: ~gone for name, gone in off.items()})]
             history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
-                                                                 distill=config.finetune_distill),
-                                   [*callbacks, silent])
-            rounds.append({"macs": macs(masks), "units": [int(m.flatten(1).any(dim=1).sum()) for m in
-                                                          (masks.weight[name] for name in costs.names)],
-                           "inputs_removed": int(removed[INPUTS].sum()),
-                           "val_accuracy": history[-1].get("val_accuracy")})
-        end = macs(masks)
-        if end > config.target_macs:
+                                                                 distill=config.finetune_distill), callbacks)
+            units, _ = costs.counts(masks)
+            rounds.append({"macs": costs.masks_macs(masks), "units": units.tolist(),
+                           "inputs_removed": int(removed[INPUTS].sum()), "val_accuracy": history[-1].get("val_accuracy")})
+        if costs.masks_macs(masks) > config.target_macs:
             warnings.warn(f"target_macs {config.target_macs:,} is out of reach: with one unit per layer the "
-                          f"exported network still needs {end:,} MACs", stacklevel=4)
-        record = {"target_macs": config.target_macs, "start_macs": start, "rounds": rounds}
-        return masks, history, [*callbacks, silent], record
+                          f"exported network still needs {costs.masks_macs(masks):,} MACs", stacklevel=4)
+        return masks, history, callbacks, {"target_macs": config.target_macs, "start_macs": start, "rounds": rounds}
 
     def __repr__(self) -> str:
         given = self.config if self.config is not None else ", ".join(f"{k}={v!r}" for k, v in self.settings.items())

@@ -52,6 +52,15 @@ class ChainCosts:
                   for previous, layer in zip(chain.layers, chain.layers[1:])]
         return cls(list(chain.names), positions, pairs)
 
+    def counts(self, masks: Masks) -> tuple[Tensor, int]:
+        """Units each layer keeps under ``masks`` (rows with a kept weight), and inputs the first layer reads."""
+        units = torch.stack([masks.weight[name].flatten(1).any(dim=1).sum() for name in self.names])
+        return units, int(masks.weight[self.names[0]].transpose(0, 1).flatten(1).any(dim=1).sum())
+
+    def masks_macs(self, masks: Masks) -> int:
+        """Dense MACs per example of the export of ``masks``."""
+        return self.macs(*self.counts(masks))
+
     def macs(self, units: Tensor, inputs: int) -> int:
         """Dense MACs per example when layer ``i`` keeps ``units[i]`` units and the first layer reads ``inputs``."""
         reads = torch.cat([torch.tensor([inputs]), units[:-1]])
@@ -127,7 +136,7 @@ def remove_units_to_macs(masks: Masks, costs: ChainCosts, importance: dict[str, 
              for name in candidates}
     head = dict.fromkeys(candidates, 0)
     while True:
-        units = torch.tensor([int(alive[name].sum()) for name in names])
+        units = torch.stack([alive[name].sum() for name in names])
         inputs = int(alive[INPUTS].sum())
         if costs.macs(units, inputs) <= target_macs:
             break
