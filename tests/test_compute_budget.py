@@ -16,6 +16,7 @@ from bayescompress.pruning.compute import (
     INPUTS,
     ChainCosts,
     fill_kept_units,
+    fold_input_means_,
     remove_units_to_macs,
     taylor_importance,
 )
@@ -89,14 +90,17 @@ def test_savings_are_the_macs_one_removal_takes_off(kind):
 
 
 class _UnitGates(nn.Module):
-    """Multiplies a layer's output units by m (ones): d loss_n / d m_j is the Taylor term of unit j."""
+    """Moves a layer's output units from ``centre`` towards their value by m (ones): d loss_n / d m_j is the
+    Taylor term of replacing unit j by ``centre`` (0 for units, the mean for inputs)."""
 
-    def __init__(self, units):
+    def __init__(self, units, centre=None):
         super().__init__()
         self.m = nn.Parameter(torch.ones(units))
+        self.centre = torch.zeros(units) if centre is None else centre
 
     def forward(self, x):
-        return x * self.m.view(1, -1, *([1] * (x.dim() - 2)))
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        return self.centre.view(shape) + (x - self.centre.view(shape)) * self.m.view(shape)
 
 
 def test_taylor_importance_is_the_squared_per_example_derivative_by_an_explicit_unit_mask():
@@ -104,10 +108,11 @@ def test_taylor_importance_is_the_squared_per_example_derivative_by_an_explicit_
     net = bayesianize_(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 5),
                                      nn.ReLU(), nn.Linear(5, 4))).eval()
     x, y = torch.randn(6, 2, 6, 6), torch.randint(0, 4, (6,))
-    importance = taylor_importance(net, ["0", "3", "5"], [(x[:3], y[:3]), (x[3:], y[3:])], batches=2)
+    importance, mean = taylor_importance(net, ["0", "3", "5"], [(x[:3], y[:3]), (x[3:], y[3:])], batches=2)
     assert not any(p.grad is not None for p in net.parameters())  # the network is left clean
-    # reference: gates on the first layer's input channels and on the two hidden layers' outputs
-    gated = nn.Sequential(_UnitGates(2), net[0], _UnitGates(3), *net[1:4], _UnitGates(5), *net[4:])
+    assert torch.allclose(mean, x.mean(dim=(0, 2, 3)), atol=1e-6)
+    # reference: gates on the first layer's input channels (around their mean) and the hidden layers' outputs
+    gated = nn.Sequential(_UnitGates(2, mean), net[0], _UnitGates(3), *net[1:4], _UnitGates(5), *net[4:])
     expected = {INPUTS: torch.zeros(2), "0": torch.zeros(3), "3": torch.zeros(5)}
     for n in range(6):
         gated.zero_grad()
@@ -117,6 +122,24 @@ def test_taylor_importance_is_the_squared_per_example_derivative_by_an_explicit_
     assert set(importance) == {INPUTS, "0", "3", "5"}
     for key, value in expected.items():
         assert torch.allclose(importance[key], value, rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer, shape", [(nn.Linear(5, 3), (7, 5)), (nn.Conv2d(4, 3, 3), (7, 4, 6, 6))],
+                         ids=["linear", "conv"])
+def test_a_constant_input_removed_with_its_mean_folded_into_the_bias_changes_nothing(layer, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    x[:, 1] = 0.7  # a constant feature / channel, like an MNIST border pixel
+    removed = torch.zeros(shape[1], dtype=torch.bool)
+    removed[1] = True
+    expected = layer(x)
+    importance, mean = taylor_importance(nn.Sequential(layer, nn.Flatten(), nn.LazyLinear(2)), ["0"],
+                                         [(x, torch.randint(0, 2, (len(x),)))], batches=1)
+    assert importance[INPUTS][1] <= 1e-6 * importance[INPUTS].max()  # nothing to lose
+    fold_input_means_(layer, removed, mean)
+    with torch.no_grad():
+        layer.weight[:, 1] = 0.0
+    assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
 def test_removal_takes_the_lowest_importance_per_mac_first_and_stops_at_the_budget():

@@ -30,6 +30,7 @@ from bayescompress.pruning.compute import (
     INPUTS,
     ChainCosts,
     fill_kept_units,
+    fold_input_means_,
     remove_units_to_macs,
     taylor_importance,
 )
@@ -241,8 +242,10 @@ class Method(abc.ABC):
         off = {name: torch.zeros(masks.weight[name].shape[0], dtype=torch.bool) for name in costs.names}
         for step in range(1, config.macs_rounds + 1) if start > config.target_macs else ():
             goal = max(config.target_macs, round(start * (config.target_macs / start) ** (step / config.macs_rounds)))
-            importance = taylor_importance(network, costs.names, context.val_loader, device=context.device)
+            importance, input_mean = taylor_importance(network, costs.names, context.val_loader,
+                                                       device=context.device)
             masks, removed = remove_units_to_macs(masks, costs, importance, goal)
+            fold_input_means_(network.get_submodule(costs.names[0]), removed[INPUTS], input_mean)
             if config.macs_regrow:  # the pruned entries restart from the values they were pruned at
                 masks = fill_kept_units(masks, costs)
             masks.apply_(network, replace=True)

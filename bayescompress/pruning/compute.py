@@ -76,10 +76,15 @@ class ChainCosts:
 
 
 def taylor_importance(model: nn.Module, names: list[str], loader: Iterable, batches: int = 5,
-                      device: str = "cpu") -> dict[str, Tensor]:
+                      device: str = "cpu") -> tuple[dict[str, Tensor], Tensor]:
     """Per unit of each layer in ``names`` (and, under :data:`INPUTS`, per input feature or channel of the
     first), the summed squared first-order estimate of the change in the loss (cross-entropy of the outputs)
-    if it were zero, over the first ``batches`` batches of ``loader``, at the posterior mean (eval mode)."""
+    if it were removed, over the first ``batches`` batches of ``loader``, at the posterior mean (eval mode).
+
+    A unit is removed by zeroing its output. An input is replaced by its mean, which
+    :func:`fold_input_means_` moves into the first layer's bias (a constant pixel then costs nothing to
+    remove), so its estimate is that of ``x - mean``. Returns the scores and the inputs' means (per feature or
+    channel; zeros when the first layer has no bias to fold them into)."""
     modules = dict(model.named_modules())
     outputs: dict[str, Tensor] = {}
 
@@ -97,22 +102,47 @@ def taylor_importance(model: nn.Module, names: list[str], loader: Iterable, batc
     was_training = model.training
     model.eval()
     scores: dict[str, Tensor] = {}
+    # per example a = sum_pos x g and b = sum_pos g, so sum_n (a - mean b)^2 is accumulated as three sums
+    sums = dict.fromkeys(("aa", "ab", "bb", "x"), 0)
+    count = 0
     try:
         for index, (x, y) in enumerate(loader):
             if index == batches:
                 break
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").backward()
-            for name, value in outputs.items():
-                change = value * value.grad
-                change = change.flatten(2).sum(2) if change.dim() > 2 else change  # over positions
+            for name in names:
+                change = _per_channel(outputs[name] * outputs[name].grad)
                 scores[name] = scores.get(name, 0) + change.pow(2).sum(0).detach()
+            inputs = outputs[INPUTS]
+            a, b = _per_channel(inputs * inputs.grad), _per_channel(inputs.grad)
+            sums = {"aa": sums["aa"] + a.pow(2).sum(0), "ab": sums["ab"] + (a * b).sum(0),
+                    "bb": sums["bb"] + b.pow(2).sum(0), "x": sums["x"] + _per_channel(inputs.detach()).sum(0)}
+            count += inputs[:, :1].numel()  # examples times positions
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
         for hook in hooks:
             hook.remove()
-    return scores
+    mean = sums["x"] / count if modules[names[0]].bias is not None else torch.zeros_like(sums["x"])
+    scores[INPUTS] = (sums["aa"] - 2 * mean * sums["ab"] + mean.pow(2) * sums["bb"]).clamp_min(0.0)
+    return scores, mean
+
+
+def _per_channel(t: Tensor) -> Tensor:
+    """(examples, channels): summed over the positions of an image-shaped tensor."""
+    return t.flatten(2).sum(2) if t.dim() > 2 else t
+
+
+@torch.no_grad()
+def fold_input_means_(layer: nn.Module, removed: Tensor, mean: Tensor) -> None:
+    """Add what the ``removed`` inputs contribute at their ``mean`` to ``layer``'s bias, so removing their
+    columns changes the layer's output only by ``x - mean`` (exact for a linear layer; for a convolution,
+    away from zero padding)."""
+    if layer.bias is None or not removed.any():
+        return
+    weight = layer.weight.detach()[:, removed]  # the current (masked) weights: what the inputs contribute now
+    layer.bias.add_((weight.flatten(2).sum(2) if weight.dim() > 2 else weight) @ mean[removed].to(weight))
 
 
 @torch.no_grad()
@@ -184,4 +214,5 @@ def fill_kept_units(masks: Masks, costs: ChainCosts) -> Masks:
     return Masks(weight, masks.units)
 
 
-__all__ = ["INPUTS", "ChainCosts", "fill_kept_units", "remove_units_to_macs", "taylor_importance"]
+__all__ = ["INPUTS", "ChainCosts", "fill_kept_units", "fold_input_means_", "remove_units_to_macs",
+           "taylor_importance"]
