@@ -25,7 +25,7 @@ from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
 from bayescompress.priors import Prior
-from bayescompress.pruning import Masks, PruningStrategy, UnsupportedGraphError, prunable_layers
+from bayescompress.pruning import Masks, PruningStrategy, UnsupportedGraphError, prunable_layers, prune_within_units
 from bayescompress.pruning.compute import (
     INPUTS,
     ChainCosts,
@@ -87,6 +87,10 @@ class VariationalConfig(MethodConfig):
     estimator: str = setting("lrt", "how training passes sample: lrt (local reparameterisation, per-example "
                              "noise), flipout (one perturbation, sign-flipped per example) or shared (one weight "
                              "sample per batch: cheapest, noisiest)", Choice(ESTIMATORS))
+    within_unit_drop: float | None = setting(
+        None, "also prune single weights inside the surviving units, lowest SNR first, as far as the "
+        "posterior-mean validation accuracy stays within this of the strategy's masks' (none = the strategy's "
+        "masks as they are)", Real(0.0, 1.0, optional=True))
 
 
 @dataclass
@@ -289,6 +293,13 @@ class VariationalMethod(Method):
         bayesianize_(network, self.prior(config), init=PosteriorInit(rho=config.init_rho),
                      example_input=context.example)
         set_estimator_(network, config.estimator)
+
+    def refine_masks(self, network, config, masks, context):
+        if config.within_unit_drop is None:
+            return masks, {}
+        masks, record = prune_within_units(network, masks, context.val_loader, context.output,
+                                           config.within_unit_drop, device=context.device)
+        return masks, {"within_units": record}
 
     def train(self, network, config, context) -> list[dict]:
         callbacks = self.callbacks(network, config, context)

@@ -15,7 +15,7 @@ from bayescompress.methods.base import VariationalConfig, VariationalMethod
 from bayescompress.nn import PosteriorInit, bayesian_layers, fold_multipliers_
 from bayescompress.priors import GaussianPrior, SpikeSlabGroupHorseshoe, SpikeSlabGroupLasso
 from bayescompress.priors.spike_slab import SLAB_KLS
-from bayescompress.pruning import InclusionPruning, prune_within_units
+from bayescompress.pruning import InclusionPruning
 from bayescompress.settings import Choice, Flag, Real, setting
 
 
@@ -47,10 +47,7 @@ class SpikeSlabConfig(VariationalConfig):
     input_gate_lr: float | None = setting(None, "learning rate of the input gates' logits (none = prior_lr)",
                                           Real(0.0, 10.0, low_open=True, optional=True))
     finetune_epochs: int = VariationalConfig.override("finetune_epochs", 15)
-    within_unit_drop: float | None = setting(
-        0.05, "also prune single weights inside the surviving units, lowest SNR first, as far as the "
-        "posterior-mean validation accuracy stays within this of the units-only pruning's (none = units only)",
-        Real(0.0, 1.0, optional=True))
+    within_unit_drop: float | None = VariationalConfig.override("within_unit_drop", 0.05)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,13 +95,6 @@ class SpikeSlabGL(VariationalMethod):
 
     def strategy(self, config) -> InclusionPruning:
         return InclusionPruning(threshold=0.5)
-
-    def refine_masks(self, network, config, masks, context):
-        if config.within_unit_drop is None:
-            return masks, {}
-        masks, record = prune_within_units(network, masks, context.val_loader, context.output,
-                                           config.within_unit_drop, device=context.device)
-        return masks, {"within_units": record}
 
     def before_finetune(self, network, config, masks) -> list[Callback]:
         # gates and scales become part of the weights: fine-tuning and export then see ordinary layers
