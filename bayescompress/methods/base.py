@@ -116,8 +116,6 @@ class TrainingContext:
         when the run keeps a checkpoint, the next training phase's); ``config.distill`` > 0 distils the
         ``original`` network."""
         phase = self.checkpoint.next_phase() if self.checkpoint is not None else None
-        if config.distill and self.original is None:
-            raise ValueError("distillation needs the original network in the training context")
         return fit(network, self.train_loader, self.val_loader, config, [*callbacks, *self.observers],
                    checkpoint=phase, teacher=self.original if config.distill else None)
 
@@ -260,9 +258,9 @@ class Method(abc.ABC):
             units, _ = costs.counts(masks)
             rounds.append({"macs": costs.masks_macs(masks), "units": units.tolist(),
                            "inputs_removed": int(removed[INPUTS].sum()), "val_accuracy": history[-1].get("val_accuracy")})
-        if costs.masks_macs(masks) > config.target_macs:
+        if (end := costs.masks_macs(masks)) > config.target_macs:
             warnings.warn(f"target_macs {config.target_macs:,} is out of reach: with one unit per layer the "
-                          f"exported network still needs {costs.masks_macs(masks):,} MACs", stacklevel=4)
+                          f"exported network still needs {end:,} MACs", stacklevel=4)
         return masks, history, callbacks, {"target_macs": config.target_macs, "start_macs": start, "rounds": rounds}
 
     def __repr__(self) -> str:

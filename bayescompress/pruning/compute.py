@@ -40,6 +40,9 @@ class ChainCosts:
     positions: list[int]
     pairs: list[int]
 
+    def __post_init__(self) -> None:
+        self._per_pair = torch.tensor(self.positions) * torch.tensor(self.pairs)  # MACs per (input, output) unit
+
     @classmethod
     def of(cls, model: nn.Module, example: Tensor) -> ChainCosts:
         """The cost model of ``model`` (raises :class:`~bayescompress.pruning.UnsupportedGraphError` for a
@@ -54,8 +57,8 @@ class ChainCosts:
 
     def counts(self, masks: Masks) -> tuple[Tensor, int]:
         """Units each layer keeps under ``masks`` (rows with a kept weight), and inputs the first layer reads."""
-        units = torch.stack([masks.weight[name].flatten(1).any(dim=1).sum() for name in self.names])
-        return units, int(masks.weight[self.names[0]].transpose(0, 1).flatten(1).any(dim=1).sum())
+        units = torch.stack([_kept_rows(masks.weight[name]).sum() for name in self.names])
+        return units, int(_read_columns(masks.weight[self.names[0]]).sum())
 
     def masks_macs(self, masks: Masks) -> int:
         """Dense MACs per example of the export of ``masks``."""
@@ -64,15 +67,25 @@ class ChainCosts:
     def macs(self, units: Tensor, inputs: int) -> int:
         """Dense MACs per example when layer ``i`` keeps ``units[i]`` units and the first layer reads ``inputs``."""
         reads = torch.cat([torch.tensor([inputs]), units[:-1]])
-        return int((torch.tensor(self.positions) * torch.tensor(self.pairs) * reads * units).sum())
+        return int((self._per_pair * reads * units).sum())
 
     def saved(self, units: Tensor, inputs: int) -> tuple[Tensor, int]:
         """MACs saved by removing one unit of each layer (the output layer's entry is meaningless) and by
         removing one input feature of the first layer."""
-        cost = torch.tensor(self.positions) * torch.tensor(self.pairs)
+        cost = self._per_pair
         reads = torch.cat([torch.tensor([inputs]), units[:-1]])
         read_by_next = torch.cat([cost[1:] * units[1:], torch.zeros(1, dtype=cost.dtype)])
         return cost * reads + read_by_next, int(cost[0] * units[0])
+
+
+def _kept_rows(mask: Tensor) -> Tensor:
+    """Output units with a kept weight."""
+    return mask.flatten(1).any(dim=1)
+
+
+def _read_columns(mask: Tensor) -> Tensor:
+    """Input features (channels) with a kept weight."""
+    return mask.transpose(0, 1).flatten(1).any(dim=1)
 
 
 def taylor_importance(model: nn.Module, names: list[str], loader: Iterable, batches: int = 5,
@@ -156,8 +169,8 @@ def remove_units_to_macs(masks: Masks, costs: ChainCosts, importance: dict[str, 
     """
     names, first = costs.names, costs.names[0]
     weight = {name: masks.weight[name].clone() for name in names}
-    alive = {name: weight[name].flatten(1).any(dim=1) for name in names}
-    alive[INPUTS] = weight[first].transpose(0, 1).flatten(1).any(dim=1)
+    alive = {name: _kept_rows(weight[name]) for name in names}
+    alive[INPUTS] = _read_columns(weight[first])
     removed = {name: torch.zeros_like(keep) for name, keep in alive.items()}
     candidates = [*names[:-1], INPUTS]  # the output layer keeps every class
     # Within a group the order never changes (what one unit saves depends only on the counts), so each group is
@@ -200,13 +213,12 @@ def fill_kept_units(masks: Masks, costs: ChainCosts) -> Masks:
     export pays for them anyway, so under a compute budget a weight pruned inside a kept unit only costs
     accuracy."""
     names = costs.names
-    rows = {name: masks.weight[name].flatten(1).any(dim=1) for name in names}
-    first = masks.weight[names[0]]
+    rows = {name: _kept_rows(masks.weight[name]) for name in names}
     weight = {}
     for i, name in enumerate(names):
         shape = masks.weight[name].shape
         if i == 0:
-            columns = first.transpose(0, 1).flatten(1).any(dim=1)
+            columns = _read_columns(masks.weight[name])
         else:
             columns = rows[names[i - 1]].repeat_interleave(shape[1] // rows[names[i - 1]].numel())
         pairs = rows[name][:, None] & columns[None, :]
