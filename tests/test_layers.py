@@ -17,6 +17,7 @@ from bayescompress.nn import (
     bayesian_layers,
     bayesianize_,
     kl_divergence,
+    layers,
     mc_sampling,
     predict,
     shared_sigma,
@@ -231,20 +232,44 @@ def test_softplus_squared_gradient_matches_finite_differences():
     assert torch.allclose(_SoftplusSquared.apply(rho, keep), F.softplus(rho) ** 2 * keep)
 
 
+def test_softplus_is_torch_softplus_in_float64_to_two_ulps_with_the_sigmoid_as_gradient():
+    # every regime: exp underflowing, 1 + exp(rho) rounding to 1, the usual sigmas, and past the linear threshold
+    rho = torch.cat([torch.linspace(-80.0, 90.0, 20001), torch.tensor([-17.0, -16.6, -1e-3, 0.0, 19.99, 20.0, 20.01])])
+    rho = rho.requires_grad_()
+    sigma = layers.softplus(rho)
+    reference = F.softplus(rho.detach().double())
+    normal = reference > torch.finfo(torch.float32).tiny  # below it a float32 result has no relative precision
+    relative = ((sigma.detach().double() - reference).abs() / reference)[normal]
+    assert relative.max() <= 2 * torch.finfo(torch.float32).eps
+    sigma.sum().backward()
+    assert torch.allclose(rho.grad.double(), torch.sigmoid(rho.detach().double()), rtol=2e-7, atol=1e-30)
+    double = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layers.softplus, (double,))
+
+
 def test_sampled_output_is_the_plain_formula_with_the_same_noise_and_its_gradient_checks():
-    from bayescompress.nn.layers import _VARIANCE_FLOOR, _SampleOutput
+    from bayescompress.nn.layers import _SampleOutput
 
     mean = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     variance = (torch.rand(3, 5, dtype=torch.float64) + 0.1).requires_grad_()
 
     def seeded(m, v):
         torch.manual_seed(0)
-        return _SampleOutput.apply(m, v)
+        return _SampleOutput.apply(m * 1.0, v)  # it writes over its mean, which must be a fresh result
 
     torch.manual_seed(0)
-    plain = mean + torch.sqrt(variance + _VARIANCE_FLOOR) * torch.randn_like(mean)
+    plain = mean + torch.sqrt(variance) * torch.randn_like(mean)
     assert torch.allclose(seeded(mean, variance), plain)
     assert torch.autograd.gradcheck(seeded, (mean, variance))
+
+
+def test_a_layer_without_bias_samples_with_the_variance_floor_and_a_finite_gradient():
+    layer = BayesLinear(4, 3, bias=False).train()
+    torch.nn.utils.prune.custom_from_mask(layer, "weight", torch.zeros(3, 4))  # every variance exactly 0
+    out = layer(torch.randn(5, 4))
+    out.sum().backward()
+    assert torch.isfinite(layer.weight_orig.grad).all() and torch.isfinite(layer.weight_rho.grad).all()
+    assert (out.abs() < 1e-3).all() and (out != 0).any()  # only the floor's noise, std 1e-4
 
 
 def _loss_and_grads(net, x, share):
@@ -267,8 +292,8 @@ def test_shared_sigma_gives_the_same_loss_and_gradients_with_one_softplus_per_rh
     x = torch.randn(5, 2, 6, 6)
     plain_loss, plain = _loss_and_grads(net, x, share=False)
     calls = []
-    softplus = torch.nn.functional.softplus
-    monkeypatch.setattr(torch.nn.functional, "softplus", lambda t, *a, **k: calls.append(t) or softplus(t, *a, **k))
+    softplus = layers.softplus
+    monkeypatch.setattr(layers, "softplus", lambda t: calls.append(t) or softplus(t))
     shared_loss, shared = _loss_and_grads(net, x, share=True)
     assert torch.allclose(plain_loss, shared_loss, rtol=1e-6)
     for a, b in zip(plain, shared):

@@ -58,6 +58,50 @@ class PosteriorInit:
         return self.relative * mean.abs() + self.floor
 
 
+# Above this, softplus(x) = x to float precision (torch's own threshold).
+_SOFTPLUS_LINEAR = 20.0
+
+
+def _softplus_and_slope(rho: Tensor) -> tuple[Tensor, Tensor]:
+    """(softplus(rho), sigmoid(rho)) from one exp and one log, within two ulps of ``F.softplus``.
+
+    On the CPU, torch's softplus calls a scalar log1p per entry, about a third of a LeNet-300-100 training
+    step; here log1p(u) with u = exp(rho) is log(d) - ((d - 1) - u) / d for d = fl(1 + u), whose correction
+    term recovers what rounding 1 + u lost (exactly u when 1 + u rounds to 1), and sigmoid = u / d comes free.
+    """
+    capped = rho.clamp_max(_SOFTPLUS_LINEAR)
+    u = torch.exp(capped)
+    d = u + 1.0
+    out = torch.log(d).sub_((d - 1.0).sub_(u).div_(d))
+    out.add_(rho - capped)  # the linear part past the threshold; before it this adds exact zeros
+    return out, u.div_(d)
+
+
+class _Softplus(torch.autograd.Function):
+    """softplus with a backward that reuses the forward's sigmoid (see :func:`_softplus_and_slope`)."""
+
+    @staticmethod
+    def forward(ctx, rho: Tensor) -> Tensor:
+        sigma, slope = _softplus_and_slope(rho)
+        ctx.save_for_backward(slope)
+        return sigma
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (slope,) = ctx.saved_tensors
+        return grad * slope
+
+
+def softplus(rho: Tensor) -> Tensor:
+    """softplus(rho) = log(1 + exp(rho)), the posterior standard deviation of a parameter ``rho``.
+
+    The same function as ``F.softplus`` (within two ulps); on the CPU about three times as fast.
+    """
+    if rho.device.type != "cpu":  # elsewhere torch's fused kernel is the fast one
+        return F.softplus(rho)
+    return _Softplus.apply(rho)
+
+
 class _SoftplusSquared(torch.autograd.Function):
     """softplus(rho)^2, zeroed where ``keep`` is 0, with a hand-written backward.
 
@@ -67,18 +111,17 @@ class _SoftplusSquared(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rho: Tensor, keep: Tensor | None) -> Tensor:
-        sigma = F.softplus(rho)
+        sigma, slope = _softplus_and_slope(rho)
         if keep is not None:
             sigma = sigma.mul_(keep)  # a zero sigma also zeroes the pruned entries' gradient
-        ctx.save_for_backward(rho, sigma)
+        ctx.save_for_backward(sigma, slope)
         return sigma * sigma
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        rho, sigma = ctx.saved_tensors
-        # d softplus(rho)^2 / d rho = 2 sigma sigmoid(rho); softplus_backward is that sigmoid, threshold included
-        grad_sigma = torch.mul(grad, sigma).mul_(2.0)
-        return torch.ops.aten.softplus_backward(grad_sigma, rho, 1.0, 20.0), None
+        sigma, slope = ctx.saved_tensors
+        # d softplus(rho)^2 / d rho = 2 sigma sigmoid(rho)
+        return torch.mul(grad, sigma).mul_(slope).mul_(2.0), None
 
 
 class _MaskedSquare(torch.autograd.Function):
@@ -98,19 +141,21 @@ class _MaskedSquare(torch.autograd.Function):
 
 
 class _SampleOutput(torch.autograd.Function):
-    """``mean + sqrt(variance + floor) * eps`` with eps ~ N(0, 1), and its hand-written backward.
+    """``mean + sqrt(variance) * eps`` with eps ~ N(0, 1), written into ``mean``, and its hand-written backward.
 
-    This runs on every pre-activation (for a convolution, far more entries than weights): four full-size
-    passes forward and one backward, plus the noise, where autograd's version makes eight, each allocating.
-    The noise is drawn as eps/2 ~ N(0, 1/4), which is exact in floating point (the same draws as
-    ``randn_like``, halved), so the buffer ends up holding d out / d variance = eps / (2 std) directly.
+    This runs on every pre-activation (for a convolution, far more entries than weights), so it makes as few
+    full-size passes and allocations as it can: the variance arrives with its floor already added (through
+    the operation's bias), the sample is written over ``mean`` (a fresh output of the layer's operation,
+    which nothing else keeps), and the noise is drawn as eps/2 ~ N(0, 1/4), which is exact in floating point
+    (the same draws as ``randn_like``, halved), so its buffer ends up holding d out / d variance = eps / (2 std).
     """
 
     @staticmethod
     def forward(ctx, mean: Tensor, variance: Tensor) -> Tensor:
-        std = torch.add(variance, _VARIANCE_FLOOR).sqrt_()
+        std = variance.sqrt()
         half_eps = torch.empty_like(mean).normal_(0.0, 0.5)
-        out = torch.addcmul(mean, std, half_eps, value=2.0)
+        ctx.mark_dirty(mean)
+        out = mean.addcmul_(std, half_eps, value=2.0)
         ctx.save_for_backward(half_eps.div_(std))
         return out
 
@@ -193,10 +238,10 @@ class BayesianLayer(nn.Module):
         rho = getattr(self, name)
         memo = self._sigma_memo
         if memo is None:
-            return F.softplus(rho)
+            return softplus(rho)
         # the version changes with every in-place update (an optimiser step), so a stale sigma is never reused
         if name not in memo or memo[name][0] != rho._version:
-            memo[name] = (rho._version, F.softplus(rho))
+            memo[name] = (rho._version, softplus(rho))
         return memo[name][1]
 
     @property
@@ -224,15 +269,22 @@ class BayesianLayer(nn.Module):
         """sigma^2 with pruned entries zeroed, so a pruned weight is exactly 0 in every sample."""
         return self._variance("weight_rho", self.weight_keep)
 
+    def _bias_variance_with_floor(self) -> Tensor:
+        """The bias variance plus the pre-activations' variance floor: added through the operation's bias, the
+        floor costs no pass over the output."""
+        if self.bias_rho is None:
+            return torch.full((self.weight.shape[0],), _VARIANCE_FLOOR, dtype=self.weight.dtype,
+                              device=self.weight.device)
+        return self._variance("bias_rho", None) + _VARIANCE_FLOOR
+
     def forward(self, x: Tensor) -> Tensor:
         sample = self.training or self.mc_sample
         x = _scale_channels(x, self.prior.input_multiplier(self, sample), self.spatial_dims)
         if not sample:
             out = self._op(x, self.weight, self.bias)
         elif self.estimator == "lrt":
-            bias_var = None if self.bias_rho is None else self._variance("bias_rho", None)
-            out = _SampleOutput.apply(self._op(x, self.weight, self.bias), self._op(x * x, self.weight_variance(),
-                                                                                     bias_var))
+            variance = self._op(x * x, self.weight_variance(), self._bias_variance_with_floor())
+            out = _SampleOutput.apply(self._op(x, self.weight, self.bias), variance)
         else:
             out = self._perturbed(x)
         return _scale_channels(out, self.prior.unit_multiplier(self, sample), self.spatial_dims)
