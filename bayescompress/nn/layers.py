@@ -65,7 +65,7 @@ _SOFTPLUS_LINEAR = 20.0
 def _softplus_and_slope(rho: Tensor) -> tuple[Tensor, Tensor]:
     """(softplus(rho), sigmoid(rho)) from one exp and one log, within two ulps of ``F.softplus``.
 
-    On the CPU, torch's softplus calls a scalar log1p per entry, about a third of a LeNet-300-100 training
+    On the CPU, torch's softplus calls a scalar log1p per entry, about a fifth of a LeNet-300-100 training
     step; here log1p(u) with u = exp(rho) is log(d) - ((d - 1) - u) / d for d = fl(1 + u), whose correction
     term recovers what rounding 1 + u lost (exactly u when 1 + u rounds to 1), and sigmoid = u / d comes free.
     """
