@@ -1,6 +1,7 @@
 """The ELBO loop: loss definition, warm-up, callbacks, seeds, divergence handling, config validation."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -76,6 +77,24 @@ def test_kl_warmup_ramps_beta_linearly_to_the_kl_weight():
     steps_per_epoch = 3
     expected = [0.5 * min(1.0, (s + 1) / (2 * steps_per_epoch)) for s in range(9)]
     assert betas == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", lambda t: 1.0),
+    ("linear", lambda t: 1.0 - t),
+    ("cosine", lambda t: 0.5 * (1.0 + math.cos(math.pi * t))),
+])
+def test_the_learning_rate_follows_its_schedule_to_the_last_step(schedule, expected):
+    loader, _, _ = _toy_problem()
+    rates = []
+
+    class Record(Callback):
+        def on_batch_end(self, trainer, batch, loss):  # after the step: the rate of the next one
+            rates.append(trainer.optimizer.param_groups[0]["lr"])
+
+    fit(_bnn(), loader, config=TrainConfig(epochs=3, lr=0.02, lr_schedule=schedule, quiet=True), callbacks=[Record()])
+    total = 3 * 3
+    assert rates == pytest.approx([0.02 * expected((s + 1) / total) for s in range(total)], abs=1e-12)
 
 
 def test_callbacks_are_called_in_order_with_history():

@@ -33,6 +33,9 @@ from bayescompress.metrics import evaluate
 from bayescompress.nn.model import bayesian_layers, kl_divergence, shared_sigma, update_priors
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; raised before the step so the weights stay the last finite ones
     (and a checkpoint, if the run keeps one, stays the last good epoch's)."""
@@ -86,7 +89,8 @@ class TrainConfig:
     weight_decay: weight decay (>= 0); for deterministic pretraining only, VI has its prior.
     optimizer: ``"adam"`` (the default) or ``"sgd"`` (with ``momentum``; SSVI's choice).
     momentum: SGD momentum, in [0, 1).
-    lr_schedule: ``"constant"`` or ``"cosine"`` (annealed to 0 over all steps).
+    lr_schedule: ``"constant"``, ``"cosine"`` (annealed to 0 over all steps) or ``"linear"`` (decayed linearly to 0
+        over all steps, Sparse VD's schedule).
     kl_weight: beta once warm-up is over (> 0; 1 is the ELBO).
     kl_warmup_epochs: beta grows linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up).
     distill: weight w of a teacher's predicted probabilities in the targets, in [0, 1): the data term is the
@@ -129,7 +133,7 @@ class TrainConfig:
         check_in_range("weight_decay", self.weight_decay, 0.0)
         check_choice("optimizer", self.optimizer, ("adam", "sgd"))
         check_in_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=False)
-        check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_positive("kl_weight", self.kl_weight)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
         check_in_range("distill", self.distill, 0.0, 1.0, high_inclusive=False)
@@ -226,11 +230,7 @@ class Trainer:
                                               fused=_fused_adam_supported(self.device))
         total_steps = self.config.epochs * self.steps_per_epoch
         self.total_steps = total_steps
-        self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
-            if self.config.lr_schedule == "cosine"
-            else None
-        )
+        self.scheduler = _scheduler(self.optimizer, self.config.lr_schedule, total_steps)
         self.epoch = 0
         self.step = 0
         self.beta = self.config.kl_weight
@@ -500,6 +500,15 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
         {"params": [p for p in params if id(p) in inputs], "lr": config.input_gate_lr or prior_lr},
     ]
     return [group for group in groups if group["params"]]
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, schedule: str,
+               total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total_steps)
+    return None
 
 
 def _fused_adam_supported(device: torch.device) -> bool:

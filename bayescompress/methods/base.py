@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from bayescompress.inference import Callback, EarlyStopping, SilentUnits, TrainConfig, fit
 from bayescompress.inference.checkpoint import Checkpoint
+from bayescompress.inference.train import LR_SCHEDULES
 from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
 from bayescompress.priors import Prior
@@ -72,6 +73,8 @@ class VariationalConfig(MethodConfig):
     lr: float = setting(1e-3, "learning rate of the posterior means", Real(0.0, 10.0, low_open=True))
     rho_lr: float | None = setting(None, "learning rate of the posterior rho (none = lr)",
                                    Real(0.0, 10.0, low_open=True, optional=True))
+    lr_schedule: str = setting("constant", "learning-rate schedule of the VI training: constant, cosine or linear "
+                               "(both annealed to 0 over the epochs)", Choice(LR_SCHEDULES))
     init_rho: float | None = setting(-6.0, "starting rho of every weight, sigma = softplus(rho); none = sigma "
                                      "proportional to |w|", Real(optional=True))
     kl_warmup_epochs: int = setting(0, "epochs over which the KL weight grows linearly from 0", Integer(0))
@@ -284,7 +287,7 @@ class VariationalMethod(Method):
 
     def train_settings(self, config: VariationalConfig) -> dict[str, Any]:
         """:class:`~bayescompress.TrainConfig` fields of the training before pruning."""
-        return dict(epochs=config.epochs, lr=config.lr, rho_lr=config.rho_lr,
+        return dict(epochs=config.epochs, lr=config.lr, rho_lr=config.rho_lr, lr_schedule=config.lr_schedule,
                     kl_warmup_epochs=config.kl_warmup_epochs, kl_weight=config.kl_weight)
 
     def prepare(self, network, config, context) -> None:

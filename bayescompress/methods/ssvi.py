@@ -55,7 +55,6 @@ class SSVIConfig(VariationalConfig):
     optimizer: str = setting("adam", "optimiser of the training (the paper: sgd with momentum and a cosine "
                              "schedule, from scratch)", Choice(("adam", "sgd")))
     momentum: float = setting(0.9, "SGD momentum (optimizer sgd)", Real(0.0, 1.0, high_open=True))
-    lr_schedule: str = setting("constant", "learning-rate schedule of the training", Choice(("constant", "cosine")))
     kl_weight: float = VariationalConfig.override("kl_weight", 0.01)
     kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 10)
     finetune_epochs: int = VariationalConfig.override("finetune_epochs", 0)
@@ -82,8 +81,7 @@ class SSVI(VariationalMethod):
                                seed=context.seed, layer_density=per_layer(config.layer_density, "layer_density"))]
 
     def train_settings(self, config: SSVIConfig) -> dict:
-        return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum,
-                "lr_schedule": config.lr_schedule}
+        return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum}
 
     def strategy(self, config) -> KeepMasks:
         return KeepMasks()
