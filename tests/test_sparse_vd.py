@@ -65,6 +65,38 @@ def test_sparse_vd_prunes_exactly_the_weights_with_log_alpha_above_the_threshold
     assert torch.equal(masks.weight["0"].bool(), log_alpha <= 2.0)
 
 
+def test_train_clip_zeroes_the_sampled_mean_of_the_noisy_weights_and_only_the_data_gradient_on_them():
+    torch.manual_seed(0)
+    mu = torch.randn(5, 8)
+    log_alpha = torch.linspace(-4.0, 6.0, 40).reshape(5, 8)
+    layer = layer_with(mu, mu.abs() * torch.exp(log_alpha / 2))
+    layer.prior = LogUniformPrior(train_clip=3.0)
+    noise = log_alpha > 3.0
+    x = torch.randn(64, 8)
+    layer.train()
+    torch.manual_seed(1)
+    out = layer(x)
+    # the same noise, drawn again, on the output of an explicitly clipped mean: the pass differs only there
+    torch.manual_seed(1)
+    variance = (x * x) @ layer.weight_sigma.detach().T ** 2 + layer.bias_sigma.detach() ** 2 + 1e-8
+    clipped = x @ torch.where(noise, 0.0, mu).T + layer.bias.detach()
+    assert torch.allclose(out, clipped + variance.sqrt() * torch.randn_like(clipped), atol=1e-5)
+    out.sum().backward()
+    assert torch.all(layer.weight.grad[noise] == 0) and torch.all(layer.weight.grad[~noise] != 0)
+    layer.zero_grad()
+    layer.kl().backward()  # the KL still acts on every weight
+    assert torch.all(layer.weight.grad != 0)
+    layer.eval()  # the posterior-mean pass is the posterior mean
+    assert torch.allclose(layer(x), x @ mu.T + layer.bias.detach(), atol=1e-5)
+
+
+def test_sparse_vd_train_clip_cuts_at_its_pruning_threshold():
+    net = torch.nn.Sequential(BayesLinear(4, 3))
+    assert SparseVD(train_clip=True, log_alpha_threshold=2.5).prior(
+        SparseVD(train_clip=True, log_alpha_threshold=2.5).configure(net)).train_clip == 2.5
+    assert SparseVD().prior(SparseVD().configure(net)).train_clip is None
+
+
 @pytest.mark.parametrize("setting, value", [("log_alpha_threshold", 9.0), ("init_rho", "x")])
 def test_bad_sparse_vd_settings_are_refused_on_construction(setting, value):
     with pytest.raises(ValueError, match=setting):

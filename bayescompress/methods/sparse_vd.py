@@ -2,7 +2,8 @@
 papers of this field report against.
 
 Convert under the log-uniform prior, train by VI (the local reparameterisation trick with the variance as its
-own parameter, i.e. the additive-noise form), prune every weight whose dropout rate log alpha =
+own parameter, i.e. the additive-noise form; with ``train_clip`` the weights already past the threshold enter the
+training passes' mean as 0, as in the authors' LeNet runs), prune every weight whose dropout rate log alpha =
 log(sigma^2 / mu^2) exceeds ``log_alpha_threshold``. No fine-tuning by default (the authors have none); when
 asked, the survivors are fine-tuned under a Gaussian prior N(0, ``prior_scale``^2).
 """
@@ -16,7 +17,7 @@ from bayescompress.methods.base import VariationalConfig, VariationalMethod
 from bayescompress.nn.model import fold_multipliers_
 from bayescompress.priors import GaussianPrior, LogUniformPrior
 from bayescompress.pruning import SNRPruning
-from bayescompress.settings import Real, setting
+from bayescompress.settings import Flag, Real, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,9 @@ class SparseVDConfig(VariationalConfig):
     kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 5)
     log_alpha_threshold: float = setting(3.0, "prune the weights with log(sigma^2 / mu^2) above this",
                                          Real(-8.0, 8.0))
+    train_clip: bool = setting(False, "in training, weights past log_alpha_threshold enter the mean pass as 0 (the "
+                               "authors' train_clip): the data stop holding back what the posterior calls noise",
+                               Flag())
     finetune_epochs: int = VariationalConfig.override("finetune_epochs", 0)
 
 
@@ -39,7 +43,7 @@ class SparseVD(VariationalMethod):
     config_class = SparseVDConfig
 
     def prior(self, config: SparseVDConfig) -> LogUniformPrior:
-        return LogUniformPrior()
+        return LogUniformPrior(train_clip=config.log_alpha_threshold if config.train_clip else None)
 
     def before_finetune(self, network, config: SparseVDConfig, masks) -> list:
         # the survivors are fine-tuned (when asked) under a Gaussian prior, as every other method's are: the

@@ -284,9 +284,9 @@ class BayesianLayer(nn.Module):
             out = self._op(x, self.weight, self.bias)
         elif self.estimator == "lrt":
             variance = self._op(x * x, self.weight_variance(), self._bias_variance_with_floor())
-            out = _SampleOutput.apply(self._op(x, self.weight, self.bias), variance)
+            out = _SampleOutput.apply(self._op(x, self.prior.sampled_weight_mean(self), self.bias), variance)
         else:
-            out = self._perturbed(x)
+            out = self._perturbed(x, self.prior.sampled_weight_mean(self))
         return _scale_channels(out, self.prior.unit_multiplier(self, sample), self.spatial_dims)
 
     def set_estimator_(self, estimator: str) -> BayesianLayer:
@@ -296,8 +296,9 @@ class BayesianLayer(nn.Module):
         self.estimator = estimator
         return self
 
-    def _perturbed(self, x: Tensor) -> Tensor:
-        """A pass with one sampled weight perturbation: shared by the batch, or flipped per example."""
+    def _perturbed(self, x: Tensor, weight: Tensor) -> Tensor:
+        """A pass with one sampled perturbation of the weight mean ``weight``: shared by the batch, or flipped
+        per example."""
         sigma = self.weight_sigma
         if self.weight_keep is not None:
             sigma = sigma * self.weight_keep  # a pruned weight stays exactly 0
@@ -305,8 +306,8 @@ class BayesianLayer(nn.Module):
         bias_noise = None if self.bias_rho is None else self.bias_sigma * torch.randn_like(self.bias_rho)
         if self.estimator == "shared":
             bias = self.bias if bias_noise is None else self.bias + bias_noise
-            return self._op(x, self.weight + weight_noise, bias)
-        mean = self._op(x, self.weight, self.bias)
+            return self._op(x, weight + weight_noise, bias)
+        mean = self._op(x, weight, self.bias)
         perturbation = self._op(x * self._random_signs(x), weight_noise, bias_noise)
         return mean + perturbation * self._random_signs(mean)
 

@@ -63,6 +63,11 @@ class Prior(nn.Module, abc.ABC):
         """Per-input-channel factor on the layer's input (a sample when ``sample``, else a point value)."""
         return None
 
+    def sampled_weight_mean(self, layer: BayesianLayer) -> Tensor:
+        """The weight mean the sampled (training and Monte-Carlo) passes use: the posterior mean itself unless
+        the family says otherwise."""
+        return layer.weight
+
     @abc.abstractmethod
     def kl(self, layer: BayesianLayer) -> Tensor:
         """KL(q || p) summed over the layer's un-pruned weights and bias (a scalar tensor)."""
