@@ -61,6 +61,12 @@ def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_clas
     return load_weights_(model, load_state_dict_file(weights), source=f"weights in {weights.name}"), source
 
 
+SPLIT_SEED = 0
+"""The seed of the train / validation / test split of ``pretrain``, ``compress`` and ``compare`` on the command
+line: one split for every run, so a run with another seed never validates or tests on images its pretrained
+network trained on."""
+
+
 def load_data_for(
     model_name: str, dataset: str, data_dir: str | os.PathLike | None = None, seed: int = 0
 ) -> DatasetSplits:
@@ -110,6 +116,8 @@ def pretrain(
     quiet: bool = False,
 ) -> PretrainResult:
     """Train a reference network deterministically (Adam, cosine learning rate) and measure it on the test set.
+    The data split is :data:`SPLIT_SEED`'s, the one ``compress`` uses; ``seed`` sets the initial weights and the
+    batch order.
 
     Example
     -------
@@ -118,7 +126,7 @@ def pretrain(
     True
     """
     config = TrainConfig(epochs=epochs, lr=lr, lr_schedule="cosine", seed=seed, device=device, quiet=quiet)
-    splits = load_data_for(model_name, dataset, data_dir, seed=seed)
+    splits = load_data_for(model_name, dataset, data_dir, seed=SPLIT_SEED)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)  # the initial weights, too, follow the seed
     model, architecture = build_model(model_name, splits.input_shape, splits.num_classes, hidden=hidden)
@@ -148,10 +156,12 @@ def compress_files(
     checkpoint: str | os.PathLike | None = None,
 ) -> CompressionResult:
     """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it
-    (under torchrun, each rank on its share of every batch of ``batch_size``)."""
+    (under torchrun, each rank on its share of every batch of ``batch_size``). The data are split as
+    ``pretrain`` splits them whatever the seed (:data:`SPLIT_SEED`), so the validation and test images are ones
+    the pretrained network never trained on; the seed varies the training."""
     pipeline = pipeline or PipelineConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
-    splits = load_dataset(dataset, data_dir, image_size=image_size, seed=pipeline.seed)
+    splits = load_dataset(dataset, data_dir, image_size=image_size, seed=SPLIT_SEED)
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=pipeline.seed,
                                                          rank=distributed.rank(), world_size=distributed.world_size())
@@ -182,7 +192,7 @@ def compare_files(
         from bayescompress.plot import PUBLISHED
 
         anchors = PUBLISHED.get(model_spec, []) if dataset == "mnist" else []
-    splits = load_dataset(dataset, data_dir, image_size=REQUIRED_IMAGE_SIZE.get(model_spec))
+    splits = load_dataset(dataset, data_dir, image_size=REQUIRED_IMAGE_SIZE.get(model_spec), seed=SPLIT_SEED)
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, rank=distributed.rank(),
                                                          world_size=distributed.world_size())

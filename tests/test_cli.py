@@ -73,3 +73,30 @@ def test_mnist_without_data_dir_says_what_is_needed(tmp_path, capsys):
                  "--out", str(tmp_path / "w.safetensors"), "--quiet"])
     assert code == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_every_seed_compresses_on_the_split_the_pretraining_held_out(tmp_path, monkeypatch):
+    # with the split drawn from --seed, seed 1 would validate and test on images seed 0's pretraining trained on
+    import torch
+
+    from bayescompress import workflows
+
+    weights = tmp_path / "w.safetensors"
+    assert main(["pretrain", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--hidden", "8",
+                 "--seed", "3", "--out", str(weights), "--quiet"]) == 0
+    pretrain_split = workflows.load_data_for("mlp", "digits", seed=0)
+    seen = {}
+
+    def capture(model, train, val, method, **kwargs):
+        seen[kwargs["pipeline"].seed] = (train.dataset.tensors[0], val.dataset.tensors[0],
+                                         kwargs["test_loader"].dataset.tensors[0])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(workflows, "compress", capture)
+    for seed in ("0", "1"):
+        with pytest.raises(SystemExit):
+            main(["compress", "--model", "mlp", "--weights", str(weights), "--out", str(tmp_path / f"r{seed}"),
+                  "--seed", seed, "--quiet"])
+    for part, images in zip(("train", "val", "test"), seen[1]):
+        assert torch.equal(images, getattr(pretrain_split, part).tensors[0]), part
+        assert torch.equal(images, seen[0][("train", "val", "test").index(part)]), part
