@@ -94,7 +94,8 @@ def test_sparse_vd_train_clip_cuts_at_its_pruning_threshold():
     net = torch.nn.Sequential(BayesLinear(4, 3))
     assert SparseVD(train_clip=True, log_alpha_threshold=2.5).prior(
         SparseVD(train_clip=True, log_alpha_threshold=2.5).configure(net)).train_clip == 2.5
-    assert SparseVD().prior(SparseVD().configure(net)).train_clip is None
+    assert SparseVD().prior(SparseVD().configure(net)).train_clip == 3.0  # the authors' recipe, the default
+    assert SparseVD(train_clip=False).prior(SparseVD(train_clip=False).configure(net)).train_clip is None
 
 
 @pytest.mark.parametrize("setting, value", [("log_alpha_threshold", 9.0), ("init_rho", "x")])

@@ -30,9 +30,9 @@ class SparseVDConfig(VariationalConfig):
     kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 5)
     log_alpha_threshold: float = setting(3.0, "prune the weights with log(sigma^2 / mu^2) above this",
                                          Real(-8.0, 8.0))
-    train_clip: bool = setting(False, "in training, weights past log_alpha_threshold enter the mean pass as 0 (the "
-                               "authors' train_clip): the data stop holding back what the posterior calls noise",
-                               Flag())
+    train_clip: bool = setting(True, "in training, weights past log_alpha_threshold enter the mean pass as 0 (the "
+                               "authors' train_clip): the data stop holding back what the posterior calls noise; "
+                               "off, far fewer weights reach the threshold", Flag())
     finetune_epochs: int = VariationalConfig.override("finetune_epochs", 0)
 
 
