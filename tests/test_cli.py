@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+from bayescompress import workflows
 from bayescompress.cli import main
 
 
@@ -77,10 +79,6 @@ def test_mnist_without_data_dir_says_what_is_needed(tmp_path, capsys):
 
 def test_every_seed_compresses_on_the_split_the_pretraining_held_out(tmp_path, monkeypatch):
     # with the split drawn from --seed, seed 1 would validate and test on images seed 0's pretraining trained on
-    import torch
-
-    from bayescompress import workflows
-
     weights = tmp_path / "w.safetensors"
     assert main(["pretrain", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--hidden", "8",
                  "--seed", "3", "--out", str(weights), "--quiet"]) == 0

@@ -90,12 +90,17 @@ def test_train_clip_zeroes_the_sampled_mean_of_the_noisy_weights_and_only_the_da
     assert torch.allclose(layer(x), x @ mu.T + layer.bias.detach(), atol=1e-5)
 
 
-def test_sparse_vd_train_clip_cuts_at_its_pruning_threshold():
-    net = torch.nn.Sequential(BayesLinear(4, 3))
-    assert SparseVD(train_clip=True, log_alpha_threshold=2.5).prior(
-        SparseVD(train_clip=True, log_alpha_threshold=2.5).configure(net)).train_clip == 2.5
-    assert SparseVD().prior(SparseVD().configure(net)).train_clip == 3.0  # the authors' recipe, the default
-    assert SparseVD(train_clip=False).prior(SparseVD(train_clip=False).configure(net)).train_clip is None
+@pytest.mark.parametrize("settings, cut", [(dict(train_clip=True, log_alpha_threshold=2.5), 2.5),
+                                           ({}, 3.0),  # the authors' recipe, the default
+                                           (dict(train_clip=False), None)])
+def test_sparse_vd_train_clip_cuts_at_its_pruning_threshold(settings, cut):
+    method = SparseVD(**settings)
+    assert method.prior(method.configure(torch.nn.Sequential(BayesLinear(4, 3)))).train_clip == cut
+
+
+def test_a_train_clip_outside_the_log_alpha_clip_is_refused():
+    with pytest.raises(ValueError, match="train_clip"):
+        LogUniformPrior(log_alpha_clip=8.0, train_clip=9.0)
 
 
 @pytest.mark.parametrize("setting, value", [("log_alpha_threshold", 9.0), ("init_rho", "x")])
