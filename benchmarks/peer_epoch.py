@@ -14,6 +14,9 @@ loss = mean NLL + KL / N_train):
 * ours: the deterministic network and ``bayesianize_`` of it with the estimators lrt, flipout and
   shared, each timed by ``epoch_time.epoch_seconds`` (our Trainer) exactly as epoch_time.py does.
   Ratio over the deterministic network timed the same way (Trainer).
+* the LRT floor: every layer with LRT's two operations (op(x, mu) and op(x^2, |v|), v a free variance
+  parameter) and its sample, Adam over both, and nothing else: no softplus, no KL. What any LRT
+  implementation pays at least; the gap between it and ``lrt`` is our posterior and KL work.
 * bayesian-torch: the same architectures built from ``LinearReparameterization`` /
   ``Conv2dReparameterization`` and ``LinearFlipout`` / ``Conv2dFlipout``, trained by the plain loop below
   (forward, NLL + KL/N, backward, Adam step). Ratio over the deterministic network timed through that
@@ -47,6 +50,7 @@ from bayescompress.data import make_loaders
 from bayescompress.inference.train import _fused_adam_supported
 from bayescompress.models import build_model
 from bayescompress.nn import ESTIMATORS, bayesianize_, set_estimator_
+from bayescompress.nn.layers import _SampleOutput
 from bayescompress.workflows import load_data_for
 
 PEER_LAYERS = {
@@ -71,6 +75,35 @@ class PeerNet(nn.Module):
             else:
                 x = layer(x)
         return x, kl
+
+
+class FloorLayer(nn.Module):
+    """A Linear/Conv2d with LRT's two operations and sample, the variance a free parameter (kept positive by abs)."""
+
+    def __init__(self, layer: nn.Linear | nn.Conv2d) -> None:
+        super().__init__()
+        self.layer = layer
+        self.variance = nn.Parameter(torch.full_like(layer.weight, 1e-4))
+        self.bias_variance = nn.Parameter(torch.full_like(layer.bias, 1e-4))
+
+    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = self._op(x * x, self.variance.abs(), self.bias_variance.abs() + 1e-8)
+        return _SampleOutput.apply(self._op(x, self.layer.weight, self.layer.bias), variance)
+
+
+def lrt_floor(model: nn.Module) -> nn.Module:
+    """``model`` with every Linear/Conv2d replaced by a :class:`FloorLayer`, in place."""
+    for name, child in model.named_children():
+        if type(child) in (nn.Linear, nn.Conv2d):
+            setattr(model, name, FloorLayer(child))
+        else:
+            lrt_floor(child)
+    return model
 
 
 def peer_model(name: str, kind: str) -> PeerNet:
@@ -150,6 +183,8 @@ def main() -> None:
             bayesian = set_estimator_(bayesianize_(copy.deepcopy(deterministic)), estimator)
             seconds = epoch_seconds(bayesian, loader, n_train, args.repeats)
             record(name, f"bayescompress {estimator}", "Trainer", seconds, det)
+        floor = epoch_seconds(lrt_floor(copy.deepcopy(deterministic)), loader, n_train, args.repeats)
+        record(name, "LRT floor", "Trainer", floor, det)
 
         # Peers: plain-loop-timed, ratio over the same deterministic net through the plain loop.
         plain_det = plain_epoch_seconds(untrained, loader, n_train, args.repeats)
