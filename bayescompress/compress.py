@@ -25,7 +25,7 @@ from bayescompress._validation import check_device
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
-from bayescompress.io import FORMAT_VERSION, read_json_record, write_json
+from bayescompress.io import FORMAT_VERSION, read_json_record, weights_fingerprint, write_json
 from bayescompress.inference.kept import KeptFraction
 from bayescompress.methods.base import Method, MethodConfig, TrainingContext, unknown_setting_message
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
@@ -142,7 +142,7 @@ def compress(
     probe = first[0][:PROBE_SIZE].to(pipeline.device)
     example = probe[:1]
     record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}
-    store = open_checkpoint(checkpoint, record) if checkpoint is not None else None
+    store = open_checkpoint(checkpoint, record, weights_fingerprint(model)) if checkpoint is not None else None
     original = copy_network(model).to(pipeline.device).eval()
 
     network = copy_network(model).to(pipeline.device).eval()
@@ -195,9 +195,10 @@ def compress(
                              before_pruning=trained.before_pruning, scores=trained.scores)
 
 
-def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
+def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None) -> Checkpoint:
     """The run's checkpoint folder, after checking that a checkpoint already there is of this run (same method
-    settings and pipeline, progress bars aside)."""
+    settings and pipeline, progress bars aside, and the same pretrained network: ``original`` is its
+    :func:`~bayescompress.io.weights_fingerprint`; a checkpoint written before fingerprints were kept has none)."""
     folder = Path(folder)
     if not distributed.is_main():  # rank 0 checks and writes it; the others only read the phases' checkpoints
         return Checkpoint(folder, writer=False)
@@ -209,6 +210,7 @@ def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
                                     "pipeline": {k: v for k, v in record["pipeline"].items() if k != "quiet"}}))
     if settings.is_file():
         saved = read_json_record(settings, "the settings of the checkpointed run")
+        saved_original = saved.get("original")
         saved = {"method": saved["method"], "pipeline": saved["pipeline"]}
         differ = [f"{part}.{key}: {saved[part].get(key)!r} there, {value!r} now"
                   for part in ("method", "pipeline") for key, value in wanted[part].items()
@@ -216,12 +218,16 @@ def open_checkpoint(folder: str | os.PathLike, record: dict) -> Checkpoint:
         if differ:
             raise CheckpointMismatchError(f"the checkpoint in {folder} is of a run with other settings ("
                                           + "; ".join(differ) + "); resume with the same ones, or give another folder")
+        if original is not None and saved_original not in (None, original):
+            raise CheckpointMismatchError(f"the checkpoint in {folder} was trained from other pretrained weights "
+                                          f"(fingerprint {saved_original[:12]} there, {original[:12]} now); resume "
+                                          "with the weights the run started from, or give another folder")
     elif folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
         raise ValueError(f"{folder} is not empty and holds no bayescompress checkpoint (no run.json); give a new "
                          "or empty folder (nothing there is replaced)")
     store = Checkpoint(folder)
     if not settings.is_file():
-        write_json(settings, {"format_version": FORMAT_VERSION, **wanted})
+        write_json(settings, {"format_version": FORMAT_VERSION, **wanted, "original": original})
     return store
 
 

@@ -6,6 +6,7 @@ Nothing here unpickles arbitrary objects: safetensors holds raw tensors only, an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -122,6 +123,17 @@ def load_weights_(model: nn.Module, state: Mapping[str, Tensor], *, source: str 
         )
     model.load_state_dict(dict(state))
     return model
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of ``model``'s state (every tensor's name, dtype, shape and values), as hex: two networks get the
+    same fingerprint exactly when their state_dicts are equal."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def read_json_record(path: str | os.PathLike, what: str) -> dict:

@@ -3,6 +3,7 @@ before any work (docs/reliability.md lists these with the rest)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from bayescompress.compress import PipelineConfig
 from bayescompress.inference import CheckpointMismatchError, TrainConfig, fit
 from bayescompress.inference.checkpoint import PhaseCheckpoint, join_state, split_state
 from bayescompress.inference.train import Callback
+from bayescompress.io import weights_fingerprint
 from bayescompress.nn import bayesianize_
 
 
@@ -139,3 +141,27 @@ def test_ssvi_settings_that_would_run_no_subspace_update_say_what_to_change():
     net = bayesianize_(model)
     with pytest.raises(ValueError, match="no subspace update would run.*lower update_interval"):
         fit(net, loader, config=TrainConfig(epochs=1, quiet=True), callbacks=[SparseSubspace(0.5)])
+
+
+def test_resuming_from_other_pretrained_weights_is_refused(tmp_path):
+    model, loader = _toy()
+    pipeline = PipelineConfig(quiet=True, max_accuracy_loss=1.0)
+    compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-3  # same architecture, other weights
+    with pytest.raises(CheckpointMismatchError, match="other pretrained weights.*the weights the run started from"):
+        compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+
+
+def test_the_weights_fingerprint_tells_state_dicts_apart():
+    model, _ = _toy()
+    same = copy.deepcopy(model)
+    assert weights_fingerprint(model) == weights_fingerprint(same)
+    with torch.no_grad():
+        same[2].bias[1] = torch.nextafter(same[2].bias[1], torch.tensor(1.0))  # one ulp
+    assert weights_fingerprint(model) != weights_fingerprint(same)
+    renamed = nn.Sequential(nn.Identity(), *model)  # same tensors under other names
+    assert weights_fingerprint(renamed) != weights_fingerprint(model)
+    as_double = copy.deepcopy(model).double()
+    assert weights_fingerprint(as_double) != weights_fingerprint(model)
