@@ -12,6 +12,7 @@ before the fine-tuning.
 from __future__ import annotations
 
 import abc
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ from bayescompress.inference.train import LR_SCHEDULES
 from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
 from bayescompress.priors import Prior
-from bayescompress.pruning import Masks, PruningStrategy, UnsupportedGraphError, prunable_layers, prune_within_units
+from bayescompress.pruning import (
+    Masks,
+    PruningStrategy,
+    UnsupportedGraphError,
+    keep_top_weights,
+    prunable_layers,
+    prune_within_units,
+)
 from bayescompress.pruning.compute import (
     INPUTS,
     ChainCosts,
@@ -94,6 +102,12 @@ class VariationalConfig(MethodConfig):
         None, "also prune single weights inside the surviving units, lowest SNR first, as far as the "
         "posterior-mean validation accuracy stays within this of the strategy's masks' (none = the strategy's "
         "masks as they are)", Real(0.0, 1.0, optional=True))
+    target_compression: float | None = setting(
+        None, "after pruning, also remove the lowest-SNR kept weights in compression_rounds rounds, one epoch of "
+        "fine-tuning after each, until |W|/|W!=0| reaches this (none = no budget)",
+        Real(1.0, low_open=True, optional=True))
+    compression_rounds: int = setting(6, "rounds of weight removal towards target_compression, each followed by "
+                                      "one epoch of fine-tuning at finetune_lr", Integer(1))
 
 
 @dataclass
@@ -198,6 +212,10 @@ class Method(abc.ABC):
                      if (probs := layer.prior.inclusion(layer).weight) is not None}
         callbacks = self.before_finetune(network, config, masks)
         masks.apply_(network)
+        masks, rounds, budget = self.prune_in_rounds(network, config, masks, context, callbacks)
+        history += rounds
+        if budget:
+            pruning["compression_budget"] = budget
         if costs is not None:
             masks, history, callbacks, pruning["macs_budget"] = self._reach_macs(
                 network, config, masks, context, costs, history, callbacks)
@@ -229,6 +247,12 @@ class Method(abc.ABC):
     def before_finetune(self, network: nn.Module, config: MethodConfig, masks: Masks) -> list[Callback]:
         """Changes between pruning and fine-tuning (e.g. a change of prior); returns the fine-tuning's callbacks."""
         return []
+
+    def prune_in_rounds(self, network: nn.Module, config: MethodConfig, masks: Masks, context: TrainingContext,
+                        callbacks: list[Callback]) -> tuple[Masks, list[dict], dict[str, Any]]:
+        """Further pruning of the masked ``network``, alternated with fine-tuning (a compression budget);
+        returns the masks, the rounds' epoch records and a record of what was done. By default none."""
+        return masks, [], {}
 
     @staticmethod
     def _costs(network: nn.Module, config: MethodConfig, context: TrainingContext) -> ChainCosts | None:
@@ -301,6 +325,26 @@ class VariationalMethod(Method):
         masks, record = prune_within_units(network, masks, context.val_loader, context.output,
                                            config.within_unit_drop, device=context.device)
         return masks, {"within_units": record}
+
+    def prune_in_rounds(self, network, config, masks, context, callbacks):
+        """Cut the kept weights geometrically from the masks' count to ``total / target_compression`` over
+        ``compression_rounds`` rounds, lowest SNR first across all layers, one epoch of fine-tuning after each:
+        the survivors adapt before the next cut ranks them, as gradual magnitude pruning does."""
+        if config.target_compression is None:
+            return masks, [], {}
+        total, start = masks.total_weights(), masks.kept_weights()
+        goal = max(1, math.floor(total / config.target_compression))
+        history, rounds = [], []
+        for step in range(1, config.compression_rounds + 1) if start > goal else ():
+            count = max(goal, math.floor(start * (goal / start) ** (step / config.compression_rounds)))
+            masks = keep_top_weights(network, masks, count, context.output)
+            masks.apply_(network, replace=True)
+            history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
+                                                                 distill=config.finetune_distill), callbacks)
+            rounds.append({"kept": masks.kept_weights(), "compression": total / max(masks.kept_weights(), 1),
+                           "val_accuracy": history[-1].get("val_accuracy")})
+        return masks, history, {"target_compression": config.target_compression, "start_kept": start,
+                                "rounds": rounds}
 
     def train(self, network, config, context) -> list[dict]:
         callbacks = self.callbacks(network, config, context)

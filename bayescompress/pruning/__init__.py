@@ -5,7 +5,7 @@ from bayescompress.pruning.graph_export import export_with_torch_pruning, to_pla
 from bayescompress.pruning.masks import Masks, prunable_layers, reset_optimizer_state_
 from bayescompress.pruning.strategies import InclusionPruning, KeepMasks, MagnitudePruning, PruningStrategy, SNRPruning
 from bayescompress.pruning.structure import Structure, UnsupportedGraphError, propagate, sequential_chain
-from bayescompress.pruning.validated import masked_accuracy, prune_within_units
+from bayescompress.pruning.validated import keep_top_weights, masked_accuracy, prune_within_units
 
 __all__ = [
     "InclusionPruning",
@@ -21,6 +21,7 @@ __all__ = [
     "masked_accuracy",
     "propagate",
     "prunable_layers",
+    "keep_top_weights",
     "prune_within_units",
     "reset_optimizer_state_",
     "sequential_chain",

@@ -1,9 +1,10 @@
-"""Single weights pruned inside the units a structured strategy kept, as far as validation data allow.
+"""Single weights pruned inside the units a strategy kept, lowest posterior SNR first, across all layers.
 
 Unit gates remove whole neurons, filters and inputs, but a surviving unit keeps every incoming weight, most of
 which the posterior says carry little (a small |mu| / sigma). :func:`prune_within_units` ranks the surviving
 weights by SNR across all layers and keeps the fewest whose posterior-mean validation accuracy stays within
 ``max_drop`` of the structured masks' own: the final threshold is chosen on validation data, not fixed.
+:func:`keep_top_weights` cuts the same ranking to a given count (a compression budget's rounds).
 """
 
 from __future__ import annotations
@@ -62,13 +63,7 @@ def prune_within_units(
     """
     check_in_range("max_drop", max_drop, 0.0, 1.0)
     check_non_negative_int("bisections", bisections)
-    layers = bayesian_layers(network)
-    if {name for name, _ in layers} != set(masks.weight):
-        raise ValueError("masks do not cover exactly the network's Bayesian layers: prune_within_units needs a "
-                         "fully Bayesian network and its masks")
-    kept = [masks.weight[name].to(layer.weight.device) for name, layer in layers]
-    scores = [torch.where(keep, weight_snr(layer), 0.0) for (_, layer), keep in zip(layers, kept)]
-    surviving = torch.cat([s[k] for s, k in zip(scores, kept)])
+    layers, kept, scores, surviving = _ranked(network, masks, "prune_within_units")
     trial = copy_network(network)
     units_accuracy = _accuracy_under(trial, masks, loader, device)
     floor = units_accuracy - max_drop
@@ -103,4 +98,28 @@ def prune_within_units(
     return best, record
 
 
-__all__ = ["KEEP_FRACTIONS", "masked_accuracy", "prune_within_units"]
+def _ranked(network: nn.Module, masks: Masks, caller: str):
+    """(layers, kept masks, SNR scores zeroed where not kept, the kept entries' scores concatenated)."""
+    layers = bayesian_layers(network)
+    if {name for name, _ in layers} != set(masks.weight):
+        raise ValueError(f"masks do not cover exactly the network's Bayesian layers: {caller} needs a fully "
+                         "Bayesian network and its masks")
+    kept = [masks.weight[name].to(layer.weight.device) for name, layer in layers]
+    scores = [torch.where(keep, weight_snr(layer), 0.0) for (_, layer), keep in zip(layers, kept)]
+    return layers, kept, scores, torch.cat([s[k] for s, k in zip(scores, kept)])
+
+
+@torch.no_grad()
+def keep_top_weights(network: nn.Module, masks: Masks, count: int, output: str) -> Masks:
+    """``masks`` cut to the ``count`` weights of highest SNR |mu| / sigma among those it keeps (across all
+    Bayesian layers; ties at the cut are kept). Units left without a weight are removed, but the output layer's
+    (``output``). ``masks`` are returned as they are when they keep ``count`` weights or fewer."""
+    check_non_negative_int("count", count)
+    layers, kept, scores, surviving = _ranked(network, masks, "keep_top_weights")
+    if surviving.numel() <= count:
+        return masks
+    cut = _top_fraction_threshold(surviving, count / surviving.numel())
+    return PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)], output)
+
+
+__all__ = ["KEEP_FRACTIONS", "keep_top_weights", "masked_accuracy", "prune_within_units"]
