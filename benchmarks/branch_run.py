@@ -14,6 +14,7 @@ removed its checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bayescompress import methods
 
 # settings read before or during phase 0: changing one would make the copied posterior another run's
 VI_SETTINGS = {"epochs", "lr", "rho_lr", "lr_schedule", "init_rho", "kl_warmup_epochs", "kl_weight",
@@ -89,9 +92,14 @@ def main() -> None:
     shutil.copy2(tensors, staging / "checkpoint" / tensors.name)
     (staging / "checkpoint" / "phase-0.json").write_text(json.dumps(saved))
     settings = json.loads((args.source / "checkpoint" / "run.json").read_text())
+    invocation = json.loads((args.source / "invocation.json").read_text())
+    # a setting added to the method since the source started is at its default there
+    method = invocation["argv"][invocation["argv"].index("--method") + 1]
+    for field in dataclasses.fields(methods.get(method).config_class):
+        if field.name not in settings["method"] and field.default is not dataclasses.MISSING:
+            settings["method"][field.name] = field.default
     settings["method"].update({key: setting_value(value) for key, value in changes.items()})
     (staging / "checkpoint" / "run.json").write_text(json.dumps(settings, indent=2))
-    invocation = json.loads((args.source / "invocation.json").read_text())
     invocation["argv"] = new_argv(invocation["argv"], changes, args.out)
     (staging / "invocation.json").write_text(json.dumps(invocation, indent=2))
     os.replace(staging, args.out)
