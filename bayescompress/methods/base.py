@@ -255,6 +255,13 @@ class Method(abc.ABC):
         return masks, [], {}
 
     @staticmethod
+    def _round_epoch(network: nn.Module, config: MethodConfig, context: TrainingContext,
+                     callbacks: list[Callback]) -> list[dict]:
+        """The one epoch of fine-tuning after a round of a budget (compute or compression)."""
+        return context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
+                                                         distill=config.finetune_distill), callbacks)
+
+    @staticmethod
     def _costs(network: nn.Module, config: MethodConfig, context: TrainingContext) -> ChainCosts | None:
         if config.target_macs is None:
             return None
@@ -280,8 +287,7 @@ class Method(abc.ABC):
             masks.apply_(network, replace=True)
             off = {name: off[name] | removed[name] for name in costs.names}
             callbacks = [*own, SilentUnits(network, {name: ~gone for name, gone in off.items()})]
-            history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
-                                                                 distill=config.finetune_distill), callbacks)
+            history += self._round_epoch(network, config, context, callbacks)
             units, _ = costs.counts(masks)
             rounds.append({"macs": costs.masks_macs(masks), "units": units.tolist(),
                            "inputs_removed": int(removed[INPUTS].sum()), "val_accuracy": history[-1].get("val_accuracy")})
@@ -339,8 +345,7 @@ class VariationalMethod(Method):
             count = max(goal, math.floor(start * (goal / start) ** (step / config.compression_rounds)))
             masks = keep_top_weights(network, masks, count, context.output)
             masks.apply_(network, replace=True)
-            history += context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
-                                                                 distill=config.finetune_distill), callbacks)
+            history += self._round_epoch(network, config, context, callbacks)
             rounds.append({"kept": masks.kept_weights(), "compression": total / max(masks.kept_weights(), 1),
                            "val_accuracy": history[-1].get("val_accuracy")})
         return masks, history, {"target_compression": config.target_compression, "start_kept": start,

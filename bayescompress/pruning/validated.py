@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from bayescompress._validation import check_in_range, check_non_negative_int
 from bayescompress.metrics import evaluate
@@ -98,7 +98,8 @@ def prune_within_units(
     return best, record
 
 
-def _ranked(network: nn.Module, masks: Masks, caller: str):
+def _ranked(network: nn.Module, masks: Masks,
+            caller: str) -> tuple[list[tuple[str, nn.Module]], list[Tensor], list[Tensor], Tensor]:
     """(layers, kept masks, SNR scores zeroed where not kept, the kept entries' scores concatenated)."""
     layers = bayesian_layers(network)
     if {name for name, _ in layers} != set(masks.weight):
