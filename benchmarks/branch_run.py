@@ -5,10 +5,10 @@
 Waits until SOURCE_RUN's checkpoint holds a finished phase 0 (the training before pruning), copies that phase
 and the run's settings into NEW_RUN's checkpoint with the given settings changed, and continues NEW_RUN with
 ``bayescompress compress --resume``. Only settings that act after phase 0 may change (pruning, fine-tuning,
-compute budget); a setting of the VI itself is refused. The checkpoint keeps the random-number states, so the
-branch ends exactly as a fresh run with the changed flags would (its invocation.json records that command),
-at the cost of the fine-tuning alone. The source must still be running or interrupted: a finished run has
-removed its checkpoint.
+budgets: ``AFTER_VI``); any other is refused. The checkpoint keeps the random-number states, so the branch
+ends exactly as a fresh run with the changed flags would (its invocation.json records that command), at the
+cost of the fine-tuning alone. The source must still be running or interrupted: a finished run has removed
+its checkpoint.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import time
 from pathlib import Path
 
 from bayescompress import methods
+from bayescompress.methods import MethodConfig
 
-# settings read before or during phase 0: changing one would make the copied posterior another run's
-VI_SETTINGS = {"epochs", "lr", "rho_lr", "lr_schedule", "init_rho", "kl_warmup_epochs", "kl_weight",
-               "max_val_drop", "val_checks_per_epoch", "estimator", "train_clip", "seed", "model", "weights",
-               "dataset", "data_dir", "method", "batch_size", "prior_scale", "pi0", "device"}
+# method settings read only after phase 0 (the pruning, the budgets, the fine-tuning): anything else would make
+# the copied posterior another run's, so it is refused rather than listed as exceptions
+AFTER_VI = {field.name for field in dataclasses.fields(MethodConfig)} | {
+    "within_unit_drop", "target_compression", "compression_rounds", "log_alpha_threshold", "keep_fraction",
+    "snr_threshold", "level"}
 
 
 def parse_changes(pairs: list[str]) -> dict[str, str]:
@@ -40,8 +42,9 @@ def parse_changes(pairs: list[str]) -> dict[str, str]:
         if not flag.startswith("--"):
             raise SystemExit(f"expected a --flag, got {flag!r}")
         key = flag[2:].replace("-", "_")
-        if key in VI_SETTINGS:
-            raise SystemExit(f"{flag} acts before or during the VI phase; a branch may only change what follows it")
+        if key not in AFTER_VI:
+            raise SystemExit(f"{flag} is not a setting of what follows the VI phase; a branch may change only "
+                             f"{', '.join(sorted(AFTER_VI))}")
         changes[key] = value
     return changes
 
