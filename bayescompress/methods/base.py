@@ -104,7 +104,7 @@ class VariationalConfig(MethodConfig):
         "masks as they are)", Real(0.0, 1.0, optional=True))
     target_compression: float | None = setting(
         None, "after pruning, also remove the lowest-SNR kept weights in compression_rounds rounds, one epoch of "
-        "fine-tuning after each, until |W|/|W!=0| reaches this (none = no budget)",
+        "fine-tuning after each, until the pruned layers' |W|/|W!=0| reaches this (none = no budget)",
         Real(1.0, low_open=True, optional=True))
     compression_rounds: int = setting(6, "rounds of weight removal towards target_compression, each followed by "
                                       "one epoch of fine-tuning at finetune_lr", Integer(1))
