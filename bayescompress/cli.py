@@ -97,6 +97,10 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     comp.add_argument("--resume", metavar="RUN", help="continue the interrupted run in the run folder RUN from its "
                                                       "checkpoint, with the settings it was started with")
     _network_and_data(comp, required=False)
+    comp.add_argument("--from-run", metavar="RUN", help="start from the trained posterior of the finished run RUN "
+                      "(its trained.safetensors) instead of training: only the pruning, budgets and fine-tuning run, "
+                      "with RUN's method and settings except the pruning and fine-tuning settings given here; "
+                      "--model/--weights must be the network RUN compressed")
     comp.add_argument("--method", choices=methods.names(), default="gaussian-snr",
                       help="the compression method (default gaussian-snr); --method M --help lists M's settings")
     comp.add_argument("--out", help="run folder to write (a new or empty folder); it holds the run's checkpoint "
@@ -250,11 +254,30 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
     return [*saved["argv"], *[arg for arg in rest if arg not in saved["argv"]], "--resume", known.resume]
 
 
+def _method_of_source_run(argv: list[str]) -> str | None:
+    """The method of the run ``--from-run RUN`` names (its flags are the ones to parse), if one is named."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--from-run")
+    source = pre.parse_known_args(argv[1:])[0].from_run
+    if source is None:
+        return None
+    from bayescompress.io import read_json_record
+
+    try:
+        method = read_json_record(Path(source) / "metrics.json", "a finished run folder")["method"]
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise SystemExit(f"bayescompress compress: error: --from-run {source}: {error}") from None
+    argv += ["--method", method]  # recorded in the invocation: a resumed run parses the same flags
+    return method
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compress"] and any(arg == "--resume" or arg.startswith("--resume=") for arg in argv):
         argv = _resumed_invocation(argv)
     method = _method_in(argv)
+    if argv[:1] == ["compress"] and not any(arg == "--method" or arg.startswith("--method=") for arg in argv):
+        method = _method_of_source_run(argv) or method
     parser = _parser(method)
     args, extras = parser.parse_known_args(argv)
     args.argv = argv
@@ -380,7 +403,8 @@ def _run(args: argparse.Namespace) -> int:
             with warnings.catch_warnings():  # reported below, louder
                 warnings.simplefilter("ignore", AccuracyLossWarning)
                 result = workflows.compress_files(args.model, args.weights, args.dataset, args.data_dir, method,
-                                                  pipeline=pipeline, batch_size=args.batch_size, checkpoint=checkpoint)
+                                                  pipeline=pipeline, batch_size=args.batch_size, checkpoint=checkpoint,
+                                                  posterior=args.from_run)
             if not distributed.is_main():
                 return 0
             output = _run_output(result, result.save(args.out, overwrite=args.overwrite, resume=True), args.quiet)

@@ -25,7 +25,7 @@ from bayescompress._validation import check_device
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
-from bayescompress.io import FORMAT_VERSION, read_json_record, weights_fingerprint, write_json
+from bayescompress.io import FORMAT_VERSION, read_json_record, read_safetensors, weights_fingerprint, write_json
 from bayescompress.inference.kept import KeptFraction
 from bayescompress.methods.base import Method, MethodConfig, TrainingContext, unknown_setting_message
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
@@ -100,6 +100,7 @@ def compress(
     epochs: int | None = None,
     pipeline: PipelineConfig | None = None,
     checkpoint: str | os.PathLike | None = None,
+    posterior: CompressionResult | str | os.PathLike | None = None,
 ) -> CompressionResult:
     """Train, prune and export ``model`` (left untouched; the work happens on a copy).
 
@@ -121,19 +122,30 @@ def compress(
     the per-epoch validation metrics, early stopping's checks and the probe inputs (shapes, the graph export's
     checks, the run folder's output check).
 
+    With ``posterior`` (a finished run folder, or a result) the training before pruning is skipped: the
+    network starts from that run's trained state and only the pruning, the budgets and the fine-tuning run,
+    with that run's settings except the ones ``method`` was given (only ``after_training`` settings of the
+    method's config may differ; ``model`` must hold the weights the run started from). One long VI run then
+    gives several operating points (docs/pruning.md).
+
     Example
     -------
     >>> result = compress(pretrained, train, val, method="turbo-vbi")                 # doctest: +SKIP
+    >>> again = compress(pretrained, train, val, SparseVD(within_unit_drop=0.01), posterior="runs/svd")  # doctest: +SKIP
     >>> result = compress(pretrained, train, val, TurboVBI(pi0=0.005, epochs=4))      # doctest: +SKIP
     >>> result.metrics["compression_rate"], result.exported                           # doctest: +SKIP
     """
     method = resolve_method(method, config)
     pipeline = pipeline or PipelineConfig()
-    method_config = method.configure(model)
+    start = TrainedRun.read(posterior) if posterior is not None else None
+    method_config = method.configure(model) if start is None else start.config_for(method)
     if epochs is not None:
         if "epochs" not in type(method_config).names():
             raise ValueError(unknown_setting_message("epochs", method.name, type(method_config)))
         method_config = dataclasses.replace(method_config, epochs=epochs)
+    original_weights = weights_fingerprint(model)
+    if start is not None:  # before any work
+        start.check(method_config, original_weights)
     eval_loader = test_loader if test_loader is not None else val_loader
     first = next(iter(val_loader), None)
     if first is None:
@@ -142,7 +154,9 @@ def compress(
     probe = first[0][:PROBE_SIZE].to(pipeline.device)
     example = probe[:1]
     record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}
-    store = open_checkpoint(checkpoint, record, weights_fingerprint(model)) if checkpoint is not None else None
+    if start is not None:
+        record["posterior"] = start.label
+    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
     original = copy_network(model).to(pipeline.device).eval()
 
     network = copy_network(model).to(pipeline.device).eval()
@@ -153,9 +167,9 @@ def compress(
     context = TrainingContext(train_loader, val_loader, example, output, seed=pipeline.seed, device=pipeline.device,
                               quiet=pipeline.quiet or not distributed.is_main(), observers=[cost, KeptFraction()],
                               checkpoint=store, original=original)
-    start = time.perf_counter()
-    trained = method.train_and_prune(network, method_config, context)
-    training_seconds = time.perf_counter() - start
+    started = time.perf_counter()
+    trained = method.train_and_prune(network, method_config, context, None if start is None else start.state)
+    training_seconds = time.perf_counter() - started
     masks, history, inclusion = trained.masks, trained.history, trained.inclusion
     # every rank must end with the same state; a difference would be a bug, never a rounding
     rank_difference = distributed.max_rank_difference({**masks.to_tensors(), **trained.network.state_dict()})
@@ -188,11 +202,69 @@ def compress(
     metrics["pruning"] = trained.pruning
     metrics["distributed"] = {"world_size": distributed.world_size(), "max_rank_difference": rank_difference}
     metrics["resumed_from"] = store.resumed_from() if store is not None else None
+    metrics["original_weights"] = original_weights
+    metrics["trained_from"] = None if start is None else start.label
     _check_accuracy_loss(metrics, pipeline.max_accuracy_loss)
     export = ExportRecord(folded, surgery, probe.detach().cpu())
     return CompressionResult(method.name, record, metrics, final_masks, original, network, exported, structure,
                              history, inclusion, posterior=posterior, export_record=export,
                              before_pruning=trained.before_pruning, scores=trained.scores)
+
+
+@dataclass
+class TrainedRun:
+    """A finished run's trained state (as its pruning found it), the settings it ran with and the fingerprint
+    of the weights it started from: where ``compress(posterior=...)`` starts."""
+
+    method: str
+    settings: dict
+    state: dict[str, Tensor]
+    original_weights: str | None  # None for runs written before fingerprints were kept
+    label: str
+
+    @classmethod
+    def read(cls, source: CompressionResult | str | os.PathLike) -> TrainedRun:
+        if isinstance(source, CompressionResult):
+            run = cls(source.method, source.config["method"], source.before_pruning,
+                      source.metrics.get("original_weights"), "the given result")
+        else:
+            directory = Path(source)
+            what = "a finished run folder, whose trained.safetensors holds the state its pruning started from"
+            metrics = read_json_record(directory / "metrics.json", what)
+            run = cls(metrics["method"], metrics["config"]["method"], read_safetensors(directory / "trained.safetensors", what),
+                      metrics.get("original_weights"), str(directory))
+        if not run.state:
+            raise ValueError(f"{run.label} keeps no trained state (it was not made by bayescompress.compress)")
+        return run
+
+    def config_for(self, method: Method) -> MethodConfig:
+        """``method``'s config for a run from this state: the run's settings, with those ``method`` was given
+        (a configured method's whole config, when it has one)."""
+        if method.name != self.method:
+            raise ValueError(f"{self.label} is a {self.method} run; its posterior is pruned with method="
+                             f"{self.method!r}, not {method.name!r}")
+        if method.config is not None:
+            return method.config
+        names = method.config_class.names()
+        saved = {key: tuple(value) if isinstance(value, list) else value for key, value in self.settings.items()
+                 if key in names}
+        return method.config_class(**{**saved, **method.settings})
+
+    def check(self, config: MethodConfig, original_weights: str) -> None:
+        """Refuse a config whose training settings differ from the run's, and weights other than the run's."""
+        own = json.loads(json.dumps(dataclasses.asdict(config)))  # as the run's record holds them
+        changed = sorted(key for key, value in own.items()
+                         if key not in config.after_training and key in self.settings and self.settings[key] != value)
+        if changed:
+            raise ValueError(
+                f"{self.label} was trained with " + ", ".join(f"{key}={self.settings[key]!r}" for key in changed)
+                + " and this run asks for " + ", ".join(f"{key}={own[key]!r}" for key in changed)
+                + ": starting from a run's posterior changes only what follows its training ("
+                + ", ".join(sorted(config.after_training)) + "); leave the others at the run's values")
+        if self.original_weights is not None and self.original_weights != original_weights:
+            raise ValueError(f"{self.label} started from other weights than the given model's (fingerprint "
+                             f"{self.original_weights[:12]}... against {original_weights[:12]}...); "
+                             "give the pretrained network that run compressed")
 
 
 def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None) -> Checkpoint:

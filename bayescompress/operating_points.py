@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
 from bayescompress import methods
 from bayescompress.io import read_json_record, read_safetensors
-from bayescompress.methods.base import TrainingContext
+from bayescompress.methods.base import TrainingContext, load_trained_state_
 from bayescompress.metrics import dense_macs, evaluate
 from bayescompress.nn import output_layer
 from bayescompress.nn.model import fold_multipliers_
@@ -125,10 +124,7 @@ def trained_network(run: CompressionResult | str | os.PathLike, model: nn.Module
     method = methods.get(name)
     config = method.config_class(**{key: tuple(v) if isinstance(v, list) else v for key, v in saved_config.items()})
     method(config=config).prepare(network, config, TrainingContext((), (), example, output_layer(network, example)))
-    for layer_name, layer in prunable_layers(network):  # a subspace method trained under masks
-        if f"{layer_name}.weight_orig" in state and not hasattr(layer, "weight_mask"):
-            prune.identity(layer, "weight")
-    network.load_state_dict(state)
+    load_trained_state_(network, state)
     return network.eval(), example
 
 

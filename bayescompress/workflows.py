@@ -154,11 +154,13 @@ def compress_files(
     pipeline: PipelineConfig | None = None,
     batch_size: int = 128,
     checkpoint: str | os.PathLike | None = None,
+    posterior: str | os.PathLike | None = None,
 ) -> CompressionResult:
     """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it
-    (under torchrun, each rank on its share of every batch of ``batch_size``). The data are split as
-    ``pretrain`` splits them whatever the seed (:data:`SPLIT_SEED`), so the validation and test images are ones
-    the pretrained network never trained on; the seed varies the training."""
+    (under torchrun, each rank on its share of every batch of ``batch_size``; from the trained state of the run
+    folder ``posterior`` when given). The data are split as ``pretrain`` splits them whatever the seed
+    (:data:`SPLIT_SEED`), so the validation and test images are ones the pretrained network never trained on;
+    the seed varies the training."""
     pipeline = pipeline or PipelineConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
     splits = load_dataset(dataset, data_dir, image_size=image_size, seed=SPLIT_SEED)
@@ -166,7 +168,7 @@ def compress_files(
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=pipeline.seed,
                                                          rank=distributed.rank(), world_size=distributed.world_size())
     result = compress(model, train_loader, val_loader, method, config=config, test_loader=test_loader,
-                      pipeline=pipeline, checkpoint=checkpoint)
+                      pipeline=pipeline, checkpoint=checkpoint, posterior=posterior)
     result.source = source
     return result
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune
 
 from bayescompress.inference import Callback, EarlyStopping, SilentUnits, TrainConfig, fit
 from bayescompress.inference.checkpoint import Checkpoint
@@ -53,7 +54,14 @@ def network_kind(model: nn.Module) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class MethodConfig(Settings):
-    """Settings every method has: the fine-tuning of the surviving weights under the masks."""
+    """Settings every method has: the fine-tuning of the surviving weights under the masks.
+
+    ``after_training`` names the settings read only after the training before pruning (pruning, budgets,
+    fine-tuning): the ones a run started from another run's posterior (``compress(posterior=...)``) may change.
+    """
+
+    after_training: ClassVar[frozenset[str]] = frozenset(
+        {"finetune_epochs", "finetune_lr", "finetune_distill", "target_macs", "macs_rounds", "macs_regrow"})
 
     finetune_epochs: int = setting(10, "epochs of training the surviving weights under the masks (0 = none)",
                                    Integer(0))
@@ -76,6 +84,9 @@ class MethodConfig(Settings):
 @dataclass(frozen=True, kw_only=True)
 class VariationalConfig(MethodConfig):
     """Settings of the methods that train a posterior by VI before pruning."""
+
+    after_training: ClassVar[frozenset[str]] = MethodConfig.after_training | {
+        "within_unit_drop", "target_compression", "compression_rounds"}
 
     epochs: int = setting(10, "VI epochs before pruning (an upper bound under max_val_drop)", Integer(1))
     lr: float = setting(1e-3, "learning rate of the posterior means", Real(0.0, 10.0, low_open=True))
@@ -199,11 +210,18 @@ class Method(abc.ABC):
             return self.config
         return self.config_class(**{**self.presets.get(network_kind(model), {}), **self.settings})
 
-    def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> Trained:
-        """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method."""
+    def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext,
+                        trained: dict[str, Tensor] | None = None) -> Trained:
+        """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method. With
+        ``trained`` (the state a run of this method and these training settings ended its training with), the
+        training is skipped and that state is pruned and fine-tuned instead."""
         costs = self._costs(network, config, context)  # before any training: an unsupported graph fails now
         self.prepare(network, config, context)
-        history = self.train(network, config, context)
+        if trained is None:
+            history = self.train(network, config, context)
+        else:
+            load_trained_state_(network, trained)
+            history = []
         before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
         scores = {name: sweep_scores(layer).cpu() for name, layer in prunable_layers(network)}
         masks, pruning = self.refine_masks(network, config, self.strategy(config).masks(network, context.output),
@@ -356,6 +374,15 @@ class VariationalMethod(Method):
         if config.max_val_drop is not None:  # last: see EarlyStopping
             callbacks.append(EarlyStopping(context.val_loader, config.max_val_drop, config.val_checks_per_epoch))
         return context.fit(network, context.train_config(**self.train_settings(config)), callbacks)
+
+
+def load_trained_state_(network: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a run's trained state into ``network`` as :meth:`Method.prepare` left it; a layer the run trained
+    under a weight mask (a subspace method) gets that mask's parametrisation first."""
+    for name, layer in prunable_layers(network):
+        if f"{name}.weight_orig" in state and not hasattr(layer, "weight_mask"):
+            prune.identity(layer, "weight")
+    network.load_state_dict(state)
 
 
 def unknown_setting_message(key: str, method: str, config_class: type[Settings], flags: bool = False) -> str:

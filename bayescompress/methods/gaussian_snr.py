@@ -7,6 +7,7 @@ Convert to a mean-field Bayesian network under a Gaussian prior N(0, s0^2), trai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
 from bayescompress.priors import GaussianPrior
@@ -17,6 +18,10 @@ from bayescompress.settings import Choice, Real, setting
 @dataclass(frozen=True, kw_only=True)
 class GaussianSNRConfig(VariationalConfig):
     """Settings of ``gaussian-snr``; the defaults are the LeNet-300-100 recipe (docs/benchmarks.md)."""
+
+    # the pruning rule acts only after the training (prior_scale is the training's prior here)
+    after_training: ClassVar[frozenset[str]] = (
+        VariationalConfig.after_training | {"keep_fraction", "snr_threshold", "level"})
 
     epochs: int = VariationalConfig.override("epochs", 5)
     prior_scale: float = setting(0.5, "standard deviation s0 of the Gaussian prior (before pruning and in the "

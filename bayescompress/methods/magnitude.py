@@ -4,6 +4,7 @@ network and fine-tune the survivors deterministically."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bayescompress.methods.base import Method, MethodConfig
 from bayescompress.nn.model import warn_unhandled
@@ -14,6 +15,9 @@ from bayescompress.settings import Choice, Real, setting
 @dataclass(frozen=True, kw_only=True)
 class MagnitudeConfig(MethodConfig):
     """Settings of ``magnitude``; the defaults are the LeNet-300-100 recipe."""
+
+    # nothing is trained before pruning: every setting acts after
+    after_training: ClassVar[frozenset[str]] = MethodConfig.after_training | {"keep_fraction", "scope"}
 
     keep_fraction: float = setting(0.09, "fraction of the weights kept",
                                    Real(0.0, 1.0, low_open=True, high_open=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
 from bayescompress.nn.model import fold_multipliers_
@@ -23,6 +24,9 @@ from bayescompress.settings import Flag, Real, setting
 @dataclass(frozen=True, kw_only=True)
 class SparseVDConfig(VariationalConfig):
     """Settings of ``sparse-vd``; the defaults follow the authors' LeNet setting, shortened (docs/benchmarks.md)."""
+
+    # the fine-tuning's prior acts only after the training (the threshold is train_clip's too)
+    after_training: ClassVar[frozenset[str]] = VariationalConfig.after_training | {"prior_scale"}
 
     epochs: int = VariationalConfig.override("epochs", 20)
     # the authors' log sigma^2 = -10 at the start: sigma = e^-5

@@ -9,6 +9,7 @@ masked VI under a Gaussian prior.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bayescompress.inference import Callback, GateMonitor, SilentUnits
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
@@ -25,6 +26,9 @@ class SpikeSlabConfig(VariationalConfig):
     with mean-field gates started at 0.95, single weights pruned inside the surviving units on a 7-point
     validation budget that 30 epochs of fine-tuning win back, early stopping only as a safety net
     (docs/benchmarks.md)."""
+
+    # the fine-tuning's prior acts only after the training
+    after_training: ClassVar[frozenset[str]] = VariationalConfig.after_training | {"prior_scale"}
 
     epochs: int = VariationalConfig.override("epochs", 12)
     kl_warmup_epochs: int = VariationalConfig.override("kl_warmup_epochs", 1)

@@ -9,6 +9,7 @@ whose posterior inclusion pi~ is below 1/2, and fine-tune the survivors by maske
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bayescompress.inference import Callback, TurboCallback
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
@@ -25,6 +26,9 @@ _PROBABILITY = Real(0.0, 1.0, low_open=True, high_open=True)
 class TurboVBIConfig(VariationalConfig):
     """Settings of ``turbo-vbi``; the defaults are the LeNet-300-100 recipe (73x at 1.86 % error,
     docs/benchmarks.md)."""
+
+    # the fine-tuning's prior acts only after the training
+    after_training: ClassVar[frozenset[str]] = VariationalConfig.after_training | {"prior_scale"}
 
     epochs: int = VariationalConfig.override("epochs", 8)
     rho_lr: float | None = VariationalConfig.override("rho_lr", 1e-2)
