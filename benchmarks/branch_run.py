@@ -5,10 +5,11 @@
 Waits until SOURCE_RUN's checkpoint holds a finished phase 0 (the training before pruning), copies that phase
 and the run's settings into NEW_RUN's checkpoint with the given settings changed, and continues NEW_RUN with
 ``bayescompress compress --resume``. Only settings that act after phase 0 may change (pruning, fine-tuning,
-budgets: ``AFTER_VI``); any other is refused. The checkpoint keeps the random-number states, so the branch
-ends exactly as a fresh run with the changed flags would (its invocation.json records that command), at the
-cost of the fine-tuning alone. The source must still be running or interrupted: a finished run has removed
-its checkpoint.
+budgets: the method config's ``after_training``); any other is refused. The checkpoint keeps the random-number
+states, so the branch ends exactly as a fresh run with the changed flags would (its invocation.json records
+that command), at the cost of the fine-tuning alone. The source must still be running or interrupted: a
+finished run has removed its checkpoint, and is branched with ``bayescompress compress --from-run`` instead
+(the same posterior; the fine-tuning then shuffles the data from the seed, not from where the VI left off).
 """
 
 from __future__ import annotations
@@ -24,17 +25,10 @@ import time
 from pathlib import Path
 
 from bayescompress import methods
-from bayescompress.methods import MethodConfig
 
-# method settings read only after phase 0 (the pruning, the budgets, the fine-tuning): anything else would make
-# the copied posterior another run's, so it is refused rather than listed as exceptions
-AFTER_VI = {field.name for field in dataclasses.fields(MethodConfig)} | {
-    "within_unit_drop", "target_compression", "compression_rounds", "log_alpha_threshold", "keep_fraction",
-    "snr_threshold", "level"}
-
-
-def parse_changes(pairs: list[str]) -> dict[str, str]:
-    """['--within-unit-drop', '0.01', ...] -> {'within_unit_drop': '0.01', ...}."""
+def parse_changes(pairs: list[str], after_training: frozenset[str]) -> dict[str, str]:
+    """['--within-unit-drop', '0.01', ...] -> {'within_unit_drop': '0.01', ...}, each a setting of the method's
+    ``after_training`` (anything else would make the copied posterior another run's, so it is refused)."""
     if len(pairs) % 2:
         raise SystemExit(f"give the changed settings as --name value pairs; got {pairs}")
     changes = {}
@@ -42,9 +36,9 @@ def parse_changes(pairs: list[str]) -> dict[str, str]:
         if not flag.startswith("--"):
             raise SystemExit(f"expected a --flag, got {flag!r}")
         key = flag[2:].replace("-", "_")
-        if key not in AFTER_VI:
+        if key not in after_training:
             raise SystemExit(f"{flag} is not a setting of what follows the VI phase; a branch may change only "
-                             f"{', '.join(sorted(AFTER_VI))}")
+                             f"{', '.join(sorted(after_training))}")
         changes[key] = value
     return changes
 
@@ -84,7 +78,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between looks at the source")
     args, rest = parser.parse_known_args()
-    changes = parse_changes(rest)
+    if not (args.source / "invocation.json").is_file():
+        raise SystemExit(f"{args.source} is not a running or interrupted command-line run (no invocation.json); a "
+                         "finished run is branched with: bayescompress compress --from-run SOURCE ...")
+    invocation = json.loads((args.source / "invocation.json").read_text())
+    method = invocation["argv"][invocation["argv"].index("--method") + 1]
+    config_class = methods.get(method).config_class
+    changes = parse_changes(rest, config_class.after_training)
     if args.out.exists():
         raise SystemExit(f"{args.out} exists; give a new folder")
 
@@ -95,10 +95,8 @@ def main() -> None:
     shutil.copy2(tensors, staging / "checkpoint" / tensors.name)
     (staging / "checkpoint" / "phase-0.json").write_text(json.dumps(saved))
     settings = json.loads((args.source / "checkpoint" / "run.json").read_text())
-    invocation = json.loads((args.source / "invocation.json").read_text())
     # a setting added to the method since the source started is at its default there
-    method = invocation["argv"][invocation["argv"].index("--method") + 1]
-    for field in dataclasses.fields(methods.get(method).config_class):
+    for field in dataclasses.fields(config_class):
         if field.name not in settings["method"] and field.default is not dataclasses.MISSING:
             settings["method"][field.name] = field.default
     settings["method"].update({key: setting_value(value) for key, value in changes.items()})
