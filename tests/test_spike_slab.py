@@ -64,7 +64,7 @@ def _expected_slab_and_gate_kl(layer):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_kl_is_gates_plus_gated_slab_plus_scales(family):
-    layer = BayesLinear(5, 4, prior=family(input_gates=True, prior_inclusion=0.1))
+    layer = BayesLinear(5, 4, prior=family(input_gates=True, prior_inclusion=0.1, slab_kl="gated"))
     with torch.no_grad():
         layer.prior.gate_logit.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0]))
         layer.prior.input_gate_logit.copy_(torch.linspace(-2, 2, 5))
