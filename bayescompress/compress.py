@@ -38,6 +38,8 @@ from bayescompress.pruning.structure import layer_output_shapes
 from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
 from bayescompress.settings import Flag, Integer, Real, Settings, setting
 
+# The method of a compress call that names none (and starts from no run's posterior).
+DEFAULT_METHOD = "gaussian-snr"
 # Validation inputs kept with a run: the graph export's constant test and a saved run's output check use them.
 PROBE_SIZE = 8
 # Largest |logit difference| between the export and the masked network that counts as the same function.
@@ -93,7 +95,7 @@ def compress(
     model: nn.Module,
     train_loader: Iterable,
     val_loader: Iterable,
-    method: str | Method = "gaussian-snr",
+    method: str | Method | None = None,
     *,
     config: MethodConfig | None = None,
     test_loader: Iterable | None = None,
@@ -105,8 +107,9 @@ def compress(
     """Train, prune and export ``model`` (left untouched; the work happens on a copy).
 
     ``method`` is a registered name (``bayescompress.methods.names()``) or a configured method such as
-    ``TurboVBI(pi0=0.005)``; ``config`` is that method's config (e.g. ``TurboVBIConfig``). Without either,
-    the method runs its benchmarked recipe, the CNN preset when ``model`` has a Conv2d. ``epochs`` overrides
+    ``TurboVBI(pi0=0.005)`` (default ``"gaussian-snr"``, or the method of the ``posterior`` run); ``config``
+    is that method's config (e.g. ``TurboVBIConfig``). Without either, the method runs its benchmarked recipe,
+    the CNN preset when ``model`` has a Conv2d. ``epochs`` overrides
     the method's training epochs before pruning; ``pipeline`` holds the settings around the method (seed,
     device, MC samples, the accuracy-loss warning).
 
@@ -131,13 +134,13 @@ def compress(
     Example
     -------
     >>> result = compress(pretrained, train, val, method="turbo-vbi")                 # doctest: +SKIP
-    >>> again = compress(pretrained, train, val, SparseVD(within_unit_drop=0.01), posterior="runs/svd")  # doctest: +SKIP
     >>> result = compress(pretrained, train, val, TurboVBI(pi0=0.005, epochs=4))      # doctest: +SKIP
     >>> result.metrics["compression_rate"], result.exported                           # doctest: +SKIP
+    >>> cut = compress(pretrained, train, val, SparseVD(target_compression=100), posterior="runs/svd")  # doctest: +SKIP
     """
-    method = resolve_method(method, config)
-    pipeline = pipeline or PipelineConfig()
     start = TrainedRun.read(posterior) if posterior is not None else None
+    method = resolve_method(method or (start.method if start is not None else DEFAULT_METHOD), config)
+    pipeline = pipeline or PipelineConfig()
     method_config = method.configure(model) if start is None else start.config_for(method)
     if epochs is not None:
         if "epochs" not in type(method_config).names():
@@ -231,8 +234,9 @@ class TrainedRun:
             directory = Path(source)
             what = "a finished run folder, whose trained.safetensors holds the state its pruning started from"
             metrics = read_json_record(directory / "metrics.json", what)
-            run = cls(metrics["method"], metrics["config"]["method"], read_safetensors(directory / "trained.safetensors", what),
-                      metrics.get("original_weights"), str(directory))
+            state = read_safetensors(directory / "trained.safetensors", what)
+            run = cls(metrics["method"], metrics["config"]["method"], state, metrics.get("original_weights"),
+                      str(directory))
         if not run.state:
             raise ValueError(f"{run.label} keeps no trained state (it was not made by bayescompress.compress)")
         return run

@@ -89,6 +89,10 @@ def test_fine_tuning_from_a_posterior_trains_only_the_fine_tuning(digits):
     run = _run(digits, "sparse-vd", posterior=source, finetune_epochs=2)
     assert len(run.history) == 2 and run.metrics["training"]["steps"] > 0
     assert run.masks.kept_weights() == source.masks.kept_weights()
+    model, splits = digits
+    train, val, _ = make_loaders(splits, batch_size=64)
+    unnamed = compress(model, train, val, posterior=source, pipeline=QUICK)  # the run's method, not the default
+    assert unnamed.method == "sparse-vd" and unnamed.config["method"] == source.config["method"]
 
 
 def test_training_settings_other_weights_and_another_method_are_refused(digits, tmp_path):
