@@ -470,5 +470,7 @@ def render_report(method: str, metrics: dict) -> str:
         f"- latency exported / original (batch {metrics['latency']['batch_size']}): {metrics['latency_ratio']:.3f}",
         f"- architecture: {metrics['architecture']['original']} -> {metrics['architecture']['exported']} units",
         f"- max |logit difference| exported vs masked posterior mean: {metrics['export_max_abs_diff']:.2e}",
+        *([f"- started from the trained posterior of {metrics['trained_from']} (its training not repeated)"]
+          if metrics.get("trained_from") else []),
         "",
     ])

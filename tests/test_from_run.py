@@ -128,6 +128,7 @@ def test_the_command_line_takes_the_method_and_settings_from_the_run(digits_mlp_
     assert done.returncode == 0, done.stderr
     source, branch = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("src", "branch"))
     assert branch["method"] == "sparse-vd" and branch["trained_from"] == "src"
+    assert "started from the trained posterior of src" in (tmp_path / "branch" / "report.md").read_text()
     expected = {**source["config"]["method"], "within_unit_drop": 0.05}
     assert branch["config"]["method"] == expected
     assert branch["compression_rate"] > source["compression_rate"]
