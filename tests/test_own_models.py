@@ -131,6 +131,22 @@ def test_every_method_compresses_saves_and_loads_every_model(case, method, tmp_p
     assert again == result.metrics["compressed"]
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_a_runs_posterior_is_pruned_again_on_every_model(case):
+    result, test, _ = _compressed(case, "gaussian-snr")
+    _, data = CASES[case]
+    train, val = (_loader(data(n, seed)) for n, seed in ((32, 1), (16, 2)))
+    pipeline = PipelineConfig(mc_samples=0, latency_batch=8, latency_budget=0.05, quiet=True, seed=4)
+    method = methods.get("gaussian-snr")
+    # the run's own pruning, without its fine-tuning: the same masks, BatchNorms folded as the run folded them
+    again = compress(_pretrained(case), train, val, method(finetune_epochs=0), posterior=result, pipeline=pipeline)
+    assert again.masks.to_tensors().keys() == result.masks.to_tensors().keys()
+    assert all(torch.equal(mask, result.masks.to_tensors()[name]) for name, mask in again.masks.to_tensors().items())
+    sparser = compress(_pretrained(case), train, val, method(keep_fraction=0.15, finetune_epochs=0),
+                       posterior=result, pipeline=pipeline)
+    assert sparser.masks.kept_weights() < result.masks.kept_weights()
+
+
 def test_transformer_modules_that_cannot_be_handled_are_named_in_a_warning():
     _, _, messages = _compressed("transformer", "gaussian-snr")
     skipped = next(m for m in messages if "kept deterministic and unpruned" in m)
