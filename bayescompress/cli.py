@@ -255,7 +255,7 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
 
 
 def _method_of_source_run(argv: list[str]) -> str | None:
-    """The method of the run ``--from-run RUN`` names (its flags are the ones to parse), if one is named."""
+    """The method of the run ``--from-run RUN`` names, if one is named."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--from-run")
     source = pre.parse_known_args(argv[1:])[0].from_run
@@ -267,7 +267,6 @@ def _method_of_source_run(argv: list[str]) -> str | None:
         method = read_json_record(Path(source) / "metrics.json", "a finished run folder")["method"]
     except (ValueError, FileNotFoundError, KeyError) as error:
         raise SystemExit(f"bayescompress compress: error: --from-run {source}: {error}") from None
-    argv += ["--method", method]  # recorded in the invocation: a resumed run parses the same flags
     return method
 
 
@@ -277,7 +276,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         argv = _resumed_invocation(argv)
     method = _method_in(argv)
     if argv[:1] == ["compress"] and not any(arg == "--method" or arg.startswith("--method=") for arg in argv):
-        method = _method_of_source_run(argv) or method
+        if (source_method := _method_of_source_run(argv)) is not None:
+            method = source_method  # its flags are the ones to parse; in the invocation, so a resume parses them too
+            argv += ["--method", method]
     parser = _parser(method)
     args, extras = parser.parse_known_args(argv)
     args.argv = argv

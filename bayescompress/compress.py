@@ -249,10 +249,15 @@ class TrainedRun:
                              f"{self.method!r}, not {method.name!r}")
         if method.config is not None:
             return method.config
-        names = method.config_class.names()
-        saved = {key: tuple(value) if isinstance(value, list) else value for key, value in self.settings.items()
-                 if key in names}
-        return method.config_class(**{**saved, **method.settings})
+        return dataclasses.replace(self.saved_config(), **method.settings)
+
+    def saved_config(self) -> MethodConfig:
+        """The config the run ran with (a setting removed from the method since is dropped, one added since
+        takes its default)."""
+        config_class = methods.get(self.method).config_class
+        names = config_class.names()
+        return config_class(**{key: tuple(value) if isinstance(value, list) else value  # JSON keeps tuples as lists
+                               for key, value in self.settings.items() if key in names})
 
     def check(self, config: MethodConfig, original_weights: str) -> None:
         """Refuse a config whose training settings differ from the run's, and weights other than the run's."""

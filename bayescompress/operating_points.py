@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bayescompress import methods
+from bayescompress.compress import TrainedRun
 from bayescompress.io import read_json_record, read_safetensors
 from bayescompress.methods.base import TrainingContext, load_trained_state_
 from bayescompress.metrics import dense_macs, evaluate
@@ -100,31 +101,25 @@ def trained_network(run: CompressionResult | str | os.PathLike, model: nn.Module
                     ) -> tuple[nn.Module, Tensor]:
     """The trained network of ``run`` as the pruning found it, and an example input."""
     if isinstance(run, CompressionResult):
-        if not run.before_pruning:
-            raise ValueError("this result keeps no state from before the pruning (it was not made by "
-                             "bayescompress.compress)")
         source = {"kind": "caller"}
         architecture = {"source": source, "batchnorm_folded": [list(p) for p in run.export_record.batchnorm_folded]}
-        name, saved_config, state = run.method, run.config["method"], run.before_pruning
         example = run.export_record.probe[:1]
         model = run.original
     else:
         directory = Path(run)
         what = "not a run folder with a trained posterior (runs written before operating points had none)"
         architecture = read_json_record(directory / "architecture.json", what)
-        metrics = read_json_record(directory / "metrics.json", what)
         if "source" not in architecture:
             raise ValueError(f"{directory / 'architecture.json'} does not say how to build the original network: "
                              "the run predates operating points; compress again")
-        name, saved_config = metrics["method"], metrics["config"]["method"]
-        state = read_safetensors(directory / "trained.safetensors", what)
         example = read_safetensors(directory / "probe.safetensors", what)["input"][:1]
+    trained = TrainedRun.read(run)
     network = build_original(architecture["source"], model).cpu().eval()
     fold_batchnorm_(network, [tuple(pair) for pair in architecture["batchnorm_folded"]])
-    method = methods.get(name)
-    config = method.config_class(**{key: tuple(v) if isinstance(v, list) else v for key, v in saved_config.items()})
-    method(config=config).prepare(network, config, TrainingContext((), (), example, output_layer(network, example)))
-    load_trained_state_(network, state)
+    config = trained.saved_config()
+    methods.get(trained.method)(config=config).prepare(network, config, TrainingContext(
+        (), (), example, output_layer(network, example)))
+    load_trained_state_(network, trained.state)
     return network.eval(), example
 
 
