@@ -17,6 +17,8 @@ loss = mean NLL + KL / N_train):
 * the LRT floor: every layer with LRT's two operations (op(x, mu) and op(x^2, |v|), v a free variance
   parameter) and its sample, Adam over both, and nothing else: no softplus, no KL. What any LRT
   implementation pays at least; the gap between it and ``lrt`` is our posterior and KL work.
+* the shared floor, the same for one weight sample per mini-batch: op(x, mu + |s| * eps) with eps drawn
+  fresh for every weight at every step, Adam over mu and s, no softplus, no KL.
 * bayesian-torch: the same architectures built from ``LinearReparameterization`` /
   ``Conv2dReparameterization`` and ``LinearFlipout`` / ``Conv2dFlipout``, trained by the plain loop below
   (forward, NLL + KL/N, backward, Adam step). Ratio over the deterministic network timed through that
@@ -78,13 +80,18 @@ class PeerNet(nn.Module):
 
 
 class FloorLayer(nn.Module):
-    """A Linear/Conv2d with LRT's two operations and sample, the variance a free parameter (kept positive by abs)."""
+    """A Linear/Conv2d with only an estimator's sampling work, the spread a free parameter kept positive by abs.
 
-    def __init__(self, layer: nn.Linear | nn.Conv2d) -> None:
+    ``lrt``: LRT's two operations, op(x, mu) and op(x^2, |v|), and its sample; ``shared``: one operation with
+    the weights mu + |s| * eps, eps drawn for every weight at every step. No softplus, no KL.
+    """
+
+    def __init__(self, layer: nn.Linear | nn.Conv2d, estimator: str) -> None:
         super().__init__()
         self.layer = layer
-        self.variance = nn.Parameter(torch.full_like(layer.weight, 1e-4))
-        self.bias_variance = nn.Parameter(torch.full_like(layer.bias, 1e-4))
+        self.estimator = estimator
+        self.spread = nn.Parameter(torch.full_like(layer.weight, 1e-4))
+        self.bias_spread = nn.Parameter(torch.full_like(layer.bias, 1e-4))
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         if isinstance(self.layer, nn.Conv2d):
@@ -92,17 +99,21 @@ class FloorLayer(nn.Module):
         return F.linear(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = self._op(x * x, self.variance.abs(), self.bias_variance.abs() + 1e-8)
-        return _SampleOutput.apply(self._op(x, self.layer.weight, self.layer.bias), variance)
+        if self.estimator == "lrt":
+            variance = self._op(x * x, self.spread.abs(), self.bias_spread.abs() + 1e-8)
+            return _SampleOutput.apply(self._op(x, self.layer.weight, self.layer.bias), variance)
+        weight = torch.addcmul(self.layer.weight, self.spread.abs(), torch.randn_like(self.spread))
+        bias = torch.addcmul(self.layer.bias, self.bias_spread.abs(), torch.randn_like(self.bias_spread))
+        return self._op(x, weight, bias)
 
 
-def lrt_floor(model: nn.Module) -> nn.Module:
+def floor_network(model: nn.Module, estimator: str) -> nn.Module:
     """``model`` with every Linear/Conv2d replaced by a :class:`FloorLayer`, in place."""
     for name, child in model.named_children():
         if type(child) in (nn.Linear, nn.Conv2d):
-            setattr(model, name, FloorLayer(child))
+            setattr(model, name, FloorLayer(child, estimator))
         else:
-            lrt_floor(child)
+            floor_network(child, estimator)
     return model
 
 
@@ -183,8 +194,9 @@ def main() -> None:
             bayesian = set_estimator_(bayesianize_(copy.deepcopy(deterministic)), estimator)
             seconds = epoch_seconds(bayesian, loader, n_train, args.repeats)
             record(name, f"bayescompress {estimator}", "Trainer", seconds, det)
-        floor = epoch_seconds(lrt_floor(copy.deepcopy(deterministic)), loader, n_train, args.repeats)
-        record(name, "LRT floor", "Trainer", floor, det)
+        for estimator in ("lrt", "shared"):
+            floor = floor_network(copy.deepcopy(deterministic), estimator)
+            record(name, f"{estimator} floor", "Trainer", epoch_seconds(floor, loader, n_train, args.repeats), det)
 
         # Peers: plain-loop-timed, ratio over the same deterministic net through the plain loop.
         plain_det = plain_epoch_seconds(untrained, loader, n_train, args.repeats)

@@ -41,18 +41,24 @@ def test_loss_is_mean_nll_plus_kl_over_training_set_size():
     assert torch.allclose(loss, expected_nll + kl / 96)
 
 
-def test_distillation_mixes_the_teachers_probabilities_into_the_targets():
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_distillation_mixes_the_teachers_probabilities_into_the_targets(temperature):
     loader, x, y = _toy_problem()
     model, teacher = _bnn(), nn.Sequential(nn.Linear(6, 3))
-    trainer = Trainer(model, loader, config=TrainConfig(epochs=1, quiet=True, distill=0.3), teacher=teacher)
+    config = TrainConfig(epochs=1, quiet=True, distill=0.3, distill_temperature=temperature)
+    trainer = Trainer(model, loader, config=config, teacher=teacher)
     torch.manual_seed(3)
     loss, nll, kl = trainer.loss(x[:32], y[:32])
     torch.manual_seed(3)
     model.train()
-    log_p = F.log_softmax(model(x[:32]), dim=1)
-    teacher_p = F.softmax(teacher(x[:32]), dim=1).detach()
-    # -E_target[log p] with the target (0.7 label + 0.3 teacher), written out term by term
-    expected = -(0.7 * log_p.gather(1, y[:32, None]).squeeze(1) + 0.3 * (teacher_p * log_p).sum(1)).mean()
+    logits = model(x[:32])
+    log_p = F.log_softmax(logits, dim=1)
+    log_p_soft = F.log_softmax(logits / temperature, dim=1)
+    teacher_p = F.softmax(teacher(x[:32]) / temperature, dim=1).detach()
+    # 0.7 * CE(label) + 0.3 * T^2 * CE(teacher at T), written out term by term; at T = 1 this is
+    # -E_target[log p] with the target (0.7 label + 0.3 teacher)
+    expected = -(0.7 * log_p.gather(1, y[:32, None]).squeeze(1)
+                 + 0.3 * temperature ** 2 * (teacher_p * log_p_soft).sum(1)).mean()
     assert torch.allclose(nll, expected, atol=1e-6)
     assert torch.allclose(loss, expected + kl / 96, atol=1e-6)
 

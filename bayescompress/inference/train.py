@@ -93,9 +93,13 @@ class TrainConfig:
         over all steps, Sparse VD's schedule).
     kl_weight: beta once warm-up is over (> 0; 1 is the ELBO).
     kl_warmup_epochs: beta grows linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up).
-    distill: weight w of a teacher's predicted probabilities in the targets, in [0, 1): the data term is the
-        cross-entropy with ``(1 - w) * one_hot(label) + w * softmax(teacher(x))`` (0 = the labels only; a
-        positive weight needs ``fit(..., teacher=...)``).
+    distill: weight w of a teacher's predicted probabilities in the targets, in [0, 1): the data term is
+        ``(1 - w) * CE(label) + w * T^2 * CE(softmax(teacher(x) / T))``, the student's logits also divided by T
+        (0 = the labels only; a positive weight needs ``fit(..., teacher=...)``).
+    distill_temperature: T above (> 0). At 1 the term is the cross-entropy with the mixed targets
+        ``(1 - w) * one_hot(label) + w * softmax(teacher(x))``; larger T exposes the teacher's ranking of the
+        wrong classes, which a confident teacher's probabilities at T = 1 hide (Hinton et al. 2015); T^2 keeps
+        the soft term's gradient on the scale of the labels' term.
     eval_samples: Monte-Carlo samples for the per-epoch validation metrics (0 = posterior mean).
     seed: seeds torch before training (None leaves the global RNG alone).
     device: where to train, e.g. ``"cpu"`` or ``"cuda"``.
@@ -119,6 +123,7 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
     distill: float = 0.0
+    distill_temperature: float = 1.0
     eval_samples: int = 10
     seed: int | None = 0
     device: str = "cpu"
@@ -137,6 +142,7 @@ class TrainConfig:
         check_positive("kl_weight", self.kl_weight)
         check_non_negative_int("kl_warmup_epochs", self.kl_warmup_epochs)
         check_in_range("distill", self.distill, 0.0, 1.0, high_inclusive=False)
+        check_positive("distill_temperature", self.distill_temperature)
         check_non_negative_int("eval_samples", self.eval_samples)
         if self.seed is not None:
             check_non_negative_int("seed", self.seed)
@@ -253,15 +259,17 @@ class Trainer:
         """(loss, mean NLL, KL_total) of one mini-batch."""
         with shared_sigma(self.model):
             logits = self.forward_module(x)
-            nll = F.cross_entropy(logits, y if self.teacher is None else self._targets(x, y, logits.shape[-1]))
+            nll = F.cross_entropy(logits, y) if self.teacher is None else self._distilled(x, y, logits)
             kl = kl_divergence(self.model).to(nll.device)
         return nll + self.beta * kl / self.n_train, nll, kl
 
-    @torch.no_grad()
-    def _targets(self, x: Tensor, y: Tensor, classes: int) -> Tensor:
-        """The labels mixed with the teacher's probabilities (``distill``)."""
-        soft = F.softmax(self.teacher(x), dim=-1)
-        return torch.lerp(F.one_hot(y, classes).to(soft.dtype), soft, self.config.distill)
+    def _distilled(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
+        """The labels' cross-entropy mixed with the teacher's at temperature T (``distill``)."""
+        temperature = self.config.distill_temperature
+        with torch.no_grad():
+            soft = F.softmax(self.teacher(x) / temperature, dim=-1)
+        soft_term = F.cross_entropy(logits / temperature, soft) * temperature ** 2
+        return torch.lerp(F.cross_entropy(logits, y), soft_term, self.config.distill)
 
     def fit(self) -> list[dict[str, float]]:
         """Run the loop; returns one record per epoch (see :func:`fit`)."""

@@ -61,7 +61,8 @@ class MethodConfig(Settings):
     """
 
     after_training: ClassVar[frozenset[str]] = frozenset(
-        {"finetune_epochs", "finetune_lr", "finetune_distill", "target_macs", "macs_rounds", "macs_regrow"})
+        {"finetune_epochs", "finetune_lr", "finetune_distill", "finetune_distill_temperature", "target_macs",
+         "macs_rounds", "macs_regrow"})
 
     finetune_epochs: int = setting(10, "epochs of training the surviving weights under the masks (0 = none)",
                                    Integer(0))
@@ -70,6 +71,10 @@ class MethodConfig(Settings):
     finetune_distill: float = setting(
         0.0, "weight w of the original network's predicted probabilities in the fine-tuning's targets: "
         "cross-entropy with (1 - w) * label + w * original (0 = the labels only)", Real(0.0, 1.0, high_open=True))
+    finetune_distill_temperature: float = setting(
+        1.0, "temperature T of finetune_distill: both networks' logits divided by T, the soft term scaled by T^2 "
+        "(1 = the mixed targets above; larger T passes on the original's ranking of the wrong classes)",
+        Real(0.0, 100.0, low_open=True))
     target_macs: int | None = setting(
         None, "after pruning, also remove whole units and input features, the least important per MAC first, "
         "until the exported network needs at most this many multiply-accumulates per example (none = no budget; "
@@ -240,7 +245,8 @@ class Method(abc.ABC):
         if config.finetune_epochs:  # annealed: settle the survivors
             history += context.fit(network, context.train_config(
                 epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine",
-                distill=config.finetune_distill), callbacks)
+                distill=config.finetune_distill, distill_temperature=config.finetune_distill_temperature),
+                callbacks)
         return Trained(network, masks, history, inclusion, before_pruning, scores, pruning)
 
     @abc.abstractmethod
@@ -277,7 +283,8 @@ class Method(abc.ABC):
                      callbacks: list[Callback]) -> list[dict]:
         """The one epoch of fine-tuning after a round of a budget (compute or compression)."""
         return context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
-                                                         distill=config.finetune_distill), callbacks)
+                                                         distill=config.finetune_distill, distill_temperature=config.finetune_distill_temperature),
+                callbacks)
 
     @staticmethod
     def _costs(network: nn.Module, config: MethodConfig, context: TrainingContext) -> ChainCosts | None:
