@@ -1,7 +1,7 @@
 """Time one training epoch of our Bayesian layers against bayesian-torch 0.5.0's, same networks, one process.
 
     python benchmarks/peer_epoch.py [--data-dir ../shared/data/mnist] [--models lenet300 lenet5]
-        [--repeats 3] [--threads N] [--max-batches B]
+        [--repeats 3] [--threads N] [--max-batches B] [--out NAME]
 
 bayesian-torch is a benchmark-only extra, installed without its dependencies (its metadata pulls in
 torchvision, whose registry wheel is a CUDA build that breaks a CPU torch; the layers need only torch):
@@ -165,6 +165,7 @@ def main() -> None:
                         help="truncate the epoch (quick checks)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave torch's choice)")
+    parser.add_argument("--out", default="peer_epoch", help="results/<out>.json (default peer_epoch)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -211,7 +212,7 @@ def main() -> None:
         print(f"{r['model']:<10}{r['network']:<26}{r['loop']:<8}{r['epoch_s']:8.3f}"
               f"{r['ratio']:8.2f}")
     command = "python benchmarks/peer_epoch.py " + " ".join(sys.argv[1:])
-    save_results("peer_epoch", {
+    save_results(args.out, {
         "command": command.strip(),
         "bayesian_torch": version("bayesian-torch"),
         "baselines": {"Trainer": "our deterministic net timed by epoch_time.epoch_seconds",

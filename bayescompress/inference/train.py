@@ -96,7 +96,7 @@ class TrainConfig:
     distill: weight w of a teacher's predicted probabilities in the targets, in [0, 1): the data term is
         ``(1 - w) * CE(label) + w * T^2 * CE(softmax(teacher(x) / T))``, the student's logits also divided by T
         (0 = the labels only; a positive weight needs ``fit(..., teacher=...)``).
-    distill_temperature: T above (> 0). At 1 the term is the cross-entropy with the mixed targets
+    distill_temperature: T above (> 0; default 4). At 1 the term is the cross-entropy with the mixed targets
         ``(1 - w) * one_hot(label) + w * softmax(teacher(x))``; larger T exposes the teacher's ranking of the
         wrong classes, which a confident teacher's probabilities at T = 1 hide (Hinton et al. 2015); T^2 keeps
         the soft term's gradient on the scale of the labels' term.
@@ -123,7 +123,7 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_warmup_epochs: int = 0
     distill: float = 0.0
-    distill_temperature: float = 1.0
+    distill_temperature: float = 4.0
     eval_samples: int = 10
     seed: int | None = 0
     device: str = "cpu"

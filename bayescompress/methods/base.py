@@ -72,7 +72,7 @@ class MethodConfig(Settings):
         0.0, "weight w of the original network's predicted probabilities in the fine-tuning's targets: "
         "cross-entropy with (1 - w) * label + w * original (0 = the labels only)", Real(0.0, 1.0, high_open=True))
     finetune_distill_temperature: float = setting(
-        1.0, "temperature T of finetune_distill: both networks' logits divided by T, the soft term scaled by T^2 "
+        4.0, "temperature T of finetune_distill: both networks' logits divided by T, the soft term scaled by T^2 "
         "(1 = the mixed targets above; larger T passes on the original's ranking of the wrong classes)",
         Real(0.0, 100.0, low_open=True))
     target_macs: int | None = setting(
