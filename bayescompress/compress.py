@@ -171,7 +171,8 @@ def compress(
                               quiet=pipeline.quiet or not distributed.is_main(), observers=[cost, KeptFraction()],
                               checkpoint=store, original=original)
     started = time.perf_counter()
-    trained = method.train_and_prune(network, method_config, context, None if start is None else start.state)
+    trained = method.train_and_prune(network, method_config, context, *(() if start is None else
+                                                                         (start.state, start.shuffling)))
     training_seconds = time.perf_counter() - started
     masks, history, inclusion = trained.masks, trained.history, trained.inclusion
     # every rank must end with the same state; a difference would be a bug, never a rounding
@@ -211,7 +212,8 @@ def compress(
     export = ExportRecord(folded, surgery, probe.detach().cpu())
     return CompressionResult(method.name, record, metrics, final_masks, original, network, exported, structure,
                              history, inclusion, posterior=posterior, export_record=export,
-                             before_pruning=trained.before_pruning, scores=trained.scores)
+                             before_pruning=trained.before_pruning, scores=trained.scores,
+                             shuffling=trained.shuffling)
 
 
 @dataclass
@@ -224,19 +226,22 @@ class TrainedRun:
     state: dict[str, Tensor]
     original_weights: str | None  # None for runs written before fingerprints were kept
     label: str
+    shuffling: list[Tensor]  # the loader's order after the training; empty for runs written before it was kept
 
     @classmethod
     def read(cls, source: CompressionResult | str | os.PathLike) -> TrainedRun:
         if isinstance(source, CompressionResult):
             run = cls(source.method, source.config["method"], source.before_pruning,
-                      source.metrics.get("original_weights"), "the given result")
+                      source.metrics.get("original_weights"), "the given result", source.shuffling)
         else:
             directory = Path(source)
             what = "a finished run folder, whose trained.safetensors holds the state its pruning started from"
             metrics = read_json_record(directory / "metrics.json", what)
             state = read_safetensors(directory / "trained.safetensors", what)
+            shuffling_file = directory / "shuffling.safetensors"
+            shuffling = read_safetensors(shuffling_file, what) if shuffling_file.is_file() else {}
             run = cls(metrics["method"], metrics["config"]["method"], state, metrics.get("original_weights"),
-                      str(directory))
+                      str(directory), [shuffling[f"generator.{i}"] for i in range(len(shuffling))])
         if not run.state:
             raise ValueError(f"{run.label} keeps no trained state (it was not made by bayescompress.compress)")
         return run

@@ -55,7 +55,7 @@ _PROBE_RTOL = 1e-4
 # What save writes (and `bayescompress plot` adds); overwrite refuses a run folder holding anything else.
 RUN_FILES = frozenset({"model.safetensors", "posterior.safetensors", "architecture.json", "masks.safetensors",
                        "probe.safetensors", "metrics.json", "report.md", "inclusion.safetensors", "trained.safetensors",
-                       "history.json", "scores.safetensors", "plots", "masks.png",
+                       "shuffling.safetensors", "history.json", "scores.safetensors", "plots", "masks.png",
                        "masks-inclusion.png"})
 
 # Constructor arguments of every module the exported sequential network can contain.
@@ -126,8 +126,9 @@ class CompressionResult:
     Turbo-VBI's pi~ per weight; empty for methods without them), ``posterior`` (the smaller Bayesian network,
     None for magnitude pruning), ``export_record`` (how the export was made), ``source`` (how to rebuild the
     original architecture: set by the command line; None for a model passed from Python) and ``before_pruning``
-    (the trained network's state as the pruning found it: :mod:`bayescompress.operating_points` re-prunes it) and
-    ``scores`` (per layer, the score each weight had then: ``pruning.importance.sweep_scores``).
+    (the trained network's state as the pruning found it: :mod:`bayescompress.operating_points` re-prunes it),
+    ``scores`` (per layer, the score each weight had then: ``pruning.importance.sweep_scores``) and ``shuffling``
+    (the training loader's shuffling-generator states then, so a run from this posterior sees the same batches).
     """
 
     method: str
@@ -145,6 +146,7 @@ class CompressionResult:
     source: dict | None = None
     before_pruning: dict[str, torch.Tensor] = field(default_factory=dict)
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    shuffling: list[torch.Tensor] = field(default_factory=list)
 
     def export(self, bayesian: bool = False) -> nn.Module:
         """The smaller network: plain layers at the posterior mean, or (``bayesian=True``) Bayesian layers
@@ -196,6 +198,9 @@ class CompressionResult:
                 save_weights(self.before_pruning, staging / "trained.safetensors")
             if self.scores:
                 save_weights(self.scores, staging / "scores.safetensors")
+            if self.shuffling:
+                save_weights({f"generator.{i}": state for i, state in enumerate(self.shuffling)},
+                             staging / "shuffling.safetensors")
             write_json(staging / "history.json", {"format_version": FORMAT_VERSION, "history": self.history})
             write_json(staging / "architecture.json", architecture)
             write_json(staging / "metrics.json", {"format_version": FORMAT_VERSION, "method": self.method,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from bayescompress.inference import Callback, EarlyStopping, SilentUnits, TrainConfig, fit
-from bayescompress.inference.checkpoint import Checkpoint
+from bayescompress.inference.checkpoint import Checkpoint, shuffling_generators
 from bayescompress.inference.train import LR_SCHEDULES
 from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
@@ -162,8 +162,10 @@ class Trained:
     """A method's result: the trained, masked network, its masks, one record per epoch of every training phase,
     the per-weight inclusion probabilities the pruning read (methods with weight-level supports), and the
     network's state as the pruning found it and its weights' :func:`~bayescompress.pruning.importance.sweep_scores`
-    then (CPU copies; operating points re-prune that state, the figures draw those scores), and what
-:meth:`Method.refine_masks` recorded (``metrics.json``'s ``"pruning"``)."""
+    then (CPU copies; operating points re-prune that state, the figures draw those scores), what
+    :meth:`Method.refine_masks` recorded (``metrics.json``'s ``"pruning"``), and the states of the training
+    loader's shuffling generators then (a run from this posterior restores them, so its fine-tuning sees the
+    batches in the same order)."""
 
     network: nn.Module
     masks: Masks
@@ -172,6 +174,7 @@ class Trained:
     before_pruning: dict[str, Tensor] = field(default_factory=dict)
     scores: dict[str, Tensor] = field(default_factory=dict)
     pruning: dict[str, Any] = field(default_factory=dict)
+    shuffling: list[Tensor] = field(default_factory=list)
 
 
 class Method(abc.ABC):
@@ -216,18 +219,25 @@ class Method(abc.ABC):
         return self.config_class(**{**self.presets.get(network_kind(model), {}), **self.settings})
 
     def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext,
-                        trained: dict[str, Tensor] | None = None) -> Trained:
+                        trained: dict[str, Tensor] | None = None, shuffling: Sequence[Tensor] = ()) -> Trained:
         """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method. With
         ``trained`` (the state a run of this method and these training settings ended its training with), the
-        training is skipped and that state is pruned and fine-tuned instead."""
+        training is skipped and that state is pruned and fine-tuned instead; ``shuffling`` (that run's
+        :attr:`Trained.shuffling`) puts the training loader's order where the run's was, when the loader has as
+        many shuffling generators."""
         costs = self._costs(network, config, context)  # before any training: an unsupported graph fails now
         self.prepare(network, config, context)
+        generators = shuffling_generators(context.train_loader)
         if trained is None:
             history = self.train(network, config, context)
         else:
             load_trained_state_(network, trained)
             history = []
+            if len(shuffling) == len(generators):  # another loader: its own order, as a fresh run would have
+                for generator, state in zip(generators, shuffling):
+                    generator.set_state(state)
         before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
+        shuffling_after = [generator.get_state() for generator in generators]
         scores = {name: sweep_scores(layer).cpu() for name, layer in prunable_layers(network)}
         masks, pruning = self.refine_masks(network, config, self.strategy(config).masks(network, context.output),
                                            context)
@@ -247,7 +257,7 @@ class Method(abc.ABC):
                 epochs=config.finetune_epochs, lr=config.finetune_lr, lr_schedule="cosine",
                 distill=config.finetune_distill, distill_temperature=config.finetune_distill_temperature),
                 callbacks)
-        return Trained(network, masks, history, inclusion, before_pruning, scores, pruning)
+        return Trained(network, masks, history, inclusion, before_pruning, scores, pruning, shuffling_after)
 
     @abc.abstractmethod
     def prepare(self, network: nn.Module, config: MethodConfig, context: TrainingContext) -> None:
