@@ -190,7 +190,7 @@ def test_save_then_load_reproduces_outputs_exactly(results, digits, tmp_path):
     assert {p.name for p in (tmp_path / "run").iterdir()} == {
         "model.safetensors", "posterior.safetensors", "probe.safetensors", "architecture.json",
         "masks.safetensors", "metrics.json", "report.md", "history.json", "trained.safetensors",
-        "scores.safetensors", "plots"}
+        "scores.safetensors", "shuffling.safetensors", "plots"}
     run = load(tmp_path / "run")
     x = next(iter(test))[0]
     assert torch.equal(run.model(x), result.exported(x))
