@@ -13,6 +13,7 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from _common import DEFAULT_MNIST, save_results
@@ -26,13 +27,18 @@ from bayescompress.workflows import load_data_for
 TARGET = 2.0
 
 
-def epoch_seconds(model, batches, n_train: int, repeats: int, callbacks=()) -> float:
-    """Best of ``repeats`` timed epochs (callbacks included), after one untimed warm-up epoch."""
+def trainer_epoch(model, batches, n_train: int, callbacks=()) -> Callable[[], object]:
+    """One epoch of our Trainer over ``batches`` (callbacks included), as a call."""
     trainer = Trainer(model, batches, config=TrainConfig(epochs=1, quiet=True), callbacks=callbacks,
                       n_train=n_train)
     for callback in callbacks:
         callback.on_train_begin(trainer)
-    return best_epoch_seconds(trainer._train_epoch, repeats)
+    return trainer._train_epoch
+
+
+def epoch_seconds(model, batches, n_train: int, repeats: int, callbacks=()) -> float:
+    """Best of ``repeats`` timed epochs (callbacks included), after one untimed warm-up epoch."""
+    return best_epoch_seconds(trainer_epoch(model, batches, n_train, callbacks), repeats)
 
 
 def best_epoch_seconds(run_epoch, repeats: int) -> float:
@@ -43,6 +49,20 @@ def best_epoch_seconds(run_epoch, repeats: int) -> float:
         start = time.perf_counter()
         run_epoch()
         best = min(best, time.perf_counter() - start)
+    return best
+
+
+def interleaved_best_seconds(epochs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """:func:`best_epoch_seconds` of every entry, the calls taken in turns (one of each per round) so that a
+    slow spell of the machine falls on every entry alike instead of on whichever ran then."""
+    for run_epoch in epochs.values():
+        run_epoch()
+    best = dict.fromkeys(epochs, float("inf"))
+    for _ in range(repeats):
+        for name, run_epoch in epochs.items():
+            start = time.perf_counter()
+            run_epoch()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 

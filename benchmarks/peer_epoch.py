@@ -12,7 +12,7 @@ Compared, on LeNet-300-100 and LeNet-5-Caffe over MNIST's training split (Adam l
 loss = mean NLL + KL / N_train):
 
 * ours: the deterministic network and ``bayesianize_`` of it with the estimators lrt, flipout and
-  shared, each timed by ``epoch_time.epoch_seconds`` (our Trainer) exactly as epoch_time.py does.
+  shared, each run by our Trainer (``epoch_time.trainer_epoch``) as epoch_time.py does.
   Ratio over the deterministic network timed the same way (Trainer).
 * the LRT floor: every layer with LRT's two operations (op(x, mu) and op(x^2, |v|), v a free variance
   parameter) and its sample, Adam over both, and nothing else: no softplus, no KL. What any LRT
@@ -24,7 +24,8 @@ loss = mean NLL + KL / N_train):
   (forward, NLL + KL/N, backward, Adam step). Ratio over the deterministic network timed through that
   same plain loop, so neither side is charged for the other's loop.
 
-Every figure is the best of ``--repeats`` epochs after one untimed warm-up epoch. The two deterministic
+Every figure is the best of ``--repeats`` epochs after one untimed warm-up epoch, the networks timed in turns
+(one epoch of each per round), so a slow spell of the machine falls on all of them alike. The two deterministic
 rows (Trainer vs plain loop) show how much the loops themselves differ.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable
 from importlib.metadata import version
 
 import torch
@@ -45,7 +47,7 @@ from bayesian_torch.layers import (
     LinearFlipout,
     LinearReparameterization,
 )
-from epoch_time import best_epoch_seconds, epoch_seconds
+from epoch_time import interleaved_best_seconds, trainer_epoch
 from torch import nn
 
 from bayescompress.data import make_loaders
@@ -130,10 +132,9 @@ def peer_model(name: str, kind: str) -> PeerNet:
     raise ValueError(f"no bayesian-torch version of {name!r}")
 
 
-def plain_epoch_seconds(model: nn.Module, batches, n_train: int, repeats: int,
-                        kl_weight: float = 1.0) -> float:
-    """``epoch_seconds`` for a model outside our Trainer: the same step (NLL + kl_weight * KL / N,
-    backward, Adam step, a finiteness check and the loss read back) and the same timing rule."""
+def plain_epoch(model: nn.Module, batches, n_train: int, kl_weight: float = 1.0) -> Callable[[], None]:
+    """One epoch of a model outside our Trainer, as a call: the same step as the Trainer's (NLL +
+    kl_weight * KL / N, backward, Adam step, a finiteness check and the loss read back)."""
     # the Trainer's rule: fused Adam where this torch has it (it matters: VI doubles the parameters)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=_fused_adam_supported(torch.device("cpu")))
 
@@ -153,7 +154,7 @@ def plain_epoch_seconds(model: nn.Module, batches, n_train: int, repeats: int,
             optimizer.step()
             loss.item()
 
-    return best_epoch_seconds(epoch, repeats)
+    return epoch
 
 
 def main() -> None:
@@ -185,27 +186,25 @@ def main() -> None:
             loader = list(loader)[: args.max_batches]
         n_train = len(splits.train)
 
-        # Ours, exactly as epoch_time.py: Trainer-timed, ratio over the Trainer-timed deterministic net.
         torch.manual_seed(0)
         deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
-        untrained = copy.deepcopy(deterministic)
-        det = epoch_seconds(deterministic, loader, n_train, args.repeats)
-        record(name, "deterministic", "Trainer", det, det)
+        # (network, loop, epoch call); every entry is built first and then timed in turns
+        entries = [("deterministic", "Trainer", trainer_epoch(copy.deepcopy(deterministic), loader, n_train))]
         for estimator in ESTIMATORS:
             bayesian = set_estimator_(bayesianize_(copy.deepcopy(deterministic)), estimator)
-            seconds = epoch_seconds(bayesian, loader, n_train, args.repeats)
-            record(name, f"bayescompress {estimator}", "Trainer", seconds, det)
+            entries.append((f"bayescompress {estimator}", "Trainer", trainer_epoch(bayesian, loader, n_train)))
         for estimator in ("lrt", "shared"):
             floor = floor_network(copy.deepcopy(deterministic), estimator)
-            record(name, f"{estimator} floor", "Trainer", epoch_seconds(floor, loader, n_train, args.repeats), det)
-
-        # Peers: plain-loop-timed, ratio over the same deterministic net through the plain loop.
-        plain_det = plain_epoch_seconds(untrained, loader, n_train, args.repeats)
-        record(name, "deterministic", "plain", plain_det, plain_det)
+            entries.append((f"{estimator} floor", "Trainer", trainer_epoch(floor, loader, n_train)))
+        entries.append(("deterministic", "plain", plain_epoch(copy.deepcopy(deterministic), loader, n_train)))
         for kind in PEER_LAYERS:
             torch.manual_seed(0)
-            seconds = plain_epoch_seconds(peer_model(name, kind), loader, n_train, args.repeats)
-            record(name, f"bayesian-torch {kind}", "plain", seconds, plain_det)
+            entries.append((f"bayesian-torch {kind}", "plain", plain_epoch(peer_model(name, kind), loader, n_train)))
+        seconds = interleaved_best_seconds({(network, loop): epoch for network, loop, epoch in entries},
+                                           args.repeats)
+        # ours over our deterministic net through the Trainer; the peers over it through the plain loop
+        for (network, loop), value in seconds.items():
+            record(name, network, loop, value, seconds[("deterministic", loop)])
 
     print(f"\n{'model':<10}{'network/estimator':<26}{'loop':<8}{'epoch s':>8}{'ratio':>8}")
     for r in rows:
@@ -215,7 +214,8 @@ def main() -> None:
     save_results(args.out, {
         "command": command.strip(),
         "bayesian_torch": version("bayesian-torch"),
-        "baselines": {"Trainer": "our deterministic net timed by epoch_time.epoch_seconds",
+        "timing": "best of --repeats epochs per network after a warm-up epoch, the networks timed in turns",
+        "baselines": {"Trainer": "our deterministic net through our Trainer (epoch_time.trainer_epoch)",
                       "plain": "the same deterministic net timed by this script's plain loop"},
         "truncated_to_batches": args.max_batches,
         "rows": rows,
