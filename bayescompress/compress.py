@@ -171,8 +171,9 @@ def compress(
                               quiet=pipeline.quiet or not distributed.is_main(), observers=[cost, KeptFraction()],
                               checkpoint=store, original=original)
     started = time.perf_counter()
-    trained = method.train_and_prune(network, method_config, context, *(() if start is None else
-                                                                         (start.state, start.shuffling)))
+    trained = method.train_and_prune(network, method_config, context,
+                                     trained=None if start is None else start.state,
+                                     shuffling=() if start is None else start.shuffling)
     training_seconds = time.perf_counter() - started
     masks, history, inclusion = trained.masks, trained.history, trained.inclusion
     # every rank must end with the same state; a difference would be a bug, never a rounding

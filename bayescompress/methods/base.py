@@ -292,9 +292,9 @@ class Method(abc.ABC):
     def _round_epoch(network: nn.Module, config: MethodConfig, context: TrainingContext,
                      callbacks: list[Callback]) -> list[dict]:
         """The one epoch of fine-tuning after a round of a budget (compute or compression)."""
-        return context.fit(network, context.train_config(epochs=1, lr=config.finetune_lr,
-                                                         distill=config.finetune_distill, distill_temperature=config.finetune_distill_temperature),
-                callbacks)
+        return context.fit(network, context.train_config(
+            epochs=1, lr=config.finetune_lr, distill=config.finetune_distill,
+            distill_temperature=config.finetune_distill_temperature), callbacks)
 
     @staticmethod
     def _costs(network: nn.Module, config: MethodConfig, context: TrainingContext) -> ChainCosts | None:
