@@ -124,7 +124,9 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
                      help=f"comma-separated methods, each at its recipe (default: {','.join(DEFAULT_METHODS)})")
     cmp.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds (default 0)")
     cmp.add_argument("--set", nargs="+", default=[], metavar="METHOD.SETTING=VALUE", dest="settings",
-                     help="change one method's setting, e.g. ssvi.density=0.05 (repeatable)")
+                     help="change one method's setting, e.g. ssvi.density=0.05, or every compared method's with "
+                          "all., e.g. all.target_macs=20000 (the same compute budget for all; a METHOD. change "
+                          "wins over an all. one)")
     cmp.add_argument("--out", required=True, help="comparison folder: OUT/<method>/seed<k> run folders and "
                                                    "OUT/comparison.md, .csv, .json")
     cmp.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
@@ -161,28 +163,40 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _compare_methods(names: list[str], settings: list[str]) -> list:
-    """The methods of ``compare``, each with the ``METHOD.SETTING=VALUE`` changes given for it."""
+    """The methods of ``compare``, each with the ``METHOD.SETTING=VALUE`` changes given for it (``all.`` for
+    every method; a method's own change wins)."""
     unknown = [name for name in names if name not in methods.names()]
     if unknown:
         raise ValueError(f"unknown method {', '.join(unknown)} in --methods; the methods are: "
                          f"{', '.join(methods.names())}")
     changes: dict[str, dict] = {name: {} for name in names}
+    shared: list[tuple[str, str, str]] = []
     for item in settings:
         target, sep, text = item.partition("=")
         method, dot, name = target.partition(".")
         if not sep or not dot:
             raise ValueError(f"--set takes METHOD.SETTING=VALUE, e.g. ssvi.density=0.05; got {item!r}")
-        if method not in changes:
-            raise ValueError(f"--set {item}: {method} is not one of the compared methods ({', '.join(names)})")
-        infos = {info.name: info for info in describe(methods.get(method).config_class)}
-        key = name.replace("-", "_")
-        if key not in infos:
-            raise ValueError(f"--set {item}: " + unknown_setting_message(key, method, methods.get(method).config_class))
-        try:
-            changes[method][key] = infos[key].parse(text)
-        except (ValueError, KeyError):
-            raise ValueError(f"--set {item}: {key} must be {infos[key].allowed.describe()}; got {text!r}") from None
+        if method != "all" and method not in changes:
+            raise ValueError(f"--set {item}: {method} is not one of the compared methods ({', '.join(names)}), "
+                             "nor all")
+        shared += [(item, each, name) for each in (names if method == "all" else [method])]
+    for item, method, name in sorted(shared, key=lambda entry: not entry[0].startswith("all.")):
+        changes[method][name.replace("-", "_")] = _parsed_setting(item, method, name)
     return [methods.get(name)(**changes[name]) for name in names]
+
+
+def _parsed_setting(item: str, method: str, name: str):
+    """The value of ``--set item`` as ``method``'s setting ``name``, or an error naming what is wrong."""
+    config_class = methods.get(method).config_class
+    infos = {info.name: info for info in describe(config_class)}
+    key, text = name.replace("-", "_"), item.partition("=")[2]
+    if key not in infos:
+        raise ValueError(f"--set {item}: " + unknown_setting_message(key, method, config_class))
+    try:
+        return infos[key].parse(text)
+    except (ValueError, KeyError):
+        raise ValueError(f"--set {item}: {key} must be {infos[key].allowed.describe()} for {method}; "
+                         f"got {text!r}") from None
 
 
 def _read_anchors(path: str) -> list[dict]:

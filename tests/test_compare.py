@@ -134,8 +134,18 @@ def test_the_command_line_compares_with_per_method_settings(tmp_path, capsys):
     assert saved["config"]["method"]["keep_fraction"] == 0.4
 
 
+def test_all_sets_every_compared_methods_setting_and_a_methods_own_change_wins():
+    from bayescompress.cli import _compare_methods
+
+    compared = _compare_methods(["magnitude", "sparse-vd"], [
+        "magnitude.finetune_epochs=3", "all.target_macs=20000", "all.finetune-epochs=7"])
+    assert [m.settings for m in compared] == [{"target_macs": 20000, "finetune_epochs": 3},
+                                             {"target_macs": 20000, "finetune_epochs": 7}]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "magnitude,nope"], "unknown method nope"),
+    (["--methods", "magnitude,sparse-vd", "--set", "all.keep_fraction=0.2"], "a setting of"),
     (["--set", "magnitude.keep_fraction"], "METHOD.SETTING=VALUE"),
     (["--set", "ssvi.density=0.1"], "not one of the compared methods"),
     (["--set", "magnitude.pi0=0.1"], "a setting of turbo-vbi, not of magnitude"),
