@@ -358,6 +358,31 @@ def test_a_compute_budget_removes_units_and_inputs_until_the_export_fits(pretrai
     assert torch.allclose(run.model(x), result.export()(x), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::bayescompress.compress.AccuracyLossWarning")
+def test_a_compute_budget_distils_its_fine_tuning_from_the_original_by_default(pretrained, digits, monkeypatch):
+    from bayescompress.methods import base
+
+    seen = []
+    real_fit = base.fit
+
+    def recording_fit(network, train, val, config, *args, **kwargs):
+        seen.append((config.distill, kwargs.get("teacher") is not None))
+        return real_fit(network, train, val, config, *args, **kwargs)
+
+    monkeypatch.setattr(base, "fit", recording_fit)
+    train, val, _ = digits
+    compress(pretrained, train, val, Magnitude(keep_fraction=0.5, finetune_epochs=1, target_macs=600, macs_rounds=2),
+             pipeline=QUICK)
+    assert seen == [(base.BUDGET_DISTILL, True)] * 3  # the two rounds' epochs and the fine-tuning
+    seen.clear()
+    compress(pretrained, train, val, Magnitude(keep_fraction=0.5, finetune_epochs=1), pipeline=QUICK)
+    assert seen == [(0.0, False)]  # no budget: the labels only
+    seen.clear()
+    compress(pretrained, train, val, Magnitude(keep_fraction=0.5, finetune_epochs=1, target_macs=600, macs_rounds=2,
+                                               finetune_distill=0.0), pipeline=QUICK)
+    assert seen == [(0.0, False)] * 3  # an explicit 0 turns it off
+
+
 def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_training(pretrained, digits, monkeypatch):
     from bayescompress.pruning import UnsupportedGraphError
 
