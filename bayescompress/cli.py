@@ -170,7 +170,7 @@ def _compare_methods(names: list[str], settings: list[str]) -> list:
         raise ValueError(f"unknown method {', '.join(unknown)} in --methods; the methods are: "
                          f"{', '.join(methods.names())}")
     changes: dict[str, dict] = {name: {} for name in names}
-    shared: list[tuple[str, str, str]] = []
+    requested: list[tuple[str, str, str]] = []  # (the --set item, a method, the setting)
     for item in settings:
         target, sep, text = item.partition("=")
         method, dot, name = target.partition(".")
@@ -179,8 +179,8 @@ def _compare_methods(names: list[str], settings: list[str]) -> list:
         if method != "all" and method not in changes:
             raise ValueError(f"--set {item}: {method} is not one of the compared methods ({', '.join(names)}), "
                              "nor all")
-        shared += [(item, each, name) for each in (names if method == "all" else [method])]
-    for item, method, name in sorted(shared, key=lambda entry: not entry[0].startswith("all.")):
+        requested += [(item, each, name) for each in (names if method == "all" else [method])]
+    for item, method, name in sorted(requested, key=lambda entry: not entry[0].startswith("all.")):
         changes[method][name.replace("-", "_")] = _parsed_setting(item, method, name)
     return [methods.get(name)(**changes[name]) for name in names]
 

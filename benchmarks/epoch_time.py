@@ -13,7 +13,7 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from _common import DEFAULT_MNIST, save_results
@@ -52,7 +52,7 @@ def best_epoch_seconds(run_epoch, repeats: int) -> float:
     return best
 
 
-def interleaved_best_seconds(epochs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved_best_seconds(epochs: dict[Hashable, Callable[[], object]], repeats: int) -> dict[Hashable, float]:
     """:func:`best_epoch_seconds` of every entry, the calls taken in turns (one of each per round) so that a
     slow spell of the machine falls on every entry alike instead of on whichever ran then."""
     for run_epoch in epochs.values():
