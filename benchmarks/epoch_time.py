@@ -43,18 +43,13 @@ def epoch_seconds(model, batches, n_train: int, repeats: int, callbacks=()) -> f
 
 def best_epoch_seconds(run_epoch, repeats: int) -> float:
     """Best of ``repeats`` timed calls of ``run_epoch`` after one untimed warm-up call."""
-    run_epoch()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_epoch()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return interleaved_best_seconds({"epoch": run_epoch}, repeats)["epoch"]
 
 
 def interleaved_best_seconds(epochs: dict[Hashable, Callable[[], object]], repeats: int) -> dict[Hashable, float]:
-    """:func:`best_epoch_seconds` of every entry, the calls taken in turns (one of each per round) so that a
-    slow spell of the machine falls on every entry alike instead of on whichever ran then."""
+    """Best of ``repeats`` timed calls of every entry after one untimed warm-up call each, the calls taken in
+    turns (one of each per round) so that a slow spell of the machine falls on every entry alike instead of on
+    whichever ran then."""
     for run_epoch in epochs.values():
         run_epoch()
     best = dict.fromkeys(epochs, float("inf"))
