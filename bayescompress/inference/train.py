@@ -256,20 +256,25 @@ class Trainer:
             getattr(callback, hook)(self, *args)
 
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss, mean NLL, KL_total) of one mini-batch."""
+        """(loss, mean NLL of the labels, KL_total) of one mini-batch.
+
+        With a teacher the loss's data term is the distilled one (:meth:`_distilled`); the NLL stays the labels'
+        cross-entropy, so the history's ``nll`` means the same with and without distillation.
+        """
         with shared_sigma(self.model):
             logits = self.forward_module(x)
-            nll = F.cross_entropy(logits, y) if self.teacher is None else self._distilled(x, y, logits)
+            nll = F.cross_entropy(logits, y)
+            data = nll if self.teacher is None else self._distilled(x, logits, nll)
             kl = kl_divergence(self.model).to(nll.device)
-        return nll + self.beta * kl / self.n_train, nll, kl
+        return data + self.beta * kl / self.n_train, nll, kl
 
-    def _distilled(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
-        """The labels' cross-entropy mixed with the teacher's at temperature T (``distill``)."""
+    def _distilled(self, x: Tensor, logits: Tensor, nll: Tensor) -> Tensor:
+        """The labels' cross-entropy ``nll`` mixed with the teacher's at temperature T (``distill``)."""
         temperature = self.config.distill_temperature
         with torch.no_grad():
             soft = F.softmax(self.teacher(x) / temperature, dim=-1)
         soft_term = F.cross_entropy(logits / temperature, soft) * temperature ** 2
-        return torch.lerp(F.cross_entropy(logits, y), soft_term, self.config.distill)
+        return torch.lerp(nll, soft_term, self.config.distill)
 
     def fit(self) -> list[dict[str, float]]:
         """Run the loop; returns one record per epoch (see :func:`fit`)."""
@@ -460,7 +465,7 @@ def fit(
 
     Returns
     -------
-    One record per epoch: loss, nll, kl, beta and ``val_*`` metrics.
+    One record per epoch: loss, nll (the labels' cross-entropy, also when distilling), kl, beta and ``val_*`` metrics.
 
     Example
     -------
