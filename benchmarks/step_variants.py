@@ -1,7 +1,7 @@
 """What two changes to the Bayesian training step would buy, timed in turns with ours and the floors, one process.
 
     python benchmarks/step_variants.py [--data-dir ../shared/data/mnist] [--models lenet300 lenet5]
-        [--repeats 3] [--threads N] [--max-batches B]
+        [--repeats 3] [--threads N] [--max-batches B] [--out NAME]
 
 Needs bayesian-torch's extra only because it reuses ``peer_epoch``'s floors and plain loop
 (``pip install --no-deps -r benchmarks/requirements-peers.txt``). Rows, each an epoch over the
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batches", type=int, default=None, help="truncate the epoch (quick checks)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", default="step_variants", help="results/<out>.json (default step_variants)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -147,7 +148,7 @@ def main() -> None:
             ratio = value / seconds[("deterministic", loop)]
             rows.append({"model": name, "network": network, "loop": loop, "epoch_s": value, "ratio": ratio})
             print(f"{name:<10}{network:<32}{loop:<8}{value:8.3f} s  ratio {ratio:5.2f}x", flush=True)
-    save_results("step_variants", {"command": ("python benchmarks/step_variants.py " + " ".join(sys.argv[1:])).strip(),
+    save_results(args.out, {"command": ("python benchmarks/step_variants.py " + " ".join(sys.argv[1:])).strip(),
                                    "timing": "best of --repeats epochs after a warm-up, the networks timed in turns",
                                    "truncated_to_batches": args.max_batches, "rows": rows})
 
