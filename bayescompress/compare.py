@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from bayescompress import distributed, methods
 from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress, resolve_method
 from bayescompress.io import atomic_write, write_json
-from bayescompress.methods.base import Method
+from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.inference.checkpoint import shuffling_generators
 from bayescompress.runs import CHECKPOINT_DIR, is_interrupted_run, is_run_folder
@@ -326,12 +326,13 @@ def _written_by_compare(entry: Path) -> bool:
 def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], model: nn.Module) -> None:
     """A run kept by ``resume`` must have been made with the settings this comparison would use."""
     for name, method in chosen.items():
-        wanted = json.loads(json.dumps(dataclasses.asdict(method.configure(model))))
+        wanted = effective_settings(json.loads(json.dumps(dataclasses.asdict(method.configure(model)))))
         for seed in seeds:
             folder = out / name / f"seed{seed}"
             if not is_run_folder(folder):
                 continue
-            saved = json.loads((folder / "metrics.json").read_text()).get("config", {}).get("method", {})
+            saved = effective_settings(
+                json.loads((folder / "metrics.json").read_text()).get("config", {}).get("method", {}))
             # a setting added since the run was saved matches at its default: the run is what it would be now
             defaults = {f.name: f.default for f in dataclasses.fields(method.config_class)}
             differ = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key)

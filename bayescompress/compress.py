@@ -27,7 +27,13 @@ from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
 from bayescompress.io import FORMAT_VERSION, read_json_record, read_safetensors, weights_fingerprint, write_json
 from bayescompress.inference.kept import KeptFraction
-from bayescompress.methods.base import Method, MethodConfig, TrainingContext, unknown_setting_message
+from bayescompress.methods.base import (
+    Method,
+    MethodConfig,
+    TrainingContext,
+    effective_settings,
+    unknown_setting_message,
+)
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
 from bayescompress.nn import output_layer
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers, propagate
@@ -298,7 +304,8 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
     if settings.is_file():
         saved = read_json_record(settings, "the settings of the checkpointed run")
         saved_original = saved.get("original")
-        saved = {"method": saved["method"], "pipeline": saved["pipeline"]}
+        saved = {"method": effective_settings(saved["method"]), "pipeline": saved["pipeline"]}
+        wanted = {**wanted, "method": effective_settings(wanted["method"])}
         differ = [f"{part}.{key}: {saved[part].get(key)!r} there, {value!r} now"
                   for part in ("method", "pipeline") for key, value in wanted[part].items()
                   if saved[part].get(key) != value]

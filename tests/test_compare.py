@@ -106,6 +106,28 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed_when_the_setting_is
                 seeds=[0], out=comparison.out, resume=True, pipeline=QUICK)
 
 
+def test_resume_reads_a_setting_by_what_it_resolves_to(pretrained, comparison):
+    """finetune_distill none is 0 without a compute budget: a run recorded with an explicit 0 (before none was the
+    default) is the run this comparison would make, and one recorded with 0.5 is not."""
+    metrics_path = comparison.out / "magnitude" / "seed0" / "metrics.json"
+    saved = json.loads(metrics_path.read_text())
+    assert saved["config"]["method"]["finetune_distill"] is None
+    train, val, test = loaders()
+    for recorded, accepted in ((0.0, True), (0.5, False)):
+        saved["config"]["method"]["finetune_distill"] = recorded
+        metrics_path.write_text(json.dumps(saved))
+        if accepted:
+            again = compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], test_loader=test,
+                            out=comparison.out, resume=True, pipeline=QUICK, keep_fractions=None)
+            assert again.runs["magnitude"][0]["compression_rate"] == saved["compression_rate"]
+        else:
+            with pytest.raises(ValueError, match="finetune_distill: 0.5 there, 0.0 now"):
+                compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], out=comparison.out, resume=True,
+                        pipeline=QUICK)
+    saved["config"]["method"]["finetune_distill"] = None
+    metrics_path.write_text(json.dumps(saved))
+
+
 @pytest.mark.parametrize("methods, seeds, message", [
     ([], [0], "methods is empty"),
     (["magnitude", "magnitude"], [0], "given twice"),

@@ -56,6 +56,25 @@ def test_resuming_with_other_method_settings_is_refused_naming_them(tmp_path):
         compress(model, loader, loader, "gaussian-snr", epochs=2, pipeline=pipeline, checkpoint=tmp_path / "ck")
 
 
+def test_a_checkpoint_recorded_with_a_default_spelled_out_resumes(tmp_path):
+    """A checkpoint written when finetune_distill's default was an explicit 0 is of the same run as none now
+    (no compute budget: no distillation); 0.5 there is another run."""
+    model, loader = _toy()
+    pipeline = PipelineConfig(quiet=True, max_accuracy_loss=1.0)
+    first = compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    record_path = tmp_path / "ck" / "run.json"
+    record = json.loads(record_path.read_text())
+    assert record["method"]["finetune_distill"] is None
+    record["method"]["finetune_distill"] = 0.0
+    record_path.write_text(json.dumps(record))
+    again = compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    assert again.metrics["compressed"]["accuracy"] == first.metrics["compressed"]["accuracy"]
+    record["method"]["finetune_distill"] = 0.5
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointMismatchError, match=r"method\.finetune_distill: 0.5 there, 0.0 now"):
+        compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+
+
 def test_a_checkpoint_folder_holding_other_files_is_refused_and_kept(tmp_path):
     model, loader = _toy()
     (tmp_path / "notes.txt").write_text("mine")

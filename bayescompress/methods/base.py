@@ -52,6 +52,23 @@ from bayescompress.settings import Choice, Flag, Integer, Real, Settings, settin
 BUDGET_DISTILL = 0.9
 
 
+def _distill_weight(finetune_distill: float | None, target_macs: float | None) -> float:
+    """``finetune_distill`` with its default resolved: 0.9 under a compute budget, 0 without."""
+    if finetune_distill is not None:
+        return finetune_distill
+    return BUDGET_DISTILL if target_macs is not None else 0.0
+
+
+def effective_settings(settings: dict) -> dict:
+    """A method's settings as a run records them, with the defaults that depend on other settings resolved, so
+    two records compare equal when their runs use the same recipe (``finetune_distill`` none is 0.9 under a
+    compute budget and 0 without: a run recorded with an explicit 0, before none was the default, is the same)."""
+    if "finetune_distill" in settings:
+        settings = {**settings, "finetune_distill": _distill_weight(settings["finetune_distill"],
+                                                                    settings.get("target_macs"))}
+    return settings
+
+
 def network_kind(model: nn.Module) -> str:
     """``"cnn"`` when ``model`` has a ``Conv2d``, else ``"mlp"``: which preset of a method's recipe applies."""
     return "cnn" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "mlp"
@@ -95,9 +112,7 @@ class MethodConfig(Settings):
     @property
     def distill_weight(self) -> float:
         """``finetune_distill``, its default resolved: 0.9 under a compute budget, 0 without."""
-        if self.finetune_distill is not None:
-            return self.finetune_distill
-        return BUDGET_DISTILL if self.target_macs is not None else 0.0
+        return _distill_weight(self.finetune_distill, self.target_macs)
 
 
 @dataclass(frozen=True, kw_only=True)
