@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -54,10 +54,13 @@ def write_json(path: str | os.PathLike, data: Mapping) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
 
-def save_weights(tensors: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
-    """Save a state_dict-like mapping as safetensors, atomically (tensors are copied to be contiguous)."""
+def save_weights(tensors: Mapping[str, Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a state_dict-like mapping as safetensors, atomically (tensors are copied to be contiguous), with
+    ``metadata`` (strings) in the file's header."""
     payload = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(payload, str(tmp)))
+    header = dict(metadata) if metadata else None
+    return atomic_write(path, lambda tmp: save_file(payload, str(tmp), metadata=header))
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -80,6 +83,20 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def read_safetensors_metadata(path: str | os.PathLike, what: str) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (empty when it has none); errors as
+    :func:`read_safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing ({what})")
+    try:
+        with safe_open(str(path), framework="pt") as opened:
+            return dict(opened.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a valid safetensors file, truncated or corrupt ({error}); write it "
+                         "again") from error
 
 
 def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, Tensor]:

@@ -35,7 +35,7 @@ from bayescompress.pruning.batchnorm import fold_batchnorm_
 from bayescompress.pruning.importance import sweep_scores
 from bayescompress.pruning.masks import copy_network
 from bayescompress.pruning.strategies import PruningStrategy, _top_fraction_threshold
-from bayescompress.runs import CompressionResult, build_original, units_per_layer
+from bayescompress.runs import CompressionResult, build_original, read_masks, units_per_layer
 
 # fractions of the weights kept, from mild to extreme
 DEFAULT_KEEP_FRACTIONS = (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025, 0.018, 0.013, 0.009, 0.006, 0.004)
@@ -67,8 +67,7 @@ def operating_points(
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"keep_fractions must lie in (0, 1]; got {fraction!r}")
     network, example = trained_network(run, model)
-    run_masks = (run.masks if isinstance(run, CompressionResult)
-                 else Masks.from_tensors(read_safetensors(Path(run) / "masks.safetensors", "the run's masks")))
+    run_masks = run.masks if isinstance(run, CompressionResult) else read_masks(run)[0]
     network = network.to(device).eval()
     example = example.to(device)
     output = output_layer(network, example)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +38,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from bayescompress.io import FORMAT_VERSION, load_weights_, read_json_record, read_safetensors, save_weights, write_json
+from bayescompress.io import (
+    FORMAT_VERSION,
+    load_weights_,
+    read_json_record,
+    read_safetensors,
+    read_safetensors_metadata,
+    save_weights,
+    write_json,
+)
 from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.pruning import Masks, Structure
 from bayescompress.pruning.batchnorm import fold_batchnorm_
@@ -53,6 +63,8 @@ from bayescompress.pruning.structure import SelectInputs
 # Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
 _PROBE_RTOL = 1e-4
 # What save writes (and `bayescompress plot` adds); overwrite refuses a run folder holding anything else.
+# masks.safetensors header entry: the layers' names in network order (the file itself keeps them sorted by name)
+MASKS_ORDER = "layers"
 RUN_FILES = frozenset({"model.safetensors", "posterior.safetensors", "architecture.json", "masks.safetensors",
                        "probe.safetensors", "metrics.json", "report.md", "inclusion.safetensors", "trained.safetensors",
                        "shuffling.safetensors", "history.json", "scores.safetensors", "plots", "masks.png",
@@ -190,7 +202,8 @@ class CompressionResult:
             save_weights(self.exported.state_dict(), staging / "model.safetensors")
             if self.posterior is not None:
                 save_weights(self.posterior.state_dict(), staging / "posterior.safetensors")
-            save_weights(self.masks.to_tensors(), staging / "masks.safetensors")
+            save_weights(self.masks.to_tensors(), staging / "masks.safetensors",
+                         metadata={MASKS_ORDER: json.dumps(list(self.masks.weight))})
             save_weights({"input": probe_input, "output": probe_output}, staging / "probe.safetensors")
             if self.inclusion:
                 save_weights(self.inclusion, staging / "inclusion.safetensors")
@@ -328,17 +341,69 @@ class SavedRun:
     posterior: nn.Module | None = None
 
 
+def factory_file(spec: str) -> Path | None:
+    """The Python file a model factory spec names before its colon (``path/to/nets.py:build``: it ends in
+    ``.py`` or holds a path separator), or None when it names a module (``package.module:build``)."""
+    source = spec.rpartition(":")[0]  # rpartition: a Windows drive letter's colon stays in the path
+    separators = {"/", os.sep, os.altsep} - {None}
+    if source.endswith(".py") or any(separator in source for separator in separators):
+        return Path(source)
+    return None
+
+
+def _import_file(path: Path):
+    """The module the Python file ``path`` holds, executed once per absolute path (later calls reuse it, as
+    imports do)."""
+    path = path.resolve()
+    # a name of its own per path: the file's stem could shadow a module of the same name (torch.py, models.py)
+    name = f"_bayescompress_factory_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # while it runs too: dataclasses and typing look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _not_found_hint(missing: str | None, module_name: str | None, factory_name: str) -> str:
+    """What to do when the module ``missing`` is not found while loading a factory from ``module_name`` (None
+    for a file): make the factory's own module importable, or the module it imports."""
+    if missing and module_name is not None and (module_name == missing or module_name.startswith(missing + ".")):
+        return (f"; to make {missing} importable, run from the folder that holds it, add that folder to "
+                f"PYTHONPATH, or give the file instead: path/to/{module_name.split('.')[-1]}.py:{factory_name}")
+    return f"; the factory's module imports {missing}: install it, or add the folder that holds it to PYTHONPATH"
+
+
 def call_factory(spec: str) -> nn.Module:
-    """The network ``package.module:factory`` builds (called with no arguments), with clear errors."""
-    module_name, _, factory_name = spec.partition(":")
-    if not module_name or not factory_name:
-        raise ValueError(f"a model factory is written package.module:factory; got {spec!r}")
+    """The network a model factory builds (called with no arguments), with clear errors. ``spec`` is
+    ``package.module:factory`` (imported from ``sys.path``) or ``path/to/file.py:factory`` (that file, loaded
+    as a module; a relative path is relative to the working directory)."""
+    source, _, factory_name = spec.rpartition(":")
+    if not source or not factory_name:
+        raise ValueError(f"a model factory is written package.module:factory or path/to/file.py:factory; "
+                         f"got {spec!r}")
+    path = factory_file(spec)
+    if path is not None and (not path.is_file() or path.suffix != ".py"):
+        raise ValueError(f"cannot load the model factory {spec!r}: "
+                         + (f"{path.absolute()} is not a .py file" if path.is_file() else
+                            f"no file {path.absolute()}"))
     try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load the model factory {spec!r}: {error}") from error
+        module = importlib.import_module(source) if path is None else _import_file(path)
+    except ModuleNotFoundError as error:
+        hint = _not_found_hint(error.name, None if path is not None else source, factory_name)
+        raise ValueError(f"cannot load the model factory {spec!r}: {error}{hint}") from error
+    except Exception as error:  # whatever the module's own code raises while it is imported
+        reason = error if isinstance(error, ImportError) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"cannot load the model factory {spec!r}: {reason}") from error
+    if not hasattr(module, factory_name):
+        raise ValueError(f"cannot load the model factory {spec!r}: {path or source} has no {factory_name!r}")
     try:
-        model = factory()
+        model = getattr(module, factory_name)()
     except Exception as error:
         raise ValueError(f"the model factory {spec!r} raised {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
@@ -417,7 +482,9 @@ def read_masks(directory: str | os.PathLike) -> tuple[Masks, dict[str, Tensor]]:
     network: all that the figures need, whatever the architecture."""
     directory = Path(directory)
     what = "not a complete bayescompress run folder"
-    masks = Masks.from_tensors(read_safetensors(directory / "masks.safetensors", what))
+    path = directory / "masks.safetensors"
+    order = read_safetensors_metadata(path, what).get(MASKS_ORDER)
+    masks = Masks.from_tensors(read_safetensors(path, what), json.loads(order) if order else None)
     inclusion_path = directory / "inclusion.safetensors"
     return masks, read_safetensors(inclusion_path, what) if inclusion_path.exists() else {}
 

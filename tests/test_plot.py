@@ -194,3 +194,55 @@ def test_pareto_draws_every_method_and_labels_the_published_anchors():
     assert [t.get_text() for t in figure.legends[0].get_texts()] == [
         "a (re-pruned, no fine-tuning)", "a (runs)", "b (re-pruned, no fine-tuning)"]
     pyplot.close(figure)
+
+
+class _HeadFirst(torch.nn.Module):
+    """Head registered before a body of more than ten numbered layers: sorting the names by text puts "body.10"
+    before "body.2" and "body.8", and neither order is the network's."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(6, 10)
+        widths = [64, 24, 20, 16, 12, 8, 6]
+        layers = []
+        for a, b in zip(widths, widths[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), *layers)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_a_saved_run_gives_back_its_layers_in_network_order_and_the_unit_figure_pairs_names_with_counts(tmp_path,
+                                                                                                       monkeypatch):
+    from bayescompress import Magnitude, PipelineConfig, compress
+    from bayescompress import plot as plot_module
+    from bayescompress.data import load_dataset, make_loaders
+    from bayescompress.plot import draw_run
+    from bayescompress.pruning.masks import prunable_layers
+    from bayescompress.runs import read_masks
+
+    torch.manual_seed(0)
+    net = _HeadFirst()
+    train, val, _ = make_loaders(load_dataset("digits"), batch_size=64)
+    result = compress(net, train, val, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+                      pipeline=PipelineConfig(mc_samples=2, quiet=True, max_accuracy_loss=1.0, latency_budget=0.02))
+    result.save(tmp_path / "run", plots=False)
+    names = [name for name, _ in prunable_layers(net)]
+    assert names[0] == "head" and names[-1] == "body.11"  # module order, as the metrics' architecture counts
+    masks, _ = read_masks(tmp_path / "run")
+    assert list(masks.weight) == names
+    drawn = {}
+    monkeypatch.setattr(plot_module, "units_kept", lambda original, exported, labels, path: drawn.update(
+        original=original, labels=labels) or pyplot.figure())
+    draw_run(tmp_path / "run", tmp_path / "figures")
+    assert drawn["labels"] == names
+    assert drawn["original"] == [masks.units[name].numel() for name in names]  # each bar's count is its layer's
+
+
+def test_masks_written_before_their_order_was_recorded_come_back_in_numeric_order():
+    tensors = {f"weight/features.{i}": torch.ones(2, 2, dtype=torch.uint8) for i in (0, 2, 10, 12)}
+    tensors = dict(sorted(tensors.items()))  # as a safetensors file returns them: "10" and "12" before "2"
+    assert list(Masks.from_tensors(tensors).weight) == ["features.0", "features.2", "features.10", "features.12"]
+    order = ["features.12", "features.0", "features.10", "features.2"]
+    assert list(Masks.from_tensors(tensors, order).weight) == order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,11 @@ import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import is_handled_layer
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort key of a qualified layer name comparing its numeric parts as numbers: "features.2" < "features.10"."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
 
 
 @dataclass
@@ -78,15 +84,26 @@ class Masks:
         return tensors
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor]) -> Masks:
-        """Inverse of :meth:`to_tensors`."""
+    def from_tensors(cls, tensors: dict[str, Tensor], order: Sequence[str] | None = None) -> Masks:
+        """Inverse of :meth:`to_tensors`, the layers in ``order`` (their network order).
+
+        A safetensors file returns its tensors sorted by name, which puts layer "11" before "3"; without
+        ``order`` (files written before it was recorded) the names are sorted with their numbers compared as
+        numbers, the network order of numbered sequential layers.
+        """
         weight, units = {}, {}
         for key, value in tensors.items():
             kind, _, name = key.partition("/")
             if kind not in ("weight", "units") or not name:
                 raise ValueError(f"unexpected tensor {key!r} in a masks file (expected weight/<layer>, units/<layer>)")
             (weight if kind == "weight" else units)[name] = value.bool()
-        return cls(weight, units)
+        position = {name: i for i, name in enumerate(order or ())}
+
+        def in_order(masks: dict[str, Tensor]) -> dict[str, Tensor]:
+            return dict(sorted(masks.items(), key=lambda item: (position.get(item[0], len(position)),
+                                                                _natural_key(item[0]))))
+
+        return cls(in_order(weight), in_order(units))
 
 
 @torch.no_grad()
