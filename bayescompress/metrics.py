@@ -325,29 +325,68 @@ def size_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-@torch.no_grad()
+def _attention_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU kernel of ``F.scaled_dot_product_attention`` (query, key, value: shapes (..., L, E),
+    (..., S, E), (..., S, Ev)): the scores Q K^T and their product with V. torch's counter knows only the
+    CUDA kernels."""
+    *batch, length, embed = query
+    batch_size = 1
+    for size in batch:
+        batch_size *= size
+    return 2 * batch_size * length * key[-2] * (embed + value[-1])
+
+
+def _mkldnn_rnn_layer_flops(inputs, weight_ih, weight_hh, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one layer and direction of a CPU LSTM (oneDNN's kernel, which torch's counter does not know):
+    every step multiplies the input by weight_ih and the hidden state by weight_hh."""
+    steps = 1
+    for size in inputs[:-1]:  # (time, batch) in either order
+        steps *= size
+    return 2 * steps * (weight_ih[0] * weight_ih[1] + weight_hh[0] * weight_hh[1])
+
+
+# kernels torch.utils.flop_counter does not count, which a CPU forward pass of a user's network reaches
+_EXTRA_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_cpu_flops,
+    torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
+}
+
+
 def dense_macs(model: nn.Module, example_input: Tensor) -> int:
     """Multiply-accumulates of one forward pass on one input, counted by ``torch.utils.flop_counter``
-    (MACs = FLOPs / 2); masked weights still count, as a dense kernel computes them."""
+    (MACs = FLOPs / 2); masked weights still count, as a dense kernel computes them.
+
+    Counted with autograd on and, for a floating-point input, the input requiring grad: in eval mode under
+    ``no_grad``, ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` take a fused kernel the counter
+    cannot see into, and would count as zero. The CPU kernels of attention and LSTM are counted by their own
+    formulas.
+    """
     was_training = model.training
     model.eval()
+    example = example_input[:1].detach()
+    if example.is_floating_point():
+        example = example.clone().requires_grad_()
     try:
-        with FlopCounterMode(display=False) as counter:
-            model(example_input[:1])
+        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
+            model(example)
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
 
 
 def sparse_macs(weight_masks: Mapping[str, Tensor], output_shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """MACs a sparse kernel would do: per layer, kept weights x output positions (1 for a linear layer).
+    """MACs a sparse kernel would do in the masked layers: per layer, kept weights x output positions.
 
-    ``output_shapes`` are per input, without the batch dimension: (features,) or (channels, H, W).
+    ``output_shapes`` are per input, without the batch dimension: (channels, H, W) for a convolution (whose
+    weight mask has 4 dimensions; positions H x W), (..., features) for a linear layer (positions: the product
+    of the leading dimensions, 1 for (features,), T for (T, features)). Operations without weights (attention's
+    products) and layers that are not masked are not counted.
     """
     total = 0
     for name, mask in weight_masks.items():
+        shape = output_shapes[name]
         positions = 1
-        for size in output_shapes[name][1:]:
+        for size in shape[1:] if mask.dim() == 4 else shape[:-1]:
             positions *= size
         total += int(mask.sum()) * positions
     return total

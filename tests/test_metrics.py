@@ -252,6 +252,47 @@ def test_dense_macs_match_a_hand_count_for_lenet5() -> None:
     assert dense_macs(lenet5(), torch.randn(4, 1, 28, 28)) == expected == 2_293_000
 
 
+class _Returns(nn.Module):
+    """``module(x)`` (first output when it returns a tuple), for a counter that calls ``model(x)``."""
+
+    def __init__(self, module: nn.Module, attention: bool = False) -> None:
+        super().__init__()
+        self.module, self.attention = module, attention
+
+    def forward(self, x):
+        out = self.module(x, x, x) if self.attention else self.module(x)
+        return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("name, module, shape, expected", [
+    # in_proj 32 -> 96, scores and values 2 * 8 * 8 * 32, out_proj, feed-forward 32 -> 64 -> 32, 8 tokens
+    ("transformer layer", nn.TransformerEncoderLayer(32, nhead=4, dim_feedforward=64, batch_first=True),
+     (1, 8, 32), 8 * 32 * 96 + 2 * 8 * 8 * 32 + 8 * 32 * 32 + 2 * 8 * 32 * 64),
+    ("attention", nn.MultiheadAttention(32, 4, batch_first=True), (1, 8, 32),
+     8 * 32 * 96 + 2 * 8 * 8 * 32 + 8 * 32 * 32),
+    # two layers, two directions, 4 gates of 32: layer 1 reads 16 inputs, layer 2 the 64 of both directions
+    ("lstm", nn.LSTM(16, 32, num_layers=2, bidirectional=True, batch_first=True), (1, 8, 16),
+     8 * 2 * (16 * 128 + 32 * 128) + 8 * 2 * (64 * 128 + 32 * 128)),
+])
+def test_dense_macs_count_fused_and_cpu_kernels_by_hand(name, module, shape, expected) -> None:
+    """In eval mode under no_grad these layers run fused kernels (or oneDNN's) that torch's counter skips."""
+    from bayescompress.metrics import dense_macs
+
+    model = _Returns(module, attention=name == "attention").eval()
+    with torch.no_grad():  # as the caller may be
+        assert dense_macs(model, torch.randn(*shape)) == expected
+
+
+def test_sparse_macs_count_a_linear_layer_once_per_token() -> None:
+    from bayescompress.metrics import dense_macs, sparse_macs
+
+    keep = torch.ones(5, 7, dtype=torch.bool)
+    assert sparse_macs({"fc": keep}, {"fc": (9, 5)}) == 9 * 35 == dense_macs(nn.Linear(7, 5, bias=False),
+                                                                            torch.randn(1, 9, 7))
+    keep[0] = False
+    assert sparse_macs({"fc": keep}, {"fc": (9, 5)}) == 9 * 28
+
+
 def test_latency_is_measured_for_every_model() -> None:
     from bayescompress.metrics import latency_seconds
 
