@@ -1,7 +1,7 @@
 """Prior families side by side: one network, one data set, every method at its recipe, the same seeds.
 
 :func:`compare` runs :func:`~bayescompress.compress` once per method and seed, each from the same pretrained
-network and on the same data order, writes each run as an ordinary run folder (``OUT/<method>/seed<k>``) as
+network and, for one seed, on the same data order, writes each run as an ordinary run folder (``OUT/<method>/seed<k>``) as
 soon as it finishes, and tabulates the metrics as mean +- standard deviation over the seeds
 (``comparison.md`` / ``.csv`` / ``.json``). A killed comparison keeps the runs it finished; ``resume=True``
 reads them back instead of running them again.
@@ -168,8 +168,9 @@ def compare(
     unless configured; or a mapping label -> method, e.g. two settings of one method) once per seed in
     ``seeds``, and tabulate the results, one row per method (or label).
 
-    Every run starts from ``model`` and sees the same data order (the train loader's shuffling generator is
-    put back to its starting state before each run). With ``out``, each run is written to
+    Every run starts from ``model``, and the runs of one seed see the same data order: before each run the
+    train loader's shuffling generators are seeded with the run's seed, as ``make_loaders(seed=k)`` seeds them,
+    so the seed-k run is the one ``compress --seed k`` makes. With ``out``, each run is written to
     ``out/<method>/seed<k>`` when it finishes and the tables to ``out/comparison.*``; ``resume=True`` reads the
     runs already there instead of running them again, ``overwrite=True`` replaces them (without either, an
     ``out`` holding runs of this comparison is refused; one holding anything else always is).
@@ -194,7 +195,6 @@ def compare(
     if out is not None and resume:
         _check_resumable(out, chosen, seeds, model)
     generators = shuffling_generators(train_loader)
-    start_states = [g.get_state() for g in generators]
     comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors])
     first_runs: dict = {}
     todo = [(name, seed) for name in chosen for seed in seeds]
@@ -206,8 +206,8 @@ def compare(
             comparison.runs[name][seed] = json.loads((folder / "metrics.json").read_text())
             first_runs.setdefault(name, folder)
             continue
-        for generator, state in zip(generators, start_states):
-            generator.set_state(state)
+        for generator in generators:  # seed k's data order, as make_loaders(seed=k) and `compress --seed k` give
+            generator.manual_seed(seed)
         checkpoint = None
         if folder is not None:  # an interrupted run continues from its checkpoint when resuming
             checkpoint = folder / CHECKPOINT_DIR

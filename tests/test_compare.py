@@ -23,8 +23,8 @@ def pretrained():
     return pretrain("mlp", "digits", epochs=10, lr=3e-3, batch_size=64, hidden=(32,), quiet=True).model
 
 
-def loaders():
-    return make_loaders(load_dataset("digits"), batch_size=64)
+def loaders(seed=0):
+    return make_loaders(load_dataset("digits"), batch_size=64, seed=seed)
 
 
 def quick_methods():
@@ -57,12 +57,20 @@ def test_every_method_and_seed_is_a_run_folder_and_the_table_is_their_mean_and_s
 
 
 def test_each_run_is_the_run_compress_makes_alone_with_that_seed(pretrained, comparison):
-    """The data order is put back before every run: a run in the comparison equals a fresh compress call."""
-    train, val, test = loaders()
+    """Seed k's run sees the data order of loaders made with seed k (the command line's --seed k), whatever
+    order the comparison's loader had reached: it equals a fresh compress call on such loaders."""
+    train, val, test = loaders(seed=1)
     alone = compress(pretrained, train, val, quick_methods()[0], test_loader=test,
                      pipeline=PipelineConfig(**{**QUICK.__dict__, "seed": 1}))
-    assert comparison.runs["gaussian-snr"][1]["compressed"]["accuracy"] == alone.metrics["compressed"]["accuracy"]
+    assert comparison.runs["gaussian-snr"][1]["compressed"]["nll"] == alone.metrics["compressed"]["nll"]
     assert comparison.runs["gaussian-snr"][1]["compression_rate"] == alone.metrics["compression_rate"]
+
+
+def test_seeds_differ_in_their_data_order_also_for_a_method_without_noise(comparison):
+    """Magnitude pruning draws nothing at random but the batch order of its fine-tuning: its seeds' runs differ."""
+    histories = [json.loads((comparison.out / "magnitude" / f"seed{s}" / "history.json").read_text())["history"]
+                 for s in (0, 1)]
+    assert histories[0][0]["loss"] != histories[1][0]["loss"]
 
 
 def test_resume_keeps_the_finished_runs_and_runs_only_the_missing_one(pretrained, comparison, monkeypatch):
