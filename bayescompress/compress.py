@@ -165,8 +165,9 @@ def compress(
     record = {"method": dataclasses.asdict(method_config), "pipeline": dataclasses.asdict(pipeline)}
     if start is not None:
         record["posterior"] = start.label
-    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
     original = copy_network(model).to(pipeline.device).eval()
+    _check_model_fits_data(original, probe, first[1])
+    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
 
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
@@ -221,6 +222,24 @@ def compress(
                              history, inclusion, posterior=posterior, export_record=export,
                              before_pruning=trained.before_pruning, scores=trained.scores,
                              shuffling=trained.shuffling)
+
+
+@torch.no_grad()
+def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+    """Run a few validation inputs through the (eval-mode) network before any work, so a network that does not
+    fit the data fails here with a message saying so, not with a traceback from inside training (and before a
+    checkpoint exists). ``labels`` (the first validation batch's) are checked against the outputs per input."""
+    try:
+        logits = model(inputs)
+    except Exception as error:  # the user's forward: whatever it raises, the data do not fit it
+        raise ValueError(f"the model cannot run on the data: a validation batch of shape {tuple(inputs.shape)} "
+                         f"(one input: {tuple(inputs.shape[1:])}) raised {type(error).__name__}: {error}; give a "
+                         "network whose input matches the data's") from error
+    if isinstance(logits, Tensor) and logits.dim() >= 2 and not labels.is_floating_point() and labels.numel():
+        largest = int(labels.max())
+        if largest >= logits.shape[-1]:
+            raise ValueError(f"the data has label {largest} but the model gives {logits.shape[-1]} outputs per "
+                             f"input; a classifier needs one output per class (at least {largest + 1} here)")
 
 
 @dataclass

@@ -398,3 +398,16 @@ def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_trainin
     monkeypatch.setattr(GaussianSNR, "prepare", lambda *a: pytest.fail("training started"))
     with pytest.raises(UnsupportedGraphError, match="target_macs needs a sequential network"):
         compress(TwoPaths(), train, val, GaussianSNR(target_macs=100), pipeline=QUICK)
+
+
+@pytest.mark.parametrize("network, message", [
+    (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
+     r"cannot run on the data: a validation batch of shape \(8, 1, 8, 8\).*network whose input matches"),
+    (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),
+     r"the data has label 9 but the model gives 3 outputs per input.*at least 10"),
+], ids=["input-shape", "too-few-outputs"])
+def test_a_network_that_does_not_fit_the_data_is_refused_before_any_work(digits, network, message, tmp_path):
+    train, val, _ = digits
+    with pytest.raises(ValueError, match=message):
+        compress(network, train, val, Magnitude(keep_fraction=0.5), pipeline=QUICK, checkpoint=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()  # nothing a later run would take for an interrupted one
