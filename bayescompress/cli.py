@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from bayescompress import methods
 from bayescompress.compare import DEFAULT_METHODS
@@ -54,7 +56,8 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
 def _network_and_data(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """The pretrained network and the data of compress and compare (required unless the command resumes)."""
     parser.add_argument("--model", required=required,
-                        help=f"one of {', '.join(MODELS)}, or package.module:factory for your own architecture")
+                        help=f"one of {', '.join(MODELS)}; or, for your own architecture, package.module:factory "
+                             "or path/to/file.py:factory (a function building it with no arguments)")
     parser.add_argument("--weights", required=required,
                         help="pretrained weights (.safetensors or a torch.save state_dict)")
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
@@ -244,6 +247,13 @@ def _warn_accuracy_loss(metrics: dict, out) -> None:
           file=sys.stderr)
 
 
+def _input_error(command: str, message: str) -> NoReturn:
+    """Refuse bad input found while parsing as argparse and :func:`_run` do: the documented one-line message on
+    stderr and exit status 2 (a bare ``SystemExit(message)`` would exit 1)."""
+    print(f"bayescompress {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 # what a resumed compress may be given besides --resume RUN: how it reports, not what it computes
 _RESUME_FLAGS = ("--quiet", "--json")
 
@@ -255,8 +265,8 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
     known, rest = pre.parse_known_args(argv[1:])
     others = [arg for arg in rest if arg not in _RESUME_FLAGS]
     if others:
-        raise SystemExit(f"bayescompress compress: error: --resume RUN continues RUN with the settings it was "
-                         f"started with; give only {' / '.join(_RESUME_FLAGS)} beside it, not {' '.join(others)}")
+        _input_error("compress", f"--resume RUN continues RUN with the settings it was started with; give only "
+                                 f"{' / '.join(_RESUME_FLAGS)} beside it, not {' '.join(others)}")
     from bayescompress.io import read_json_record
     from bayescompress.runs import INVOCATION_FILE, check_run_destination
 
@@ -264,7 +274,7 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
         check_run_destination(known.resume, resume=True)
         saved = read_json_record(Path(known.resume) / INVOCATION_FILE, "the command the run was started with")
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"bayescompress compress: error: cannot resume {known.resume}: {error}") from None
+        _input_error("compress", f"cannot resume {known.resume}: {error}")
     return [*saved["argv"], *[arg for arg in rest if arg not in saved["argv"]], "--resume", known.resume]
 
 
@@ -280,7 +290,7 @@ def _method_of_source_run(argv: list[str]) -> str | None:
     try:
         method = read_json_record(Path(source) / "metrics.json", "a finished run folder")["method"]
     except (ValueError, FileNotFoundError, KeyError) as error:
-        raise SystemExit(f"bayescompress compress: error: --from-run {source}: {error}") from None
+        _input_error("compress", f"--from-run {source}: {error}")
     return method
 
 
@@ -313,8 +323,27 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _locate_factory(args: argparse.Namespace) -> None:
+    """Make ``--model``'s factory findable as ``python -m bayescompress`` finds it, from any later directory.
+
+    The working directory goes first on ``sys.path``, as ``python -m`` puts it there and the installed
+    ``bayescompress`` script does not, so ``nets:build`` finds ``nets.py`` in it (and a factory file the modules
+    beside it). A file (``path/to/nets.py:build``) is made absolute, so the run folder that records it rebuilds
+    from any working directory."""
+    from bayescompress.runs import factory_file
+
+    spec = getattr(args, "model", None)
+    if args.command not in ("compress", "compare") or spec is None or ":" not in spec:
+        return
+    if not {"", os.getcwd()} & set(sys.path):  # "" is the working directory too (python -c, the REPL)
+        sys.path.insert(0, os.getcwd())
+    if (path := factory_file(spec)) is not None:
+        args.model = f"{path.resolve()}:{spec.rpartition(':')[2]}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    _locate_factory(args)
     from bayescompress import distributed
 
     if args.command in ("compress", "compare") and distributed.launched():  # started by torchrun

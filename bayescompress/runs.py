@@ -389,9 +389,10 @@ def call_factory(spec: str) -> nn.Module:
                          f"got {spec!r}")
     path = factory_file(spec)
     if path is not None and (not path.is_file() or path.suffix != ".py"):
-        raise ValueError(f"cannot load the model factory {spec!r}: "
-                         + (f"{path.absolute()} is not a .py file" if path.is_file() else
-                            f"no file {path.absolute()}"))
+        what = ("is not a .py file" if path.is_file() or path.is_dir() else
+                "does not exist" + ("" if path.suffix == ".py" else
+                                    " (a file is written path/to/file.py:factory, a module package.module:factory)"))
+        raise ValueError(f"cannot load the model factory {spec!r}: {path.absolute()} {what}")
     try:
         module = importlib.import_module(source) if path is None else _import_file(path)
     except ModuleNotFoundError as error:
@@ -401,7 +402,7 @@ def call_factory(spec: str) -> nn.Module:
         reason = error if isinstance(error, ImportError) else f"{type(error).__name__}: {error}"
         raise ValueError(f"cannot load the model factory {spec!r}: {reason}") from error
     if not hasattr(module, factory_name):
-        raise ValueError(f"cannot load the model factory {spec!r}: {path or source} has no {factory_name!r}")
+        raise ValueError(f"cannot load the model factory {spec!r}: {path or source} defines no {factory_name!r}")
     try:
         model = getattr(module, factory_name)()
     except Exception as error:

@@ -98,3 +98,31 @@ def test_every_seed_compresses_on_the_split_the_pretraining_held_out(tmp_path, m
     for part, images in zip(("train", "val", "test"), seen[1]):
         assert torch.equal(images, getattr(pretrain_split, part).tensors[0]), part
         assert torch.equal(images, seen[0][("train", "val", "test").index(part)]), part
+
+
+def _refused(argv, capsys) -> str:
+    """The one stderr line of a command refused while its arguments are parsed, which must exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2  # SystemExit("message") would exit 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bayescompress compress: error: ")
+    return err[0]
+
+
+def test_from_run_of_a_missing_folder_exits_2_naming_it(tmp_path, capsys):
+    # without --method, the method is read from the folder while the arguments are parsed
+    err = _refused(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"),
+                    "--from-run", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--quiet"], capsys)
+    assert f"--from-run {tmp_path / 'missing'}: {tmp_path / 'missing' / 'metrics.json'} is missing" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_training_flag_exits_2_naming_the_flag(tmp_path, capsys):
+    err = _refused(["compress", "--resume", str(tmp_path / "run"), "--epochs", "3"], capsys)
+    assert "give only --quiet / --json beside it, not --epochs 3" in err
+
+
+def test_resume_of_a_folder_without_an_interrupted_run_exits_2(tmp_path, capsys):
+    err = _refused(["compress", "--resume", str(tmp_path / "missing")], capsys)
+    assert f"cannot resume {tmp_path / 'missing'}" in err
