@@ -153,12 +153,12 @@ def compress(
             raise ValueError(unknown_setting_message("epochs", method.name, type(method_config)))
         method_config = dataclasses.replace(method_config, epochs=epochs)
     original_weights = weights_fingerprint(model)
-    if start is not None:  # before any work
-        start.check(method_config, original_weights)
     eval_loader = test_loader if test_loader is not None else val_loader
     first = next(iter(val_loader), None)
     if first is None:
         raise ValueError("val_loader yields no batch; compress needs validation data (use a val_fraction > 0)")
+    if start is not None:  # before any work
+        start.check(method_config, original_weights, first[0][:PROBE_SIZE])
     # a few inputs: the graph export recognises constant channels by their being equal on all of them
     probe = first[0][:PROBE_SIZE].to(pipeline.device)
     example = probe[:1]
@@ -253,12 +253,14 @@ class TrainedRun:
     original_weights: str | None  # None for runs written before fingerprints were kept
     label: str
     shuffling: list[Tensor]  # the loader's order after the training; empty for runs written before it was kept
+    probe: Tensor | None  # the run's first validation inputs; None for runs written before they were kept
 
     @classmethod
     def read(cls, source: CompressionResult | str | os.PathLike) -> TrainedRun:
         if isinstance(source, CompressionResult):
+            probe = None if source.export_record is None else source.export_record.probe
             run = cls(source.method, source.config["method"], source.before_pruning,
-                      source.metrics.get("original_weights"), "the given result", source.shuffling)
+                      source.metrics.get("original_weights"), "the given result", source.shuffling, probe)
         else:
             directory = Path(source)
             what = "a finished run folder, whose trained.safetensors holds the state its pruning started from"
@@ -266,8 +268,10 @@ class TrainedRun:
             state = read_safetensors(directory / "trained.safetensors", what)
             shuffling_file = directory / "shuffling.safetensors"
             shuffling = read_safetensors(shuffling_file, what) if shuffling_file.is_file() else {}
+            probe_file = directory / "probe.safetensors"
+            probe = read_safetensors(probe_file, what)["input"] if probe_file.is_file() else None
             run = cls(metrics["method"], metrics["config"]["method"], state, metrics.get("original_weights"),
-                      str(directory), [shuffling[f"generator.{i}"] for i in range(len(shuffling))])
+                      str(directory), [shuffling[f"generator.{i}"] for i in range(len(shuffling))], probe)
         if not run.state:
             raise ValueError(f"{run.label} keeps no trained state (it was not made by bayescompress.compress)")
         return run
@@ -290,8 +294,9 @@ class TrainedRun:
         return config_class(**{key: tuple(value) if isinstance(value, list) else value  # JSON keeps tuples as lists
                                for key, value in self.settings.items() if key in names})
 
-    def check(self, config: MethodConfig, original_weights: str) -> None:
-        """Refuse a config whose training settings differ from the run's, and weights other than the run's."""
+    def check(self, config: MethodConfig, original_weights: str, probe: Tensor) -> None:
+        """Refuse a config whose training settings differ from the run's, weights other than the run's, and data
+        other than the run's: ``probe``, the first inputs of the validation data given now, must be the run's."""
         own = json.loads(json.dumps(dataclasses.asdict(config)))  # as the run's record holds them
         changed = sorted(key for key, value in own.items()
                          if key not in config.after_training and key in self.settings and self.settings[key] != value)
@@ -305,6 +310,10 @@ class TrainedRun:
             raise ValueError(f"{self.label} started from other weights than the given model's (fingerprint "
                              f"{self.original_weights[:12]}... against {original_weights[:12]}...); "
                              "give the pretrained network that run compressed")
+        if self.probe is not None and not (self.probe.shape == probe.shape and torch.equal(self.probe, probe.cpu())):
+            raise ValueError(f"{self.label} was trained on other data: its first validation inputs (of shape "
+                             f"{tuple(self.probe.shape[1:])}) differ from those of the data given now (shape "
+                             f"{tuple(probe.shape[1:])}); give the data set and validation split that run used")
 
 
 def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None) -> Checkpoint:

@@ -112,6 +112,13 @@ def test_training_settings_other_weights_and_another_method_are_refused(digits, 
     other = pretrain("mlp", "digits", epochs=1, batch_size=64, hidden=(32,), quiet=True).model
     with pytest.raises(ValueError, match="other weights"):
         compress(other, train, val, methods.get("sparse-vd")(), posterior=source, pipeline=QUICK)
+    # the same data shuffled into another validation split, and other inputs of the same shape
+    _, other_val, _ = make_loaders(load_dataset("digits", val_fraction=0.2), batch_size=64)
+    with pytest.raises(ValueError, match="trained on other data"):
+        compress(model, train, other_val, methods.get("sparse-vd")(), posterior=source, pipeline=QUICK)
+    noisy = [(x + 0.01 * torch.randn_like(x), y) for x, y in val]
+    with pytest.raises(ValueError, match=r"trained on other data.*\(1, 8, 8\).*\(1, 8, 8\)"):
+        compress(model, train, noisy, methods.get("sparse-vd")(), posterior=source, pipeline=QUICK)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
         _run(digits, "sparse-vd", posterior=tmp_path / "empty")
