@@ -324,21 +324,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _locate_factory(args: argparse.Namespace) -> None:
-    """Make ``--model``'s factory findable as ``python -m bayescompress`` finds it, from any later directory.
+    """Make ``--model``'s factory findable as ``python -m bayescompress`` finds it.
 
     The working directory goes first on ``sys.path``, as ``python -m`` puts it there and the installed
     ``bayescompress`` script does not, so ``nets:build`` finds ``nets.py`` in it (and a factory file the modules
-    beside it). A file (``path/to/nets.py:build``) is made absolute, so the run folder that records it rebuilds
-    from any working directory."""
-    from bayescompress.runs import factory_file
-
+    beside it). A file (``path/to/nets.py:build``) is recorded absolute by ``workflows.load_user_model``."""
     spec = getattr(args, "model", None)
     if args.command not in ("compress", "compare") or spec is None or ":" not in spec:
         return
     if not {"", os.getcwd()} & set(sys.path):  # "" is the working directory too (python -c, the REPL)
         sys.path.insert(0, os.getcwd())
-    if (path := factory_file(spec)) is not None:
-        args.model = f"{path.resolve()}:{spec.rpartition(':')[2]}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from bayescompress.io import (
 )
 from bayescompress.metrics import evaluate
 from bayescompress.models import REQUIRED_IMAGE_SIZE, build_model, model_from_architecture
-from bayescompress.runs import CompressionResult, call_factory
+from bayescompress.runs import CompressionResult, call_factory, factory_file
 
 def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_classes: int) -> tuple[nn.Module, dict]:
     """The network to compress: a reference model name or ``package.module:factory``, with its weights, and
@@ -53,6 +53,9 @@ def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_clas
         model, architecture = build_model(spec, input_shape, num_classes)
         source = {"kind": "reference", "architecture": architecture}
     elif ":" in spec:
+        file = factory_file(spec)
+        if file is not None:  # recorded absolute, so the run folder rebuilds it from any working directory
+            spec = f"{file.resolve()}:{spec.rpartition(':')[2]}"
         model, source = call_factory(spec), {"kind": "factory", "spec": spec}
     else:
         raise ValueError(
