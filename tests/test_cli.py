@@ -126,3 +126,32 @@ def test_resume_with_a_training_flag_exits_2_naming_the_flag(tmp_path, capsys):
 def test_resume_of_a_folder_without_an_interrupted_run_exits_2(tmp_path, capsys):
     err = _refused(["compress", "--resume", str(tmp_path / "missing")], capsys)
     assert f"cannot resume {tmp_path / 'missing'}" in err
+
+
+def test_a_run_refused_after_its_checkpoint_was_opened_leaves_nothing_and_fails_the_same_way_again(tmp_path, capsys):
+    """target_macs on a residual network is refused before training but after the checkpoint's settings were
+    written: the folder goes, so the same command fails the same way rather than offering --resume."""
+    from bayescompress.io import save_weights
+    from bayescompress.runs import call_factory
+
+    (tmp_path / "resnet.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "class Residual(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.inp, self.block, self.out = nn.Linear(64, 16), nn.Linear(16, 16), nn.Linear(16, 10)\n"
+        "    def forward(self, x):\n"
+        "        h = torch.relu(self.inp(x.flatten(1)))\n"
+        "        return self.out(h + torch.relu(self.block(h)))\n"
+        "def net():\n"
+        "    return Residual()\n")
+    save_weights(call_factory(f"{tmp_path / 'resnet.py'}:net").state_dict(), tmp_path / "w.safetensors")
+    argv = ["compress", "--model", f"{tmp_path / 'resnet.py'}:net", "--weights", str(tmp_path / "w.safetensors"),
+            "--dataset", "digits", "--method", "magnitude", "--target-macs", "500", "--out", str(tmp_path / "run"),
+            "--quiet"]
+    for _ in range(2):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "target_macs needs a sequential network" in err and "--resume" not in err
+        assert not (tmp_path / "run").exists()
