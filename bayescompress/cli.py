@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -347,9 +350,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.quiet, args.json = True, False
             warnings.simplefilter("ignore")
     try:
-        return _run(args)
+        with _terminate_as_interrupt():
+            return _run(args)
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, for the whole command: a run stopped outside its training
+    loops (which checkpoint and stop on either signal themselves) still cleans up what it was writing (a run
+    folder is staged and removed on any exception) and says how to continue, instead of dying silently."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _start_run_folder(args: argparse.Namespace) -> Path:
@@ -370,6 +393,17 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
         args.wrote_invocation = True
     return out / CHECKPOINT_DIR
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    """What to run after an interruption outside training: --resume where a checkpointed phase exists."""
+    from bayescompress.runs import CHECKPOINT_DIR
+
+    if args.command == "compress" and args.out is not None and (Path(args.out) / CHECKPOINT_DIR).is_dir():
+        return f"after its last checkpoint; continue with: bayescompress compress --resume {args.out}"
+    if args.command == "compare":
+        return "; the finished runs are kept: run the same bayescompress compare command with --resume"
+    return "before anything was saved; run the command again"
 
 
 def _forget_unstarted_run(out: Path) -> None:
@@ -472,6 +506,13 @@ def _run(args: argparse.Namespace) -> int:
                  "the same bayescompress compare command with --resume")
         if distributed.is_main():
             print(f"bayescompress {args.command}: {interrupted}; continue with: {again}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt as interrupted:  # outside the training loops: nothing new was checkpointed
+        if getattr(args, "wrote_invocation", False):
+            _forget_unstarted_run(Path(args.out))
+        if distributed.is_main():
+            print(f"bayescompress {args.command}: interrupted ({interrupted or 'SIGINT'}) {_how_to_continue(args)}",
+                  file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         if getattr(args, "wrote_invocation", False):

@@ -155,3 +155,32 @@ def test_a_run_refused_after_its_checkpoint_was_opened_leaves_nothing_and_fails_
         err = capsys.readouterr().err
         assert "target_macs needs a sequential network" in err and "--resume" not in err
         assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_during_a_command_is_an_interrupt_and_the_handler_is_put_back():
+    import os
+    import signal
+    import time
+
+    from bayescompress.cli import _terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with _terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises as soon as the signal is delivered
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interrupt_outside_training_exits_130_says_what_to_do_and_leaves_no_unstarted_run(tmp_path, capsys,
+                                                                                           monkeypatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(workflows, "compress_files", stopped)  # as if the signal came while the data loaded
+    code = main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--dataset", "digits",
+                 "--method", "magnitude", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 130
+    assert capsys.readouterr().err.strip() == ("bayescompress compress: interrupted (SIGTERM) before anything was "
+                                               "saved; run the command again")
+    assert not (tmp_path / "run").exists()  # the invocation it had written is gone: the same command starts anew
