@@ -278,7 +278,9 @@ def test_out_of_range_config_names_the_field(field, value):
         TrainConfig(**{field: value})
 
 
-def test_loader_without_dataset_needs_n_train():
-    batches = [(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))]
-    with pytest.raises(ValueError, match="n_train"):
-        fit(_bnn(), batches, config=TrainConfig(epochs=1, quiet=True))
+def test_a_list_of_batches_counts_its_examples_and_a_one_pass_iterator_needs_n_train():
+    batches = [(torch.randn(4, 6), torch.zeros(4, dtype=torch.long)),
+               (torch.randn(3, 6), torch.ones(3, dtype=torch.long))]
+    assert Trainer(_bnn(), batches, config=TrainConfig(epochs=1, quiet=True)).n_train == 7
+    with pytest.raises(ValueError, match="one-pass iterator.*n_train=N"):
+        fit(_bnn(), iter(batches), config=TrainConfig(epochs=1, quiet=True))

@@ -534,10 +534,15 @@ def _fused_adam_supported(device: torch.device) -> bool:
 
 
 def _dataset_size(loader: Iterable) -> int:
+    """N of the ELBO's KL / N: the loader's dataset's length, or, for a re-iterable collection of (x, y) batches
+    without one (a list of batches), the examples it holds, counted by one pass."""
     dataset = getattr(loader, "dataset", None)
-    if dataset is None:
-        raise ValueError("cannot tell the training-set size: the loader has no .dataset; pass n_train=N")
-    return len(dataset)
+    if dataset is not None:
+        return len(dataset)
+    if iter(loader) is loader:  # an iterator: counting it would use it up
+        raise ValueError("cannot tell the training-set size: the loader is a one-pass iterator with no .dataset; "
+                         "give a DataLoader, a list of (x, y) batches, or (fit, Trainer) n_train=N")
+    return sum(len(batch[0]) for batch in loader)
 
 
 __all__ = ["Callback", "CheckpointMismatchError", "NonFiniteLossError", "TrainConfig", "Trainer", "TrainingInterrupted",
