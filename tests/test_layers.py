@@ -1,6 +1,7 @@
 """Bayesian layers: LRT statistics against explicit weight sampling, conversion, state_dict, prediction."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -196,9 +197,20 @@ def test_a_model_without_linear_or_conv_layers_is_refused_naming_the_supported_t
         bayesianize_(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
 
 
+@pytest.mark.parametrize("patterns", [dict(include=["nope*"]), dict(include=["3", "nope"]), dict(exclude=["typo"])])
+def test_a_pattern_that_matches_no_layer_is_refused_naming_it(patterns):
+    kind, (*_, bad) = next(iter(patterns.items()))
+    with pytest.raises(ValueError, match=rf"{kind} pattern '{re.escape(bad)}' matches none of the convertible layers \(1, 3\)"):
+        bayesianize_(mlp(8, (6,), 3), **patterns)
+
+
 def test_patterns_that_select_nothing_are_refused():
     with pytest.raises(ValueError, match="select none"):
-        bayesianize_(mlp(8, (6,), 3), include=["nope*"])
+        bayesianize_(mlp(8, (6,), 3), include=["3"], exclude=["*"])
+
+
+def test_one_pattern_may_be_given_as_a_string():
+    assert [name for name, _ in bayesian_layers(bayesianize_(mlp(8, (6,), 3), exclude="3"))] == ["1"]
 
 
 def test_bad_posterior_init_names_the_field():

@@ -91,6 +91,13 @@ def output_layer(model: nn.Module, example_input: Tensor | None = None) -> str:
     return layers[-1][0]
 
 
+def _patterns(patterns: Iterable[str] | str | None) -> list[str] | None:
+    """Glob patterns as a list; one string is one pattern (not its characters)."""
+    if patterns is None:
+        return None
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
 def _matches(name: str, patterns: Iterable[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns or ())
 
@@ -146,6 +153,13 @@ def bayesianize_(
             f"{type(model).__name__} has no layer that can be made Bayesian; supported types: {supported}. "
             "Pass a model built from these layers."
         )
+    include, exclude = _patterns(include), _patterns(exclude)
+    every = [name for name, _ in handled_layers(model)]
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns or ():  # a pattern that matches nothing is a typo, not a request
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in every):
+                raise ValueError(f"{kind} pattern {pattern!r} matches none of the convertible layers "
+                                 f"({', '.join(name or '<root>' for name in every)})")
     selected = [
         (name, module)
         for name, module in candidates
