@@ -383,6 +383,15 @@ def test_a_compute_budget_distils_its_fine_tuning_from_the_original_by_default(p
     assert seen == [(0.0, False)] * 3  # an explicit 0 turns it off
 
 
+def test_a_compute_budget_below_the_smallest_export_fails_before_training(pretrained, digits, monkeypatch):
+    """The pretrained MLP is 64 -> 32 -> 10: its smallest export reads one pixel into one hidden unit and that
+    unit into the 10 outputs, 1 + 10 = 11 MACs."""
+    train, val, _ = digits
+    monkeypatch.setattr(GaussianSNR, "prepare", lambda *a: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"target_macs 5 is below the least .* 11 MACs .*give target_macs >= 11"):
+        compress(pretrained, train, val, GaussianSNR(target_macs=5), pipeline=QUICK)
+
+
 def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_training(pretrained, digits, monkeypatch):
     from bayescompress.pruning import UnsupportedGraphError
 

@@ -330,10 +330,18 @@ class Method(abc.ABC):
         if config.target_macs is None:
             return None
         try:
-            return ChainCosts.of(network, context.example)
+            costs = ChainCosts.of(network, context.example)
         except UnsupportedGraphError as error:
             raise UnsupportedGraphError(f"target_macs needs a sequential network (the built-in export's cost "
                                         f"model): {error}") from None
+        # the smallest export: one input, one unit in every hidden layer, the output layer whole
+        outputs = network.get_submodule(costs.names[-1]).weight.shape[0]
+        least = costs.macs(torch.tensor([1] * (len(costs.names) - 1) + [outputs]), 1)
+        if config.target_macs < least:
+            raise ValueError(f"target_macs {config.target_macs:,} is below the least this network's export can "
+                             f"cost, {least:,} MACs (one input, one unit in every hidden layer, the {outputs} "
+                             f"outputs); give target_macs >= {least:,}")
+        return costs
 
     def _reach_macs(self, network, config, masks, context, costs, history, callbacks):
         """Remove units towards ``target_macs`` in ``macs_rounds`` geometric steps, one epoch of fine-tuning
