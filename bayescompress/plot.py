@@ -433,11 +433,12 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
     Turbo-VBI runs, inclusion.png. Only safetensors and JSON are read; no network is rebuilt.
     """
     from bayescompress.io import read_json_record, read_safetensors
-    from bayescompress.runs import read_masks  # here: runs imports this module lazily, for its figures
 
     directory = Path(directory)
     what = "not a complete bayescompress run folder"
-    run_masks, inclusion_probabilities = read_masks(directory)
+    run_masks = Masks.read(directory / "masks.safetensors", what)
+    inclusion_path = directory / "inclusion.safetensors"
+    inclusion_probabilities = read_safetensors(inclusion_path, what) if inclusion_path.is_file() else {}
     out = Path(out) if out is not None else directory / "plots"
     out.mkdir(parents=True, exist_ok=True)
     metrics = read_json_record(directory / "metrics.json", what)

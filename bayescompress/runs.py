@@ -43,7 +43,6 @@ from bayescompress.io import (
     load_weights_,
     read_json_record,
     read_safetensors,
-    read_safetensors_metadata,
     save_weights,
     write_json,
 )
@@ -63,8 +62,6 @@ from bayescompress.pruning.structure import SelectInputs
 # Largest |output difference| (relative to the outputs' scale) a rebuilt network may show on the probe inputs.
 _PROBE_RTOL = 1e-4
 # What save writes (and `bayescompress plot` adds); overwrite refuses a run folder holding anything else.
-# masks.safetensors header entry: the layers' names in network order (the file itself keeps them sorted by name)
-MASKS_ORDER = "layers"
 RUN_FILES = frozenset({"model.safetensors", "posterior.safetensors", "architecture.json", "masks.safetensors",
                        "probe.safetensors", "metrics.json", "report.md", "inclusion.safetensors", "trained.safetensors",
                        "shuffling.safetensors", "history.json", "scores.safetensors", "plots", "masks.png",
@@ -202,8 +199,7 @@ class CompressionResult:
             save_weights(self.exported.state_dict(), staging / "model.safetensors")
             if self.posterior is not None:
                 save_weights(self.posterior.state_dict(), staging / "posterior.safetensors")
-            save_weights(self.masks.to_tensors(), staging / "masks.safetensors",
-                         metadata={MASKS_ORDER: json.dumps(list(self.masks.weight))})
+            self.masks.save(staging / "masks.safetensors")
             save_weights({"input": probe_input, "output": probe_output}, staging / "probe.safetensors")
             if self.inclusion:
                 save_weights(self.inclusion, staging / "inclusion.safetensors")
@@ -483,9 +479,7 @@ def read_masks(directory: str | os.PathLike) -> tuple[Masks, dict[str, Tensor]]:
     network: all that the figures need, whatever the architecture."""
     directory = Path(directory)
     what = "not a complete bayescompress run folder"
-    path = directory / "masks.safetensors"
-    order = read_safetensors_metadata(path, what).get(MASKS_ORDER)
-    masks = Masks.from_tensors(read_safetensors(path, what), json.loads(order) if order else None)
+    masks = Masks.read(directory / "masks.safetensors", what)
     inclusion_path = directory / "inclusion.safetensors"
     return masks, read_safetensors(inclusion_path, what) if inclusion_path.exists() else {}
 

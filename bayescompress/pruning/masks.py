@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -10,7 +12,12 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
+from bayescompress.io import read_safetensors, read_safetensors_metadata, save_weights
 from bayescompress.nn.layers import is_handled_layer
+
+
+# the safetensors header entry of the layers' names in network order (the file keeps its tensors sorted by name)
+_ORDER_KEY = "layers"
 
 
 def _natural_key(name: str) -> tuple:
@@ -82,6 +89,16 @@ class Masks:
         tensors = {f"weight/{name}": m.to(torch.uint8) for name, m in self.weight.items()}
         tensors.update({f"units/{name}": m.to(torch.uint8) for name, m in self.units.items()})
         return tensors
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the masks as a safetensors file (atomically), their layers' order in its header."""
+        save_weights(self.to_tensors(), path, metadata={_ORDER_KEY: json.dumps(list(self.weight))})
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, what: str) -> Masks:
+        """The masks :meth:`save` wrote, layers in network order (``what`` names the file in errors)."""
+        order = read_safetensors_metadata(path, what).get(_ORDER_KEY)
+        return cls.from_tensors(read_safetensors(path, what), json.loads(order) if order else None)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], order: Sequence[str] | None = None) -> Masks:
