@@ -71,12 +71,12 @@ class PipelineConfig(Settings):
         0.01, "warn (AccuracyLossWarning, and in the report) when the compressed or exported network's test "
         "accuracy is more than this below the original's", Real(0.0, 1.0))
     latency_batch: int = setting(256, "batch size of the latency measurement (halved until a pass fits the "
-                                 "budget)", Integer(1))
+                                 "budget)", Integer(1, high=65536))
     latency_budget: float = setting(1.0, "about how many seconds the latency measurement may take per network",
                                     Real(0.0, low_open=True))
     fold_batchnorm: bool = setting(True, "fold every BatchNorm that directly follows a Linear/Conv2d into it "
                                    "first, so the channels a prior switches off can be removed", Flag())
-    seed: int = setting(0, "random seed", Integer(0))
+    seed: int = setting(0, "random seed", Integer(0, high=2**63 - 1))  # torch's seeds are 64-bit
     device: str = "cpu"
     quiet: bool = setting(False, "no progress bars", Flag())
 

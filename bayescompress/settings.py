@@ -46,6 +46,8 @@ class Real:
             return
         check_in_range(name, value, self.low, self.high, low_inclusive=not self.low_open,
                        high_inclusive=not self.high_open)
+        if math.isinf(value):  # no setting means anything at infinity; it would fail later, mid-run
+            raise ValueError(f"{name} must be finite; got {value!r}")
 
     def parse(self, text: str) -> float | None:
         return None if self.optional and text.lower() == "none" else float(text)
@@ -60,23 +62,26 @@ class Real:
 
 @dataclass(frozen=True)
 class Integer:
-    """An integer >= ``low``; ``optional`` also allows None, whose meaning the field's help states."""
+    """An integer in [low, high] (``high`` none: no upper end); ``optional`` also allows None, whose meaning the
+    field's help states."""
 
     low: int = 0
     optional: bool = False
+    high: int | None = None
 
     def check(self, name: str, value: Any) -> None:
         if value is None and self.optional:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or value < self.low:
-            raise ValueError(f"{name} must be an integer >= {self.low}{' or none' if self.optional else ''}; "
-                             f"got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, int) or value < self.low
+                or (self.high is not None and value > self.high)):
+            raise ValueError(f"{name} must be {self.describe()}; got {value!r}")
 
     def parse(self, text: str) -> int | None:
         return None if self.optional and text.lower() == "none" else int(text)
 
     def describe(self) -> str:
-        return f"an integer >= {self.low}" + (", or none" if self.optional else "")
+        span = f">= {self.low}" if self.high is None else f"in [{self.low}, {self.high}]"
+        return f"an integer {span}" + (", or none" if self.optional else "")
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,20 @@ def test_settings_check_and_describe_their_values():
         Choice(("grid",)).check("graph", "ring")
     with pytest.raises(ValueError, match="pi0 must be in"):
         TurboVBIConfig(pi0=1.0)
+    assert Integer(0, high=9).describe() == "an integer in [0, 9]"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: PipelineConfig(latency_budget=float("inf")), "latency_budget must be finite"),
+    (lambda: PipelineConfig(latency_batch=10**9), r"latency_batch must be an integer in \[1, 65536\]"),
+    (lambda: PipelineConfig(seed=2**70), r"seed must be an integer in \[0, 9223372036854775807\]"),
+    (lambda: methods.get("gaussian-snr")(init_rho=100.0), r"init_rho must be in \[-30.0, 10.0\]"),
+    (lambda: methods.get("gaussian-snr")(prior_scale=float("inf")), "prior_scale must be finite"),
+], ids=["latency-budget-inf", "latency-batch", "seed", "init-rho", "prior-scale-inf"])
+def test_a_setting_that_would_fail_mid_run_is_refused_on_construction(make, message):
+    """Each of these used to be accepted and then failed after the training (or, for the seed, at its start)."""
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_the_preset_follows_the_network_and_given_settings_win():

@@ -129,7 +129,7 @@ class VariationalConfig(MethodConfig):
     lr_schedule: str = setting("constant", "learning-rate schedule of the VI training: constant, cosine or linear "
                                "(both annealed to 0 over the epochs)", Choice(LR_SCHEDULES))
     init_rho: float | None = setting(-6.0, "starting rho of every weight, sigma = softplus(rho); none = sigma "
-                                     "proportional to |w|", Real(optional=True))
+                                     "proportional to |w|", Real(-30.0, 10.0, optional=True))
     kl_warmup_epochs: int = setting(0, "epochs over which the KL weight grows linearly from 0", Integer(0))
     kl_weight: float = setting(1.0, "KL weight after warm-up (1 = the ELBO; below 1 prunes less)",
                                Real(0.0, 1.0, low_open=True))
