@@ -157,6 +157,8 @@ def compress(
     first = next(iter(val_loader), None)
     if first is None:
         raise ValueError("val_loader yields no batch; compress needs validation data (use a val_fraction > 0)")
+    if test_loader is not None and next(iter(test_loader), None) is None:  # measured only after the training
+        raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
     if start is not None:  # before any work
         start.check(method_config, original_weights, first[0][:PROBE_SIZE])
     # a few inputs: the graph export recognises constant channels by their being equal on all of them

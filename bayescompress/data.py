@@ -284,6 +284,10 @@ def load_dataset(
             )
         loader = _load_cifar10_folder if name == "cifar10" else _load_idx_folder
         pool_x, pool_y, test_x, test_y = loader(Path(data_dir))
+        for part, labels in (("training", pool_y), ("test", test_y)):
+            if len(labels) == 0:  # every metric is measured on the test split: refuse before any training
+                raise ValueError(f"the {part} files of dataset {name!r} in {data_dir} hold no images; give a "
+                                 "folder whose training and test files each hold at least one")
 
     n_val = round(len(pool_y) * val_fraction)
     if n_val == len(pool_y):

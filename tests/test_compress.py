@@ -420,3 +420,11 @@ def test_a_network_that_does_not_fit_the_data_is_refused_before_any_work(digits,
     with pytest.raises(ValueError, match=message):
         compress(network, train, val, Magnitude(keep_fraction=0.5), pipeline=QUICK, checkpoint=tmp_path / "ck")
     assert not (tmp_path / "ck").exists()  # nothing a later run would take for an interrupted one
+
+
+def test_an_empty_test_loader_is_refused_before_any_work(digits, monkeypatch):
+    train, val, _ = digits
+    monkeypatch.setattr(Magnitude, "prepare", lambda *a: pytest.fail("training started"))
+    with pytest.raises(ValueError, match="test_loader yields no batch"):
+        compress(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), train, val,
+                 Magnitude(keep_fraction=0.5), test_loader=[], pipeline=QUICK)

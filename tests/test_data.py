@@ -177,6 +177,15 @@ def test_fashion_mnist_uses_same_file_names(tmp_path: Path, fake_mnist: dict[str
     np.testing.assert_array_equal(splits.test.tensors[1].numpy(), fake_mnist["t10k-labels-idx1-ubyte"])
 
 
+@pytest.mark.parametrize("part, prefix", [("training", "train"), ("test", "t10k")])
+def test_a_split_whose_files_hold_no_images_is_refused_on_loading(tmp_path: Path, fake_mnist, part, prefix) -> None:
+    suffix = ".gz" if prefix == "train" else ""
+    write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", np.zeros((0,), dtype=np.uint8))
+    with pytest.raises(ValueError, match=f"the {part} files of dataset 'mnist' in .* hold no images"):
+        load_dataset("mnist", tmp_path)
+
+
 @pytest.mark.parametrize("dropped", range(4))
 def test_missing_idx_file_raises_dataset_not_found(
     tmp_path: Path, fake_mnist: dict[str, np.ndarray], dropped: int
