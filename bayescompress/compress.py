@@ -152,6 +152,15 @@ def compress(
         if "epochs" not in type(method_config).names():
             raise ValueError(unknown_setting_message("epochs", method.name, type(method_config)))
         method_config = dataclasses.replace(method_config, epochs=epochs)
+    other_dtypes = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+    if other_dtypes:  # the exports build float32 layers: a float64 network would fail after its training
+        raise ValueError(f"the model has {', '.join(sorted(other_dtypes))} parameters; compress trains and exports "
+                         "float32 networks: convert it with model.float() (and the data with it)")
+    frozen = [name or "<root>" for name, layer in prunable_layers(model)
+              if any(not p.requires_grad for p in layer.parameters(recurse=False))]
+    if frozen:  # the methods train and prune every Linear/Conv2d: a frozen mean would be half-trained
+        raise ValueError(f"layers {', '.join(frozen)} have frozen parameters (requires_grad=False); compress "
+                         "trains and prunes every Linear/Conv2d: unfreeze them (model.requires_grad_(True))")
     original_weights = weights_fingerprint(model)
     eval_loader = test_loader if test_loader is not None else val_loader
     first = next(iter(val_loader), None)

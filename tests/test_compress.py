@@ -428,3 +428,18 @@ def test_an_empty_test_loader_is_refused_before_any_work(digits, monkeypatch):
     with pytest.raises(ValueError, match="test_loader yields no batch"):
         compress(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), train, val,
                  Magnitude(keep_fraction=0.5), test_loader=[], pipeline=QUICK)
+
+
+def test_a_float64_network_is_refused_before_any_work(digits):
+    train, val, _ = digits
+    with pytest.raises(ValueError, match=r"torch.float64 parameters; compress trains and exports float32.*model.float"):
+        compress(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).double(), train, val,
+                 Magnitude(keep_fraction=0.5), pipeline=QUICK)
+
+
+def test_a_network_with_a_frozen_layer_is_refused_naming_it(digits):
+    train, val, _ = digits
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    net[1].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"layers 1 have frozen parameters.*requires_grad_\(True\)"):
+        compress(net, train, val, "ssvi", pipeline=QUICK)
