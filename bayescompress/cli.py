@@ -410,17 +410,10 @@ def _forget_unstarted_run(out: Path) -> None:
     """Remove the invocation a run that failed before its first checkpoint wrote, its checkpoint folder if that
     holds only the run's settings (no phase was saved), and the run folder if it is left empty: bad input leaves
     nothing behind, and nothing the same command would take for an interrupted run."""
-    import shutil
+    from bayescompress.runs import INVOCATION_FILE, discard_unstarted_checkpoint
 
-    from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE
-
-    checkpoint = out / CHECKPOINT_DIR
-    if not (out / INVOCATION_FILE).is_file():
+    if not (out / INVOCATION_FILE).is_file() or not discard_unstarted_checkpoint(out):
         return
-    if checkpoint.exists():
-        if not checkpoint.is_dir() or any(entry.name != "run.json" for entry in checkpoint.iterdir()):
-            return  # progress was saved: the run can be resumed
-        shutil.rmtree(checkpoint)
     (out / INVOCATION_FILE).unlink()
     if not any(out.iterdir()):
         out.rmdir()

@@ -30,7 +30,7 @@ from bayescompress.io import atomic_write, write_json
 from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.inference.checkpoint import shuffling_generators
-from bayescompress.runs import CHECKPOINT_DIR, is_interrupted_run, is_run_folder
+from bayescompress.runs import CHECKPOINT_DIR, discard_unstarted_checkpoint, is_interrupted_run, is_run_folder
 
 # (column, how to read it from a run's metrics, how to write it); the order of the table
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -194,6 +194,12 @@ def compare(
     out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
     if out is not None and resume:
         _check_resumable(out, chosen, seeds, model)
+    if hasattr(train_loader, "__len__"):  # a method whose settings cannot work fails now, not after the others ran
+        for name, method in chosen.items():
+            try:
+                method.check_data(method.configure(model), len(train_loader))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
     generators = shuffling_generators(train_loader)
     comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors])
     first_runs: dict = {}
@@ -213,10 +219,16 @@ def compare(
             checkpoint = folder / CHECKPOINT_DIR
             if overwrite and not resume and checkpoint.is_dir() and distributed.is_main():
                 shutil.rmtree(checkpoint)  # this package's own checkpoint of the run being replaced
-        with warnings.catch_warnings():  # recorded per run and flagged in the table
-            warnings.simplefilter("ignore", AccuracyLossWarning)
-            result = compress(model, train_loader, val_loader, chosen[name], test_loader=test_loader,
-                              pipeline=replace(pipeline, seed=seed), checkpoint=checkpoint)
+        try:
+            with warnings.catch_warnings():  # recorded per run and flagged in the table
+                warnings.simplefilter("ignore", AccuracyLossWarning)
+                result = compress(model, train_loader, val_loader, chosen[name], test_loader=test_loader,
+                                  pipeline=replace(pipeline, seed=seed), checkpoint=checkpoint)
+        except Exception:
+            # a run that failed before its first checkpoint leaves nothing --resume would take for its progress
+            if folder is not None and distributed.is_main() and discard_unstarted_checkpoint(folder):
+                _remove_if_empty(folder)
+            raise
         if folder is not None and distributed.is_main():
             result.source = source
             result.save(folder, overwrite=overwrite, resume=True)
@@ -233,6 +245,13 @@ def compare(
     if out is not None and distributed.is_main():
         comparison.save(out)
     return comparison
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """``folder`` and then its parent (the method's folder), each only when empty."""
+    for path in (folder, folder.parent):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def _resolve(chosen: Sequence[str | Method] | Mapping[str, str | Method]) -> dict[str, Method]:

@@ -170,6 +170,8 @@ def compress(
         raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
     if start is not None:  # before any work
         start.check(method_config, original_weights, first[0][:PROBE_SIZE])
+    if hasattr(train_loader, "__len__"):
+        method.check_data(method_config, len(train_loader))
     # a few inputs: the graph export recognises constant channels by their being equal on all of them
     probe = first[0][:PROBE_SIZE].to(pipeline.device)
     example = probe[:1]

@@ -236,6 +236,19 @@ INVOCATION_FILE = "invocation.json"
 IN_PROGRESS_FILES = frozenset({CHECKPOINT_DIR, INVOCATION_FILE})
 
 
+def discard_unstarted_checkpoint(directory: str | os.PathLike) -> bool:
+    """Remove ``directory``'s checkpoint folder when it holds only the run's settings (no training phase was
+    saved: the run failed before its first checkpoint), so the same command later starts afresh instead of being
+    taken for an interrupted run; returns whether nothing of a checkpoint is left."""
+    checkpoint = Path(directory) / CHECKPOINT_DIR
+    if not checkpoint.exists():
+        return True
+    if not checkpoint.is_dir() or any(entry.name != "run.json" for entry in checkpoint.iterdir()):
+        return False  # progress was saved: the run can be resumed
+    shutil.rmtree(checkpoint)
+    return True
+
+
 def is_interrupted_run(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a run that has not finished: its checkpoint (a finished run's folder is
     written without one; an interrupted ``--overwrite`` run also still holds the run it replaces)."""

@@ -136,6 +136,26 @@ def test_resume_reads_a_setting_by_what_it_resolves_to(pretrained, comparison):
     metrics_path.write_text(json.dumps(saved))
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_to_resume(pretrained, tmp_path):
+    """A budget on a two-path network fails once the run's checkpoint settings are written (before training):
+    the folder goes, so --resume after fixing the setting is not refused as another run's checkpoint."""
+    import torch
+
+    class TwoPaths(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.a(x.flatten(1)) + self.b(x.flatten(1))
+
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match="target_macs needs a sequential network"):
+        compare(TwoPaths(), train, val, [Magnitude(keep_fraction=0.3, target_macs=100)], seeds=[0],
+                out=tmp_path / "c", pipeline=QUICK)
+    assert not (tmp_path / "c" / "magnitude").exists()
+
+
 @pytest.mark.parametrize("methods, seeds, message", [
     ([], [0], "methods is empty"),
     (["magnitude", "magnitude"], [0], "given twice"),

@@ -162,6 +162,25 @@ def test_ssvi_settings_that_would_run_no_subspace_update_say_what_to_change():
         fit(net, loader, config=TrainConfig(epochs=1, quiet=True), callbacks=[SparseSubspace(0.5)])
 
 
+def test_ssvi_settings_that_would_run_no_update_on_this_data_fail_before_any_work(tmp_path, monkeypatch):
+    """compress and compare check the settings against the training batches first: no checkpoint is opened, and a
+    comparison fails before its other methods' runs instead of after them."""
+    from bayescompress.compare import compare
+    from bayescompress.methods import GaussianSNR, SSVI
+
+    model, loader = _toy()  # 4 batches: 100 steps between updates is more than 2 epochs hold
+    monkeypatch.setattr(SSVI, "prepare", lambda *a: pytest.fail("training started"))
+    pipeline = PipelineConfig(quiet=True, max_accuracy_loss=1.0)
+    with pytest.raises(ValueError, match="no subspace update would run: the run has 8 steps"):
+        compress(model, loader, loader, SSVI(epochs=2, update_interval=100), pipeline=pipeline,
+                 checkpoint=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+    monkeypatch.setattr(GaussianSNR, "prepare", lambda *a: pytest.fail("a run started"))
+    with pytest.raises(ValueError, match="ssvi: no subspace update would run"):
+        compare(model, loader, loader, [GaussianSNR(epochs=1), SSVI(epochs=2, update_interval=100)],
+                out=tmp_path / "cmp", pipeline=pipeline)
+
+
 def test_resuming_from_other_pretrained_weights_is_refused(tmp_path):
     model, loader = _toy()
     pipeline = PipelineConfig(quiet=True, max_accuracy_loss=1.0)

@@ -35,6 +35,18 @@ def drop_fraction(step: int, end: int, alpha: float) -> float:
     return alpha / 2 * (1 + math.cos(math.pi * step / end))
 
 
+def check_updates_run(update_interval: int, end_fraction: float, total_steps: int) -> int:
+    """The step before which subspace updates run, end_fraction * total_steps; refuses settings under which
+    none would."""
+    end = int(end_fraction * total_steps)
+    if update_interval >= end:
+        raise ValueError(
+            f"no subspace update would run: the run has {total_steps} steps, updates come every {update_interval} "
+            f"steps while t < end_fraction * {total_steps} = {end}; lower update_interval, raise end_fraction, or "
+            "train more epochs")
+    return end
+
+
 class SparseSubspace(Callback):
     """Keeps every Bayesian layer's weights in a sparse subspace of fixed density and moves it (module docstring).
 
@@ -92,12 +104,7 @@ class SparseSubspace(Callback):
 
     @torch.no_grad()
     def on_train_begin(self, trainer: Trainer) -> None:
-        self._end = int(self.end_fraction * trainer.total_steps)
-        if self.update_interval >= self._end:
-            raise ValueError(
-                f"no subspace update would run: the run has {trainer.total_steps} steps, updates come every "
-                f"{self.update_interval} steps while t < end_fraction * {trainer.total_steps} = {self._end}; lower "
-                "update_interval, raise end_fraction, or train more epochs")
+        self._end = check_updates_run(self.update_interval, self.end_fraction, trainer.total_steps)
         layers = self._layers(trainer)
         if not layers:
             raise ValueError("SparseSubspace found no Bayesian layer outside dense_layers; convert the model with "

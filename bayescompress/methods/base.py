@@ -247,6 +247,10 @@ class Method(abc.ABC):
             return self.config
         return self.config_class(**{**self.presets.get(network_kind(model), {}), **self.settings})
 
+    def check_data(self, config: MethodConfig, steps_per_epoch: int) -> None:
+        """Refuse settings that cannot work with ``steps_per_epoch`` training batches per epoch, before any work:
+        ``compress`` calls it first, ``compare`` for every method before its first run. Nothing by default."""
+
     def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext,
                         trained: dict[str, Tensor] | None = None, shuffling: Sequence[Tensor] = ()) -> Trained:
         """Train ``network`` (in place), prune it and fine-tune the survivors: the whole method. With

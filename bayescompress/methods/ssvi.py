@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bayescompress.inference import Callback, SparseSubspace
-from bayescompress.inference.subspace import GROWTH, INITIAL
+from bayescompress.inference.subspace import GROWTH, INITIAL, check_updates_run
 from bayescompress.methods.base import VariationalConfig, VariationalMethod
 from bayescompress.nn.model import bayesian_layers, execution_order
 from bayescompress.priors import GaussianPrior
@@ -79,6 +79,9 @@ class SSVI(VariationalMethod):
                                end_fraction=config.end_fraction, score=config.removal_score, growth=config.growth,
                                initial=config.initial_subspace, structured=config.structured, dense_layers=dense,
                                seed=context.seed, layer_density=per_layer(config.layer_density, "layer_density"))]
+
+    def check_data(self, config: SSVIConfig, steps_per_epoch: int) -> None:
+        check_updates_run(config.update_interval, config.end_fraction, config.epochs * steps_per_epoch)
 
     def train_settings(self, config: SSVIConfig) -> dict:
         return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum}
