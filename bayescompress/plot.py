@@ -395,8 +395,18 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
         ax.grid(True, which="both", alpha=0.3)
     low = min([100 * p["error"] for ps in points.values() for p in ps] + [100 * r["error"] for rs in runs.values()
                                                                           for r in rs] + [100.0])
-    axes[0].set_ylim(max(0.0, low - 0.5), min(100.0, max(low * 4, low + 5)))
-    axes[1].set_ylim(*axes[0].get_ylim())
+    top = min(100.0, max(low * 4, low + 5))
+    for ax in axes:
+        ax.set_ylim(max(0.0, low - 0.5), top)
+    # runs above the zoomed axis stay visible: a triangle on the top edge, labelled with their error
+    for index, method in enumerate(dict.fromkeys([*points, *runs])):
+        above = [r for r in runs.get(method, ()) if 100 * r["error"] > top]
+        for ax, x in zip(axes, ("compression", "exported_macs")):
+            for run in above:
+                ax.scatter([run[x]], [top], marker="^", color=colours[index % len(colours)], edgecolor="black",
+                           s=60, zorder=5, clip_on=False)
+                ax.annotate(f"{100 * run['error']:.1f} %", (run[x], top), textcoords="offset points",
+                            xytext=(0, -12), ha="center", fontsize=7)
     axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
     handles, labels = axes[0].get_legend_handles_labels()
     figure.suptitle(title or "Accuracy against compression", fontsize=11)

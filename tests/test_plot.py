@@ -196,6 +196,22 @@ def test_pareto_draws_every_method_and_labels_the_published_anchors():
     pyplot.close(figure)
 
 
+def test_pareto_marks_runs_above_its_zoomed_error_axis_on_the_top_edge():
+    from bayescompress.plot import pareto
+
+    runs = {"good": [{"compression": 10, "error": 0.02, "exported_macs": 5e4}],
+            "poor": [{"compression": 12, "error": 0.387, "exported_macs": 4e4}]}
+    figure = pareto({}, runs)
+    left, right = figure.axes
+    top = left.get_ylim()[1]
+    assert top < 38.7  # zoomed on the good run: 4 x 2 % = 8 %
+    for ax in (left, right):
+        edge = [c for c in ax.collections if c.get_offsets().shape[0] and np.allclose(c.get_offsets()[:, 1], top)]
+        assert len(edge) == 1 and edge[0].get_offsets()[0, 0] == (12 if ax is left else 4e4)
+        assert [t.get_text() for t in ax.texts] == ["38.7 %"]
+    pyplot.close(figure)
+
+
 class _HeadFirst(torch.nn.Module):
     """Head registered before a body of more than ten numbered layers: sorting the names by text puts "body.10"
     before "body.2" and "body.8", and neither order is the network's."""
