@@ -237,7 +237,9 @@ def _given(args: argparse.Namespace, names) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
-def _warn_accuracy_loss(metrics: dict, out) -> None:
+def _warn_accuracy_loss(metrics: dict, out, settings: dict) -> None:
+    from bayescompress.compress import accuracy_loss_advice
+
     loss = metrics["accuracy_loss"]
     if not loss["exceeded"]:
         return
@@ -245,8 +247,8 @@ def _warn_accuracy_loss(metrics: dict, out) -> None:
     print(f"\n!!! WARNING: the {worst} network lost {100 * loss[worst]:.2f} points of test accuracy "
           f"({100 * metrics['original']['accuracy']:.2f} % -> {100 * metrics[worst]['accuracy']:.2f} %), more than "
           f"the {100 * loss['limit']:g} allowed (--max-accuracy-loss {loss['limit']:g}).\n"
-          f"!!! The run folder {out} is written, but this is not a usable compression: keep more (--keep-fraction, "
-          "--prior-inclusion, --pi0), train fewer epochs before pruning (--max-val-drop), or fine-tune longer.\n",
+          f"!!! The run folder {out} is written, but this is not a usable compression: "
+          f"{accuracy_loss_advice(settings, flags=True)}.\n",
           file=sys.stderr)
 
 
@@ -482,7 +484,7 @@ def _run(args: argparse.Namespace) -> int:
             if not distributed.is_main():
                 return 0
             output = _run_output(result, result.save(args.out, overwrite=args.overwrite, resume=True), args.quiet)
-            _warn_accuracy_loss(result.metrics, args.out)
+            _warn_accuracy_loss(result.metrics, args.out, result.config["method"])
         else:
             start = time.perf_counter()
             comparison = workflows.demo(args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite,

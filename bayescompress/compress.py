@@ -13,7 +13,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,7 +229,7 @@ def compress(
     metrics["resumed_from"] = store.resumed_from() if store is not None else None
     metrics["original_weights"] = original_weights
     metrics["trained_from"] = None if start is None else start.label
-    _check_accuracy_loss(metrics, pipeline.max_accuracy_loss)
+    _check_accuracy_loss(metrics, pipeline.max_accuracy_loss, dataclasses.asdict(method_config))
     export = ExportRecord(folded, surgery, probe.detach().cpu())
     return CompressionResult(method.name, record, metrics, final_masks, original, network, exported, structure,
                              history, inclusion, posterior=posterior, export_record=export,
@@ -401,9 +401,31 @@ def _fold_batchnorm(network: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
     return pairs
 
 
-def _check_accuracy_loss(metrics: dict, limit: float) -> None:
+# settings that keep more of the network (the budgets only where the run set one), then the one that stops
+# training before the network degrades, then the fine-tuning's length: what the accuracy-loss advice names
+_KEEP_MORE = ("keep_fraction", "density", "prior_inclusion", "pi0", "log_alpha_threshold", "within_unit_drop",
+              "target_compression", "target_macs")
+_ONLY_WHEN_SET = {"within_unit_drop", "target_compression", "target_macs"}
+
+
+def accuracy_loss_advice(settings: Mapping[str, object], flags: bool = False) -> str:
+    """What to change after a run lost too much accuracy, naming only settings of the run's method (``settings``:
+    name -> value, as its config records them), as command-line flags with ``flags``."""
+    have = {s for s, value in settings.items() if s not in _ONLY_WHEN_SET or value is not None}
+    name = (lambda s: "--" + s.replace("_", "-")) if flags else (lambda s: s)
+    keep = [name(s) for s in _KEEP_MORE if s in have]
+    parts = [f"keep more ({', '.join(keep)})"] if keep else []
+    if "max_val_drop" in have:
+        parts.append(f"stop the training before the network degrades ({name('max_val_drop')})")
+    if "finetune_epochs" in have:
+        parts.append(f"fine-tune longer ({name('finetune_epochs')})")
+    return ", or ".join(parts) if parts else "choose another method or settings"
+
+
+def _check_accuracy_loss(metrics: dict, limit: float, settings: Mapping[str, object]) -> None:
     """Record the accuracy the compressed and exported networks lost against the original, and warn loudly when
-    either lost more than ``limit``: a recipe that wrecks a network must not pass for a success."""
+    either lost more than ``limit``: a recipe that wrecks a network must not pass for a success. ``settings``: the
+    run's method settings, for the advice."""
     original = metrics["original"]["accuracy"]
     losses = {key: original - metrics[key]["accuracy"] for key in ("compressed", "exported")}
     worst = max(losses, key=losses.get)
@@ -413,8 +435,7 @@ def _check_accuracy_loss(metrics: dict, limit: float) -> None:
         warnings.warn(
             f"the {worst} network lost {100 * losses[worst]:.2f} points of accuracy against the original "
             f"({100 * original:.2f} % -> {100 * metrics[worst]['accuracy']:.2f} %), more than max_accuracy_loss "
-            f"= {100 * limit:g} points allows. Keep more (keep_fraction, prior_inclusion, pi0), train fewer epochs "
-            "before pruning (or set max_val_drop), or fine-tune longer", AccuracyLossWarning, stacklevel=3)
+            f"= {100 * limit:g} points allows: {accuracy_loss_advice(settings)}", AccuracyLossWarning, stacklevel=3)
 
 
 @torch.no_grad()

@@ -237,6 +237,18 @@ def test_a_destructive_setting_stops_early_or_warns_and_the_report_says_how_much
         f"WARNING: the exported network lost {100 * loss['exported']:.2f} points" in wrecked.report()
 
 
+@pytest.mark.parametrize("method, settings, expected", [
+    ("ssvi", {}, "keep more (density), or stop the training before the network degrades (max_val_drop), or "
+                 "fine-tune longer (finetune_epochs)"),
+    ("turbo-vbi", dict(target_macs=5000), "keep more (pi0, target_macs), or stop"),
+])
+def test_the_accuracy_loss_advice_names_only_the_runs_own_settings(method, settings, expected):
+    from bayescompress.compress import accuracy_loss_advice
+
+    config = methods.get(method)(**settings).configure(mlp(4, (3,), 2))
+    assert accuracy_loss_advice(dataclasses.asdict(config)).startswith(expected)
+
+
 def test_the_cli_warns_loudly_when_the_compressed_network_lost_too_much(tmp_path, capsys):
     weights = tmp_path / "mlp.safetensors"
     assert main(["pretrain", "--model", "mlp", "--epochs", "5", "--hidden", "16", "--out", str(weights),
@@ -246,6 +258,9 @@ def test_the_cli_warns_loudly_when_the_compressed_network_lost_too_much(tmp_path
     assert code == 0  # the run folder is written ...
     err = capsys.readouterr().err
     assert "!!! WARNING: the compressed network lost" in err and "--max-accuracy-loss 0.01" in err  # ... loudly
+    # the advice names magnitude's own flags only
+    assert "keep more (--keep-fraction), or fine-tune longer (--finetune-epochs)" in err
+    assert "--pi0" not in err and "--max-val-drop" not in err
     assert "**WARNING" in (tmp_path / "run" / "report.md").read_text()
 
 
