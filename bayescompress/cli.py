@@ -469,7 +469,8 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 written = plot.draw_run(args.run, args.out)  # no network is rebuilt: any run folder draws
             if not args.quiet:
-                print(f"wrote {len(written)} figures to {written[0].parent}: " + ", ".join(p.name for p in written))
+                count = f"{len(written)} figure{'s' if len(written) != 1 else ''}"
+                print(f"wrote {count} to {written[0].parent}: " + ", ".join(p.name for p in written))
             return 0
         elif args.command == "compress":
             method_class = methods.get(args.method)

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
@@ -79,7 +79,9 @@ def _grid(panels: int, max_columns: int, size: tuple[float, float], layout: str 
 def _save(figure: Figure, path: str | os.PathLike | None) -> None:
     if path is not None:
         path = Path(path)
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120))
+        # bbox_inches="tight": no colour-bar or axis label is cut off at the figure's edge
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120,
+                                                      bbox_inches="tight"))
 
 
 def inclusion(probabilities: dict, path: str | os.PathLike | None = None, max_columns: int = 4) -> Figure:
@@ -312,6 +314,7 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike | None = No
         for start in phases:
             ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("epoch (all phases)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 between two of them
         ax.set_ylabel(label)
         if len(keys) > 1:
             ax.legend(fontsize=8)
@@ -445,6 +448,9 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
     from bayescompress.io import read_json_record, read_safetensors
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a folder; give a run folder (compress --out, or one of a "
+                                "comparison's <method>/seed<k>)")
     what = "not a complete bayescompress run folder"
     run_masks = Masks.read(directory / "masks.safetensors", what)
     inclusion_path = directory / "inclusion.safetensors"

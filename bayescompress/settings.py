@@ -77,7 +77,15 @@ class Integer:
             raise ValueError(f"{name} must be {self.describe()}; got {value!r}")
 
     def parse(self, text: str) -> int | None:
-        return None if self.optional and text.lower() == "none" else int(text)
+        if self.optional and text.lower() == "none":
+            return None
+        try:
+            return int(text)
+        except ValueError:  # 1e4, 150000.0: a whole number written as a float
+            number = float(text)
+            if not number.is_integer():
+                raise
+            return int(number)
 
     def describe(self) -> str:
         span = f">= {self.low}" if self.high is None else f"in [{self.low}, {self.high}]"

@@ -178,6 +178,9 @@ def test_settings_check_and_describe_their_values():
     with pytest.raises(ValueError, match="pi0 must be in"):
         TurboVBIConfig(pi0=1.0)
     assert Integer(0, high=9).describe() == "an integer in [0, 9]"
+    assert Integer(1).parse("1e4") == 10000 and Integer(1).parse("150000.0") == 150000
+    with pytest.raises(ValueError):
+        Integer(1).parse("2.5")
 
 
 @pytest.mark.parametrize("make, message", [

@@ -157,6 +157,9 @@ def test_training_curves_have_one_panel_per_recorded_quantity_and_mark_the_fine_
     np.testing.assert_allclose(loss.get_ydata(), [3.0, 2.0, 0.5])
     assert figure.axes[1].get_lines()[-1].get_xdata()[0] == 2.5  # the dashed line before the fine-tuning
     assert "fine-tuning" in figure._suptitle.get_text()
+    figure.canvas.draw()
+    ticks = figure.axes[0].get_xticks()
+    assert np.allclose(ticks, np.round(ticks))  # whole epochs only
     pyplot.close(figure)
 
 
@@ -262,3 +265,10 @@ def test_masks_written_before_their_order_was_recorded_come_back_in_numeric_orde
     assert list(Masks.from_tensors(tensors).weight) == ["features.0", "features.2", "features.10", "features.12"]
     order = ["features.12", "features.0", "features.10", "features.2"]
     assert list(Masks.from_tensors(tensors, order).weight) == order
+
+
+def test_plotting_a_folder_that_does_not_exist_says_so():
+    from bayescompress.plot import draw_run
+
+    with pytest.raises(FileNotFoundError, match="nowhere is not a folder; give a run folder"):
+        draw_run("nowhere")
