@@ -59,10 +59,9 @@ class SpikeSlabConfig(VariationalConfig):
 class SpikeSlabHorseshoeConfig(SpikeSlabConfig):
     """Settings of ``ss-ghs``; the defaults are its LeNet-300-100 recipe: the full ELBO with mean-field gates
     started at 0.95, fast input gates, single weights pruned inside the surviving units on a 3-point validation
-    budget, and early stopping only as a safety net (docs/benchmarks.md)."""
+    budget and 30 fine-tuning epochs (as ss-gl's), and early stopping only as a safety net (docs/benchmarks.md)."""
 
     epochs: int = SpikeSlabConfig.override("epochs", 14)
-    finetune_epochs: int = SpikeSlabConfig.override("finetune_epochs", 15)
     within_unit_drop: float | None = SpikeSlabConfig.override("within_unit_drop", 0.03)
     input_gate_lr: float | None = SpikeSlabConfig.override("input_gate_lr", 5e-3)
     val_checks_per_epoch: int = SpikeSlabConfig.override("val_checks_per_epoch", 2)
