@@ -1,9 +1,9 @@
 """Prior families side by side: one network, one data set, every method at its recipe, the same seeds.
 
 :func:`compare` runs :func:`~bayescompress.compress` once per method and seed, each from the same pretrained
-network and, for one seed, on the same data order, writes each run as an ordinary run folder (``OUT/<method>/seed<k>``) as
-soon as it finishes, and tabulates the metrics as mean +- standard deviation over the seeds
-(``comparison.md`` / ``.csv`` / ``.json``). A killed comparison keeps the runs it finished; ``resume=True``
+network and, for one seed, on the same data order, writes each run as an ordinary run folder
+(``OUT/<method>/seed<k>``) as soon as it finishes, and tabulates the metrics as mean +- standard deviation over
+the seeds (``comparison.md`` / ``.csv`` / ``.json``). A killed comparison keeps the runs it finished; ``resume=True``
 reads them back instead of running them again.
 """
 
@@ -25,10 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bayescompress import distributed, methods
-from bayescompress.compress import AccuracyLossWarning, PipelineConfig, compress, resolve_method
+from bayescompress.compress import MAX_SEED, AccuracyLossWarning, PipelineConfig, compress, resolve_method
 from bayescompress.io import atomic_write, write_json
 from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
+from bayescompress.pruning.masks import copy_network
 from bayescompress.inference.checkpoint import shuffling_generators
 from bayescompress.runs import CHECKPOINT_DIR, discard_unstarted_checkpoint, is_interrupted_run, is_run_folder
 
@@ -194,12 +195,7 @@ def compare(
     out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
     if out is not None and resume:
         _check_resumable(out, chosen, seeds, model)
-    if hasattr(train_loader, "__len__"):  # a method whose settings cannot work fails now, not after the others ran
-        for name, method in chosen.items():
-            try:
-                method.check_data(method.configure(model), len(train_loader))
-            except ValueError as error:
-                raise ValueError(f"{name}: {error}") from None
+    _check_methods(model, chosen, train_loader, val_loader, pipeline.device)
     generators = shuffling_generators(train_loader)
     comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors])
     first_runs: dict = {}
@@ -247,6 +243,21 @@ def compare(
     return comparison
 
 
+def _check_methods(model: nn.Module, chosen: dict[str, Method], train_loader, val_loader, device: str) -> None:
+    """Every method's settings against the network and data (``Method.check``), before the first run: a
+    comparison whose last method cannot work fails now, not after the others have run."""
+    first = next(iter(val_loader), None)
+    if first is None:
+        return  # compress says so, at once
+    network = copy_network(model).to(device).eval()
+    steps = len(train_loader) if hasattr(train_loader, "__len__") else None
+    for name, method in chosen.items():
+        try:
+            method.check(network, method.configure(model), first[0][:1].to(device), steps)
+        except ValueError as error:  # UnsupportedGraphError too
+            raise type(error)(f"{name}: {error}") from None
+
+
 def _remove_if_empty(folder: Path) -> None:
     """``folder`` and then its parent (the method's folder), each only when empty."""
     for path in (folder, folder.parent):
@@ -276,8 +287,8 @@ def _resolve(chosen: Sequence[str | Method] | Mapping[str, str | Method]) -> dic
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be one or more non-negative integers; got {seeds!r}")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds):
+        raise ValueError(f"seeds must be one or more integers in [0, {MAX_SEED}]; got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds holds a seed twice ({seeds!r}); give each once")
     return seeds

@@ -48,6 +48,8 @@ from bayescompress.settings import Flag, Integer, Real, Settings, setting
 DEFAULT_METHOD = "gaussian-snr"
 # Validation inputs kept with a run: the graph export's constant test and a saved run's output check use them.
 PROBE_SIZE = 8
+# the largest seed torch's generators take (a signed 64-bit integer)
+MAX_SEED = 2**63 - 1
 # Largest |logit difference| between the export and the masked network that counts as the same function.
 EXPORT_TOLERANCE = 1e-4
 
@@ -76,7 +78,7 @@ class PipelineConfig(Settings):
                                     Real(0.0, low_open=True))
     fold_batchnorm: bool = setting(True, "fold every BatchNorm that directly follows a Linear/Conv2d into it "
                                    "first, so the channels a prior switches off can be removed", Flag())
-    seed: int = setting(0, "random seed", Integer(0, high=2**63 - 1))  # torch's seeds are 64-bit
+    seed: int = setting(0, "random seed", Integer(0, high=MAX_SEED))
     device: str = "cpu"
     quiet: bool = setting(False, "no progress bars", Flag())
 
@@ -159,8 +161,9 @@ def compress(
     frozen = [name or "<root>" for name, layer in prunable_layers(model)
               if any(not p.requires_grad for p in layer.parameters(recurse=False))]
     if frozen:  # the methods train and prune every Linear/Conv2d: a frozen mean would be half-trained
-        raise ValueError(f"layers {', '.join(frozen)} have frozen parameters (requires_grad=False); compress "
-                         "trains and prunes every Linear/Conv2d: unfreeze them (model.requires_grad_(True))")
+        which = f"layer {frozen[0]} has" if len(frozen) == 1 else f"layers {', '.join(frozen)} have"
+        raise ValueError(f"{which} frozen parameters (requires_grad=False); compress trains and prunes every "
+                         "Linear/Conv2d: unfreeze them (model.requires_grad_(True))")
     original_weights = weights_fingerprint(model)
     eval_loader = test_loader if test_loader is not None else val_loader
     first = next(iter(val_loader), None)
@@ -170,8 +173,6 @@ def compress(
         raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
     if start is not None:  # before any work
         start.check(method_config, original_weights, first[0][:PROBE_SIZE])
-    if hasattr(train_loader, "__len__"):
-        method.check_data(method_config, len(train_loader))
     # a few inputs: the graph export recognises constant channels by their being equal on all of them
     probe = first[0][:PROBE_SIZE].to(pipeline.device)
     example = probe[:1]
@@ -180,6 +181,8 @@ def compress(
         record["posterior"] = start.label
     original = copy_network(model).to(pipeline.device).eval()
     _check_model_fits_data(original, probe, first[1])
+    trains = start is None and hasattr(train_loader, "__len__")  # from a run's posterior nothing is trained
+    method.check(original, method_config, example, len(train_loader) if trains else None)
     store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
 
     network = copy_network(model).to(pipeline.device).eval()
@@ -326,7 +329,8 @@ class TrainedRun:
         if self.probe is not None and not (self.probe.shape == probe.shape and torch.equal(self.probe, probe.cpu())):
             raise ValueError(f"{self.label} was trained on other data: its first validation inputs (of shape "
                              f"{tuple(self.probe.shape[1:])}) differ from those of the data given now (shape "
-                             f"{tuple(probe.shape[1:])}); give the data set and validation split that run used")
+                             f"{tuple(probe.shape[1:])}); give the data set and validation split that run used, "
+                             "in an unshuffled validation loader")
 
 
 def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None) -> Checkpoint:

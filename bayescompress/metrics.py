@@ -9,6 +9,7 @@ lowest class index.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import statistics
@@ -330,18 +331,13 @@ def _attention_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> 
     (..., S, E), (..., S, Ev)): the scores Q K^T and their product with V. torch's counter knows only the
     CUDA kernels."""
     *batch, length, embed = query
-    batch_size = 1
-    for size in batch:
-        batch_size *= size
-    return 2 * batch_size * length * key[-2] * (embed + value[-1])
+    return 2 * math.prod(batch) * length * key[-2] * (embed + value[-1])
 
 
 def _mkldnn_rnn_layer_flops(inputs, weight_ih, weight_hh, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of one layer and direction of a CPU LSTM (oneDNN's kernel, which torch's counter does not know):
     every step multiplies the input by weight_ih and the hidden state by weight_hh."""
-    steps = 1
-    for size in inputs[:-1]:  # (time, batch) in either order
-        steps *= size
+    steps = math.prod(inputs[:-1])  # (time, batch) in either order
     return 2 * steps * (weight_ih[0] * weight_ih[1] + weight_hh[0] * weight_hh[1])
 
 
@@ -382,25 +378,21 @@ def sparse_macs(weight_masks: Mapping[str, Tensor], output_shapes: Mapping[str, 
     of the leading dimensions, 1 for (features,), T for (T, features)). Operations without weights (attention's
     products) and layers that are not masked are not counted.
     """
-    total = 0
-    for name, mask in weight_masks.items():
-        shape = output_shapes[name]
-        positions = 1
-        for size in shape[1:] if mask.dim() == 4 else shape[:-1]:
-            positions *= size
-        total += int(mask.sum()) * positions
-    return total
+    return sum(int(mask.sum()) * _positions(output_shapes[name], convolution=mask.dim() == 4)
+               for name, mask in weight_masks.items())
+
+
+def _positions(output_shape: tuple[int, ...], convolution: bool) -> int:
+    """How many times each weight is used per input: a convolution's output pixels ((channels, H, W): H x W), a
+    linear layer's leading dimensions ((..., features): 1 for (features,), T for (T, features))."""
+    return math.prod(output_shape[1:] if convolution else output_shape[:-1])
 
 
 def output_positions(layer: nn.Module, output_shape: tuple[int, ...]) -> int:
     """How many times each weight of ``layer`` is used per input: the output's spatial size for a convolution
     (``output_shape`` = (channels, H, W)), the product of the leading dimensions for a linear layer (1 for
     (features,), T for (T, features))."""
-    dims = output_shape[1:] if isinstance(layer, nn.Conv2d) else output_shape[:-1]
-    positions = 1
-    for size in dims:
-        positions *= size
-    return positions
+    return _positions(output_shape, convolution=isinstance(layer, nn.Conv2d))
 
 
 def training_macs_per_example(layers: Mapping[str, nn.Module], positions: Mapping[str, int], first: str,

@@ -46,7 +46,7 @@ class Real:
             return
         check_in_range(name, value, self.low, self.high, low_inclusive=not self.low_open,
                        high_inclusive=not self.high_open)
-        if math.isinf(value):  # no setting means anything at infinity; it would fail later, mid-run
+        if isinstance(value, float) and math.isinf(value):  # nothing means anything at infinity: it would fail mid-run
             raise ValueError(f"{name} must be finite; got {value!r}")
 
     def parse(self, text: str) -> float | None:

@@ -184,3 +184,16 @@ def test_an_interrupt_outside_training_exits_130_says_what_to_do_and_leaves_no_u
     assert capsys.readouterr().err.strip() == ("bayescompress compress: interrupted (SIGTERM) before anything was "
                                                "saved; run the command again")
     assert not (tmp_path / "run").exists()  # the invocation it had written is gone: the same command starts anew
+
+
+def test_the_interrupt_message_offers_resume_only_where_there_is_something_to_resume(tmp_path):
+    import argparse
+
+    from bayescompress.cli import _how_to_continue
+
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    assert _how_to_continue(argparse.Namespace(command="compress", out=str(run))) == (
+        f"after its last checkpoint; continue with: bayescompress compress --resume {run}")
+    assert "run the command again" in _how_to_continue(argparse.Namespace(command="compress", out=str(tmp_path)))
+    assert "--resume" in _how_to_continue(argparse.Namespace(command="compare", out=str(tmp_path)))

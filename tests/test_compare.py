@@ -114,46 +114,51 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed_when_the_setting_is
                 seeds=[0], out=comparison.out, resume=True, pipeline=QUICK)
 
 
-def test_resume_reads_a_setting_by_what_it_resolves_to(pretrained, comparison):
+def test_resume_reads_a_setting_by_what_it_resolves_to(pretrained, comparison, tmp_path):
     """finetune_distill none is 0 without a compute budget: a run recorded with an explicit 0 (before none was the
-    default) is the run this comparison would make, and one recorded with 0.5 is not."""
-    metrics_path = comparison.out / "magnitude" / "seed0" / "metrics.json"
+    default), or with no entry (before the setting existed), is the run this comparison would make; one recorded
+    with 0.5 is not."""
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison.out, out)  # the module's comparison stays as it was
+    metrics_path = out / "magnitude" / "seed0" / "metrics.json"
     saved = json.loads(metrics_path.read_text())
     assert saved["config"]["method"]["finetune_distill"] is None
     train, val, test = loaders()
-    for recorded, accepted in ((0.0, True), (0.5, False)):
-        saved["config"]["method"]["finetune_distill"] = recorded
+    for recorded, accepted in ((0.0, True), ("missing", True), (0.5, False)):
+        if recorded == "missing":
+            del saved["config"]["method"]["finetune_distill"]
+        else:
+            saved["config"]["method"]["finetune_distill"] = recorded
         metrics_path.write_text(json.dumps(saved))
         if accepted:
-            again = compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], test_loader=test,
-                            out=comparison.out, resume=True, pipeline=QUICK, keep_fractions=None)
+            again = compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], test_loader=test, out=out,
+                            resume=True, pipeline=QUICK, keep_fractions=None)
             assert again.runs["magnitude"][0]["compression_rate"] == saved["compression_rate"]
         else:
             with pytest.raises(ValueError, match="finetune_distill: 0.5 there, 0.0 now"):
-                compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], out=comparison.out, resume=True,
+                compare(pretrained, train, val, [quick_methods()[1]], seeds=[0], out=out, resume=True,
                         pipeline=QUICK)
-    saved["config"]["method"]["finetune_distill"] = None
-    metrics_path.write_text(json.dumps(saved))
 
 
-def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_to_resume(pretrained, tmp_path):
-    """A budget on a two-path network fails once the run's checkpoint settings are written (before training):
-    the folder goes, so --resume after fixing the setting is not refused as another run's checkpoint."""
-    import torch
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_to_resume(pretrained, tmp_path, monkeypatch):
+    """A run that fails once its checkpoint's settings are written, before any phase is saved: the folder goes,
+    so --resume after fixing the cause is not refused as another run's checkpoint."""
+    def broken(*args):
+        raise ValueError("the method broke before training")
 
-    class TwoPaths(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
-
-        def forward(self, x):
-            return self.a(x.flatten(1)) + self.b(x.flatten(1))
-
+    monkeypatch.setattr(Magnitude, "prepare", broken)
     train, val, _ = loaders()
-    with pytest.raises(ValueError, match="target_macs needs a sequential network"):
-        compare(TwoPaths(), train, val, [Magnitude(keep_fraction=0.3, target_macs=100)], seeds=[0],
-                out=tmp_path / "c", pipeline=QUICK)
+    with pytest.raises(ValueError, match="broke before training"):
+        compare(pretrained, train, val, [Magnitude(keep_fraction=0.3)], seeds=[0], out=tmp_path / "c", pipeline=QUICK)
     assert not (tmp_path / "c" / "magnitude").exists()
+
+
+def test_a_method_whose_settings_cannot_work_fails_before_any_run(pretrained, tmp_path, monkeypatch):
+    monkeypatch.setattr(Magnitude, "prepare", lambda *a: pytest.fail("a run started"))
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match="gaussian-snr: target_macs 5 is below the least"):
+        compare(pretrained, train, val, [Magnitude(keep_fraction=0.3), GaussianSNR(target_macs=5)], seeds=[0],
+                out=tmp_path / "c", pipeline=QUICK)
 
 
 @pytest.mark.parametrize("methods, seeds, message", [
@@ -162,7 +167,8 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_to_resume(p
     (["no-such"], [0], "no-such"),
     (["magnitude"], [], "seeds"),
     (["magnitude"], [0, 0], "twice"),
-    (["magnitude"], [-1], "non-negative"),
+    (["magnitude"], [-1], r"integers in \[0, 9223372036854775807\]"),
+    (["magnitude"], [2**70], r"integers in \[0, 9223372036854775807\]"),
 ])
 def test_bad_compare_inputs_are_refused_before_any_run(pretrained, methods, seeds, message, tmp_path):
     train, val, _ = loaders()

@@ -383,13 +383,16 @@ def test_a_compute_budget_distils_its_fine_tuning_from_the_original_by_default(p
     assert seen == [(0.0, False)] * 3  # an explicit 0 turns it off
 
 
-def test_a_compute_budget_below_the_smallest_export_fails_before_training(pretrained, digits, monkeypatch):
+def test_a_compute_budget_below_the_smallest_export_fails_before_training(pretrained, digits, monkeypatch,
+                                                                         tmp_path):
     """The pretrained MLP is 64 -> 32 -> 10: its smallest export reads one pixel into one hidden unit and that
-    unit into the 10 outputs, 1 + 10 = 11 MACs."""
+    unit into the 10 outputs, 1 + 10 = 11 MACs. Refused before a checkpoint is opened, so the corrected call
+    with the same checkpoint folder is not taken for another run."""
     train, val, _ = digits
     monkeypatch.setattr(GaussianSNR, "prepare", lambda *a: pytest.fail("training started"))
     with pytest.raises(ValueError, match=r"target_macs 5 is below the least .* 11 MACs .*give target_macs >= 11"):
-        compress(pretrained, train, val, GaussianSNR(target_macs=5), pipeline=QUICK)
+        compress(pretrained, train, val, GaussianSNR(target_macs=5), pipeline=QUICK, checkpoint=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
 
 
 def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_training(pretrained, digits, monkeypatch):
@@ -441,5 +444,5 @@ def test_a_network_with_a_frozen_layer_is_refused_naming_it(digits):
     train, val, _ = digits
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
     net[1].weight.requires_grad_(False)
-    with pytest.raises(ValueError, match=r"layers 1 have frozen parameters.*requires_grad_\(True\)"):
+    with pytest.raises(ValueError, match=r"layer 1 has frozen parameters.*requires_grad_\(True\)"):
         compress(net, train, val, "ssvi", pipeline=QUICK)

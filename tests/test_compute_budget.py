@@ -75,6 +75,13 @@ def test_cost_model_counts_the_exported_networks_macs(kind):
     assert costs.macs(full, net.get_submodule(costs.names[0]).weight.shape[1]) == dense_macs(net, example[:1])
 
 
+def test_cost_model_counts_a_linear_layer_once_per_token():
+    net = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3))
+    example = torch.randn(1, 9, 7)  # 9 tokens of 7 features
+    costs = ChainCosts.of(net, example)
+    assert costs.macs(torch.tensor([5, 3]), 7) == dense_macs(net, example) == 9 * (7 * 5 + 5 * 3)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "lenet5"])
 def test_savings_are_the_macs_one_removal_takes_off(kind):
     net, example = _network(kind)

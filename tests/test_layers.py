@@ -200,7 +200,8 @@ def test_a_model_without_linear_or_conv_layers_is_refused_naming_the_supported_t
 @pytest.mark.parametrize("patterns", [dict(include=["nope*"]), dict(include=["3", "nope"]), dict(exclude=["typo"])])
 def test_a_pattern_that_matches_no_layer_is_refused_naming_it(patterns):
     kind, (*_, bad) = next(iter(patterns.items()))
-    with pytest.raises(ValueError, match=rf"{kind} pattern '{re.escape(bad)}' matches none of the convertible layers \(1, 3\)"):
+    message = rf"{kind} pattern '{re.escape(bad)}' matches none of the convertible layers \(1, 3\)"
+    with pytest.raises(ValueError, match=message):
         bayesianize_(mlp(8, (6,), 3), **patterns)
 
 

@@ -69,6 +69,10 @@ def test_a_checkpoint_recorded_with_a_default_spelled_out_resumes(tmp_path):
     record_path.write_text(json.dumps(record))
     again = compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
     assert again.metrics["compressed"]["accuracy"] == first.metrics["compressed"]["accuracy"]
+    del record["method"]["finetune_distill"]  # written before the setting existed: its run did not distil
+    record_path.write_text(json.dumps(record))
+    again = compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    assert again.metrics["compressed"]["accuracy"] == first.metrics["compressed"]["accuracy"]
     record["method"]["finetune_distill"] = 0.5
     record_path.write_text(json.dumps(record))
     with pytest.raises(CheckpointMismatchError, match=r"method\.finetune_distill: 0.5 there, 0.0 now"):
@@ -179,6 +183,22 @@ def test_ssvi_settings_that_would_run_no_update_on_this_data_fail_before_any_wor
     with pytest.raises(ValueError, match="ssvi: no subspace update would run"):
         compare(model, loader, loader, [GaussianSNR(epochs=1), SSVI(epochs=2, update_interval=100)],
                 out=tmp_path / "cmp", pipeline=pipeline)
+
+
+def test_only_a_checkpoint_without_a_saved_phase_is_discarded(tmp_path):
+    from bayescompress.runs import discard_unstarted_checkpoint
+
+    (tmp_path / "started" / "checkpoint").mkdir(parents=True)
+    for name in ("run.json", "phase-0.json", "phase-0.1.safetensors"):
+        (tmp_path / "started" / "checkpoint" / name).write_text("{}")
+    assert not discard_unstarted_checkpoint(tmp_path / "started")  # progress: kept for --resume
+    assert sorted(p.name for p in (tmp_path / "started" / "checkpoint").iterdir()) == [
+        "phase-0.1.safetensors", "phase-0.json", "run.json"]
+    (tmp_path / "unstarted" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "unstarted" / "checkpoint" / "run.json").write_text("{}")
+    assert discard_unstarted_checkpoint(tmp_path / "unstarted")
+    assert not (tmp_path / "unstarted" / "checkpoint").exists()
+    assert discard_unstarted_checkpoint(tmp_path / "never")  # nothing there: nothing of a checkpoint left
 
 
 def test_resuming_from_other_pretrained_weights_is_refused(tmp_path):

@@ -278,9 +278,20 @@ def test_out_of_range_config_names_the_field(field, value):
         TrainConfig(**{field: value})
 
 
-def test_a_list_of_batches_counts_its_examples_and_a_one_pass_iterator_needs_n_train():
+def test_a_list_of_batches_counts_its_examples_and_anything_else_without_a_dataset_needs_n_train():
     batches = [(torch.randn(4, 6), torch.zeros(4, dtype=torch.long)),
                (torch.randn(3, 6), torch.ones(3, dtype=torch.long))]
     assert Trainer(_bnn(), batches, config=TrainConfig(epochs=1, quiet=True)).n_train == 7
-    with pytest.raises(ValueError, match="one-pass iterator.*n_train=N"):
+    with pytest.raises(ValueError, match="cannot train on a list_iterator, which has no length or is used up"):
         fit(_bnn(), iter(batches), config=TrainConfig(epochs=1, quiet=True))
+
+    class Batches:  # re-iterable, but of unknown size: it could be one rank's share of a distributed loader
+        def __iter__(self):
+            return iter(batches)
+
+        def __len__(self):
+            return len(batches)
+
+    with pytest.raises(ValueError, match="training-set size of a Batches without .dataset.*n_train=N"):
+        fit(_bnn(), Batches(), config=TrainConfig(epochs=1, quiet=True))
+    assert Trainer(_bnn(), Batches(), config=TrainConfig(epochs=1, quiet=True), n_train=7).n_train == 7

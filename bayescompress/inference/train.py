@@ -332,8 +332,8 @@ class Trainer:
         try:
             yield
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for sig, handler in previous.items():  # None: installed outside Python, not restorable from here
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     def _stop_requested(self) -> bool:
         """Whether a signal asked the run to stop, on any rank: torchrun signals each rank at its own moment,
@@ -459,7 +459,8 @@ def fit(
     val_loader: optional iterable of (x, y) batches for per-epoch metrics.
     config: :class:`TrainConfig`.
     callbacks: :class:`Callback` objects, called in order.
-    n_train: training-set size N; by default ``len(train_loader.dataset)``.
+    n_train: training-set size N; by default ``len(train_loader.dataset)``, or for a list of (x, y) batches the
+        examples it holds.
     checkpoint: where to keep the run's state every epoch, and to continue from (see :class:`Trainer`).
     teacher: a fixed network whose predicted probabilities enter the targets with weight ``config.distill``.
 
@@ -534,15 +535,19 @@ def _fused_adam_supported(device: torch.device) -> bool:
 
 
 def _dataset_size(loader: Iterable) -> int:
-    """N of the ELBO's KL / N: the loader's dataset's length, or, for a re-iterable collection of (x, y) batches
-    without one (a list of batches), the examples it holds, counted by one pass."""
+    """N of the ELBO's KL / N: the loader's dataset's length, or the examples a list (tuple) of (x, y) batches
+    holds. Anything else must say (``n_train``): a wrapper of a distributed loader, say, would count one rank's
+    share, and an iterator would be used up by the counting."""
     dataset = getattr(loader, "dataset", None)
     if dataset is not None:
         return len(dataset)
-    if iter(loader) is loader:  # an iterator: counting it would use it up
-        raise ValueError("cannot tell the training-set size: the loader is a one-pass iterator with no .dataset; "
-                         "give a DataLoader, a list of (x, y) batches, or (fit, Trainer) n_train=N")
-    return sum(len(batch[0]) for batch in loader)
+    if isinstance(loader, (list, tuple)):
+        return sum(len(batch[0]) for batch in loader)
+    if iter(loader) is loader or not hasattr(loader, "__len__"):  # epochs need a length and a second pass
+        raise ValueError(f"cannot train on a {type(loader).__name__}, which has no length or is used up after one "
+                         "pass; give a DataLoader or a list of (x, y) batches")
+    raise ValueError(f"cannot tell the training-set size of a {type(loader).__name__} without .dataset; give a "
+                     "DataLoader or a list of (x, y) batches, or pass n_train=N to fit / Trainer")
 
 
 __all__ = ["Callback", "CheckpointMismatchError", "NonFiniteLossError", "TrainConfig", "Trainer", "TrainingInterrupted",

@@ -27,6 +27,7 @@ from bayescompress.inference.checkpoint import Checkpoint, shuffling_generators
 from bayescompress.inference.train import LR_SCHEDULES
 from bayescompress.methods import registry
 from bayescompress.nn import ESTIMATORS, PosteriorInit, bayesian_layers, bayesianize_, set_estimator_
+from bayescompress.nn.layers import RHO_RANGE
 from bayescompress.priors import Prior
 from bayescompress.pruning import (
     Masks,
@@ -62,11 +63,11 @@ def _distill_weight(finetune_distill: float | None, target_macs: float | None) -
 def effective_settings(settings: dict) -> dict:
     """A method's settings as a run records them, with the defaults that depend on other settings resolved, so
     two records compare equal when their runs use the same recipe (``finetune_distill`` none is 0.9 under a
-    compute budget and 0 without: a run recorded with an explicit 0, before none was the default, is the same)."""
-    if "finetune_distill" in settings:
-        settings = {**settings, "finetune_distill": _distill_weight(settings["finetune_distill"],
-                                                                    settings.get("target_macs"))}
-    return settings
+    compute budget and 0 without: a run recorded with an explicit 0, before none was the default, is the same, and
+    so is one recorded before the setting existed)."""
+    # a record from before finetune_distill existed has no entry: its run did not distil, as none resolves now
+    return {**settings, "finetune_distill": _distill_weight(settings.get("finetune_distill"),
+                                                            settings.get("target_macs"))}
 
 
 def network_kind(model: nn.Module) -> str:
@@ -129,7 +130,7 @@ class VariationalConfig(MethodConfig):
     lr_schedule: str = setting("constant", "learning-rate schedule of the VI training: constant, cosine or linear "
                                "(both annealed to 0 over the epochs)", Choice(LR_SCHEDULES))
     init_rho: float | None = setting(-6.0, "starting rho of every weight, sigma = softplus(rho); none = sigma "
-                                     "proportional to |w|", Real(-30.0, 10.0, optional=True))
+                                     "proportional to |w|", Real(*RHO_RANGE, optional=True))
     kl_warmup_epochs: int = setting(0, "epochs over which the KL weight grows linearly from 0", Integer(0))
     kl_weight: float = setting(1.0, "KL weight after warm-up (1 = the ELBO; below 1 prunes less)",
                                Real(0.0, 1.0, low_open=True))
@@ -247,9 +248,13 @@ class Method(abc.ABC):
             return self.config
         return self.config_class(**{**self.presets.get(network_kind(model), {}), **self.settings})
 
-    def check_data(self, config: MethodConfig, steps_per_epoch: int) -> None:
-        """Refuse settings that cannot work with ``steps_per_epoch`` training batches per epoch, before any work:
-        ``compress`` calls it first, ``compare`` for every method before its first run. Nothing by default."""
+    def check(self, model: nn.Module, config: MethodConfig, example: Tensor, steps_per_epoch: int | None) -> None:
+        """Refuse, before any work, settings that cannot work on ``model`` (in eval mode; it is only run) and its
+        data: a compute budget its cost model cannot read or its smallest export cannot meet, and, given
+        ``steps_per_epoch`` (None: no training will run, or the loader has no length), what the training
+        needs. ``compress`` calls it before it opens a checkpoint, ``compare`` for every method before its
+        first run."""
+        self._costs(model, config, example)
 
     def train_and_prune(self, network: nn.Module, config: MethodConfig, context: TrainingContext,
                         trained: dict[str, Tensor] | None = None, shuffling: Sequence[Tensor] = ()) -> Trained:
@@ -258,7 +263,7 @@ class Method(abc.ABC):
         training is skipped and that state is pruned and fine-tuned instead; ``shuffling`` (that run's
         :attr:`Trained.shuffling`) puts the training loader's order where the run's was, when the loader has as
         many shuffling generators."""
-        costs = self._costs(network, config, context)  # before any training: an unsupported graph fails now
+        costs = self._costs(network, config, context.example)
         self.prepare(network, config, context)
         generators = shuffling_generators(context.train_loader)
         if trained is None:
@@ -330,11 +335,13 @@ class Method(abc.ABC):
             distill_temperature=config.finetune_distill_temperature), callbacks)
 
     @staticmethod
-    def _costs(network: nn.Module, config: MethodConfig, context: TrainingContext) -> ChainCosts | None:
+    def _costs(network: nn.Module, config: MethodConfig, example: Tensor) -> ChainCosts | None:
+        """The cost model of ``network`` under ``config``'s compute budget (None without one); refuses a network it
+        cannot read and a budget below its smallest export."""
         if config.target_macs is None:
             return None
         try:
-            costs = ChainCosts.of(network, context.example)
+            costs = ChainCosts.of(network, example)
         except UnsupportedGraphError as error:
             raise UnsupportedGraphError(f"target_macs needs a sequential network (the built-in export's cost "
                                         f"model): {error}") from None

@@ -80,8 +80,10 @@ class SSVI(VariationalMethod):
                                initial=config.initial_subspace, structured=config.structured, dense_layers=dense,
                                seed=context.seed, layer_density=per_layer(config.layer_density, "layer_density"))]
 
-    def check_data(self, config: SSVIConfig, steps_per_epoch: int) -> None:
-        check_updates_run(config.update_interval, config.end_fraction, config.epochs * steps_per_epoch)
+    def check(self, model, config: SSVIConfig, example, steps_per_epoch: int | None) -> None:
+        super().check(model, config, example, steps_per_epoch)
+        if steps_per_epoch is not None:
+            check_updates_run(config.update_interval, config.end_fraction, config.epochs * steps_per_epoch)
 
     def train_settings(self, config: SSVIConfig) -> dict:
         return {**super().train_settings(config), "optimizer": config.optimizer, "momentum": config.momentum}

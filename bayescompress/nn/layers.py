@@ -28,6 +28,10 @@ _VARIANCE_FLOOR = 1e-8
 _SIGMA_FLOOR = 1e-6
 
 
+# The starting rho a posterior may be given: sigma from about 1e-13 to 10.
+RHO_RANGE = (-30.0, 10.0)
+
+
 @dataclass(frozen=True)
 class PosteriorInit:
     """How the posterior standard deviation starts when a pretrained layer is converted (SPEC section 0).
@@ -49,7 +53,7 @@ class PosteriorInit:
         check_in_range("relative", self.relative, 0.0)
         check_positive("floor", self.floor)
         if self.rho is not None:
-            check_in_range("rho", self.rho, -30.0, 10.0)
+            check_in_range("rho", self.rho, *RHO_RANGE)
 
     def sigma(self, mean: Tensor) -> Tensor:
         """The starting standard deviations for posterior means ``mean``."""

@@ -106,8 +106,8 @@ def bayesianize_(
     model: nn.Module,
     prior: Prior | PriorFactory | None = None,
     *,
-    include: Iterable[str] | None = None,
-    exclude: Iterable[str] | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
     init: PosteriorInit | None = None,
     example_input: Tensor | None = None,
 ) -> nn.Module:
@@ -127,8 +127,9 @@ def bayesianize_(
         ``prior.for_position(first, last)``, so e.g. the output layer can be slab-only), a factory
         ``(qualified_name, layer) -> Prior`` for per-layer priors, or None for ``GaussianPrior()``.
     include, exclude:
-        Glob patterns over qualified module names (e.g. ``"features.*"``); a layer is converted when it
-        matches ``include`` (or ``include`` is None) and does not match ``exclude``.
+        Glob patterns over qualified module names (e.g. ``"features.*"``; one pattern may be a string); a layer
+        is converted when it matches ``include`` (or ``include`` is None) and does not match ``exclude``. A
+        pattern that matches no convertible layer is refused.
     init:
         Starting posterior standard deviation (:class:`PosteriorInit`).
     example_input:

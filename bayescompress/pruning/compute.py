@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayescompress.metrics import output_positions
 from bayescompress.pruning.masks import Masks
 from bayescompress.pruning.structure import layer_output_shapes, sequential_chain
 
@@ -49,7 +50,7 @@ class ChainCosts:
         network the built-in export cannot read as a chain)."""
         chain = sequential_chain(model)
         shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example)
-        positions = [int(torch.Size(shapes[name][1:]).numel()) for name in chain.names]
+        positions = [output_positions(layer, shapes[name]) for name, layer in zip(chain.names, chain.layers)]
         pairs = [chain.layers[0].weight[0, 0].numel()]
         pairs += [layer.weight[0].numel() // previous.weight.shape[0]
                   for previous, layer in zip(chain.layers, chain.layers[1:])]
