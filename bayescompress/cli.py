@@ -453,7 +453,7 @@ def _run(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(comparison.markdown())
                 print(f"wrote {Path(args.out) / 'comparison.md'} (.csv, .json) and the run folders in {args.out}")
-            output = {"out": args.out, "rows": comparison.summary()}
+            output = {"out": args.out, "original": comparison.original, "rows": comparison.summary()}
         elif args.command == "plot":
             from bayescompress import plot
 

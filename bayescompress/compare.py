@@ -60,6 +60,7 @@ class Comparison:
     original: dict = field(default_factory=dict)
     points: dict[str, list[dict]] = field(default_factory=dict)
     anchors: list[dict] = field(default_factory=list)
+    evaluated_on: str = "test"  # the data the metrics come from: "test", or "validation" without a test loader
 
     def summary(self) -> list[dict]:
         """One row per method: ``seeds``, ``units`` (exported units per layer, mean over seeds) and per column
@@ -85,8 +86,8 @@ class Comparison:
         header = ["method", "seeds", *(c for c, _, _ in COLUMNS), "units kept"]
         lines = []
         if original:
-            lines.append(f"Original network: accuracy {original['accuracy']:.2%}, NLL {original['nll']:.4f}, "
-                         f"ECE {original['ece']:.4f}, units {original['units']}.")
+            lines.append(f"Original network ({self.evaluated_on} data): accuracy {original['accuracy']:.2%}, NLL "
+                         f"{original['nll']:.4f}, ECE {original['ece']:.4f}, units {original['units']}.")
             lines.append("")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.summary():
@@ -100,9 +101,9 @@ class Comparison:
             lines.append("| " + " | ".join(cells) + " |")
         warned = [f"{r['method']} ({r['accuracy_loss_exceeded']} of {len(r['seeds'])})" for r in self.summary()
                   if r["accuracy_loss_exceeded"]]
-        lines += ["", "Compressed-network metrics on the test data (MC over the posterior for Bayesian methods); "
-                  "± is the standard deviation over seeds. training_macs_ratio: analytic training MACs over dense VI's "
-                  "for the same epochs."]
+        lines += ["", f"Compressed-network metrics on the {self.evaluated_on} data (MC over the posterior for Bayesian "
+                  "methods); ± is the standard deviation over seeds. training_macs_ratio: analytic training MACs over "
+                  "dense VI's for the same epochs."]
         if warned:
             lines.append(f"**Runs that lost more accuracy than max_accuracy_loss: {', '.join(warned)}.**")
         return "\n".join(lines) + "\n"
@@ -142,8 +143,8 @@ class Comparison:
         paths = [directory / "comparison.md", directory / "comparison.csv", directory / "comparison.json"]
         atomic_write(paths[0], lambda tmp: tmp.write_text(self.markdown()))
         atomic_write(paths[1], lambda tmp: tmp.write_text(self.csv()))
-        write_json(paths[2], {"original": self.original, "rows": self.summary(), "operating_points": self.points,
-                              "anchors": self.anchors})
+        write_json(paths[2], {"original": self.original, "evaluated_on": self.evaluated_on, "rows": self.summary(),
+                              "operating_points": self.points, "anchors": self.anchors})
         paths.append(directory / "pareto.png")
         pyplot.close(self.pareto(paths[-1]))
         return paths
@@ -197,7 +198,8 @@ def compare(
         _check_resumable(out, chosen, seeds, model)
     _check_methods(model, chosen, train_loader, val_loader, pipeline.device)
     generators = shuffling_generators(train_loader)
-    comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors])
+    comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors],
+                            evaluated_on="test" if test_loader is not None else "validation")
     first_runs: dict = {}
     todo = [(name, seed) for name in chosen for seed in seeds]
     bar = tqdm(todo, desc="compare", unit="run", disable=pipeline.quiet)
@@ -310,7 +312,7 @@ def load_comparison(directory: str | os.PathLike) -> Comparison:
                                                       "a run of the comparison")
                                for seed in row["seeds"]}
     return Comparison(runs, directory, record.get("original", {}), record.get("operating_points", {}),
-                      record.get("anchors", []))
+                      record.get("anchors", []), record.get("evaluated_on", "test"))
 
 
 def compare_destination(out: str | os.PathLike, methods: Sequence[str | Method] | Mapping[str, str | Method],

@@ -50,6 +50,7 @@ def test_every_method_and_seed_is_a_run_folder_and_the_table_is_their_mean_and_s
         assert row["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / math.sqrt(2))
         assert row["compression"]["mean"] == pytest.approx(sum(m["compression_rate"] for m in saved) / 2)
     table = (out / "comparison.md").read_text()
+    assert table.startswith("Original network (test data): accuracy") and "metrics on the test data" in table
     assert "| gaussian-snr | 2 |" in table and "| magnitude | 2 |" in table and " ± " in table
     lines = (out / "comparison.csv").read_text().splitlines()
     assert lines[0].startswith("method,seeds,accuracy_mean,accuracy_std") and len(lines) == 3
@@ -159,6 +160,16 @@ def test_a_method_whose_settings_cannot_work_fails_before_any_run(pretrained, tm
     with pytest.raises(ValueError, match="gaussian-snr: target_macs 5 is below the least"):
         compare(pretrained, train, val, [Magnitude(keep_fraction=0.3), GaussianSNR(target_macs=5)], seeds=[0],
                 out=tmp_path / "c", pipeline=QUICK)
+
+
+def test_a_comparison_without_test_data_says_its_metrics_are_on_validation_data(pretrained, tmp_path):
+    train, val, _ = loaders()
+    table = compare(pretrained, train, val, [Magnitude(keep_fraction=0.3, finetune_epochs=0)], seeds=[0],
+                    out=tmp_path / "c", pipeline=QUICK, keep_fractions=None)
+    from bayescompress.compare import load_comparison
+
+    for text in (table.markdown(), load_comparison(tmp_path / "c").markdown()):
+        assert text.startswith("Original network (validation data)") and "metrics on the validation data" in text
 
 
 @pytest.mark.parametrize("methods, seeds, message", [
