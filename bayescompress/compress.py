@@ -154,16 +154,7 @@ def compress(
         if "epochs" not in type(method_config).names():
             raise ValueError(unknown_setting_message("epochs", method.name, type(method_config)))
         method_config = dataclasses.replace(method_config, epochs=epochs)
-    other_dtypes = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
-    if other_dtypes:  # the exports build float32 layers: a float64 network would fail after its training
-        raise ValueError(f"the model has {', '.join(sorted(other_dtypes))} parameters; compress trains and exports "
-                         "float32 networks: convert it with model.float() (and the data with it)")
-    frozen = [name or "<root>" for name, layer in prunable_layers(model)
-              if any(not p.requires_grad for p in layer.parameters(recurse=False))]
-    if frozen:  # the methods train and prune every Linear/Conv2d: a frozen mean would be half-trained
-        which = f"layer {frozen[0]} has" if len(frozen) == 1 else f"layers {', '.join(frozen)} have"
-        raise ValueError(f"{which} frozen parameters (requires_grad=False); compress trains and prunes every "
-                         "Linear/Conv2d: unfreeze them (model.requires_grad_(True))")
+    _check_trainable(model)
     original_weights = weights_fingerprint(model)
     eval_loader = test_loader if test_loader is not None else val_loader
     first = next(iter(val_loader), None)
@@ -238,6 +229,22 @@ def compress(
                              history, inclusion, posterior=posterior, export_record=export,
                              before_pruning=trained.before_pruning, scores=trained.scores,
                              shuffling=trained.shuffling)
+
+
+def _check_trainable(model: nn.Module) -> None:
+    """Refuse, before any work, a network compress would only fail on after training: parameters that are not
+    float32 (the exports build float32 layers) and frozen Linear/Conv2d parameters (every such layer is trained
+    and pruned; a frozen mean would be half a posterior)."""
+    other_dtypes = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+    if other_dtypes:
+        raise ValueError(f"the model has {', '.join(sorted(other_dtypes))} parameters; compress trains and exports "
+                         "float32 networks: convert it with model.float() (and the data with it)")
+    frozen = [name or "<root>" for name, layer in prunable_layers(model)
+              if any(not p.requires_grad for p in layer.parameters(recurse=False))]
+    if frozen:
+        which = f"layer {frozen[0]} has" if len(frozen) == 1 else f"layers {', '.join(frozen)} have"
+        raise ValueError(f"{which} frozen parameters (requires_grad=False); compress trains and prunes every "
+                         "Linear/Conv2d: unfreeze them (model.requires_grad_(True))")
 
 
 @torch.no_grad()

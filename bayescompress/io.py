@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -85,30 +86,31 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     return dict(state)
 
 
-def read_safetensors_metadata(path: str | os.PathLike, what: str) -> dict[str, str]:
-    """The string metadata in a safetensors file's header (empty when it has none); errors as
-    :func:`read_safetensors`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing ({what})")
-    try:
-        with safe_open(str(path), framework="pt") as opened:
-            return dict(opened.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path} is not a valid safetensors file, truncated or corrupt ({error}); write it "
-                         "again") from error
-
-
 def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
     """The tensors of a safetensors file, or a clear error when it is missing, truncated or corrupt.
 
     ``what`` says what the file belongs to, for the message.
     """
+    return _read_safetensors(path, what, load_file)
+
+
+def read_safetensors_with_metadata(path: str | os.PathLike, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """:func:`read_safetensors`, and the string metadata in the file's header (empty when it has none)."""
+
+    def read(name: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+        with safe_open(name, framework="pt") as opened:
+            return {key: opened.get_tensor(key) for key in opened.keys()}, dict(opened.metadata() or {})
+
+    return _read_safetensors(path, what, read)
+
+
+def _read_safetensors(path: str | os.PathLike, what: str, read: Callable[[str], Any]) -> Any:
+    """``read(path)``, or a clear error when the file is missing, truncated or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing ({what})")
     try:
-        return load_file(str(path))
+        return read(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ValueError(
             f"{path} is not a valid safetensors file, truncated or corrupt ({error}); write it again (nothing "

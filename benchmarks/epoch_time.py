@@ -27,6 +27,18 @@ from bayescompress.workflows import load_data_for
 TARGET = 2.0
 
 
+def timing_inputs(name: str, data_dir: str, max_batches: int | None, batch_size: int = 128):
+    """What a timing script times on: MNIST's training batches for ``name`` (truncated to ``max_batches``), the
+    training-set size N and the deterministic reference network, built from seed 0."""
+    splits = load_data_for(name, "mnist", data_dir)
+    loader, _, _ = make_loaders(splits, batch_size=batch_size)
+    if max_batches:
+        loader = list(loader)[:max_batches]
+    torch.manual_seed(0)
+    deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
+    return loader, len(splits.train), deterministic
+
+
 def trainer_epoch(model, batches, n_train: int, callbacks=()) -> Callable[[], object]:
     """One epoch of our Trainer over ``batches`` (callbacks included), as a call."""
     trainer = Trainer(model, batches, config=TrainConfig(epochs=1, quiet=True), callbacks=callbacks,

@@ -47,15 +47,12 @@ from bayesian_torch.layers import (
     LinearFlipout,
     LinearReparameterization,
 )
-from epoch_time import interleaved_best_seconds, trainer_epoch
+from epoch_time import interleaved_best_seconds, timing_inputs, trainer_epoch
 from torch import nn
 
-from bayescompress.data import make_loaders
 from bayescompress.inference.train import _fused_adam_supported
-from bayescompress.models import build_model
 from bayescompress.nn import ESTIMATORS, bayesianize_, set_estimator_
 from bayescompress.nn.layers import _SampleOutput
-from bayescompress.workflows import load_data_for
 
 PEER_LAYERS = {
     "reparam": (LinearReparameterization, Conv2dReparameterization),
@@ -180,14 +177,7 @@ def main() -> None:
               flush=True)
 
     for name in args.models:
-        splits = load_data_for(name, "mnist", args.data_dir)
-        loader, _, _ = make_loaders(splits, batch_size=128)
-        if args.max_batches:
-            loader = list(loader)[: args.max_batches]
-        n_train = len(splits.train)
-
-        torch.manual_seed(0)
-        deterministic, _ = build_model(name, splits.input_shape, splits.num_classes)
+        loader, n_train, deterministic = timing_inputs(name, args.data_dir, args.max_batches)
         # (network, loop, epoch call); every entry is built first and then timed in turns
         entries = [("deterministic", "Trainer", trainer_epoch(copy.deepcopy(deterministic), loader, n_train))]
         for estimator in ESTIMATORS:

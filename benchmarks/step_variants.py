@@ -28,15 +28,12 @@ import sys
 import torch
 import torch.nn.functional as F
 from _common import DEFAULT_MNIST, save_results
-from epoch_time import interleaved_best_seconds, trainer_epoch
+from epoch_time import interleaved_best_seconds, timing_inputs, trainer_epoch
 from peer_epoch import floor_network, plain_epoch
 from torch import Tensor, nn
 
-from bayescompress.data import make_loaders
-from bayescompress.models import build_model
 from bayescompress.nn import bayesianize_, set_estimator_
 from bayescompress.nn.layers import _SampleOutput
-from bayescompress.workflows import load_data_for
 
 
 class _VarianceAndKL(torch.autograd.Function):
@@ -125,13 +122,7 @@ def main() -> None:
 
     rows = []
     for name in args.models:
-        splits = load_data_for(name, "mnist", args.data_dir)
-        loader, _, _ = make_loaders(splits, batch_size=128)
-        if args.max_batches:
-            loader = list(loader)[: args.max_batches]
-        n = len(splits.train)
-        torch.manual_seed(0)
-        det, _ = build_model(name, splits.input_shape, splits.num_classes)
+        loader, n, det = timing_inputs(name, args.data_dir, args.max_batches)
         entries = {("deterministic", "Trainer"): trainer_epoch(copy.deepcopy(det), loader, n),
                    ("deterministic", "plain"): plain_epoch(copy.deepcopy(det), loader, n)}
         for estimator in ("lrt", "shared"):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
-from bayescompress.io import read_safetensors, read_safetensors_metadata, save_weights
+from bayescompress.io import read_safetensors_with_metadata, save_weights
 from bayescompress.nn.layers import is_handled_layer
 
 
@@ -97,8 +97,9 @@ class Masks:
     @classmethod
     def read(cls, path: str | os.PathLike, what: str) -> Masks:
         """The masks :meth:`save` wrote, layers in network order (``what`` names the file in errors)."""
-        order = read_safetensors_metadata(path, what).get(_ORDER_KEY)
-        return cls.from_tensors(read_safetensors(path, what), json.loads(order) if order else None)
+        tensors, metadata = read_safetensors_with_metadata(path, what)
+        order = metadata.get(_ORDER_KEY)
+        return cls.from_tensors(tensors, json.loads(order) if order else None)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], order: Sequence[str] | None = None) -> Masks:
