@@ -35,11 +35,12 @@ from bayescompress.methods.base import (
     unknown_setting_message,
 )
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
-from bayescompress.nn import output_layer
+from bayescompress.data import as_batch
+from bayescompress.nn import bayesian_layers, output_layers
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers, propagate
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
-from bayescompress.pruning.masks import copy_network
+from bayescompress.pruning.masks import Masks, copy_network
 from bayescompress.pruning.structure import layer_output_shapes
 from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
 from bayescompress.settings import Flag, Integer, Real, Settings, setting
@@ -128,7 +129,8 @@ def compress(
 
     ``model`` is any network whose compute layers are ``nn.Linear`` / ``nn.Conv2d`` (docs/own-models.md):
     BatchNorms right after such a layer are folded into it first, modules that cannot be converted are named in
-    a warning and left deterministic, and the output layer (kept whole) is the last layer the forward pass runs.
+    a warning and left deterministic, and the output layers (kept whole) are those whose outputs the forward pass
+    returns (:func:`~bayescompress.nn.output_layers`).
     Metrics are measured on ``test_loader`` when given, else on ``val_loader``; ``val_loader`` also provides
     the per-epoch validation metrics, early stopping's checks and the probe inputs (shapes, the graph export's
     checks, the run folder's output check).
@@ -146,6 +148,10 @@ def compress(
     >>> result.metrics["compression_rate"], result.exported                           # doctest: +SKIP
     >>> cut = compress(pretrained, train, val, SparseVD(target_compression=100), posterior="runs/svd")  # doctest: +SKIP
     """
+    _check_network(model)
+    if pipeline is not None and not isinstance(pipeline, PipelineConfig):
+        raise ValueError(f"pipeline must be a PipelineConfig; got {type(pipeline).__name__} (e.g. "
+                         "pipeline=PipelineConfig(quiet=True))")
     start = TrainedRun.read(posterior) if posterior is not None else None
     method = resolve_method(method or (start.method if start is not None else DEFAULT_METHOD), config)
     pipeline = pipeline or PipelineConfig()
@@ -157,9 +163,14 @@ def compress(
     _check_trainable(model)
     original_weights = weights_fingerprint(model)
     eval_loader = test_loader if test_loader is not None else val_loader
+    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+        raise ValueError("train_loader yields no batch (a drop_last loader over fewer examples than one batch?); "
+                         "compress needs training data: give more examples or a smaller batch size")
     first = next(iter(val_loader), None)
     if first is None:
-        raise ValueError("val_loader yields no batch; compress needs validation data (use a val_fraction > 0)")
+        raise ValueError("val_loader yields no batch; compress needs validation data (with load_dataset, a "
+                         "val_fraction > 0; with a drop_last loader, at least one full batch)")
+    first = as_batch(first, "val_loader")
     if test_loader is not None and next(iter(test_loader), None) is None:  # measured only after the training
         raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
     if start is not None:  # before any work
@@ -172,16 +183,15 @@ def compress(
         record["posterior"] = start.label
     original = copy_network(model).to(pipeline.device).eval()
     _check_model_fits_data(original, probe, first[1])
-    trains = start is None and hasattr(train_loader, "__len__")  # from a run's posterior nothing is trained
-    method.check(original, method_config, example, len(train_loader) if trains else None)
-    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
-
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
-    output = output_layer(network, example)
+    trains = start is None and hasattr(train_loader, "__len__")  # from a run's posterior nothing is trained
+    method.check(network, method_config, example, len(train_loader) if trains else None)
+    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
+    outputs = tuple(output_layers(network, example))
     torch.manual_seed(pipeline.seed)
     cost = TrainingCost(example)
-    context = TrainingContext(train_loader, val_loader, example, output, seed=pipeline.seed, device=pipeline.device,
+    context = TrainingContext(train_loader, val_loader, example, outputs, seed=pipeline.seed, device=pipeline.device,
                               quiet=pipeline.quiet or not distributed.is_main(), observers=[cost, KeptFraction()],
                               checkpoint=store, original=original)
     started = time.perf_counter()
@@ -207,7 +217,7 @@ def compress(
         posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
-        exported, surgery = _export_graph(network, masks, probe, output, val_loader, pipeline.device)
+        exported, surgery = _export_graph(network, masks, probe, outputs, val_loader, pipeline.device)
         posterior = bayesian_export(network, exported, surgery, probe).eval() if samples else None
     # propagate already measured the layer shapes on the sequential path
     shapes = structure.output_shapes if structure else layer_output_shapes(
@@ -229,6 +239,21 @@ def compress(
                              history, inclusion, posterior=posterior, export_record=export,
                              before_pruning=trained.before_pruning, scores=trained.scores,
                              shuffling=trained.shuffling)
+
+
+def _check_network(model: object) -> None:
+    """Refuse what is not a pretrained deterministic network: a class instead of an instance, and a network
+    already converted (its priors would silently replace the method's)."""
+    if isinstance(model, type):
+        raise ValueError(f"model is the class {model.__name__}; give a network built from it ({model.__name__}(...)) "
+                         "with its pretrained weights loaded")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module; got {type(model).__name__}")
+    converted = [name or "<root>" for name, _ in bayesian_layers(model)]
+    if converted:
+        raise ValueError(f"the model is already Bayesian ({', '.join(converted[:3])}{', ...' if len(converted) > 3 else ''}"
+                         "); compress takes the pretrained deterministic network and converts it under the "
+                         "method's own prior: give the network before bayesianize_")
 
 
 def _check_trainable(model: nn.Module) -> None:
@@ -258,7 +283,15 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: Tensor) -> 
         raise ValueError(f"the model cannot run on the data: a validation batch of shape {tuple(inputs.shape)} "
                          f"(one input: {tuple(inputs.shape[1:])}) raised {type(error).__name__}: {error}; give a "
                          "network whose input matches the data's") from error
-    if isinstance(logits, Tensor) and logits.dim() >= 2 and not labels.is_floating_point() and labels.numel():
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        what = f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
+        raise ValueError(f"the model returns {what}; compress needs a classifier whose forward returns one (N, "
+                         "classes) tensor of logits: wrap it in a module whose forward returns that tensor")
+    if logits.min() >= 0 and (logits.sum(-1) - 1).abs().max() < 1e-4:
+        raise ValueError("the model returns probabilities (its outputs are non-negative and sum to 1): compress "
+                         "needs logits (the training's cross-entropy and the MC average apply the softmax); remove "
+                         "the final softmax")
+    if labels.numel():
         largest = int(labels.max())
         if largest >= logits.shape[-1]:
             raise ValueError(f"the data has label {largest} but the model gives {logits.shape[-1]} outputs per "
@@ -377,24 +410,36 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
     return store
 
 
-def _export_graph(network, masks, probe, output, val_loader, device) -> tuple[nn.Module, GraphSurgery]:
+def _export_graph(network, masks, probe, outputs, val_loader, device) -> tuple[nn.Module, GraphSurgery]:
     """The Torch-Pruning export, checked on the whole validation set: a channel that was constant on the probe
     inputs only (fed by an input-dependent term that is not a layer) would show there, and then only unread
     channels are removed. An untraceable graph keeps every channel. Either fallback warns."""
     for constants in (True, False):
         try:
-            exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=output,
+            exported, surgery = export_with_torch_pruning(network, masks, probe, output_layer=outputs,
                                                           constants=constants)
         except Exception as error:  # noqa: BLE001 - an untraceable graph, or a failed check: keep the work
             warnings.warn(f"the exported network keeps every channel (the masks still hold): {error}", stacklevel=3)
             break
         difference = _max_abs_diff(exported, network, val_loader, device)
         if difference <= EXPORT_TOLERANCE:
+            _warn_units_left(exported, masks)
             return exported.eval(), surgery
         warnings.warn(f"the graph export differs from the masked network by {difference:.3g} on the validation "
                       "data" + ("; exporting again with unread channels removed only" if constants else
                                 "; keeping every channel"), stacklevel=3)
     return to_plain_network(network).eval(), GraphSurgery()
+
+
+def _warn_units_left(exported: nn.Module, masks: Masks) -> None:
+    """Name the layers whose exported width exceeds the units their masks keep: channels tied to kept ones stay."""
+    left = [f"{name} ({extra} of {len(units)})" for name, units in masks.units.items()
+            if (extra := exported.get_submodule(name).weight.shape[0] - max(int(units.sum()), 1)) > 0]
+    if left:
+        warnings.warn(f"the export keeps units the masks switch off, in {', '.join(left)}: their channels are tied to "
+                      "kept ones (a residual sum, a grouped convolution, or a constant channel that padding makes "
+                      "vary at the border), so they compute what the masks say but still cost MACs "
+                      "(architecture.exported)", stacklevel=4)
 
 
 def _fold_batchnorm(network: nn.Module, probe: Tensor) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ import gzip
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
     "DatasetSplits",
+    "as_batch",
     "read_idx",
     "read_cifar10_batch",
     "load_dataset",
@@ -34,6 +36,31 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+def as_batch(item: object, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One item of a loader as the (inputs, labels) pair training and evaluation need, or a ``ValueError``
+    naming ``source`` (the loader), what it yields and what to give instead. Labels must be integer class indices
+    of shape (N,); other integer types are returned as int64, the type ``cross_entropy`` takes."""
+    pairs = "bayescompress needs loaders that yield (inputs, labels) pairs"
+    if isinstance(item, Mapping):
+        raise ValueError(f"{source} yields dicts (keys {', '.join(map(repr, item))}); {pairs}: give a dataset (or a "
+                         "collate_fn) that returns them as a tuple")
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        what = f"{type(item).__name__}s of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+        raise ValueError(f"{source} yields {what}; {pairs}")
+    x, y = item
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{source} yields ({type(x).__name__}, {type(y).__name__}) pairs; {pairs} of tensors")
+    if y.dim() == 0:
+        raise ValueError(f"{source} yields single examples (labels of shape ()); give a DataLoader over the dataset, "
+                         "which batches them")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{source} yields labels of shape {tuple(y.shape)} and type {y.dtype}; labels must be "
+                         "integer class indices of shape (N,) (e.g. y.squeeze(1), or y.argmax(1) for one-hot rows)")
+    if len(x) != len(y):
+        raise ValueError(f"{source} yields {len(x)} inputs with {len(y)} labels; each batch needs one label per input")
+    return x, (y if y.dtype == torch.int64 else y.long())
 
 # Both MNIST and Fashion-MNIST are distributed under these exact names.
 _IDX_FILES = (

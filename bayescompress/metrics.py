@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bayescompress._validation import check_positive_int
+from bayescompress.data import as_batch
 from bayescompress.nn.layers import BayesianLayer
 from bayescompress.nn.model import predict
 
@@ -277,7 +278,8 @@ def evaluate(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        for x, y in loader:
+        for item in loader:
+            x, y = as_batch(item, "the loader")
             probs.append(predict(model, x.to(device), samples=samples).cpu())
             labels.append(y)
     if not probs:

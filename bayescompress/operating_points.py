@@ -21,7 +21,7 @@ from bayescompress.compress import TrainedRun
 from bayescompress.io import read_json_record, read_safetensors
 from bayescompress.methods.base import TrainingContext, load_trained_state_
 from bayescompress.metrics import dense_macs, evaluate
-from bayescompress.nn import output_layer
+from bayescompress.nn import output_layers
 from bayescompress.nn.model import fold_multipliers_
 from bayescompress.pruning import (
     Masks,
@@ -70,7 +70,7 @@ def operating_points(
     run_masks = run.masks if isinstance(run, CompressionResult) else read_masks(run)[0]
     network = network.to(device).eval()
     example = example.to(device)
-    output = output_layer(network, example)
+    outputs = output_layers(network, example)
     layers = prunable_layers(network)
     scores = {name: sweep_scores(layer).cpu() for name, layer in layers}
     fold_multipliers_(network)  # gates and scales into the weights: the export reads ordinary layers
@@ -80,16 +80,16 @@ def operating_points(
     for fraction in keep_fractions:
         cut = _top_fraction_threshold(everything, fraction)
         # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
-        masks = PruningStrategy._from_weight_masks(layers, [(s >= cut) & (s > 0) for s in scores.values()], output)
-        points.append(_measure(network, masks, example, output, loader, device, total) | {"keep_fraction": fraction})
+        masks = PruningStrategy._from_weight_masks(layers, [(s >= cut) & (s > 0) for s in scores.values()], outputs)
+        points.append(_measure(network, masks, example, outputs, loader, device, total) | {"keep_fraction": fraction})
     if own:
-        point = _measure(network, run_masks, example, output, loader, device, total)
+        point = _measure(network, run_masks, example, outputs, loader, device, total)
         points.append(point | {"keep_fraction": run_masks.kept_weights() / total, "own": True})
     return points
 
 
-def _measure(network, masks: Masks, example, output, loader, device, total: int) -> dict:
-    exported, kept_masks = _export(copy_network(network), masks, example, output)
+def _measure(network, masks: Masks, example, outputs, loader, device, total: int) -> dict:
+    exported, kept_masks = _export(copy_network(network), masks, example, outputs)
     metrics = evaluate(exported.to(device), loader, samples=0, device=device)
     return {"compression": total / max(kept_masks.kept_weights(), 1), "accuracy": metrics["accuracy"],
             "error": 1.0 - metrics["accuracy"], "nll": metrics["nll"], "ece": metrics["ece"],
@@ -117,19 +117,19 @@ def trained_network(run: CompressionResult | str | os.PathLike, model: nn.Module
     fold_batchnorm_(network, [tuple(pair) for pair in architecture["batchnorm_folded"]])
     config = trained.saved_config()
     methods.get(trained.method)(config=config).prepare(network, config, TrainingContext(
-        (), (), example, output_layer(network, example)))
+        (), (), example, tuple(output_layers(network, example))))
     load_trained_state_(network, trained.state)
     return network.eval(), example
 
 
-def _export(network: nn.Module, masks: Masks, example: Tensor, output: str) -> tuple[nn.Module, Masks]:
+def _export(network: nn.Module, masks: Masks, example: Tensor, outputs: list[str]) -> tuple[nn.Module, Masks]:
     masks.apply_(network, replace=True)
     try:
         structure = propagate(network, masks, example)
         structure.masks.apply_(network, replace=True)
         return export_sequential(network, structure).eval(), structure.masks
     except UnsupportedGraphError:
-        exported, _ = export_with_torch_pruning(network, masks, example, output_layer=output)
+        exported, _ = export_with_torch_pruning(network, masks, example, output_layer=outputs)
         return exported.eval(), masks
 
 

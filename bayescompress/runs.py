@@ -424,7 +424,12 @@ def call_factory(spec: str) -> nn.Module:
 def build_original(source: dict, model: nn.Module | None = None) -> nn.Module:
     """The original architecture a graph run folder was saved from (fresh weights): ``model`` when given,
     else what ``source`` says."""
+    if isinstance(model, type):
+        raise ValueError(f"model is the class {model.__name__}; give the architecture built from it, "
+                         f"model={model.__name__}(...)")
     if model is not None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module (the original architecture); got {type(model).__name__}")
         return copy.deepcopy(model)
     kind = source.get("kind")
     if kind == "reference":

@@ -1,11 +1,11 @@
 """One markdown table of `bayescompress compare` results beside the published numbers (issue 14).
 
-    python benchmarks/compare_table.py results/runs/compare-lenet300 results/runs/compare-lenet5
+    python benchmarks/compare_table.py results/runs/compare-lenet300 results/runs/compare-lenet5 [--out NAME]
 
 Reads each folder's comparison.json (written by ``bayescompress compare``; the folder name after
 ``compare-`` names the network) and prints, per network, every method's error, compression, exported MACs and
 units as mean ± std over its seeds, followed by the published anchors of that network (SPEC), marked as such.
-Also writes the rows to results/compare_table.json.
+Also writes the rows to results/NAME.json (default compare_table).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def _cell(entry: dict, scale: float = 1.0, style: str = "{:.2f}") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", default="compare_table", help="results/OUT.json")
     args = parser.parse_args()
     lines = ["| network | method | seeds | error % | NLL | ECE | \\|W\\|/\\|W≠0\\| | exported MACs | units kept | source |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -46,7 +47,7 @@ def main() -> None:
             lines.append(f"| {network} | {anchor['label']} | | {100 * anchor['error']:.2f} | | | "
                          f"{anchor['compression']:.0f}x | {macs} | | published |")
     print("\n".join(lines))
-    print("wrote", save_results("compare_table", {"folders": [str(f) for f in args.folders], "rows": rows,
+    print("wrote", save_results(args.out, {"folders": [str(f) for f in args.folders], "rows": rows,
                                                   "published": PUBLISHED}))
 
 

@@ -32,7 +32,7 @@ def test_keep_top_weights_keeps_exactly_the_highest_snr_weights_across_layers():
     layers = bayesian_layers(net)
     start = Masks({name: torch.rand(layer.weight.shape) < 0.8 for name, layer in layers})
     count = 40
-    masks = keep_top_weights(net, start, count, output="4")
+    masks = keep_top_weights(net, start, count, outputs="4")
     # brute force: every weight the start masks keep, by SNR, highest first
     ranked = sorted(((float(weight_snr(layer)[index]), name, index) for name, layer in layers
                      for index in map(tuple, start.weight[name].nonzero().tolist())), reverse=True)
@@ -47,7 +47,7 @@ def test_keep_top_weights_keeps_exactly_the_highest_snr_weights_across_layers():
 def test_keep_top_weights_leaves_masks_within_the_count_alone():
     net = _random_posterior()
     start = Masks({name: torch.ones_like(layer.weight, dtype=torch.bool) for name, layer in bayesian_layers(net)})
-    assert keep_top_weights(net, start, start.kept_weights(), output="4") is start
+    assert keep_top_weights(net, start, start.kept_weights(), outputs="4") is start
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ def test_pruning_within_units_removes_the_lowest_snr_weights_within_the_budget(d
     with torch.no_grad():
         net[1].prior.gate_logit[:20] = -5.0  # 20 units off
     units = InclusionPruning().masks(net)
-    masks, record = prune_within_units(net, units, val, output="3", max_drop=0.01)
+    masks, record = prune_within_units(net, units, val, outputs="3", max_drop=0.01)
     assert record["accuracy_units"] == pytest.approx(masked_accuracy(net, units, val))
     assert record["accuracy"] == pytest.approx(masked_accuracy(net, masks, val))
     assert record["accuracy"] >= record["accuracy_units"] - 0.01
@@ -123,5 +123,5 @@ def test_pruning_within_units_with_no_budget_keeps_the_accuracy(digits):
     model, (_, val, _) = digits
     net = bayesianize_(copy.deepcopy(model), SpikeSlabGroupLasso(), init=PosteriorInit(rho=-6.0)).eval()
     units = InclusionPruning().masks(net)
-    masks, record = prune_within_units(net, units, val, output="3", max_drop=0.0)
+    masks, record = prune_within_units(net, units, val, outputs="3", max_drop=0.0)
     assert masked_accuracy(net, masks, val) >= masked_accuracy(net, units, val)

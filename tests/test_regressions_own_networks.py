@@ -10,7 +10,7 @@ from bayescompress.cli import main
 from bayescompress.io import load_state_dict_file, save_weights, write_json
 from bayescompress.metrics import latency_seconds
 from bayescompress.models import build_model
-from bayescompress.nn import BayesLinear, bayesianize_, output_layer
+from bayescompress.nn import BayesLinear, bayesianize_, output_layers
 from bayescompress.priors import SpikeSlabGroupLasso
 from bayescompress.pruning import InclusionPruning, Masks, SNRPruning, export_sequential, propagate
 from bayescompress.pruning.masks import copy_network
@@ -96,10 +96,10 @@ class _HeadFirst(nn.Module):
         return self.head(self.body(x).relu())
 
 
-def test_the_output_layer_is_the_last_the_forward_pass_runs():
+def test_the_output_layer_is_the_one_whose_output_is_returned_wherever_it_is_registered():
     net = _HeadFirst()
     x = torch.randn(2, 4)
-    assert output_layer(net, x) == "head"
+    assert output_layers(net, x) == ["head"]
     bayesianize_(net, SpikeSlabGroupLasso(), example_input=x)
     assert net.head.prior.gated is False and net.body.prior.gated is True
     with torch.no_grad():
@@ -114,6 +114,61 @@ def test_strategies_keep_the_named_output_layer_whole():
     assert bool(masks.units["head"].all()) and not bool(masks.units["body"].any())
     with pytest.raises(ValueError, match="output_layer 'tail' is not one of the layers"):
         SNRPruning(threshold=1.0).masks(net, output_layer="tail")
+
+
+class _ProjectionAfterHead(nn.Module):
+    """A classifier that also computes an embedding after its head, kept on the module but not returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+        self.proj = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.body(x).relu()
+        logits = self.head(h)
+        self.embedding = self.proj(h)
+        return logits
+
+
+class _TwoHeads(nn.Module):
+    """Two averaged classifier heads (as distillation-token transformers have), behind an in-place ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(8, 3)
+        self.head_dist = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.act(self.body(x))
+        return (self.head(h) + self.head_dist(h)) / 2
+
+
+def test_output_layers_are_those_feeding_the_returned_tensor_not_the_last_run():
+    x = torch.randn(2, 4)
+    assert output_layers(_ProjectionAfterHead(), x) == ["head"]  # proj runs last but is not returned
+    assert output_layers(_TwoHeads(), x) == ["head", "head_dist"]
+    frozen = _ProjectionAfterHead().requires_grad_(False)  # no parameter records a graph: the input does
+    assert output_layers(frozen, x) == ["head"]
+    assert output_layers(_TwoHeads()) == ["head_dist"]  # without an example: the last registered
+
+
+def test_every_output_layer_keeps_its_classes_through_unit_pruning_and_export():
+    from bayescompress import GaussianSNR, PipelineConfig, compress
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    for net in (_ProjectionAfterHead(), _TwoHeads()):
+        method = GaussianSNR(epochs=1, level="unit", keep_fraction=0.3, finetune_epochs=0)
+        result = compress(net, batches, batches, method, pipeline=PipelineConfig(quiet=True, max_accuracy_loss=1.0))
+        heads = [name for name in ("head", "head_dist") if hasattr(net, name)]
+        assert all(bool(result.masks.units[name].all()) for name in heads)
+        assert not bool(result.masks.units["body"].all())  # the hidden layer was cut
+        assert result.exported(x).shape == (64, 3)
 
 
 class _FakeClock:

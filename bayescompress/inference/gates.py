@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bayescompress._validation import check_positive_int
+from bayescompress.data import as_batch
 from bayescompress.inference.train import Callback, Trainer
 from bayescompress.nn.model import bayesian_layers, kl_divergence
 
@@ -118,9 +119,10 @@ def gate_gradient_balance(model: nn.Module, batches: Iterable, n_train: int, kl_
         kl_grads = torch.autograd.grad(kl, logits, allow_unused=True)
         squares = [torch.zeros_like(t) for t in logits]
         seen = 0
-        for x, y in batches:
+        for item in batches:
             if seen == max_batches:
                 break
+            x, y = as_batch(item, "the batches")
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             for total, grad in zip(squares, torch.autograd.grad(loss, logits, allow_unused=True)):
                 if grad is not None:

@@ -27,6 +27,7 @@ from bayescompress._validation import (
     check_positive_int,
 )
 from bayescompress import distributed
+from bayescompress.data import as_batch
 from bayescompress.inference.checkpoint import PhaseCheckpoint, rng_state, set_rng_state
 from bayescompress.io import WeightsMismatchError, load_weights_
 from bayescompress.metrics import evaluate
@@ -263,7 +264,11 @@ class Trainer:
         """
         with shared_sigma(self.model):
             logits = self.forward_module(x)
-            nll = F.cross_entropy(logits, y)
+            try:
+                nll = F.cross_entropy(logits, y)
+            except IndexError as error:  # a label past the outputs (or negative): say so in the data's terms
+                raise ValueError(f"a training label is not one of the network's {logits.shape[-1]} classes "
+                                 f"({error}); labels must be class indices 0 to {logits.shape[-1] - 1}") from error
             data = nll if self.teacher is None else self._distilled(x, logits, nll)
             kl = kl_divergence(self.model).to(nll.device)
         return data + self.beta * kl / self.n_train, nll, kl
@@ -401,7 +406,8 @@ class Trainer:
             next(iterator)
         if position is not None:
             set_rng_state(self._resume_rng, self.train_loader)
-        for batch, (x, y) in enumerate(iterator, start=first):
+        for batch, item in enumerate(iterator, start=first):
+            x, y = as_batch(item, "train_loader")
             x, y = x.to(self.device), y.to(self.device)
             self.batch_size = x.shape[0]
             self.beta = self._beta()

@@ -158,15 +158,15 @@ class VariationalConfig(MethodConfig):
 
 @dataclass
 class TrainingContext:
-    """What the pipeline hands a method: the data, an example input (for the layer order), the output layer's
-    name (kept whole), where and how to run, and ``observers``: callbacks every training phase of the method
+    """What the pipeline hands a method: the data, an example input (for the layer order), the output layers'
+    names (kept whole), where and how to run, and ``observers``: callbacks every training phase of the method
     must get (e.g. the training-cost counter), after its own; the run's ``checkpoint`` folder, if any; and the
     ``original`` network (the teacher of ``finetune_distill``)."""
 
     train_loader: Iterable
     val_loader: Iterable
     example: Tensor
-    output: str
+    outputs: tuple[str, ...]
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
@@ -277,7 +277,7 @@ class Method(abc.ABC):
         before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
         shuffling_after = [generator.get_state() for generator in generators]
         scores = {name: sweep_scores(layer).cpu() for name, layer in prunable_layers(network)}
-        masks, pruning = self.refine_masks(network, config, self.strategy(config).masks(network, context.output),
+        masks, pruning = self.refine_masks(network, config, self.strategy(config).masks(network, context.outputs),
                                            context)
         inclusion = {name: probs.cpu() for name, layer in bayesian_layers(network)
                      if (probs := layer.prior.inclusion(layer).weight) is not None}
@@ -411,7 +411,7 @@ class VariationalMethod(Method):
     def refine_masks(self, network, config, masks, context):
         if config.within_unit_drop is None:
             return masks, {}
-        masks, record = prune_within_units(network, masks, context.val_loader, context.output,
+        masks, record = prune_within_units(network, masks, context.val_loader, context.outputs,
                                            config.within_unit_drop, device=context.device)
         return masks, {"within_units": record}
 
@@ -426,7 +426,7 @@ class VariationalMethod(Method):
         history, rounds = [], []
         for step in range(1, config.compression_rounds + 1) if start > goal else ():
             count = max(goal, math.floor(start * (goal / start) ** (step / config.compression_rounds)))
-            masks = keep_top_weights(network, masks, count, context.output)
+            masks = keep_top_weights(network, masks, count, context.outputs)
             masks.apply_(network, replace=True)
             history += self._round_epoch(network, config, context, callbacks)
             rounds.append({"kept": masks.kept_weights(), "compression": total / max(masks.kept_weights(), 1),

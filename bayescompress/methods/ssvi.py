@@ -73,8 +73,8 @@ class SSVI(VariationalMethod):
         layers = dict(bayesian_layers(network))
         convs = [name for name in execution_order(network, context.example) if isinstance(layers.get(name), nn.Conv2d)]
         dense = convs[:1] if config.dense_first_conv else []
-        if config.structured:  # the output layer's units are the classes
-            dense.append(context.output)
+        if config.structured:  # the output layers' units are the classes
+            dense += context.outputs
         return [SparseSubspace(config.density, update_interval=config.update_interval, alpha=config.alpha,
                                end_fraction=config.end_fraction, score=config.removal_score, growth=config.growth,
                                initial=config.initial_subspace, structured=config.structured, dense_layers=dense,

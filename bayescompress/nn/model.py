@@ -44,11 +44,11 @@ def warn_unhandled(model: nn.Module, stacklevel: int = 3) -> None:
     skipped = unhandled_modules(model)
     if skipped:
         names = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in skipped)
-        warnings.warn(
-            f"kept deterministic and unpruned (only exact nn.Linear / nn.Conv2d layers are converted; a subclass "
-            f"such as MultiheadAttention.out_proj has an owner that reads its weight directly): {names}",
-            stacklevel=stacklevel,
-        )
+        subclass = any(isinstance(m, (nn.Linear, nn.Conv2d)) for _, m in skipped)
+        why = ("; a subclass such as MultiheadAttention.out_proj has an owner that reads its weight directly"
+               if subclass else "")
+        warnings.warn(f"kept deterministic and unpruned (only exact nn.Linear / nn.Conv2d layers are converted"
+                      f"{why}): {names}", stacklevel=stacklevel)
 
 
 @torch.no_grad()
@@ -78,17 +78,57 @@ def execution_order(model: nn.Module, example_input: Tensor) -> list[str]:
     return order + [name for name, _ in handled_layers(model) if name not in order]
 
 
-def output_layer(model: nn.Module, example_input: Tensor | None = None) -> str:
-    """The network's output layer: the last handled layer the forward pass runs, or without an example input
-    the last one registered."""
-    if example_input is not None:
-        called = execution_order(model, example_input)
-        if called:
-            return called[-1]
+def output_layers(model: nn.Module, example_input: Tensor | None = None) -> list[str]:
+    """The network's output layers, whose units are the classes and are never pruned: the handled layers whose
+    outputs reach what the forward pass returns without passing through another handled layer (one for a plain
+    classifier, two for two averaged heads; a projection computed after the head but not returned is not one).
+
+    Found from the autograd graph of one eval-mode pass on ``example_input``; where that pass records no graph,
+    the last handled layer it runs; without an example input, the last one registered.
+    """
     layers = handled_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer")
-    return layers[-1][0]
+    if example_input is None:
+        return [layers[-1][0]]
+    order = execution_order(model, example_input)
+    x = example_input[:1].detach()
+    found = _layers_feeding_output(model, layers, x.requires_grad_() if x.is_floating_point() else x)
+    return sorted(found, key=order.index) if found else order[-1:]
+
+
+def _layers_feeding_output(model: nn.Module, layers: list[tuple[str, nn.Module]], x: Tensor) -> set[str]:
+    """Names of ``layers`` whose output nodes the walk back from the model's returned tensors reaches first."""
+    producers: dict[object, str] = {}  # autograd node of each layer call's output -> the layer
+
+    def record(_module, _inputs, output, name):
+        if isinstance(output, Tensor) and output.grad_fn is not None:
+            producers[output.grad_fn] = name
+
+    hooks = [layer.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name)) for name, layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            result = model(x)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    returned = (result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list))
+                else [result])
+    stack = [t.grad_fn for t in returned if isinstance(t, Tensor) and t.grad_fn is not None]
+    seen, found = set(), set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in producers:
+            found.add(producers[node])
+        else:
+            stack.extend(parent for parent, _ in node.next_functions)
+    return found
 
 
 def _patterns(patterns: Iterable[str] | str | None) -> list[str] | None:
@@ -133,8 +173,8 @@ def bayesianize_(
     init:
         Starting posterior standard deviation (:class:`PosteriorInit`).
     example_input:
-        A batch the model accepts. With it the first and output layers (``for_position``) are the first and
-        last the forward pass runs; without it, the first and last registered.
+        A batch the model accepts. With it the first layer (``for_position``) is the first the forward pass runs
+        and the output layers are :func:`output_layers`'; without it, the first and last registered.
 
     Returns
     -------
@@ -169,13 +209,19 @@ def bayesianize_(
     if candidates and not selected:
         names = ", ".join(name or "<root>" for name, _ in candidates)
         raise ValueError(f"include/exclude patterns select none of the convertible layers ({names})")
+    converted = [f"{name or '<root>'} ({type(module.prior).__name__})" for name, module in bayesian_layers(model)
+                 if (include is None or _matches(name, include)) and not _matches(name, exclude)]
+    if converted:
+        warnings.warn(f"already Bayesian, left with the prior they have: {', '.join(converted)}; to give them "
+                      "another prior, convert a fresh copy of the deterministic network", stacklevel=2)
     warn_unhandled(model)
-    # the network's first and last layers (the output layer keeps its units under spike-and-slab priors)
+    # the network's first and output layers (output layers keep their units under spike-and-slab priors)
     order = (execution_order(model, example_input) if example_input is not None
              else [name for name, _ in handled_layers(model)])
+    outputs = output_layers(model, example_input)
     for name, module in selected:
         bayes_type = BAYESIAN_TYPES[type(module)]
-        position = dict(first=name == order[0], last=name == order[-1])
+        position = dict(first=name == order[0], last=name in outputs)
         bayes_type.convert_(module, _prior_for(prior, name, module, position), init)
     return model
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +32,14 @@ from torch import Tensor, nn
 from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer
 from bayescompress.nn.model import observe
 from bayescompress.pruning.export import DETERMINISTIC_RHO, plain_layer_like
-from bayescompress.pruning.masks import Masks, copy_network, current_weight, prunable_layers, replace_submodule
+from bayescompress.pruning.masks import (
+    Masks,
+    copy_network,
+    current_weight,
+    output_names,
+    prunable_layers,
+    replace_submodule,
+)
 
 
 @dataclass(frozen=True)
@@ -225,12 +233,12 @@ def _close(output: Tensor, reference: Tensor, atol: float) -> bool:
 
 
 def plan_and_prune(
-    plain: nn.Module, example_input: Tensor, output_layer: str | None = None, constants: bool = True,
-    atol: float = 1e-4,
+    plain: nn.Module, example_input: Tensor, output_layer: str | Collection[str] | None = None,
+    constants: bool = True, atol: float = 1e-4,
 ) -> tuple[nn.Module, GraphSurgery]:
     """A copy of the plain network ``plain`` with every removable channel removed (see the module docstring),
-    and the surgery. ``output_layer`` keeps its units (default: the last registered layer); a layer never
-    loses its last unit; ``constants=False`` removes unread channels only.
+    and the surgery. ``output_layer`` (one name or several) keeps its units (default: the last registered
+    layer); a layer never loses its last unit; ``constants=False`` removes unread channels only.
 
     All steps are first made at once. If the result fails to run or to reproduce ``plain`` on
     ``example_input`` (Torch-Pruning can mis-couple a skip from the network input, or a reshape that shuffles
@@ -239,12 +247,12 @@ def plan_and_prune(
     """
     reference = cpu_outputs(plain, example_input)
     layers = [name for name, _ in prunable_layers(plain)]
-    output = output_layer if output_layer is not None else layers[-1]
+    outputs = output_names(output_layer, layers)
     pruned, surgery = copy.deepcopy(plain), GraphSurgery()
     try:
         dg = dependency_graph(pruned, example_input)
         for name in layers:
-            if name != output:
+            if name not in outputs:
                 step = _prune_step(pruned, dg, name, pruned.get_submodule(name), example_input, constants)
                 surgery.steps += [step] if step else []
         if _close(cpu_outputs(pruned, example_input), reference, atol):
@@ -253,7 +261,7 @@ def plan_and_prune(
         pass
     pruned, surgery, skipped = plain, GraphSurgery(), []
     for name in layers:
-        if name == output:
+        if name in outputs:
             continue
         trial = copy.deepcopy(pruned)
         try:
@@ -300,13 +308,14 @@ def replay_surgery_(plain: nn.Module, surgery: GraphSurgery, example_input: Tens
 
 
 def export_with_torch_pruning(
-    model: nn.Module, masks: Masks, example_input: Tensor, atol: float = 1e-4, output_layer: str | None = None,
-    constants: bool = True,
+    model: nn.Module, masks: Masks, example_input: Tensor, atol: float = 1e-4,
+    output_layer: str | Collection[str] | None = None, constants: bool = True,
 ) -> tuple[nn.Module, GraphSurgery]:
     """A smaller deterministic copy of any ``model`` Torch-Pruning can trace, at the masked posterior mean, and
     the surgery that made it (:func:`plan_and_prune`).
 
-    ``output_layer`` keeps its units (default: the last registered Linear/Conv2d layer); a layer never loses
+    ``output_layer`` (one name or several) keeps its units (default: the last registered Linear/Conv2d layer);
+    a layer never loses
     its last unit; ``constants=False`` removes unread channels only. Raises ``RuntimeError`` if the result does
     not reproduce the masked network on ``example_input`` (relative to the outputs' scale, in float32 on the CPU;
     use a few inputs: constants are recognised by being the same on all of them).

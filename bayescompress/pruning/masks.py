@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,18 @@ _ORDER_KEY = "layers"
 def _natural_key(name: str) -> tuple:
     """Sort key of a qualified layer name comparing its numeric parts as numbers: "features.2" < "features.10"."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
+
+
+def output_names(output_layer: str | Collection[str] | None, layers: Sequence[str]) -> frozenset[str]:
+    """The output layers (whose units, the classes, are all kept) given as one name, several or None (the last of
+    ``layers``); a name that is not one of ``layers`` is refused."""
+    names = [layers[-1]] if output_layer is None else [output_layer] if isinstance(output_layer, str) \
+        else list(output_layer)
+    unknown = [name for name in names if name not in layers]
+    if unknown or not names:
+        raise ValueError(f"output_layer {(unknown or [output_layer])[0]!r} is not one of the layers pruned "
+                         f"({', '.join(layers)})")
+    return frozenset(names)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import warnings
+from collections.abc import Collection
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from bayescompress._validation import check_choice, check_in_range
 from bayescompress.nn.model import bayesian_layers
 from bayescompress.pruning import importance
-from bayescompress.pruning.masks import Masks, prunable_layers
+from bayescompress.pruning.masks import Masks, output_names, prunable_layers
 
 
 def _check_fraction(value: float) -> None:
@@ -29,26 +30,26 @@ def _top_fraction_threshold(scores: Tensor, keep_fraction: float) -> Tensor:
     return torch.kthvalue(flat, flat.numel() - keep + 1).values
 
 
+def _names(outputs: str | Collection[str]) -> frozenset[str]:
+    """One layer name or several as a set (a name is not a collection of its characters)."""
+    return frozenset([outputs] if isinstance(outputs, str) else outputs)
+
+
 class PruningStrategy(abc.ABC):
     """Turns a trained network into keep masks. Subclasses implement :meth:`masks`.
 
-    ``output_layer`` names the layer whose units (the classes) are all kept; by default the last registered.
-    Pass :func:`~bayescompress.nn.output_layer` of an example input for a model whose head is registered
-    before its body.
+    ``output_layer`` names the layer, or layers, whose units (the classes) are all kept; by default the last
+    registered. Pass :func:`~bayescompress.nn.output_layers` of an example input for a model whose head is
+    registered before its body or that has several heads.
     """
 
     @abc.abstractmethod
-    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | Collection[str] | None = None) -> Masks:
         """Weight and unit keep masks of every Linear/Conv2d layer of ``model``."""
 
     @staticmethod
-    def _output(layers, output_layer: str | None) -> str:
-        if output_layer is None:
-            return layers[-1][0]
-        if output_layer not in dict(layers):
-            raise ValueError(f"output_layer {output_layer!r} is not one of the layers pruned "
-                             f"({', '.join(name for name, _ in layers)})")
-        return output_layer
+    def _output(layers, output_layer: str | Collection[str] | None) -> frozenset[str]:
+        return output_names(output_layer, [name for name, _ in layers])
 
     @staticmethod
     def _layers(model: nn.Module, bayesian: bool) -> list[tuple[str, nn.Module]]:
@@ -63,16 +64,17 @@ class PruningStrategy(abc.ABC):
         return layers
 
     @staticmethod
-    def _from_weight_masks(layers, weight_masks: list[Tensor], output: str) -> Masks:
-        """Units are kept while any incoming weight is; the output layer keeps all its units."""
+    def _from_weight_masks(layers, weight_masks: list[Tensor], outputs: Collection[str]) -> Masks:
+        """Units are kept while any incoming weight is; the output layers keep all their units."""
         units = {name: mask.flatten(1).any(dim=1) for (name, _), mask in zip(layers, weight_masks)}
-        units[output] = torch.ones_like(units[output])
+        units.update({name: torch.ones_like(units[name]) for name in _names(outputs)})
         return Masks({name: mask for (name, _), mask in zip(layers, weight_masks)}, units)
 
     @staticmethod
-    def _from_unit_masks(layers, unit_masks: list[Tensor], output: str) -> Masks:
-        # the output layer keeps every class
-        unit_masks = [torch.ones_like(u) if name == output else u for (name, _), u in zip(layers, unit_masks)]
+    def _from_unit_masks(layers, unit_masks: list[Tensor], outputs: Collection[str]) -> Masks:
+        # the output layers keep every class
+        outputs = _names(outputs)
+        unit_masks = [torch.ones_like(u) if name in outputs else u for (name, _), u in zip(layers, unit_masks)]
         weight = {
             name: units.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone()
             for (name, layer), units in zip(layers, unit_masks)
@@ -112,19 +114,19 @@ class SNRPruning(PruningStrategy):
         check_choice("level", level, ("weight", "unit"))
         self.threshold, self.keep_fraction, self.level = threshold, keep_fraction, level
 
-    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | Collection[str] | None = None) -> Masks:
         layers = self._layers(model, bayesian=True)
-        output = self._output(layers, output_layer)
+        outputs = self._output(layers, output_layer)
         if self.level == "unit":
             scores = [importance.unit_snr(layer) for _, layer in layers]
             cut = [self.threshold if self.threshold is not None else _top_fraction_threshold(s, self.keep_fraction)
                    for s in scores]
-            return self._from_unit_masks(layers, [s >= c for s, c in zip(scores, cut)], output)
+            return self._from_unit_masks(layers, [s >= c for s, c in zip(scores, cut)], outputs)
         scores = [importance.weight_snr(layer) for _, layer in layers]
         cut = self.threshold
         if cut is None:
             cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), self.keep_fraction)
-        return self._from_weight_masks(layers, [s >= cut for s in scores], output)
+        return self._from_weight_masks(layers, [s >= cut for s in scores], outputs)
 
 
 class MagnitudePruning(PruningStrategy):
@@ -140,7 +142,7 @@ class MagnitudePruning(PruningStrategy):
         check_choice("scope", scope, ("layer", "global"))
         self.keep_fraction, self.scope = keep_fraction, scope
 
-    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | Collection[str] | None = None) -> Masks:
         layers = self._layers(model, bayesian=False)
         scores = [importance.weight_magnitude(layer) for _, layer in layers]
         if self.scope == "global":
@@ -165,21 +167,21 @@ class InclusionPruning(PruningStrategy):
         check_in_range("threshold", threshold, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         self.threshold = threshold
 
-    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | Collection[str] | None = None) -> Masks:
         layers = self._layers(model, bayesian=True)
-        output = self._output(layers, output_layer)
+        outputs = self._output(layers, output_layer)
         summaries = [layer.prior.inclusion(layer) for _, layer in layers]
         if all(s.unit is not None for s in summaries):
-            masks = self._from_unit_masks(layers, [s.unit >= self.threshold for s in summaries], output)
+            masks = self._from_unit_masks(layers, [s.unit >= self.threshold for s in summaries], outputs)
         else:
             probs = [importance.inclusion_probability(layer, "weight") for _, layer in layers]
-            masks = self._from_weight_masks(layers, [p >= self.threshold for p in probs], output)
+            masks = self._from_weight_masks(layers, [p >= self.threshold for p in probs], outputs)
         for (name, layer), summary in zip(layers, summaries):
             if summary.input is not None:
                 inputs = summary.input >= self.threshold
                 masks.weight[name] &= inputs.view(1, -1, *([1] * (layer.weight.dim() - 2)))
         for name, _ in layers:
-            if name != output and not masks.weight[name].any():
+            if name not in outputs and not masks.weight[name].any():
                 warnings.warn(
                     f"inclusion pruning removed every unit of hidden layer {name!r}: the network's output no "
                     "longer depends on its input there (its constant is kept); train with a larger "
@@ -193,7 +195,7 @@ class KeepMasks(PruningStrategy):
     """The masks the layers already carry (``weight_mask``), unchanged: for a method that trains in a sparse
     subspace and ends with it (SSVI). A layer without a mask keeps every weight."""
 
-    def masks(self, model: nn.Module, output_layer: str | None = None) -> Masks:
+    def masks(self, model: nn.Module, output_layer: str | Collection[str] | None = None) -> Masks:
         layers = self._layers(model, bayesian=False)
         weight = [getattr(layer, "weight_mask", torch.ones_like(layer.weight)).bool().clone() for _, layer in layers]
         return self._from_weight_masks(layers, weight, self._output(layers, output_layer))

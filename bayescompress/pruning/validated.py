@@ -10,7 +10,7 @@ weights by SNR across all layers and keeps the fewest whose posterior-mean valid
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ def prune_within_units(
     network: nn.Module,
     masks: Masks,
     loader: Iterable,
-    output: str,
+    outputs: str | Collection[str],
     max_drop: float,
     device: str = "cpu",
     keep_fractions: Sequence[float] = KEEP_FRACTIONS,
@@ -55,7 +55,7 @@ def prune_within_units(
 
     Returns the masks and a record: ``accuracy_units`` (under ``masks``), ``accuracy`` (under the result),
     ``keep_fraction`` (1.0 when no fraction passed) and ``tried`` (each fraction tried, with its accuracy).
-    ``output`` is the output layer, whose units are all kept.
+    ``outputs`` names the output layer, or layers, whose units are all kept.
 
     Example
     -------
@@ -72,7 +72,7 @@ def prune_within_units(
     def attempt(fraction: float) -> tuple[Masks, float]:
         cut = _top_fraction_threshold(surviving, fraction)
         candidate = PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)],
-                                                        output)
+                                                        outputs)
         accuracy = _accuracy_under(trial, candidate, loader, device)
         tried.append({"keep_fraction": fraction, "accuracy": accuracy})
         return candidate, accuracy
@@ -111,16 +111,16 @@ def _ranked(network: nn.Module, masks: Masks,
 
 
 @torch.no_grad()
-def keep_top_weights(network: nn.Module, masks: Masks, count: int, output: str) -> Masks:
+def keep_top_weights(network: nn.Module, masks: Masks, count: int, outputs: str | Collection[str]) -> Masks:
     """``masks`` cut to the ``count`` weights of highest SNR |mu| / sigma among those it keeps (across all
-    Bayesian layers; ties at the cut are kept). Units left without a weight are removed, but the output layer's
-    (``output``). ``masks`` are returned as they are when they keep ``count`` weights or fewer."""
+    Bayesian layers; ties at the cut are kept). Units left without a weight are removed, but the output layers'
+    (``outputs``). ``masks`` are returned as they are when they keep ``count`` weights or fewer."""
     check_non_negative_int("count", count)
     layers, kept, scores, surviving = _ranked(network, masks, "keep_top_weights")
     if surviving.numel() <= count:
         return masks
     cut = _top_fraction_threshold(surviving, count / surviving.numel())
-    return PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)], output)
+    return PruningStrategy._from_weight_masks(layers, [k & (s >= cut) for s, k in zip(scores, kept)], outputs)
 
 
 __all__ = ["KEEP_FRACTIONS", "keep_top_weights", "masked_accuracy", "prune_within_units"]

@@ -1,0 +1,176 @@
+"""What compress, fit and evaluate say about inputs that are not what they need, before any work is done."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bayescompress import GaussianPrior, GaussianSNR, Magnitude, PipelineConfig, TrainConfig, compress, fit
+from bayescompress.data import as_batch
+from bayescompress.metrics import evaluate
+from bayescompress.nn import bayesianize_
+
+QUIET = PipelineConfig(quiet=True, max_accuracy_loss=1.0)
+
+
+def _data(n=48, features=4, classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=generator), torch.randint(0, classes, (n,), generator=generator)
+
+
+def _batches(x, y, size=16):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_as_batch_names_what_a_loader_yields_and_what_to_give():
+    x, y = _data(4)
+    with pytest.raises(ValueError, match=r"yields dicts \(keys 'x', 'y'\).*\(inputs, labels\) pairs"):
+        as_batch({"x": x, "y": y}, "train_loader")
+    with pytest.raises(ValueError, match="yields tuples of 3"):
+        as_batch((x, x, y), "train_loader")
+    with pytest.raises(ValueError, match="yields Tensor;"):
+        as_batch(x, "the loader")
+    with pytest.raises(ValueError, match=r"single examples \(labels of shape \(\)\)"):
+        as_batch((x[0], y[0]), "val_loader")
+    with pytest.raises(ValueError, match=r"labels of shape \(4, 1\).*y.squeeze\(1\)"):
+        as_batch((x, y[:, None]), "train_loader")
+    with pytest.raises(ValueError, match="type torch.float32"):
+        as_batch((x, y.float()), "train_loader")
+    with pytest.raises(ValueError, match="4 inputs with 3 labels"):
+        as_batch((x, y[:3]), "train_loader")
+    inputs, labels = as_batch([x, y.int()], "train_loader")  # a list pair; int32 labels become int64
+    assert inputs is x and labels.dtype == torch.int64 and torch.equal(labels, y)
+
+
+def test_int32_labels_train_and_evaluate_as_int64_ones_do():
+    x, y = _data()
+    runs = []
+    for labels in (y, y.int()):
+        net = bayesianize_(_net(), GaussianPrior())
+        history = fit(net, _batches(x, labels), None, TrainConfig(epochs=2, seed=0, quiet=True))
+        runs.append((history[-1]["loss"], evaluate(net, _batches(x, labels), samples=0)["nll"]))
+    assert runs[0] == runs[1]
+
+
+def test_compress_refuses_an_empty_train_loader_before_any_work():
+    x, y = _data(10)
+    empty = DataLoader(TensorDataset(x, y), batch_size=16, drop_last=True)
+    with pytest.raises(ValueError, match=r"train_loader yields no batch \(a drop_last loader"):
+        compress(_net(), empty, _batches(x, y), Magnitude(), pipeline=QUIET)
+
+
+def test_compress_refuses_what_is_not_a_pretrained_deterministic_network():
+    x, y = _data()
+    data = _batches(x, y)
+    with pytest.raises(ValueError, match=r"model is the class Sequential; give a network built from it"):
+        compress(nn.Sequential, data, data, Magnitude(), pipeline=QUIET)
+    with pytest.raises(ValueError, match=r"already Bayesian \(0, 2\).*before bayesianize_"):
+        compress(bayesianize_(_net(), GaussianPrior()), data, data, "sparse-vd", pipeline=QUIET)
+    with pytest.raises(ValueError, match=r"pipeline must be a PipelineConfig; got dict"):
+        compress(_net(), data, data, Magnitude(), pipeline={"quiet": True})
+
+
+def test_bayesianize_says_which_layers_keep_the_prior_they_already_have():
+    net = bayesianize_(_net(), GaussianPrior(), include="0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converting the rest warns about nothing
+        bayesianize_(net, GaussianPrior(scale=0.1), include="2")
+    with pytest.warns(UserWarning, match=r"already Bayesian, left with the prior they have: 0 \(GaussianPrior\), "
+                                         r"2 \(GaussianPrior\)"):
+        bayesianize_(net, GaussianPrior(scale=0.5))
+    assert float(net[0].prior.scale) == 1.0 and float(net[2].prior.scale) == pytest.approx(0.1)
+
+
+class _Returns(nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        self.body, self.wrap = _net(), wrap
+
+    def forward(self, x):
+        return self.wrap(self.body(x))
+
+
+@pytest.mark.parametrize("wrap, message", [
+    (lambda z: (z, z.mean()), "returns a tuple; compress needs a classifier whose forward returns one"),
+    (lambda z: {"logits": z}, "returns a dict;"),
+    (lambda z: z[:, :, None], r"returns outputs of shape \(8, 3, 1\)"),
+    (lambda z: z.softmax(-1), "returns probabilities.*remove the final softmax"),
+])
+def test_compress_refuses_outputs_that_are_not_one_tensor_of_logits(wrap, message):
+    x, y = _data()
+    with pytest.raises(ValueError, match=message):
+        compress(_Returns(wrap), _batches(x, y), _batches(x, y), Magnitude(), pipeline=QUIET)
+
+
+def test_log_probabilities_are_logits_to_compress():
+    x, y = _data()
+    result = compress(_Returns(lambda z: z.log_softmax(-1)), _batches(x, y), _batches(x, y),
+                      GaussianSNR(epochs=1, finetune_epochs=0), pipeline=QUIET)
+    assert result.metrics["exported"]["accuracy"] > 0
+
+
+def test_compress_checks_the_validation_batches_format_first():
+    x, y = _data()
+    with pytest.raises(ValueError, match="val_loader yields dicts"):
+        compress(_net(), _batches(x, y), [{"x": x, "y": y}], Magnitude(), pipeline=QUIET)
+    with pytest.raises(ValueError, match=r"val_loader yields single examples"):
+        compress(_net(), _batches(x, y), TensorDataset(x, y), Magnitude(), pipeline=QUIET)
+
+
+def test_a_compute_budget_reads_a_conv_batchnorm_chain_once_the_batchnorm_is_folded():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 3))
+    net.eval()
+    x = torch.randn(32, 1, 8, 8)
+    y = torch.randint(0, 3, (32,))
+    data = _batches(x, y)
+    full = 6 * 9 * 36 + 6 * 36 * 3
+    result = compress(net, data, data, Magnitude(keep_fraction=0.5, finetune_epochs=1, target_macs=full // 2),
+                      pipeline=QUIET)
+    assert result.metrics["macs"]["exported"] <= full // 2
+
+
+def test_load_names_a_class_given_for_the_architecture(tmp_path):
+    from bayescompress import load
+
+    x, y = _data()
+    result = compress(_Returns(lambda z: z), _batches(x, y), _batches(x, y), Magnitude(finetune_epochs=0),
+                      pipeline=QUIET)
+    result.save(tmp_path / "run", plots=False)
+    with pytest.raises(ValueError, match=r"model is the class _Returns; give the architecture built from it"):
+        load(tmp_path / "run", model=_Returns)
+    assert load(tmp_path / "run", model=_Returns(lambda z: z)).model(x).shape == (48, 3)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        return self.head(h + self.b(h).relu())
+
+
+def test_the_export_names_units_the_masks_switch_off_but_a_residual_sum_keeps():
+    x, y = _data()
+    method = GaussianSNR(epochs=1, level="unit", keep_fraction=0.5, finetune_epochs=0)
+    with pytest.warns(UserWarning, match=r"the export keeps units the masks switch off, in a \(\d of 6\), b \(\d of "
+                                         r"6\): their channels are tied to kept ones \(a residual sum") as caught:
+        result = compress(_Residual(), _batches(x, y), _batches(x, y), method, pipeline=QUIET)
+    kept = {name: int(units.sum()) for name, units in result.masks.units.items()}
+    assert kept["a"] == kept["b"] == 3  # half of each, not the same half: the sum keeps the union
+    union = int((result.masks.units["a"] | result.masks.units["b"]).sum())
+    assert result.metrics["architecture"]["exported"] == [union, union, 3]
+    message = next(str(w.message) for w in caught if "export keeps" in str(w.message))
+    assert f"a ({union - 3} of 6), b ({union - 3} of 6)" in message
