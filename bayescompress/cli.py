@@ -28,12 +28,13 @@ from bayescompress.settings import Flag, Integer, Real, SettingInfo, describe, s
 _COMMON = ("seed", "device", "quiet")
 
 
-def _common(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+def _common(parser: argparse.ArgumentParser, seed: bool = True, seed_default: int | None = 0,
+            seed_help: str = "random seed (default 0)") -> None:
     """--quiet, --json, --device and (unless the command takes --seeds) --seed."""
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     if seed:
-        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        parser.add_argument("--seed", type=int, default=seed_default, help=seed_help)
     parser.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
 
 
@@ -122,7 +123,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
         for info in sorted(describe(method_class.config_class), key=lambda info: info.name.startswith("finetune_")):
             _add_setting(group, info, cnn.get(info.name, info.default))
     _pipeline(comp, "pipeline settings (every method)")
-    _common(comp)
+    _common(comp, seed_default=None, seed_help="random seed (default 0; with --from-run, the run's)")
 
     cmp = commands.add_parser("compare", help="several methods on one pretrained network, over seeds: a table")
     _network_and_data(cmp)
@@ -281,6 +282,16 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
     except (ValueError, FileNotFoundError) as error:
         _input_error("compress", f"cannot resume {known.resume}: {error}")
     return [*saved["argv"], *[arg for arg in rest if arg not in saved["argv"]], "--resume", known.resume]
+
+
+def _seed_of_source_run(source: str | None) -> int:
+    """The seed a run started ``--from-run`` continues with when none is given: the source run's (0 without one)."""
+    if source is None:
+        return 0
+    from bayescompress.io import read_json_record
+
+    record = read_json_record(Path(source) / "metrics.json", "a finished run folder")
+    return int(record.get("config", {}).get("pipeline", {}).get("seed", 0))
 
 
 def _method_of_source_run(argv: list[str]) -> str | None:
@@ -475,7 +486,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "compress":
             method_class = methods.get(args.method)
             method = method_class(**_given(args, method_class.config_class.names()))
-            pipeline = PipelineConfig(seed=args.seed, device=args.device, quiet=args.quiet,
+            seed = args.seed if args.seed is not None else _seed_of_source_run(args.from_run)
+            pipeline = PipelineConfig(seed=seed, device=args.device, quiet=args.quiet,
                                       **_given(args, set(PipelineConfig.names()) - set(_COMMON)))
             with warnings.catch_warnings():  # reported below, louder
                 warnings.simplefilter("ignore", AccuracyLossWarning)

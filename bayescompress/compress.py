@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from bayescompress import distributed, methods
 from bayescompress._validation import check_device
+from bayescompress.data import as_batch
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
@@ -35,7 +36,6 @@ from bayescompress.methods.base import (
     unknown_setting_message,
 )
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
-from bayescompress.data import as_batch
 from bayescompress.nn import bayesian_layers, output_layers
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers, propagate
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
@@ -137,8 +137,8 @@ def compress(
 
     With ``posterior`` (a finished run folder, or a result) the training before pruning is skipped: the
     network starts from that run's trained state and only the pruning, the budgets and the fine-tuning run,
-    with that run's settings except the ones ``method`` was given (only ``after_training`` settings of the
-    method's config may differ; ``model`` must hold the weights the run started from). One long VI run then
+    with that run's settings except the ones ``method`` was given, and its seed unless ``pipeline`` is given (only
+    ``after_training`` settings of the method's config may differ; ``model`` must hold the weights the run started from). One long VI run then
     gives several operating points (docs/pruning.md).
 
     Example
@@ -154,7 +154,7 @@ def compress(
                          "pipeline=PipelineConfig(quiet=True))")
     start = TrainedRun.read(posterior) if posterior is not None else None
     method = resolve_method(method or (start.method if start is not None else DEFAULT_METHOD), config)
-    pipeline = pipeline or PipelineConfig()
+    pipeline = pipeline or PipelineConfig(seed=0 if start is None else start.seed)
     method_config = method.configure(model) if start is None else start.config_for(method)
     if epochs is not None:
         if "epochs" not in type(method_config).names():
@@ -163,7 +163,7 @@ def compress(
     _check_trainable(model)
     original_weights = weights_fingerprint(model)
     eval_loader = test_loader if test_loader is not None else val_loader
-    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+    if _length(train_loader) == 0:
         raise ValueError("train_loader yields no batch (a drop_last loader over fewer examples than one batch?); "
                          "compress needs training data: give more examples or a smaller batch size")
     first = next(iter(val_loader), None)
@@ -185,10 +185,10 @@ def compress(
     _check_model_fits_data(original, probe, first[1])
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
-    trains = start is None and hasattr(train_loader, "__len__")  # from a run's posterior nothing is trained
-    method.check(network, method_config, example, len(train_loader) if trains else None)
-    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
     outputs = tuple(output_layers(network, example))
+    trains = start is None  # from a run's posterior nothing is trained
+    method.check(network, method_config, example, _length(train_loader) if trains else None)
+    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
     torch.manual_seed(pipeline.seed)
     cost = TrainingCost(example)
     context = TrainingContext(train_loader, val_loader, example, outputs, seed=pipeline.seed, device=pipeline.device,
@@ -241,6 +241,14 @@ def compress(
                              shuffling=trained.shuffling)
 
 
+def _length(loader: Iterable) -> int | None:
+    """The loader's number of batches, or None where it has none (an iterable dataset's DataLoader raises)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _check_network(model: object) -> None:
     """Refuse what is not a pretrained deterministic network: a class instead of an instance, and a network
     already converted (its priors would silently replace the method's)."""
@@ -287,7 +295,8 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: Tensor) -> 
         what = f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
         raise ValueError(f"the model returns {what}; compress needs a classifier whose forward returns one (N, "
                          "classes) tensor of logits: wrap it in a module whose forward returns that tensor")
-    if logits.min() >= 0 and (logits.sum(-1) - 1).abs().max() < 1e-4:
+    varies = logits.shape[-1] > 1 and bool((logits != logits[:1]).any())  # a constant network proves nothing
+    if varies and logits.min() >= 0 and (logits.sum(-1) - 1).abs().max() < 1e-4:
         raise ValueError("the model returns probabilities (its outputs are non-negative and sum to 1): compress "
                          "needs logits (the training's cross-entropy and the MC average apply the softmax); remove "
                          "the final softmax")
@@ -310,13 +319,15 @@ class TrainedRun:
     label: str
     shuffling: list[Tensor]  # the loader's order after the training; empty for runs written before it was kept
     probe: Tensor | None  # the run's first validation inputs; None for runs written before they were kept
+    seed: int  # the run's pipeline seed: a run from its posterior continues with it unless told otherwise
 
     @classmethod
     def read(cls, source: CompressionResult | str | os.PathLike) -> TrainedRun:
         if isinstance(source, CompressionResult):
             probe = None if source.export_record is None else source.export_record.probe
             run = cls(source.method, source.config["method"], source.before_pruning,
-                      source.metrics.get("original_weights"), "the given result", source.shuffling, probe)
+                      source.metrics.get("original_weights"), "the given result", source.shuffling, probe,
+                      source.config["pipeline"]["seed"])
         else:
             directory = Path(source)
             what = "a finished run folder, whose trained.safetensors holds the state its pruning started from"
@@ -327,7 +338,8 @@ class TrainedRun:
             probe_file = directory / "probe.safetensors"
             probe = read_safetensors(probe_file, what)["input"] if probe_file.is_file() else None
             run = cls(metrics["method"], metrics["config"]["method"], state, metrics.get("original_weights"),
-                      str(directory), [shuffling[f"generator.{i}"] for i in range(len(shuffling))], probe)
+                      str(directory), [shuffling[f"generator.{i}"] for i in range(len(shuffling))], probe,
+                      metrics["config"].get("pipeline", {}).get("seed", 0))
         if not run.state:
             raise ValueError(f"{run.label} keeps no trained state (it was not made by bayescompress.compress)")
         return run

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
@@ -353,6 +353,18 @@ def kept_pixels(weight_mask: Tensor, image_shape: Sequence[int], name: str = "in
     return figure
 
 
+def _times(value: float) -> str:
+    return f"{value:g}x"
+
+
+def _count(value: float) -> str:
+    """20000 -> 20k, 1500000 -> 1.5M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | None = None,
            anchors: Sequence[dict] = (), path: str | os.PathLike | None = None, title: str = "") -> Figure:
     """Test error against compression |W| / |W != 0| and against the exported network's MACs, every method on
@@ -390,8 +402,12 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
                 ax.annotate(f"{anchor['label']} (published)", (anchor[x], 100 * anchor["error"]),
                             textcoords="offset points", xytext=(5, 4 + 11 * index), fontsize=7,
                             arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5) if index else None)
-    for ax, label in zip(axes, ("compression |W| / |W≠0| (log scale)", "MACs of the exported network (log scale)")):
+    for ax, label, unit in zip(axes, ("compression |W| / |W≠0| (log scale)", "MACs of the exported network (log scale)"),
+                               (_times, _count)):
         ax.set_xscale("log")
+        # labels at 1, 2 and 5 of each decade: a panel often spans less than two decades
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _position, unit=unit: unit(value)))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
         ax.set_xlabel(label)
         ax.set_ylabel("test error (%)")
@@ -399,8 +415,14 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
     low = min([100 * p["error"] for ps in points.values() for p in ps] + [100 * r["error"] for rs in runs.values()
                                                                           for r in rs] + [100.0])
     top = min(100.0, max(low * 4, low + 5))
-    for ax in axes:
+    for ax, x in zip(axes, ("compression", "exported_macs")):
         ax.set_ylim(max(0.0, low - 0.5), top)
+        # the x-range of what is drawn inside the axes: a curve's far end is off the top, and would leave most of
+        # the panel empty
+        shown = [p[x] for ps in points.values() for p in ps if 100 * p["error"] <= top and p.get(x)]
+        shown += [r[x] for rs in runs.values() for r in rs if r.get(x)] + [a[x] for a in anchors if a.get(x)]
+        if shown:
+            ax.set_xlim(min(shown) / 1.25, max(shown) * 1.25)
     # runs above the zoomed axis stay visible: a triangle on the top edge, labelled with their error
     for index, method in enumerate(dict.fromkeys([*points, *runs])):
         above = [r for r in runs.get(method, ()) if 100 * r["error"] > top]

@@ -97,6 +97,15 @@ def test_fine_tuning_from_a_posterior_trains_only_the_fine_tuning(digits, tmp_pa
     assert unnamed.method == "sparse-vd" and unnamed.config["method"] == source.config["method"]
 
 
+def test_a_run_from_a_posterior_keeps_the_runs_seed_unless_given_one(digits):
+    model, splits = digits
+    train, val, _ = make_loaders(splits, batch_size=64, seed=3)
+    source = compress(model, train, val, methods.get("sparse-vd")(**SHORT),
+                      pipeline=dataclasses.replace(QUICK, seed=3))
+    assert compress(model, train, val, posterior=source).config["pipeline"]["seed"] == 3
+    assert compress(model, train, val, posterior=source, pipeline=QUICK).config["pipeline"]["seed"] == 0
+
+
 def test_training_settings_other_weights_and_another_method_are_refused(digits, tmp_path):
     model, splits = digits
     train, val, test = make_loaders(splits, batch_size=64)
@@ -131,12 +140,13 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
 
 def test_the_command_line_takes_the_method_and_settings_from_the_run(digits_mlp_weights, tmp_path):
     base = ["compress", "--model", "mlp", "--weights", str(digits_mlp_weights), "--quiet", "--json"]
-    done = _cli(*base, "--method", "sparse-vd", "--epochs", "2", "--out", "src", cwd=tmp_path)
+    done = _cli(*base, "--method", "sparse-vd", "--epochs", "2", "--seed", "2", "--out", "src", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     done = _cli(*base, "--from-run", "src", "--within-unit-drop", "0.05", "--out", "branch", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     source, branch = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("src", "branch"))
     assert branch["method"] == "sparse-vd" and branch["trained_from"] == "src"
+    assert branch["config"]["pipeline"]["seed"] == 2  # the run's seed, as its method and settings
     assert "started from the trained posterior of src" in (tmp_path / "branch" / "report.md").read_text()
     expected = {**source["config"]["method"], "within_unit_drop": 0.05}
     assert branch["config"]["method"] == expected

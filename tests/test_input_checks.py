@@ -174,3 +174,39 @@ def test_the_export_names_units_the_masks_switch_off_but_a_residual_sum_keeps():
     assert result.metrics["architecture"]["exported"] == [union, union, 3]
     message = next(str(w.message) for w in caught if "export keeps" in str(w.message))
     assert f"a ({union - 3} of 6), b ({union - 3} of 6)" in message
+
+
+def test_a_training_label_outside_the_classes_stops_with_a_message_in_the_datas_terms():
+    x, y = _data()
+    y = y.clone()
+    y[5] = 7
+    net = bayesianize_(_net(), GaussianPrior())
+    with pytest.raises(ValueError, match=r"a training label \(0 to 7 in this batch\) is not one of the network's 3 "
+                                         r"classes; labels must be class indices 0 to 2"):
+        fit(net, _batches(x, y), None, TrainConfig(epochs=1, quiet=True))
+
+
+def test_load_refuses_a_model_that_is_not_a_network(tmp_path):
+    from bayescompress.runs import build_original
+
+    with pytest.raises(ValueError, match="model must be an nn.Module .*; got str"):
+        build_original({"kind": "caller"}, model="lenet5")
+
+
+class _ShiftsItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.norm, self.head = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x -= 0.5  # in place, on the caller's tensor
+        return self.head(self.norm(self.body(x)).relu())
+
+
+def test_output_layers_trace_a_network_that_changes_its_input_in_place_and_keep_each_modules_mode():
+    from bayescompress.nn import output_layers
+
+    net = _ShiftsItsInput().train()
+    net.norm.eval()  # the user's choice inside a training network
+    assert output_layers(net, torch.randn(4, 4)) == ["head"]  # in place on a leaf that requires grad would fail
+    assert net.training and net.body.training and not net.norm.training

@@ -272,3 +272,16 @@ def test_plotting_a_folder_that_does_not_exist_says_so():
 
     with pytest.raises(FileNotFoundError, match="nowhere is not a folder; give a run folder"):
         draw_run("nowhere")
+
+
+def test_pareto_spans_what_it_draws_not_a_curves_end_off_the_top():
+    from bayescompress.plot import pareto
+
+    points = {"a": [{"compression": c, "error": e, "exported_macs": 1e6 / c}
+                    for c, e in ((2, 0.02), (10, 0.021), (40, 0.03), (500, 0.6))]}  # 500x is far above the axis
+    figure = pareto(points, {"a": [{"compression": 20, "error": 0.019, "exported_macs": 5e4}]})
+    left, right = figure.axes
+    assert left.get_ylim()[1] < 60
+    np.testing.assert_allclose(left.get_xlim(), (2 / 1.25, 40 * 1.25))
+    np.testing.assert_allclose(right.get_xlim(), (1e6 / 2 * 1.25, 1e6 / 40 / 1.25))  # inverted: fewer MACs right
+    pyplot.close(figure)

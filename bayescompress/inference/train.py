@@ -267,8 +267,12 @@ class Trainer:
             try:
                 nll = F.cross_entropy(logits, y)
             except IndexError as error:  # a label past the outputs (or negative): say so in the data's terms
-                raise ValueError(f"a training label is not one of the network's {logits.shape[-1]} classes "
-                                 f"({error}); labels must be class indices 0 to {logits.shape[-1] - 1}") from error
+                classes = logits.shape[-1] if logits.dim() else 0
+                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+                    raise ValueError(f"a training label ({int(y.min())} to {int(y.max())} in this batch) is not one "
+                                     f"of the network's {classes} classes; labels must be class indices 0 to "
+                                     f"{classes - 1}") from error
+                raise
             data = nll if self.teacher is None else self._distilled(x, logits, nll)
             kl = kl_divergence(self.model).to(nll.device)
         return data + self.beta * kl / self.n_train, nll, kl

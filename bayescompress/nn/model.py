@@ -51,19 +51,22 @@ def warn_unhandled(model: nn.Module, stacklevel: int = 3) -> None:
                       f"{why}): {names}", stacklevel=stacklevel)
 
 
-@torch.no_grad()
 def observe(model: nn.Module, layers: Iterable[tuple[str, nn.Module]], x: Tensor,
-            record: Callable[[str, tuple, Tensor], None]) -> None:
+            record: Callable[[str, tuple, Tensor], None], grad: bool = False) -> object:
     """One eval-mode forward pass of ``model`` on ``x``, calling ``record(name, inputs, output)`` each time one
-    of the named ``layers`` runs; the model's mode is restored and the hooks removed."""
+    of the named ``layers`` runs, and returning what the model returns (recorded by autograd only with ``grad``).
+    Every module's own mode is restored afterwards (a BatchNorm kept in eval inside a training model stays so)
+    and the hooks are removed."""
     hooks = [layer.register_forward_hook(lambda _m, inputs, output, name=name: record(name, inputs, output))
              for name, layer in layers]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        model(x)
+        with torch.set_grad_enabled(grad):
+            return model(x)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         for hook in hooks:
             hook.remove()
 
@@ -93,7 +96,14 @@ def output_layers(model: nn.Module, example_input: Tensor | None = None) -> list
         return [layers[-1][0]]
     order = execution_order(model, example_input)
     x = example_input[:1].detach()
-    found = _layers_feeding_output(model, layers, x.requires_grad_() if x.is_floating_point() else x)
+    # a copy of a leaf that requires grad: the graph exists even for frozen layers, and a forward pass that
+    # changes its input in place may still do so
+    try:
+        found = _layers_feeding_output(model, layers, x.requires_grad_().clone() if x.is_floating_point() else x)
+    except RuntimeError as error:  # a forward pass that cannot run under autograd: the rule without the graph
+        warnings.warn(f"the output layer is taken to be {order[-1]}, the last layer the forward pass runs: the "
+                      f"pass could not be traced under autograd ({error})", stacklevel=2)
+        found = set()
     return sorted(found, key=order.index) if found else order[-1:]
 
 
@@ -101,20 +111,11 @@ def _layers_feeding_output(model: nn.Module, layers: list[tuple[str, nn.Module]]
     """Names of ``layers`` whose output nodes the walk back from the model's returned tensors reaches first."""
     producers: dict[object, str] = {}  # autograd node of each layer call's output -> the layer
 
-    def record(_module, _inputs, output, name):
+    def record(name: str, _inputs: tuple, output: Tensor) -> None:
         if isinstance(output, Tensor) and output.grad_fn is not None:
             producers[output.grad_fn] = name
 
-    hooks = [layer.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name)) for name, layer in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            result = model(x)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    result = observe(model, layers, x, record, grad=True)
     returned = (result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list))
                 else [result])
     stack = [t.grad_fn for t in returned if isinstance(t, Tensor) and t.grad_fn is not None]

@@ -30,10 +30,11 @@ def output_names(output_layer: str | Collection[str] | None, layers: Sequence[st
     ``layers``); a name that is not one of ``layers`` is refused."""
     names = [layers[-1]] if output_layer is None else [output_layer] if isinstance(output_layer, str) \
         else list(output_layer)
+    if not names:
+        raise ValueError("output_layer names no layer; give one of the layers pruned, or several, or None")
     unknown = [name for name in names if name not in layers]
-    if unknown or not names:
-        raise ValueError(f"output_layer {(unknown or [output_layer])[0]!r} is not one of the layers pruned "
-                         f"({', '.join(layers)})")
+    if unknown:
+        raise ValueError(f"output_layer {unknown[0]!r} is not one of the layers pruned ({', '.join(layers)})")
     return frozenset(names)
 
 

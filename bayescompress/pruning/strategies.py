@@ -30,11 +30,6 @@ def _top_fraction_threshold(scores: Tensor, keep_fraction: float) -> Tensor:
     return torch.kthvalue(flat, flat.numel() - keep + 1).values
 
 
-def _names(outputs: str | Collection[str]) -> frozenset[str]:
-    """One layer name or several as a set (a name is not a collection of its characters)."""
-    return frozenset([outputs] if isinstance(outputs, str) else outputs)
-
-
 class PruningStrategy(abc.ABC):
     """Turns a trained network into keep masks. Subclasses implement :meth:`masks`.
 
@@ -67,13 +62,13 @@ class PruningStrategy(abc.ABC):
     def _from_weight_masks(layers, weight_masks: list[Tensor], outputs: Collection[str]) -> Masks:
         """Units are kept while any incoming weight is; the output layers keep all their units."""
         units = {name: mask.flatten(1).any(dim=1) for (name, _), mask in zip(layers, weight_masks)}
-        units.update({name: torch.ones_like(units[name]) for name in _names(outputs)})
+        units.update({name: torch.ones_like(units[name]) for name in output_names(outputs, list(units))})
         return Masks({name: mask for (name, _), mask in zip(layers, weight_masks)}, units)
 
     @staticmethod
     def _from_unit_masks(layers, unit_masks: list[Tensor], outputs: Collection[str]) -> Masks:
         # the output layers keep every class
-        outputs = _names(outputs)
+        outputs = output_names(outputs, [name for name, _ in layers])
         unit_masks = [torch.ones_like(u) if name in outputs else u for (name, _), u in zip(layers, unit_masks)]
         weight = {
             name: units.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone()
