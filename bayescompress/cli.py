@@ -86,7 +86,7 @@ def _method_in(argv: Sequence[str]) -> str:
 
 
 def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayescompress", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bayescompress", description=" ".join(__doc__.split()).replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
 
     pre = commands.add_parser("pretrain", help="train a reference network deterministically")
@@ -281,7 +281,51 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
         saved = read_json_record(Path(known.resume) / INVOCATION_FILE, "the command the run was started with")
     except (ValueError, FileNotFoundError) as error:
         _input_error("compress", f"cannot resume {known.resume}: {error}")
-    return [*saved["argv"], *[arg for arg in rest if arg not in saved["argv"]], "--resume", known.resume]
+    argv = saved.get("argv") if isinstance(saved.get("argv"), list) else None
+    if argv is None:
+        _input_error("compress", f"cannot resume {known.resume}: its {INVOCATION_FILE} holds no command; the run "
+                                 "folder is damaged")
+    # the run continues where it is now (the folder may have been moved or copied), from any working folder
+    return [*_with_out(argv, known.resume), *[arg for arg in rest if arg not in argv], "--resume", known.resume]
+
+
+# flags whose values are paths: recorded absolute, so a resume from another working folder reads the same files
+_PATH_FLAGS = ("--weights", "--data-dir", "--from-run")
+
+
+def _absolute_paths(argv: list[str]) -> list[str]:
+    """``argv`` with the values of the path flags, and a ``--model`` file (path/to/file.py:factory), absolute."""
+    out = []
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        previous = argv[index - 1] if index else ""
+        if equals and flag in (*_PATH_FLAGS, "--model"):
+            out.append(f"{flag}={_absolute(flag, value)}")
+        elif previous in (*_PATH_FLAGS, "--model") and not arg.startswith("--"):
+            out.append(_absolute(previous, arg))
+        else:
+            out.append(arg)
+    return out
+
+
+def _absolute(flag: str, value: str) -> str:
+    if flag != "--model":
+        return str(Path(value).absolute())
+    file, colon, factory = value.rpartition(":")
+    return f"{Path(file).absolute()}:{factory}" if colon and file.endswith(".py") else value
+
+
+def _with_out(argv: list[str], out: str) -> list[str]:
+    """``argv`` writing to ``out`` instead of the folder it named."""
+    result, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            result.append(arg)
+    return [*result, "--out", out]
 
 
 def _seed_of_source_run(source: str | None) -> int:
@@ -402,7 +446,7 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
     if args.resume is None:
         if is_interrupted_run(out):  # --overwrite: start again, from nothing
             shutil.rmtree(out / CHECKPOINT_DIR)
-        argv = [arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)]
+        argv = _absolute_paths([arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)])
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
         args.wrote_invocation = True
     return out / CHECKPOINT_DIR
@@ -416,6 +460,8 @@ def _how_to_continue(args: argparse.Namespace) -> str:
         return f"after its last checkpoint; continue with: bayescompress compress --resume {args.out}"
     if args.command == "compare":
         return "; the finished runs are kept: run the same bayescompress compare command with --resume"
+    if args.command == "demo" and args.out is not None and Path(args.out).exists():
+        return f"before it finished; run it again with --overwrite (the demo in {args.out} starts over)"
     return "before anything was saved; run the command again"
 
 
@@ -443,6 +489,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "compress":
             checkpoint = _start_run_folder(args)
         if args.command == "pretrain":
+            workflows.check_weights_destination(args.out)  # before the training, not after
             result = workflows.pretrain(
                 args.model, args.dataset, args.data_dir, epochs=args.epochs, lr=args.lr,
                 batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, device=args.device,
@@ -519,10 +566,11 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(Path(args.out))
         if distributed.is_main():
-            print(f"bayescompress {args.command}: interrupted ({interrupted or 'SIGINT'}) {_how_to_continue(args)}",
+            signal_name = str(interrupted) or "SIGINT"  # an exception is truthy even when its text is empty
+            print(f"bayescompress {args.command}: interrupted ({signal_name}) {_how_to_continue(args)}",
                   file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:  # OSError: a path that cannot be written or read
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(Path(args.out))
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named

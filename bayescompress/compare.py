@@ -21,12 +21,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from bayescompress import distributed, methods
-from bayescompress.compress import MAX_SEED, AccuracyLossWarning, PipelineConfig, compress, resolve_method
-from bayescompress.io import atomic_write, write_json
+from bayescompress.compress import (
+    MAX_SEED,
+    PROBE_SIZE,
+    AccuracyLossWarning,
+    PipelineConfig,
+    compress,
+    resolve_method,
+)
+from bayescompress.data import as_batch
+from bayescompress.io import atomic_write, read_json_record, read_safetensors, weights_fingerprint, write_json
 from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.pruning.masks import copy_network
@@ -195,7 +204,7 @@ def compare(
     pipeline = pipeline or PipelineConfig()
     out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
     if out is not None and resume:
-        _check_resumable(out, chosen, seeds, model)
+        _check_resumable(out, chosen, seeds, model, val_loader)
     _check_methods(model, chosen, train_loader, val_loader, pipeline.device)
     generators = shuffling_generators(train_loader)
     comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors],
@@ -299,15 +308,18 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 def load_comparison(directory: str | os.PathLike) -> Comparison:
     """A comparison folder read back: the runs' metrics from ``<label>/seed<k>/metrics.json``, the operating
     points, anchors and original from ``comparison.json``."""
-    from bayescompress.io import read_json_record  # the runs' records carry the format version
-
     directory = Path(directory)
     path = directory / "comparison.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing (not a folder bayescompress compare wrote)")
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        rows = record["rows"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}); run the comparison again with "
+                         "--resume to write it anew") from None
     runs = {}
-    for row in record["rows"]:
+    for row in rows:
         runs[row["method"]] = {seed: read_json_record(directory / row["method"] / f"seed{seed}" / "metrics.json",
                                                       "a run of the comparison")
                                for seed in row["seeds"]}
@@ -355,16 +367,31 @@ def _written_by_compare(entry: Path) -> bool:
                                   for child in entry.iterdir() if not child.name.startswith("."))
 
 
-def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], model: nn.Module) -> None:
-    """A run kept by ``resume`` must have been made with the settings this comparison would use."""
+def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], model: nn.Module,
+                     val_loader: Iterable) -> None:
+    """A run kept by ``resume`` must have been made with the settings this comparison would use, from the same
+    pretrained network and on the same data (its first validation inputs)."""
+    first = next(iter(val_loader), None)
+    probe = None if first is None else as_batch(first, "val_loader")[0][:PROBE_SIZE].detach().cpu()
+    fingerprint = weights_fingerprint(model)
     for name, method in chosen.items():
         wanted = effective_settings(json.loads(json.dumps(dataclasses.asdict(method.configure(model)))))
         for seed in seeds:
             folder = out / name / f"seed{seed}"
             if not is_run_folder(folder):
                 continue
-            saved = effective_settings(
-                json.loads((folder / "metrics.json").read_text()).get("config", {}).get("method", {}))
+            record = read_json_record(folder / "metrics.json", "a run of the comparison")
+            if record.get("original_weights") not in (None, fingerprint):
+                raise ValueError(f"{folder} was run from other pretrained weights than the given model's; give the "
+                                 "network the comparison started from, or choose another folder")
+            kept_probe = folder / "probe.safetensors"
+            if probe is not None and kept_probe.is_file():
+                inputs = read_safetensors(kept_probe, "a run of the comparison")["input"]
+                if inputs.shape != probe.shape or not torch.equal(inputs, probe):
+                    raise ValueError(f"{folder} was run on other data: its first validation inputs differ from "
+                                     "those given now; give the data set, folder and split the comparison started "
+                                     "with, or choose another folder")
+            saved = effective_settings(record.get("config", {}).get("method", {}))
             # a setting added since the run was saved matches at its default: the run is what it would be now
             defaults = {f.name: f.default for f in dataclasses.fields(method.config_class)}
             differ = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key)

@@ -26,7 +26,14 @@ from bayescompress.data import as_batch
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
-from bayescompress.io import FORMAT_VERSION, read_json_record, read_safetensors, weights_fingerprint, write_json
+from bayescompress.io import (
+    FORMAT_VERSION,
+    read_json_record,
+    read_safetensors,
+    tensors_fingerprint,
+    weights_fingerprint,
+    write_json,
+)
 from bayescompress.inference.kept import KeptFraction
 from bayescompress.methods.base import (
     Method,
@@ -188,7 +195,8 @@ def compress(
     outputs = tuple(output_layers(network, example))
     trains = start is None  # from a run's posterior nothing is trained
     method.check(network, method_config, example, _length(train_loader) if trains else None)
-    store = open_checkpoint(checkpoint, record, original_weights) if checkpoint is not None else None
+    store = (open_checkpoint(checkpoint, record, original_weights, tensors_fingerprint({"probe": probe}))
+             if checkpoint is not None else None)
     torch.manual_seed(pipeline.seed)
     cost = TrainingCost(example)
     context = TrainingContext(train_loader, val_loader, example, outputs, seed=pipeline.seed, device=pipeline.device,
@@ -259,9 +267,9 @@ def _check_network(model: object) -> None:
         raise ValueError(f"model must be an nn.Module; got {type(model).__name__}")
     converted = [name or "<root>" for name, _ in bayesian_layers(model)]
     if converted:
-        raise ValueError(f"the model is already Bayesian ({', '.join(converted[:3])}{', ...' if len(converted) > 3 else ''}"
-                         "); compress takes the pretrained deterministic network and converts it under the "
-                         "method's own prior: give the network before bayesianize_")
+        shown = ", ".join(converted[:3]) + (", ..." if len(converted) > 3 else "")
+        raise ValueError(f"the model is already Bayesian ({shown}); compress takes the pretrained deterministic "
+                         "network and converts it under the method's own prior: give the network before bayesianize_")
 
 
 def _check_trainable(model: nn.Module) -> None:
@@ -385,10 +393,12 @@ class TrainedRun:
                              "in an unshuffled validation loader")
 
 
-def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None) -> Checkpoint:
+def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None,
+                    data: str | None = None) -> Checkpoint:
     """The run's checkpoint folder, after checking that a checkpoint already there is of this run (same method
-    settings and pipeline, progress bars aside, and the same pretrained network: ``original`` is its
-    :func:`~bayescompress.io.weights_fingerprint`; a checkpoint written before fingerprints were kept has none)."""
+    settings and pipeline, progress bars aside, the same pretrained network: ``original`` is its
+    :func:`~bayescompress.io.weights_fingerprint`, and the same data: ``data`` is the fingerprint of the first
+    validation inputs; a checkpoint written before fingerprints were kept has none)."""
     folder = Path(folder)
     if not distributed.is_main():  # rank 0 checks and writes it; the others only read the phases' checkpoints
         return Checkpoint(folder, writer=False)
@@ -399,9 +409,9 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
     wanted = json.loads(json.dumps({"method": record["method"],
                                     "pipeline": {k: v for k, v in record["pipeline"].items() if k != "quiet"}}))
     if settings.is_file():
-        saved = read_json_record(settings, "the settings of the checkpointed run")
-        saved_original = saved.get("original")
-        saved = {"method": effective_settings(saved["method"]), "pipeline": saved["pipeline"]}
+        there = read_json_record(settings, "the settings of the checkpointed run")
+        saved_original = there.get("original")
+        saved = {"method": effective_settings(there["method"]), "pipeline": there["pipeline"]}
         wanted = {**wanted, "method": effective_settings(wanted["method"])}
         differ = [f"{part}.{key}: {saved[part].get(key)!r} there, {value!r} now"
                   for part in ("method", "pipeline") for key, value in wanted[part].items()
@@ -413,12 +423,16 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
             raise CheckpointMismatchError(f"the checkpoint in {folder} was trained from other pretrained weights "
                                           f"(fingerprint {saved_original[:12]} there, {original[:12]} now); resume "
                                           "with the weights the run started from, or give another folder")
+        if data is not None and there.get("data") not in (None, data):
+            raise CheckpointMismatchError(f"the checkpoint in {folder} was trained on other data (its first "
+                                          "validation inputs differ from those given now); resume with the data set, "
+                                          "folder and validation split the run started with, or give another folder")
     elif folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
         raise ValueError(f"{folder} is not empty and holds no bayescompress checkpoint (no run.json); give a new "
                          "or empty folder (nothing there is replaced)")
     store = Checkpoint(folder)
     if not settings.is_file():
-        write_json(settings, {"format_version": FORMAT_VERSION, **wanted, "original": original})
+        write_json(settings, {"format_version": FORMAT_VERSION, **wanted, "original": original, "data": data})
     return store
 
 

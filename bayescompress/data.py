@@ -265,7 +265,7 @@ def load_dataset(
         One of :data:`DATASETS`.
     data_dir : str or PathLike, optional
         Folder holding the IDX files (raw or ``.gz``) or the CIFAR-10 ``.bin`` batches. Required for MNIST-style
-        datasets and CIFAR-10, ignored for digits.
+        datasets and CIFAR-10; refused for digits (a folder given there means the data set was not named).
     val_fraction : float
         Fraction in [0, 1) of the non-test images held out for validation; 0 gives an empty val split.
     image_size : int, optional
@@ -297,6 +297,10 @@ def load_dataset(
     rng = np.random.default_rng(seed)
 
     if name == "digits":
+        if data_dir is not None:  # a folder given with the default data set: the data set was forgotten
+            raise ValueError(f"data_dir {str(data_dir)!r} is given but the dataset is 'digits', which ships with "
+                             "scikit-learn and reads no folder; name the folder's data set (--dataset mnist, "
+                             "fashion-mnist or cifar10 on the command line)")
         images, labels = _load_digits()
         order = torch.from_numpy(rng.permutation(len(labels)))
         n_test = round(len(labels) * _DIGITS_TEST_FRACTION)
@@ -317,6 +321,10 @@ def load_dataset(
                                  "folder whose training and test files each hold at least one")
 
     n_val = round(len(pool_y) * val_fraction)
+    if val_fraction > 0 and n_val == 0:  # a validation split was asked for: an empty one fails only later
+        least = math.floor(0.5 / val_fraction) + 1
+        raise ValueError(f"val_fraction={val_fraction} of {len(pool_y)} training images is no validation image; "
+                         f"give at least {least} training images, or a larger val_fraction")
     if n_val == len(pool_y):
         raise ValueError(
             f"val_fraction={val_fraction} leaves no training images out of {len(pool_y)}; use a smaller val_fraction"
@@ -446,12 +454,20 @@ def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(_BYTE_MAX_PIXEL) if x.dtype == torch.uint8 else x
 
 
+def _not_a_folder(folder: Path) -> str | None:
+    """What is wrong with ``folder`` as a data folder when it is not one (None when it is)."""
+    if folder.is_dir():
+        return None
+    return ("is a file, not a folder: give the folder that holds the data set's files" if folder.exists()
+            else "does not exist")
+
+
 def _load_idx_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Read the four IDX files of ``folder`` as (train_x, train_y, test_x, test_y); x uint8 ``(N, 1, H, W)``."""
     paths = {stem: _find_idx_file(folder, stem) for stem in _IDX_FILES}
     missing = [stem for stem, path in paths.items() if path is None]
     if missing:
-        where = "does not exist" if not folder.is_dir() else f"is missing {', '.join(missing)}"
+        where = _not_a_folder(folder) or f"is missing {', '.join(missing)}"
         raise DatasetNotFoundError(
             f"dataset folder {folder} {where}. It must contain all four IDX files "
             f"{', '.join(_IDX_FILES)} (each raw or with .gz). This toolkit never downloads data: "
@@ -475,7 +491,7 @@ def _load_cifar10_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torc
         # arbitrary code when loaded, so they are refused rather than read.
         pickled = [name.removesuffix(".bin") for name in missing if (folder / name.removesuffix(".bin")).is_file()]
         if not folder.is_dir():
-            problem = "does not exist"
+            problem = _not_a_folder(folder)
         elif pickled:
             problem = (
                 f"holds {', '.join(pickled)} without .bin: that is the pickled python version of CIFAR-10, which "

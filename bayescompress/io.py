@@ -147,8 +147,13 @@ def load_weights_(model: nn.Module, state: Mapping[str, Tensor], *, source: str 
 def weights_fingerprint(model: nn.Module) -> str:
     """SHA-256 of ``model``'s state (every tensor's name, dtype, shape and values), as hex: two networks get the
     same fingerprint exactly when their state_dicts are equal."""
+    return tensors_fingerprint(model.state_dict())
+
+
+def tensors_fingerprint(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and values), as hex: equal exactly when the tensors are."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
@@ -163,9 +168,17 @@ def read_json_record(path: str | os.PathLike, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing ({what})")
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({what}): {error}; the file is damaged") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a JSON {type(record).__name__}, not a bayescompress record ({what})")
     version = record.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path} has no valid format version ({version!r}); it was not written by bayescompress "
+                         f"({what})")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {version!r}, newer than this bayescompress reads ({FORMAT_VERSION}); "
             "upgrade bayescompress to load it"

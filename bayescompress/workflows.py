@@ -91,9 +91,7 @@ class PretrainResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the weights to ``path`` (safetensors) and ``path`` with suffix ``.json`` beside it."""
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            raise ValueError(f"the weights file must end in .safetensors; got {path.name}")
+        path = check_weights_destination(path)
         save_weights(self.model.state_dict(), path)
         record = {
             "format_version": FORMAT_VERSION,
@@ -103,6 +101,21 @@ class PretrainResult:
         }
         write_json(path.with_suffix(".json"), record)
         return path
+
+
+def check_weights_destination(path: str | os.PathLike) -> Path:
+    """``path`` as a place :meth:`PretrainResult.save` can write, checked before any training: a .safetensors
+    name whose folders are folders (or do not exist yet)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"the weights file must end in .safetensors; got {path.name}")
+    for ancestor in path.parents:
+        if ancestor.exists() and not ancestor.is_dir():
+            raise ValueError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another path")
+    for target in (path, path.with_suffix(".json")):
+        if target.is_dir():
+            raise ValueError(f"cannot write {target}: it is a folder; choose another path")
+    return path
 
 
 def pretrain(

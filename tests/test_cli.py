@@ -197,3 +197,11 @@ def test_the_interrupt_message_offers_resume_only_where_there_is_something_to_re
         f"after its last checkpoint; continue with: bayescompress compress --resume {run}")
     assert "run the command again" in _how_to_continue(argparse.Namespace(command="compress", out=str(tmp_path)))
     assert "--resume" in _how_to_continue(argparse.Namespace(command="compare", out=str(tmp_path)))
+
+
+def test_pretrain_refuses_an_out_it_cannot_write_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path / "net.pt", "must end in .safetensors"),
+                         (tmp_path / "file" / "net.safetensors", "is a file, not a folder")):
+        assert main(["pretrain", "--model", "mlp", "--epochs", "50", "--out", str(out), "--quiet"]) == 2
+        assert message in capsys.readouterr().err

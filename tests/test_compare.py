@@ -1,12 +1,14 @@
 """compare: one run per method and seed from the same network and data order, the table's statistics against
 the runs, resume after a kill, and the bad inputs."""
 
+import copy
 import importlib
 import json
 import math
 import shutil
 
 import pytest
+import torch
 
 from bayescompress import PipelineConfig, compress
 from bayescompress.cli import main
@@ -99,6 +101,19 @@ def test_a_folder_with_runs_is_refused_without_resume_and_with_other_settings(pr
     with pytest.raises(ValueError, match="keep_fraction: 0.3 there, 0.5 now"):
         compare(pretrained, train, val, [Magnitude(keep_fraction=0.5, finetune_epochs=1)], seeds=[0],
                 out=comparison.out, resume=True, pipeline=QUICK)
+
+
+def test_resume_refuses_kept_runs_made_on_other_data_or_from_other_weights(pretrained, comparison):
+    train, val, _ = loaders()
+    other_val = [(x + 0.5, y) for x, y in val]  # same shapes, other images
+    with pytest.raises(ValueError, match="was run on other data: its first validation inputs differ"):
+        compare(pretrained, train, other_val, [quick_methods()[1]], seeds=[0], out=comparison.out, resume=True,
+                pipeline=QUICK)
+    other = copy.deepcopy(pretrained)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="was run from other pretrained weights"):
+        compare(other, train, val, [quick_methods()[1]], seeds=[0], out=comparison.out, resume=True, pipeline=QUICK)
 
 
 def test_resume_accepts_a_run_saved_before_a_setting_existed_when_the_setting_is_at_its_default(pretrained, comparison):

@@ -333,3 +333,25 @@ def test_same_seed_gives_same_order() -> None:
 def test_bad_batch_size_raises(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         make_loaders(_index_splits(), **{field: value})
+
+
+def test_a_data_folder_given_with_the_default_digits_or_as_a_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="data_dir .* is given but the dataset is 'digits'.*--dataset mnist"):
+        load_dataset("digits", tmp_path)
+    a_file = tmp_path / "train-images-idx3-ubyte.gz"
+    a_file.write_bytes(b"")
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(DatasetNotFoundError, match="is a file, not a folder: give the folder"):
+            load_dataset(name, a_file)
+
+
+def test_a_validation_split_that_rounds_to_nothing_is_refused_on_loading(tmp_path):
+    images = np.zeros((5, 4, 4), dtype=np.uint8)
+    images[:, 1, 1] = np.arange(5)  # not constant
+    labels = np.arange(5, dtype=np.uint8)
+    for stem, array in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels),
+                        ("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        write_idx(tmp_path / stem, array)
+    with pytest.raises(ValueError, match=r"val_fraction=0.1 of 5 training images is no validation image; give at "
+                                         r"least 6 training images"):
+        load_dataset("mnist", tmp_path)

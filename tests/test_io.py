@@ -83,3 +83,19 @@ def test_a_record_from_a_newer_format_is_refused(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="upgrade bayescompress"):
         load_pretrained(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is not readable JSON .*the file is damaged"),
+    ('{"format_version": 2, "method"', "is not readable JSON"),
+    ("[]", "holds a JSON list, not a bayescompress record"),
+    ('{"format_version": "2"}', r"has no valid format version \('2'\); it was not written by bayescompress"),
+    ('{"format_version": 1.5}', "has no valid format version"),
+])
+def test_a_damaged_record_is_named_with_what_is_wrong(tmp_path, text, message):
+    from bayescompress.io import read_json_record
+
+    path = tmp_path / "metrics.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_json_record(path, "a finished run folder")

@@ -212,6 +212,16 @@ def test_resuming_from_other_pretrained_weights_is_refused(tmp_path):
         compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
 
 
+def test_resuming_on_other_data_is_refused(tmp_path):
+    model, loader = _toy()
+    pipeline = PipelineConfig(quiet=True, max_accuracy_loss=1.0)
+    compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    other = [(x + 0.5, y) for x, y in loader]  # same shapes, other images
+    with pytest.raises(CheckpointMismatchError, match="trained on other data.*the data set, folder and validation"):
+        compress(model, other, other, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+    compress(model, loader, loader, "gaussian-snr", epochs=1, pipeline=pipeline, checkpoint=tmp_path / "ck")
+
+
 def test_the_weights_fingerprint_tells_state_dicts_apart():
     model, _ = _toy()
     same = copy.deepcopy(model)
@@ -223,3 +233,28 @@ def test_the_weights_fingerprint_tells_state_dicts_apart():
     assert weights_fingerprint(renamed) != weights_fingerprint(model)
     as_double = copy.deepcopy(model).double()
     assert weights_fingerprint(as_double) != weights_fingerprint(model)
+
+
+def test_a_resume_continues_the_run_where_it_is_now_with_the_paths_it_was_started_with(tmp_path, monkeypatch):
+    from bayescompress import cli
+    from bayescompress.io import write_json
+    from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE
+
+    started = tmp_path / "start"
+    (started / "data").mkdir(parents=True)
+    monkeypatch.chdir(started)
+    argv = ["compress", "--model", "nets.py:build", "--weights", "w.safetensors", "--dataset", "mnist",
+            "--data-dir=data", "--out", "run", "--seed", "3"]
+    recorded = cli._absolute_paths(argv)
+    assert recorded == ["compress", "--model", f"{started}/nets.py:build", "--weights", f"{started}/w.safetensors",
+                        "--dataset", "mnist", f"--data-dir={started}/data", "--out", "run", "--seed", "3"]
+    assert cli._absolute_paths(["compress", "--model", "lenet5"]) == ["compress", "--model", "lenet5"]
+    # the run folder, moved elsewhere after it was interrupted, resumed from yet another working folder
+    moved = tmp_path / "elsewhere" / "moved"
+    (moved / CHECKPOINT_DIR).mkdir(parents=True)
+    write_json(moved / INVOCATION_FILE, {"format_version": 2, "argv": recorded})
+    write_json(moved / CHECKPOINT_DIR / "run.json", {"format_version": 2})
+    monkeypatch.chdir(tmp_path)
+    resumed = cli._resumed_invocation(["compress", "--resume", "elsewhere/moved", "--quiet"])
+    assert resumed == [*recorded[:8], "--seed", "3", "--out", "elsewhere/moved", "--quiet", "--resume",
+                       "elsewhere/moved"]

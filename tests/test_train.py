@@ -295,3 +295,16 @@ def test_a_list_of_batches_counts_its_examples_and_anything_else_without_a_datas
     with pytest.raises(ValueError, match="training-set size of a Batches without .dataset.*n_train=N"):
         fit(_bnn(), Batches(), config=TrainConfig(epochs=1, quiet=True))
     assert Trainer(_bnn(), Batches(), config=TrainConfig(epochs=1, quiet=True), n_train=7).n_train == 7
+
+
+def test_each_epochs_batches_have_a_progress_bar_and_quiet_hides_both(capsys):
+    from bayescompress import GaussianPrior, TrainConfig, bayesianize_, fit
+
+    torch.manual_seed(0)
+    net = bayesianize_(torch.nn.Sequential(torch.nn.Linear(4, 3)), GaussianPrior())
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
+    fit(net, batches, None, TrainConfig(epochs=2))
+    err = capsys.readouterr().err
+    assert "epoch 1:" in err and "0/5" in err and "batch/s" in err and "train:" in err  # drawn at its start
+    fit(net, batches, None, TrainConfig(epochs=2, quiet=True))
+    assert capsys.readouterr().err == ""

@@ -104,7 +104,7 @@ class TrainConfig:
     eval_samples: Monte-Carlo samples for the per-epoch validation metrics (0 = posterior mean).
     seed: seeds torch before training (None leaves the global RNG alone).
     device: where to train, e.g. ``"cpu"`` or ``"cuda"``.
-    quiet: hide the progress bar.
+    quiet: hide the progress bars (over the epochs, and over the batches of each epoch).
 
     Example
     -------
@@ -410,38 +410,42 @@ class Trainer:
             next(iterator)
         if position is not None:
             set_rng_state(self._resume_rng, self.train_loader)
-        for batch, item in enumerate(iterator, start=first):
-            x, y = as_batch(item, "train_loader")
-            x, y = x.to(self.device), y.to(self.device)
-            self.batch_size = x.shape[0]
-            self.beta = self._beta()
-            loss, nll, kl = self.loss(x, y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} "
-                    f"(NLL {nll.item():.4g}, KL {kl.item():.4g}){_culprits(self.model, x, kl)}; lower the learning "
-                    f"rate (now {self.config.lr}) or check the inputs for NaN/Inf. The model keeps its last finite "
-                    "weights" + (" and the checkpoint its last good epoch" if self.checkpoint is not None else "")
-                    + "."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.skip_step = False
-            self._emit("on_after_backward")
-            if not self.skip_step:
-                self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            batches += 1
-            sums += torch.tensor([loss.item(), nll.item(), kl.item()], dtype=torch.float64)
-            self._emit("on_batch_end", batch, loss.item())
-            if self.stop_training:
-                break
-            if batch + 1 < self.steps_per_epoch and self._stop_requested():
-                self.checkpoint.save(self._state(self.epoch, False, {
-                    "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": _per_rank(epoch_rng)}))
-                self._raise_interrupted(f"after batch {batch + 1}")
+        # the batches of a long epoch (a CIFAR ResNet's take minutes) show; the bar goes when the epoch ends
+        with tqdm(enumerate(iterator, start=first), total=self.steps_per_epoch, initial=first,
+                  desc=f"epoch {self.epoch + 1}", unit="batch", leave=False,
+                  disable=self.config.quiet or not distributed.is_main()) as progress:
+            for batch, item in progress:
+                x, y = as_batch(item, "train_loader")
+                x, y = x.to(self.device), y.to(self.device)
+                self.batch_size = x.shape[0]
+                self.beta = self._beta()
+                loss, nll, kl = self.loss(x, y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} "
+                        f"(NLL {nll.item():.4g}, KL {kl.item():.4g}){_culprits(self.model, x, kl)}; lower the learning "
+                        f"rate (now {self.config.lr}) or check the inputs for NaN/Inf. The model keeps its last finite "
+                        "weights" + (" and the checkpoint its last good epoch" if self.checkpoint is not None else "")
+                        + "."
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.skip_step = False
+                self._emit("on_after_backward")
+                if not self.skip_step:
+                    self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.step += 1
+                batches += 1
+                sums += torch.tensor([loss.item(), nll.item(), kl.item()], dtype=torch.float64)
+                self._emit("on_batch_end", batch, loss.item())
+                if self.stop_training:
+                    break
+                if batch + 1 < self.steps_per_epoch and self._stop_requested():
+                    self.checkpoint.save(self._state(self.epoch, False, {
+                        "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": _per_rank(epoch_rng)}))
+                    self._raise_interrupted(f"after batch {batch + 1}")
         mean = (sums / max(batches, 1)).tolist()
         return {"epoch": self.epoch + 1, "loss": mean[0], "nll": mean[1], "kl": mean[2], "beta": self.beta}
 
