@@ -189,7 +189,13 @@ def _compare_methods(names: list[str], settings: list[str]) -> list:
         requested += [(item, each, name) for each in (names if method == "all" else [method])]
     for item, method, name in sorted(requested, key=lambda entry: not entry[0].startswith("all.")):
         changes[method][name.replace("-", "_")] = _parsed_setting(item, method, name)
-    return [methods.get(name)(**changes[name]) for name in names]
+    chosen = []
+    for name in names:
+        try:
+            chosen.append(methods.get(name)(**changes[name]))
+        except ValueError as error:  # a value of the right type out of the method's range
+            raise ValueError(f"--set for {name}: {error}") from None
+    return chosen
 
 
 def _parsed_setting(item: str, method: str, name: str):

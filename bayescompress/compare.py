@@ -297,6 +297,8 @@ def _resolve(chosen: Sequence[str | Method] | Mapping[str, str | Method]) -> dic
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    if isinstance(seeds, (int, str)):
+        raise ValueError(f"seeds must be a list of integers, e.g. [0, 1, 2]; got {seeds!r}")
     seeds = list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds):
         raise ValueError(f"seeds must be one or more integers in [0, {MAX_SEED}]; got {seeds!r}")

@@ -195,6 +195,7 @@ def test_a_comparison_without_test_data_says_its_metrics_are_on_validation_data(
     (["magnitude"], [0, 0], "twice"),
     (["magnitude"], [-1], r"integers in \[0, 9223372036854775807\]"),
     (["magnitude"], [2**70], r"integers in \[0, 9223372036854775807\]"),
+    (["magnitude"], 3, r"seeds must be a list of integers, e.g. \[0, 1, 2\]; got 3"),
 ])
 def test_bad_compare_inputs_are_refused_before_any_run(pretrained, methods, seeds, message, tmp_path):
     train, val, _ = loaders()
@@ -232,6 +233,7 @@ def test_all_sets_every_compared_methods_setting_and_a_methods_own_change_wins()
     (["--set", "ssvi.density=0.1"], "not one of the compared methods"),
     (["--set", "magnitude.pi0=0.1"], "a setting of turbo-vbi, not of magnitude"),
     (["--set", "magnitude.keep_fraction=lots"], "keep_fraction must be"),
+    (["--set", "magnitude.keep_fraction=2"], "--set for magnitude: keep_fraction must be in (0.0, 1.0)"),
 ])
 def test_bad_compare_flags_exit_2_naming_the_problem(tmp_path, capsys, argv, message):
     code = main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--methods", "magnitude",
