@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
@@ -368,8 +369,10 @@ def _count(value: float) -> str:
 def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | None = None,
            anchors: Sequence[dict] = (), path: str | os.PathLike | None = None, title: str = "") -> Figure:
     """Test error against compression |W| / |W != 0| and against the exported network's MACs, every method on
-    one figure: its operating points (:func:`bayescompress.operating_points.operating_points`) as a line, its
-    runs (fine-tuned, one per seed: dicts with ``compression``, ``error``, ``exported_macs``) as larger markers,
+    one figure: its operating points (:func:`bayescompress.operating_points.operating_points`) as a line (the
+    point of the run's own masks, ``"own"``, as a small diamond beside it: a unit-level run's masks are not on the
+    weight ranking's curve), its runs (fine-tuned, one per seed: dicts with ``compression``, ``error``,
+    ``exported_macs``) as larger markers,
     and published ``anchors`` (``{"label", "compression", "error"}``, optionally ``"exported_macs"``) as black
     stars labelled "published".
 
@@ -387,10 +390,13 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
     for index, method in enumerate(dict.fromkeys([*points, *runs])):
         colour = colours[index % len(colours)]
         for ax, x in zip(axes, ("compression", "exported_macs")):
-            curve = sorted((p[x], 100 * p["error"]) for p in points.get(method, ()))
+            curve = sorted((p[x], 100 * p["error"]) for p in points.get(method, ()) if not p.get("own"))
             if curve:
                 ax.plot(*zip(*curve), color=colour, marker=".", markersize=4, linewidth=1.2,
                         label=f"{method} (re-pruned, no fine-tuning)")
+            own = [(p[x], 100 * p["error"]) for p in points.get(method, ()) if p.get("own")]
+            if own:
+                ax.scatter(*zip(*own), color=colour, marker="D", s=18, zorder=3)
             done = [(r[x], 100 * r["error"]) for r in runs.get(method, ())]
             if done:
                 ax.scatter(*zip(*done), color=colour, edgecolor="black", s=40, zorder=3, label=f"{method} (runs)")
@@ -434,6 +440,9 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
                             xytext=(0, -12), ha="center", fontsize=7)
     axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
     handles, labels = axes[0].get_legend_handles_labels()
+    if any(p.get("own") for ps in points.values() for p in ps):
+        handles.append(Line2D([], [], color="grey", marker="D", markersize=4, linestyle=""))
+        labels.append("a run's own masks, no fine-tuning")
     figure.suptitle(title or "Accuracy against compression", fontsize=11)
     figure.tight_layout(rect=(0, 0, 0.76, 1))  # the legend's column on the right, inside the figure
     figure.legend(handles, labels, loc="center left", bbox_to_anchor=(0.765, 0.5), fontsize=8, frameon=False)

@@ -285,3 +285,18 @@ def test_pareto_spans_what_it_draws_not_a_curves_end_off_the_top():
     np.testing.assert_allclose(left.get_xlim(), (2 / 1.25, 40 * 1.25))
     np.testing.assert_allclose(right.get_xlim(), (1e6 / 2 * 1.25, 1e6 / 40 / 1.25))  # inverted: fewer MACs right
     pyplot.close(figure)
+
+
+def test_pareto_draws_a_runs_own_masks_beside_the_curve_not_on_it():
+    from bayescompress.plot import pareto
+
+    points = {"a": [{"compression": 2, "error": 0.02, "exported_macs": 5e5},
+                    {"compression": 10, "error": 0.03, "exported_macs": 1e5},
+                    {"compression": 4, "error": 0.26, "exported_macs": 2e5, "own": True}]}
+    figure = pareto(points)
+    left, _ = figure.axes
+    np.testing.assert_allclose(left.get_lines()[0].get_xdata(), [2, 10])  # the curve skips the own point
+    diamonds = [c for c in left.collections if c.get_offsets().shape[0] == 1]
+    np.testing.assert_allclose(diamonds[0].get_offsets(), [[4, 26.0]])
+    assert "a run's own masks, no fine-tuning" in [t.get_text() for t in figure.legends[0].get_texts()]
+    pyplot.close(figure)
