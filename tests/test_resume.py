@@ -99,21 +99,30 @@ def test_sigkill_then_resume_ends_like_the_uninterrupted_run(method, weights, tm
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resumes_identically(weights, tmp_path):
-    reference, stopped_run = tmp_path / "reference", tmp_path / "stopped"
+    reference = tmp_path / "reference"
     args = ["--epochs", "6", "--finetune-epochs", "2", "--batch-size", "16"]
     base = ["compress", "--model", "mlp", "--weights", str(weights), "--method", "ss-gl", "--quiet", *args]
     uninterrupted = subprocess.Popen(_cli(*base, "--out", str(reference)), env=_env(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-    stopped = _kill_during_training([*base, "--out", str(stopped_run)], stopped_run, signal.SIGTERM)
     assert uninterrupted.wait(timeout=300) == 0
-    assert stopped.returncode == 130, stopped.stderr
-    assert "--resume" in stopped.stderr and "SIGTERM" in stopped.stderr
-    resumed = subprocess.run(_cli("compress", "--resume", str(stopped_run), "--quiet"), env=_env(),
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    resumed_from = json.loads((stopped_run / "metrics.json").read_text())["resumed_from"]
-    assert resumed_from["phase"] == 0 and resumed_from["batch"] > 0  # inside an epoch
-    _assert_same_run(reference, stopped_run)
+    # the signal races the run: under load it can land between batches at an epoch's end, which stops "after the
+    # epoch" (a valid stop, resumed identically too); a few tries make a stop inside an epoch all but certain
+    batches = []
+    for attempt in range(4):
+        stopped_run = tmp_path / f"stopped{attempt}"
+        stopped = _kill_during_training([*base, "--out", str(stopped_run)], stopped_run, signal.SIGTERM)
+        assert stopped.returncode == 130, stopped.stderr
+        assert "--resume" in stopped.stderr and "SIGTERM" in stopped.stderr
+        resumed = subprocess.run(_cli("compress", "--resume", str(stopped_run), "--quiet"), env=_env(),
+                                 capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        resumed_from = json.loads((stopped_run / "metrics.json").read_text())["resumed_from"]
+        assert resumed_from["phase"] == 0
+        _assert_same_run(reference, stopped_run)
+        batches.append(resumed_from["batch"])
+        if resumed_from["batch"] > 0:
+            break
+    assert batches[-1] > 0, f"every try stopped at an epoch's end (batches {batches})"  # inside an epoch
 
 
 def test_compare_killed_inside_a_run_resumes_it_from_its_checkpoint(weights, tmp_path):
