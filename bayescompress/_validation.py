@@ -53,6 +53,17 @@ def check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{field} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def check_module(field: str, value: object, what: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is an ``nn.Module`` instance (``what`` says which network is meant);
+    a class given for it is named as such."""
+    from torch import nn  # here: the other checks need no torch
+
+    if isinstance(value, type):
+        raise ValueError(f"{field} is the class {value.__name__}; give {what} built from it ({value.__name__}(...))")
+    if not isinstance(value, nn.Module):
+        raise ValueError(f"{field} must be an nn.Module ({what}); got {type(value).__name__}")
+
+
 def check_device(field: str, value: str) -> None:
     """Raise ``ValueError`` unless ``value`` names a device this machine has ("cpu", "cuda", "cuda:N")."""
     import torch  # here: the other checks need no torch

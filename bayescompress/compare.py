@@ -34,7 +34,7 @@ from bayescompress.compress import (
     compress,
     resolve_method,
 )
-from bayescompress.data import as_batch
+from bayescompress.data import as_batch, batches_per_epoch
 from bayescompress.io import atomic_write, read_json_record, read_safetensors, weights_fingerprint, write_json
 from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
@@ -261,7 +261,7 @@ def _check_methods(model: nn.Module, chosen: dict[str, Method], train_loader, va
     if first is None:
         return  # compress says so, at once
     network = copy_network(model).to(device).eval()
-    steps = len(train_loader) if hasattr(train_loader, "__len__") else None
+    steps = batches_per_epoch(train_loader)
     for name, method in chosen.items():
         try:
             method.check(network, method.configure(model), first[0][:1].to(device), steps)

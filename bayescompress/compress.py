@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from bayescompress import distributed, methods
-from bayescompress._validation import check_device
-from bayescompress.data import as_batch
+from bayescompress._validation import check_device, check_module
+from bayescompress.data import as_batch, batches_per_epoch
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
@@ -144,9 +144,9 @@ def compress(
 
     With ``posterior`` (a finished run folder, or a result) the training before pruning is skipped: the
     network starts from that run's trained state and only the pruning, the budgets and the fine-tuning run,
-    with that run's settings except the ones ``method`` was given, and its seed unless ``pipeline`` is given (only
-    ``after_training`` settings of the method's config may differ; ``model`` must hold the weights the run started from). One long VI run then
-    gives several operating points (docs/pruning.md).
+    with that run's settings except the ones ``method`` was given, and its seed unless ``pipeline`` is given
+    (only ``after_training`` settings of the method's config may differ; ``model`` must hold the weights the run
+    started from). One long VI run then gives several operating points (docs/pruning.md).
 
     Example
     -------
@@ -170,7 +170,7 @@ def compress(
     _check_trainable(model)
     original_weights = weights_fingerprint(model)
     eval_loader = test_loader if test_loader is not None else val_loader
-    if _length(train_loader) == 0:
+    if batches_per_epoch(train_loader) == 0:
         raise ValueError("train_loader yields no batch (a drop_last loader over fewer examples than one batch?); "
                          "compress needs training data: give more examples or a smaller batch size")
     first = next(iter(val_loader), None)
@@ -194,7 +194,7 @@ def compress(
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
     outputs = tuple(output_layers(network, example))
     trains = start is None  # from a run's posterior nothing is trained
-    method.check(network, method_config, example, _length(train_loader) if trains else None)
+    method.check(network, method_config, example, batches_per_epoch(train_loader) if trains else None)
     store = (open_checkpoint(checkpoint, record, original_weights, tensors_fingerprint({"probe": probe}))
              if checkpoint is not None else None)
     torch.manual_seed(pipeline.seed)
@@ -249,22 +249,10 @@ def compress(
                              shuffling=trained.shuffling)
 
 
-def _length(loader: Iterable) -> int | None:
-    """The loader's number of batches, or None where it has none (an iterable dataset's DataLoader raises)."""
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
 def _check_network(model: object) -> None:
     """Refuse what is not a pretrained deterministic network: a class instead of an instance, and a network
     already converted (its priors would silently replace the method's)."""
-    if isinstance(model, type):
-        raise ValueError(f"model is the class {model.__name__}; give a network built from it ({model.__name__}(...)) "
-                         "with its pretrained weights loaded")
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module; got {type(model).__name__}")
+    check_module("model", model, "a network")
     converted = [name or "<root>" for name, _ in bayesian_layers(model)]
     if converted:
         shown = ", ".join(converted[:3]) + (", ..." if len(converted) > 3 else "")

@@ -29,6 +29,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSplits",
     "as_batch",
+    "batches_per_epoch",
     "read_idx",
     "read_cifar10_batch",
     "load_dataset",
@@ -36,6 +37,14 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+def batches_per_epoch(loader: object) -> int | None:
+    """The loader's number of batches, or None where it has none (an iterable dataset's DataLoader raises)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def as_batch(item: object, source: str) -> tuple[torch.Tensor, torch.Tensor]:

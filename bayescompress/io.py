@@ -160,6 +160,11 @@ def tensors_fingerprint(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The first of ``folder`` and its parents that exists as a file, which would stop a write below it."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def read_json_record(path: str | os.PathLike, what: str) -> dict:
     """Read a JSON record this package wrote, refusing one from a newer format version.
 

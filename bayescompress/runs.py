@@ -38,8 +38,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from bayescompress._validation import check_module
 from bayescompress.io import (
     FORMAT_VERSION,
+    file_in_the_way,
     load_weights_,
     read_json_record,
     read_safetensors,
@@ -275,10 +277,9 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
     ``overwrite``.
     """
     directory = Path(directory).expanduser()
-    for ancestor in (directory, *directory.parents):
-        if ancestor.exists() and not ancestor.is_dir():
-            raise ValueError(f"cannot write the run folder {directory}: {ancestor} is a file, not a folder; "
-                             "choose another path")
+    if (blocking := file_in_the_way(directory)) is not None:
+        raise ValueError(f"cannot write the run folder {directory}: {blocking} is a file, not a folder; "
+                         "choose another path")
     if is_interrupted_run(directory):
         others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES | IN_PROGRESS_FILES
                         and not p.name.startswith("."))
@@ -424,12 +425,8 @@ def call_factory(spec: str) -> nn.Module:
 def build_original(source: dict, model: nn.Module | None = None) -> nn.Module:
     """The original architecture a graph run folder was saved from (fresh weights): ``model`` when given,
     else what ``source`` says."""
-    if isinstance(model, type):
-        raise ValueError(f"model is the class {model.__name__}; give the architecture built from it, "
-                         f"model={model.__name__}(...)")
     if model is not None:
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be an nn.Module (the original architecture); got {type(model).__name__}")
+        check_module("model", model, "the architecture")
         return copy.deepcopy(model)
     kind = source.get("kind")
     if kind == "reference":

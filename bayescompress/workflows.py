@@ -19,6 +19,7 @@ from bayescompress.inference import TrainConfig, fit
 from bayescompress.methods import GaussianSNR, GaussianSNRConfig, Method, MethodConfig
 from bayescompress.io import (
     FORMAT_VERSION,
+    file_in_the_way,
     load_state_dict_file,
     load_weights_,
     read_json_record,
@@ -109,9 +110,8 @@ def check_weights_destination(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"the weights file must end in .safetensors; got {path.name}")
-    for ancestor in path.parents:
-        if ancestor.exists() and not ancestor.is_dir():
-            raise ValueError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another path")
+    if (blocking := file_in_the_way(path.parent)) is not None:
+        raise ValueError(f"cannot write {path}: {blocking} is a file, not a folder; choose another path")
     for target in (path, path.with_suffix(".json")):
         if target.is_dir():
             raise ValueError(f"cannot write {target}: it is a folder; choose another path")

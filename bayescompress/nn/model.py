@@ -73,10 +73,14 @@ def observe(model: nn.Module, layers: Iterable[tuple[str, nn.Module]], x: Tensor
 
 def execution_order(model: nn.Module, example_input: Tensor) -> list[str]:
     """Names of the handled layers in the order one eval-mode forward pass on ``example_input`` first calls
-    them (the last is the network's output layer, whatever order the modules were registered in); layers the
-    pass never calls come last, in registration order."""
+    them, whatever order the modules were registered in; layers the pass never calls come last, in registration
+    order."""
     called: list[str] = []
     observe(model, handled_layers(model), example_input[:1], lambda name, _inputs, _output: called.append(name))
+    return _with_uncalled(model, called)
+
+
+def _with_uncalled(model: nn.Module, called: list[str]) -> list[str]:
     order = list(dict.fromkeys(called))
     return order + [name for name, _ in handled_layers(model) if name not in order]
 
@@ -92,30 +96,31 @@ def output_layers(model: nn.Module, example_input: Tensor | None = None) -> list
     layers = handled_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer")
-    if example_input is None:
-        return [layers[-1][0]]
-    order = execution_order(model, example_input)
-    x = example_input[:1].detach()
-    # a copy of a leaf that requires grad: the graph exists even for frozen layers, and a forward pass that
-    # changes its input in place may still do so
-    try:
-        found = _layers_feeding_output(model, layers, x.requires_grad_().clone() if x.is_floating_point() else x)
-    except RuntimeError as error:  # a forward pass that cannot run under autograd: the rule without the graph
-        warnings.warn(f"the output layer is taken to be {order[-1]}, the last layer the forward pass runs: the "
-                      f"pass could not be traced under autograd ({error})", stacklevel=2)
-        found = set()
-    return sorted(found, key=order.index) if found else order[-1:]
+    return _traced(model, example_input)[1] if example_input is not None else [layers[-1][0]]
 
 
-def _layers_feeding_output(model: nn.Module, layers: list[tuple[str, nn.Module]], x: Tensor) -> set[str]:
-    """Names of ``layers`` whose output nodes the walk back from the model's returned tensors reaches first."""
+def _traced(model: nn.Module, example_input: Tensor) -> tuple[list[str], list[str]]:
+    """(:func:`execution_order`, :func:`output_layers`) from one eval-mode pass recorded by autograd, walking
+    back from the returned tensors to the first layer outputs reached."""
+    called: list[str] = []
     producers: dict[object, str] = {}  # autograd node of each layer call's output -> the layer
 
     def record(name: str, _inputs: tuple, output: Tensor) -> None:
+        called.append(name)
         if isinstance(output, Tensor) and output.grad_fn is not None:
             producers[output.grad_fn] = name
 
-    result = observe(model, layers, x, record, grad=True)
+    x = example_input[:1].detach()
+    try:  # on a copy of a leaf that requires grad: the graph exists even for frozen layers, and a forward pass
+        # that changes its input in place may still do so
+        result = observe(model, handled_layers(model), x.requires_grad_().clone() if x.is_floating_point() else x,
+                         record, grad=True)
+    except RuntimeError as error:  # a forward pass that cannot run under autograd: the rule without the graph
+        order = execution_order(model, example_input)
+        warnings.warn(f"the output layer is taken to be {order[-1]}, the last layer the forward pass runs: the "
+                      f"pass could not be traced under autograd ({error})", stacklevel=3)
+        return order, order[-1:]
+    order = _with_uncalled(model, called)
     returned = (result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list))
                 else [result])
     stack = [t.grad_fn for t in returned if isinstance(t, Tensor) and t.grad_fn is not None]
@@ -129,7 +134,7 @@ def _layers_feeding_output(model: nn.Module, layers: list[tuple[str, nn.Module]]
             found.add(producers[node])
         else:
             stack.extend(parent for parent, _ in node.next_functions)
-    return found
+    return order, sorted(found, key=order.index) if found else order[-1:]
 
 
 def _patterns(patterns: Iterable[str] | str | None) -> list[str] | None:
@@ -217,9 +222,8 @@ def bayesianize_(
                       "another prior, convert a fresh copy of the deterministic network", stacklevel=2)
     warn_unhandled(model)
     # the network's first and output layers (output layers keep their units under spike-and-slab priors)
-    order = (execution_order(model, example_input) if example_input is not None
-             else [name for name, _ in handled_layers(model)])
-    outputs = output_layers(model, example_input)
+    registered = [name for name, _ in handled_layers(model)]
+    order, outputs = _traced(model, example_input) if example_input is not None else (registered, registered[-1:])
     for name, module in selected:
         bayes_type = BAYESIAN_TYPES[type(module)]
         position = dict(first=name == order[0], last=name in outputs)

@@ -315,8 +315,7 @@ def export_with_torch_pruning(
     the surgery that made it (:func:`plan_and_prune`).
 
     ``output_layer`` (one name or several) keeps its units (default: the last registered Linear/Conv2d layer);
-    a layer never loses
-    its last unit; ``constants=False`` removes unread channels only. Raises ``RuntimeError`` if the result does
+    a layer never loses its last unit; ``constants=False`` removes unread channels only. Raises ``RuntimeError`` if the result does
     not reproduce the masked network on ``example_input`` (relative to the outputs' scale, in float32 on the CPU;
     use a few inputs: constants are recognised by being the same on all of them).
     """
