@@ -38,9 +38,9 @@ def _common(parser: argparse.ArgumentParser, seed: bool = True, seed_default: in
     parser.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
 
 
-def _overwrite(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing run folder at --out (never a folder holding anything else)")
+def _overwrite(parser: argparse.ArgumentParser,
+               what: str = "an existing run folder at --out (never a folder holding anything else)") -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
 def _add_setting(group, info: SettingInfo, cnn_default) -> None:
@@ -98,6 +98,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     pre.add_argument("--batch-size", type=int, default=128)
     pre.add_argument("--hidden", type=int, nargs="+", default=[100], help="mlp hidden widths (default 100)")
     pre.add_argument("--out", required=True, help="weights file, WEIGHTS.safetensors (WEIGHTS.json beside it)")
+    _overwrite(pre, "an existing weights file at --out and the .json beside it")
     _common(pre)
 
     comp = commands.add_parser("compress", help="train, prune and export a pretrained network")
@@ -137,6 +138,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     cmp.add_argument("--out", required=True, help="comparison folder: OUT/<method>/seed<k> run folders and "
                                                    "OUT/comparison.md, .csv, .json")
     cmp.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
+    _overwrite(cmp, "the runs of these methods and seeds already in --out (never anything compare did not write)")
     cmp.add_argument("--anchors", help="JSON file of published points for the Pareto figure, a list of "
                                        '{"label", "compression", "error"} (default: the published results of '
                                        "lenet300 / lenet5 on MNIST)")
@@ -186,6 +188,9 @@ def _compare_methods(names: list[str], settings: list[str]) -> list:
         if method != "all" and method not in changes:
             raise ValueError(f"--set {item}: {method} is not one of the compared methods ({', '.join(names)}), "
                              "nor all")
+        if (twice := next((earlier for earlier, _, _ in requested if earlier.partition("=")[0].replace("-", "_")
+                           == target.replace("-", "_")), None)) is not None:
+            raise ValueError(f"--set gives {target} twice ({twice} and {item}); give each setting once")
         requested += [(item, each, name) for each in (names if method == "all" else [method])]
     for item, method, name in sorted(requested, key=lambda entry: not entry[0].startswith("all.")):
         changes[method][name.replace("-", "_")] = _parsed_setting(item, method, name)
@@ -495,13 +500,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "compress":
             checkpoint = _start_run_folder(args)
         if args.command == "pretrain":
-            workflows.check_weights_destination(args.out)  # before the training, not after
+            workflows.check_weights_destination(args.out, args.overwrite)  # before the training, not after
             result = workflows.pretrain(
                 args.model, args.dataset, args.data_dir, epochs=args.epochs, lr=args.lr,
                 batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, device=args.device,
                 quiet=args.quiet,
             )
-            path = result.save(args.out)
+            path = result.save(args.out, overwrite=args.overwrite)
             output = {"weights": str(path), **{f"test_{k}": v for k, v in result.metrics.items()}}
             if not args.quiet:
                 _print_table({args.model: result.metrics})
@@ -512,7 +517,8 @@ def _run(args: argparse.Namespace) -> int:
             pipeline = PipelineConfig(device=args.device, quiet=args.quiet,
                                       **_given(args, set(PipelineConfig.names()) - set(_COMMON)))
             comparison = workflows.compare_files(args.model, args.weights, args.dataset, args.data_dir, chosen,
-                                                 args.seeds, out=args.out, resume=args.resume, pipeline=pipeline,
+                                                 args.seeds, out=args.out, resume=args.resume,
+                                                 overwrite=args.overwrite, pipeline=pipeline,
                                                  batch_size=args.batch_size, anchors=anchors)
             if not args.quiet:
                 print(comparison.markdown())

@@ -90,9 +90,10 @@ class PretrainResult:
     dataset: str
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the weights to ``path`` (safetensors) and ``path`` with suffix ``.json`` beside it."""
-        path = check_weights_destination(path)
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the weights to ``path`` (safetensors) and ``path`` with suffix ``.json`` beside it; existing
+        files there are replaced only with ``overwrite``."""
+        path = check_weights_destination(path, overwrite)
         save_weights(self.model.state_dict(), path)
         record = {
             "format_version": FORMAT_VERSION,
@@ -104,9 +105,9 @@ class PretrainResult:
         return path
 
 
-def check_weights_destination(path: str | os.PathLike) -> Path:
+def check_weights_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """``path`` as a place :meth:`PretrainResult.save` can write, checked before any training: a .safetensors
-    name whose folders are folders (or do not exist yet)."""
+    name whose folders are folders (or do not exist yet), and no existing file there unless ``overwrite``."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"the weights file must end in .safetensors; got {path.name}")
@@ -115,6 +116,11 @@ def check_weights_destination(path: str | os.PathLike) -> Path:
     for target in (path, path.with_suffix(".json")):
         if target.is_dir():
             raise ValueError(f"cannot write {target}: it is a folder; choose another path")
+    if not overwrite and (existing := [target.name for target in (path, path.with_suffix(".json"))
+                                       if target.exists()]):
+        raise ValueError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''} in "
+                         f"{path.parent}; choose another path or pass overwrite=True (--overwrite) to replace "
+                         f"{'it' if len(existing) == 1 else 'them'} (nothing was touched)")
     return path
 
 
@@ -199,6 +205,7 @@ def compare_files(
     *,
     out: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     pipeline: PipelineConfig | None = None,
     batch_size: int = 128,
     anchors: Sequence[dict] | None = None,
@@ -215,7 +222,7 @@ def compare_files(
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, rank=distributed.rank(),
                                                          world_size=distributed.world_size())
     return compare(model, train_loader, val_loader, methods, seeds, test_loader=test_loader, out=out,
-                   resume=resume, pipeline=pipeline, source=source, anchors=anchors)
+                   resume=resume, overwrite=overwrite, pipeline=pipeline, source=source, anchors=anchors)
 
 
 def demo(

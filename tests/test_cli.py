@@ -205,3 +205,17 @@ def test_pretrain_refuses_an_out_it_cannot_write_before_training(tmp_path, capsy
                          (tmp_path / "file" / "net.safetensors", "is a file, not a folder")):
         assert main(["pretrain", "--model", "mlp", "--epochs", "50", "--out", str(out), "--quiet"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_pretrain_replaces_existing_weights_only_with_overwrite(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"the user's weights")
+    monkeypatch.setattr(workflows, "pretrain", lambda *args, **kwargs: pytest.fail("trained before refusing"))
+    assert main(["pretrain", "--model", "mlp", "--epochs", "50", "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "w.safetensors already exists" in error and "--overwrite" in error
+    assert out.read_bytes() == b"the user's weights"
+    monkeypatch.undo()
+    assert main(["pretrain", "--model", "mlp", "--epochs", "1", "--hidden", "8", "--out", str(out), "--quiet",
+                 "--overwrite"]) == 0
+    assert out.read_bytes() != b"the user's weights" and out.with_suffix(".json").is_file()

@@ -215,6 +215,14 @@ def test_the_command_line_compares_with_per_method_settings(tmp_path, capsys):
     assert summary["rows"][0]["method"] == "magnitude"
     saved = json.loads((tmp_path / "c" / "magnitude" / "seed0" / "metrics.json").read_text())
     assert saved["config"]["method"]["keep_fraction"] == 0.4
+    again = ["compare", "--model", "mlp", "--weights", str(weights), "--methods", "magnitude", "--set",
+             "magnitude.keep_fraction=0.3", "magnitude.finetune_epochs=1", "--out", str(tmp_path / "c"),
+             "--mc-samples", "2", "--latency-budget", "0.02", "--quiet"]
+    assert main(again) == 2  # the runs there are kept unless replacing them is asked for
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
+    saved = json.loads((tmp_path / "c" / "magnitude" / "seed0" / "metrics.json").read_text())
+    assert saved["config"]["method"]["keep_fraction"] == 0.3
 
 
 def test_all_sets_every_compared_methods_setting_and_a_methods_own_change_wins():
@@ -234,6 +242,7 @@ def test_all_sets_every_compared_methods_setting_and_a_methods_own_change_wins()
     (["--set", "magnitude.pi0=0.1"], "a setting of turbo-vbi, not of magnitude"),
     (["--set", "magnitude.keep_fraction=lots"], "keep_fraction must be"),
     (["--set", "magnitude.keep_fraction=2"], "--set for magnitude: keep_fraction must be in (0.0, 1.0)"),
+    (["--set", "magnitude.keep_fraction=0.2", "magnitude.keep-fraction=0.3"], "gives magnitude.keep-fraction twice"),
 ])
 def test_bad_compare_flags_exit_2_naming_the_problem(tmp_path, capsys, argv, message):
     code = main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--methods", "magnitude",
