@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,11 +23,21 @@ from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
 
 
-def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: int = 4) -> Figure:
+_REMOVED = torch.tensor([0.85, 0.1, 0.1, 0.35])
+_TIED = torch.tensor([0.95, 0.55, 0.0, 0.35])
+
+
+def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: int = 4,
+          exported: Mapping[str, int] | None = None) -> Figure:
     """One panel per layer: its weight keep mask as an image (rows = output units, columns = inputs; a conv
     filter's kernel is flattened into its row), kept weights black, pruned ones white; removed units (rows) and
     the inputs no kept weight reads (columns) are shaded red. The title gives the kept fraction and the units
     and inputs left.
+
+    ``exported`` (units per layer name of the exported network, ``metrics["architecture"]["exported"]``) marks
+    the layers whose export keeps more units than their masks: channels tied to kept ones by a residual sum or a
+    grouped convolution stay in the network, so their switched-off rows are shaded orange, not red, and the
+    title gives the exported width.
 
     With ``path``, the figure is also written there (atomically; the format follows the suffix).
 
@@ -48,17 +58,23 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         inputs = per_input.any(dim=0)
         ax.imshow(keep.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         shade = torch.zeros(*keep.shape, 4)
-        removed = (~units.bool())[:, None] | (~inputs).repeat_interleave(keep.shape[1] // inputs.numel())[None, :]
-        shade[removed] = torch.tensor([0.85, 0.1, 0.1, 0.35])
+        width = (exported or {}).get(name, 0)
+        tied = width > max(int(units.sum()), 1)
+        shade[(~inputs).repeat_interleave(keep.shape[1] // inputs.numel())[None, :].expand_as(keep)] = _REMOVED
+        shade[~units.bool()] = _TIED if tied else _REMOVED
         ax.imshow(shade.numpy(), aspect="auto", interpolation="nearest")
-        ax.set_title(f"{name}: {100 * keep.mean().item():.1f}% kept\nunits {int(units.sum())}/{units.numel()}, "
+        kept_units = f"units {int(units.sum())}/{units.numel()}" + (f" (exported {width}: tied)" if tied else "")
+        ax.set_title(f"{name}: {100 * keep.mean().item():.1f}% kept\n{kept_units}, "
                      f"inputs {int(inputs.sum())}/{inputs.numel()}", fontsize=9)
         ax.set_xlabel("input" + (" (channel x kernel)" if weight.dim() > 2 else ""))
         ax.set_ylabel("output unit")
-    figure.legend(handles=[Patch(facecolor="black", label="kept weight"),
-                           Patch(facecolor="white", edgecolor="grey", label="pruned weight"),
-                           Patch(facecolor=(0.85, 0.1, 0.1, 0.35), label="removed unit / input")],
-                  loc="lower center", ncol=3, fontsize=8, frameon=False)
+    legend = [Patch(facecolor="black", label="kept weight"),
+              Patch(facecolor="white", edgecolor="grey", label="pruned weight"),
+              Patch(facecolor=_REMOVED.tolist(), label="removed unit / input")]
+    if any((exported or {}).get(name, 0) > max(int(run_masks.units.get(name, torch.ones(1)).sum()), 1)
+           for name in run_masks.units):
+        legend.append(Patch(facecolor=_TIED.tolist(), label="unit switched off, kept by the export (tied)"))
+    figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     figure.suptitle("Weight masks per layer", fontsize=11)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     _save(figure, path)
@@ -495,13 +511,14 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         plt.close(make(out / name))
         written.append(out / name)
 
-    draw("masks.png", lambda p: masks(run_masks, p))
     names = list(run_masks.weight)
     architecture = metrics.get("architecture", {})
+    aligned = architecture and len(names) == len(architecture["original"])  # one mask per Linear/Conv2d
+    draw("masks.png", lambda p: masks(run_masks, p, exported=dict(zip(names, architecture["exported"]))
+                                      if aligned else None))
     if architecture:
         original, exported = architecture["original"], architecture["exported"]
-        labels = names if len(names) == len(original) else None
-        draw("units.png", lambda p: units_kept(original, exported, labels, p))
+        draw("units.png", lambda p: units_kept(original, exported, names if aligned else None, p))
     if (directory / "scores.safetensors").is_file():
         scores = read_safetensors(directory / "scores.safetensors", what)
         label, log = _SCORE_LABELS.get(metrics.get("method"), ("SNR |mu| / sigma", True))

@@ -32,6 +32,21 @@ def test_each_layer_panel_shows_its_mask_and_title(tmp_path):
     pyplot.close(figure)
 
 
+def test_units_the_export_keeps_tied_are_shaded_apart_from_removed_ones():
+    weight = torch.ones(4, 6, dtype=torch.bool)
+    weight[1:3] = False
+    m = Masks({"a": weight, "b": weight.clone()}, {"a": weight.any(1), "b": weight.any(1)})
+    figure = plot_masks(m, exported={"a": 4, "b": 2})  # a's switched-off units stay, tied by a residual sum
+    (a, b) = [ax.get_images()[1].get_array() for ax in figure.axes if ax.get_images()]
+    np.testing.assert_allclose(a[1, 0], [0.95, 0.55, 0.0, 0.35])  # orange: still in the exported network
+    np.testing.assert_allclose(b[1, 0], [0.85, 0.1, 0.1, 0.35])  # red: removed
+    assert (a[0, :, 3] == 0).all() and (b[3, :, 3] == 0).all()  # kept rows unshaded
+    titles = [ax.get_title() for ax in figure.axes if ax.get_images()]
+    assert "units 2/4 (exported 4: tied)" in titles[0] and "exported" not in titles[1]
+    assert "unit switched off, kept by the export (tied)" in [t.get_text() for t in figure.legends[0].get_texts()]
+    pyplot.close(figure)
+
+
 def test_no_masks_is_a_clear_error():
     with pytest.raises(ValueError, match="no weight masks"):
         plot_masks(Masks({}))
