@@ -57,6 +57,11 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
                            choices=getattr(info.allowed, "options", None), help=help_text)
 
 
+_DATA_DIR_HELP = ("data folder: the four IDX files (mnist, fashion-mnist), the CIFAR-10 binary batches (cifar10), or "
+                  "train.npz and test.npz (and val.npz) of your own arrays, each np.savez(path, x=inputs, y=labels) "
+                  "(npz)")
+
+
 def _network_and_data(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """The pretrained network and the data of compress and compare (required unless the command resumes)."""
     parser.add_argument("--model", required=required,
@@ -65,8 +70,7 @@ def _network_and_data(parser: argparse.ArgumentParser, required: bool = True) ->
     parser.add_argument("--weights", required=required,
                         help="pretrained weights (.safetensors or a torch.save state_dict)")
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
-    parser.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 "
-                                           "binary batches (cifar10)")
+    parser.add_argument("--data-dir", help=_DATA_DIR_HELP)
 
 
 def _pipeline(parser: argparse.ArgumentParser, title: str) -> None:
@@ -92,7 +96,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="train a reference network deterministically")
     pre.add_argument("--model", choices=MODELS, required=True)
     pre.add_argument("--dataset", choices=DATASETS, default="digits")
-    pre.add_argument("--data-dir", help="data folder: the four IDX files (mnist, fashion-mnist) or the CIFAR-10 binary batches (cifar10)")
+    pre.add_argument("--data-dir", help=_DATA_DIR_HELP)
     pre.add_argument("--epochs", type=int, required=True)
     pre.add_argument("--lr", type=float, default=1e-3)
     pre.add_argument("--batch-size", type=int, default=128)

@@ -1,10 +1,11 @@
-"""Image classification datasets: sklearn digits (embedded), MNIST / Fashion-MNIST from local IDX files and
-CIFAR-10 from its local binary batch files.
+"""Classification datasets: sklearn digits (embedded), MNIST / Fashion-MNIST from local IDX files, CIFAR-10
+from its local binary batch files, and the user's own arrays from local ``.npz`` files.
 
-Nothing is ever downloaded and nothing is unpickled: MNIST-style datasets and CIFAR-10 are read from a folder
-the user already has, and the digits set ships inside scikit-learn. Every split is a
-:class:`~torch.utils.data.TensorDataset` of normalised ``float32`` images ``(N, C, H, W)`` (``C`` = 1, or 3
-for CIFAR-10) and ``int64`` labels ``(N,)``.
+Nothing is ever downloaded and nothing is unpickled: every data set but digits is read from a folder the user
+already has, and the digits set ships inside scikit-learn. Every split is a
+:class:`~torch.utils.data.TensorDataset` of ``float32`` inputs and ``int64`` labels ``(N,)``: for the named
+image sets normalised images ``(N, C, H, W)`` (``C`` = 1, or 3 for CIFAR-10), for ``npz`` the arrays as
+stored (the network was trained on them as they are).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ __all__ = [
     "make_loaders",
 ]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
 
 
 def batches_per_epoch(loader: object) -> int | None:
@@ -101,10 +103,112 @@ _CIFAR10_WHERE = (
     f"cifar-10-batches-bin folder is the one to pass"
 )
 
-_NUM_CLASSES = 10  # every dataset here has ten classes
+_NUM_CLASSES = 10  # every named dataset here has ten classes; npz counts its labels
+# The user's own arrays: np.savez(folder / "train.npz", x=inputs, y=labels), the same for test (and val).
+_NPZ_FILES = ("train.npz", "test.npz")
+_NPZ_VAL_FILE = "val.npz"
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_MAX_PIXEL = 16.0  # load_digits stores 4-bit intensities 0..16
 _BYTE_MAX_PIXEL = 255.0  # IDX and CIFAR-10 pixels are uint8
+
+
+def _split_validation(pool_x: torch.Tensor, pool_y: torch.Tensor, val_fraction: float, rng: np.random.Generator):
+    """``((train_x, train_y), (val_x, val_y))``: a seeded ``val_fraction`` of the pool held out for validation."""
+    n_val = round(len(pool_y) * val_fraction)
+    if val_fraction > 0 and n_val == 0:  # a validation split was asked for: an empty one fails only later
+        least = math.floor(0.5 / val_fraction) + 1
+        raise ValueError(f"val_fraction={val_fraction} of {len(pool_y)} training images is no validation image; "
+                         f"give at least {least} training images, or a larger val_fraction")
+    if n_val == len(pool_y):
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves no training images out of {len(pool_y)}; use a smaller val_fraction"
+        )
+    order = torch.from_numpy(rng.permutation(len(pool_y)))
+    return (pool_x[order[n_val:]], pool_y[order[n_val:]]), (pool_x[order[:n_val]], pool_y[order[:n_val]])
+
+
+def _resized(splits: list[torch.Tensor], image_size: int | None) -> list[torch.Tensor]:
+    """The splits' images at ``image_size x image_size`` (bilinear), or as they are without one."""
+    if image_size is None or image_size == splits[0].shape[-1]:
+        return splits
+    if splits[0].dim() != 4:
+        raise ValueError(f"the network needs {image_size}x{image_size} images (N, C, H, W), but the inputs are "
+                         f"{tuple(splits[0].shape)}; store images with a channel axis, or choose a network for "
+                         "inputs of this shape")
+    return [_resize(x, image_size) for x in splits]
+
+
+def _load_npz_folder(folder: Path, val_fraction: float, image_size: int | None,
+                     rng: np.random.Generator) -> DatasetSplits:
+    """The user's own arrays, used as stored: train.npz and test.npz (val.npz, when present, is the validation
+    split; otherwise ``val_fraction`` of train.npz is)."""
+    missing = [name for name in _NPZ_FILES if not (folder / name).is_file()]
+    if missing:
+        where = _not_a_folder(folder) or f"is missing {', '.join(missing)}"
+        raise DatasetNotFoundError(
+            f"dataset folder {folder} {where}. It must contain {' and '.join(_NPZ_FILES)} (and may contain "
+            f"{_NPZ_VAL_FILE}), each written by np.savez(path, x=inputs, y=labels) with inputs as the network "
+            "takes them and integer class labels (N,)."
+        )
+    pool_x, pool_y = _read_npz_split(folder / "train.npz")
+    test_x, test_y = _read_npz_split(folder / "test.npz")
+    if (folder / _NPZ_VAL_FILE).is_file():
+        (train_x, train_y), (val_x, val_y) = (pool_x, pool_y), _read_npz_split(folder / _NPZ_VAL_FILE)
+    else:
+        (train_x, train_y), (val_x, val_y) = _split_validation(pool_x, pool_y, val_fraction, rng)
+    for part, x in (("test", test_x), ("val", val_x)):
+        if x.shape[1:] != train_x.shape[1:]:
+            raise ValueError(f"{folder}: the inputs of train.npz are {tuple(train_x.shape[1:])} each but those of "
+                             f"{part}.npz are {tuple(x.shape[1:])}; every split must hold inputs of one shape")
+    num_classes = int(max(y.max() for y in (train_y, val_y, test_y) if len(y))) + 1
+    if num_classes < 2:
+        raise ValueError(f"{folder}: every label is 0, so there is nothing to classify; y must hold the classes")
+    train_x, val_x, test_x = _resized([train_x, val_x, test_x], image_size)
+    return DatasetSplits(
+        train=TensorDataset(train_x, train_y),
+        val=TensorDataset(val_x, val_y),
+        test=TensorDataset(test_x, test_y),
+        num_classes=num_classes,
+        input_shape=tuple(train_x.shape[1:]),
+        name="npz",
+    )
+
+
+def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as float32 and ``y`` as int64 from one .npz file, read without pickle, or an error naming the fix."""
+    not_npz = f"{path} is not a readable .npz file ({{}}); write it with np.savez(path, x=inputs, y=labels)"
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):  # a single array saved by np.save
+            raise ValueError(not_npz.format("it holds one array, not x and y"))
+        with arrays:
+            if not {"x", "y"} <= set(arrays.files):
+                raise ValueError(f"{path} holds the arrays {', '.join(sorted(arrays.files)) or 'none'}; it must hold "
+                                 "x (the inputs) and y (the integer labels): np.savez(path, x=inputs, y=labels)")
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(not_npz.format(error)) from None
+    except ValueError as error:
+        if "Object arrays" in str(error):  # their elements are pickles, which are never loaded
+            raise ValueError(f"{path} holds an object array, which is stored as a pickle and is never loaded; "
+                             "store numeric arrays (e.g. np.asarray(x, dtype=np.float32))") from None
+        if "allow_pickle" in str(error):  # neither .npz nor .npy: numpy would try it as a pickle
+            raise ValueError(not_npz.format("numpy would read it as a pickle, which is never loaded")) from None
+        raise
+    if len(x) == 0 or x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"{path}: x must be a numeric array of inputs (N, ...) with N >= 1; got {x.dtype} "
+                         f"{x.shape}")
+    if y.shape != (len(x),):
+        raise ValueError(f"{path}: y must hold one label per input, shape ({len(x)},); got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        whole = np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()
+        if not whole:
+            raise ValueError(f"{path}: y must hold integer class labels 0, 1, ...; got {y.dtype} values")
+    if y.min() < 0:
+        raise ValueError(f"{path}: y must hold class labels 0, 1, ...; found {int(y.min())}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise ValueError(f"{path}: x holds NaN or infinite values; clean or impute them first")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -113,16 +217,18 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train / validation / test splits of one dataset, normalised with train-split statistics.
+    """Train / validation / test splits of one dataset: the named image sets normalised with train-split
+    statistics, ``npz`` arrays as stored.
 
     Attributes
     ----------
     train, val, test : TensorDataset
-        ``(x, y)`` with ``x`` float32 ``(N, C, H, W)`` and ``y`` int64 ``(N,)``. ``val`` may have 0 rows.
+        ``(x, y)`` with ``x`` float32 (``(N, C, H, W)`` images for the named sets, any ``(N, ...)`` for ``npz``)
+        and ``y`` int64 ``(N,)``. ``val`` may have 0 rows.
     num_classes : int
-        Number of label classes.
+        Number of label classes (ten for the named sets; the largest label plus one for ``npz``).
     input_shape : tuple of int
-        ``(C, H, W)`` of one image.
+        The shape of one input, ``(C, H, W)`` for an image.
     name : str
         Dataset name, one of :data:`DATASETS`.
     """
@@ -131,7 +237,7 @@ class DatasetSplits:
     val: TensorDataset
     test: TensorDataset
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     name: str
 
 
@@ -267,16 +373,20 @@ def load_dataset(
     version's ``data_batch_1.bin`` ... ``data_batch_5.bin`` (train / val, split the same way) and
     ``test_batch.bin`` (test) in ``data_dir``; the pickled python version is refused. Pixels are scaled to
     [0, 1], optionally resized, then standardised per channel with the mean and std of the train split.
+    ``"npz"`` is the user's own data: ``train.npz`` and ``test.npz`` in ``data_dir``, each written by
+    ``np.savez(path, x=inputs, y=labels)``, read without pickle and used as stored (only resized for
+    ``image_size``); a ``val.npz`` there is the validation split, otherwise ``val_fraction`` of train.npz is.
 
     Parameters
     ----------
     name : str
         One of :data:`DATASETS`.
     data_dir : str or PathLike, optional
-        Folder holding the IDX files (raw or ``.gz``) or the CIFAR-10 ``.bin`` batches. Required for MNIST-style
-        datasets and CIFAR-10; refused for digits (a folder given there means the data set was not named).
+        Folder holding the IDX files (raw or ``.gz``), the CIFAR-10 ``.bin`` batches or the ``.npz`` files.
+        Required for every dataset but digits; refused for digits (a folder given there means the data set was not named).
     val_fraction : float
-        Fraction in [0, 1) of the non-test images held out for validation; 0 gives an empty val split.
+        Fraction in [0, 1) of the non-test images held out for validation; 0 gives an empty val split
+        (ignored for ``npz`` with a ``val.npz``).
     image_size : int, optional
         Resize images bilinearly to ``image_size x image_size`` (e.g. 28 to feed digits to a LeNet).
     seed : int
@@ -309,12 +419,18 @@ def load_dataset(
         if data_dir is not None:  # a folder given with the default data set: the data set was forgotten
             raise ValueError(f"data_dir {str(data_dir)!r} is given but the dataset is 'digits', which ships with "
                              "scikit-learn and reads no folder; name the folder's data set (--dataset mnist, "
-                             "fashion-mnist or cifar10 on the command line)")
+                             "fashion-mnist, cifar10 or npz on the command line)")
         images, labels = _load_digits()
         order = torch.from_numpy(rng.permutation(len(labels)))
         n_test = round(len(labels) * _DIGITS_TEST_FRACTION)
         test_x, test_y = images[order[:n_test]], labels[order[:n_test]]
         pool_x, pool_y = images[order[n_test:]], labels[order[n_test:]]
+    elif name == "npz":
+        if data_dir is None:
+            raise ValueError("dataset 'npz' is read from local .npz files: pass data_dir (--data-dir on the command "
+                             f"line) pointing to the folder holding {' and '.join(_NPZ_FILES)} (and optionally "
+                             f"{_NPZ_VAL_FILE}), each written by np.savez(path, x=inputs, y=labels)")
+        return _load_npz_folder(Path(data_dir), val_fraction, image_size, rng)
     else:
         if data_dir is None:
             kind, files = ("binary CIFAR-10 batch", _CIFAR10_FILES) if name == "cifar10" else ("IDX", _IDX_FILES)
@@ -329,25 +445,11 @@ def load_dataset(
                 raise ValueError(f"the {part} files of dataset {name!r} in {data_dir} hold no images; give a "
                                  "folder whose training and test files each hold at least one")
 
-    n_val = round(len(pool_y) * val_fraction)
-    if val_fraction > 0 and n_val == 0:  # a validation split was asked for: an empty one fails only later
-        least = math.floor(0.5 / val_fraction) + 1
-        raise ValueError(f"val_fraction={val_fraction} of {len(pool_y)} training images is no validation image; "
-                         f"give at least {least} training images, or a larger val_fraction")
-    if n_val == len(pool_y):
-        raise ValueError(
-            f"val_fraction={val_fraction} leaves no training images out of {len(pool_y)}; use a smaller val_fraction"
-        )
-    order = torch.from_numpy(rng.permutation(len(pool_y)))
-    val_x, val_y = pool_x[order[:n_val]], pool_y[order[:n_val]]
-    train_x, train_y = pool_x[order[n_val:]], pool_y[order[n_val:]]
+    (train_x, train_y), (val_x, val_y) = _split_validation(pool_x, pool_y, val_fraction, rng)
     del pool_x, pool_y  # the splits above are copies
     # Stored bytes become floats only now, so the split copies CIFAR-10's 50k images as uint8 (150 MB)
     # rather than as float32 (600 MB).
-    train_x, val_x, test_x = (_to_unit_float(x) for x in (train_x, val_x, test_x))
-
-    if image_size is not None and image_size != train_x.shape[-1]:
-        train_x, val_x, test_x = (_resize(x, image_size) for x in (train_x, val_x, test_x))
+    train_x, val_x, test_x = _resized([_to_unit_float(x) for x in (train_x, val_x, test_x)], image_size)
 
     # Per channel (a single scalar pair for the greyscale sets), from the train split only.
     std, mean = torch.std_mean(train_x, dim=(0, 2, 3), correction=0, keepdim=True)

@@ -9,6 +9,7 @@ Images arrive as (N, C, H, W); the MLPs flatten them first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -156,7 +157,7 @@ REQUIRED_IMAGE_SIZE: dict[str, int | None] = {"mlp": None, "lenet300": 28, "lene
 def build_model(
     name: str, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (100,)
 ) -> tuple[nn.Module, dict]:
-    """Build a reference network by name for inputs of shape (C, H, W).
+    """Build a reference network by name for inputs of shape (C, H, W) (the MLP: any shape, flattened).
 
     Returns the model and its architecture record, which :func:`model_from_architecture` rebuilds from.
     ``hidden`` is used by the MLP only; ``resnet20`` is built at its standard width 16.
@@ -171,25 +172,30 @@ def build_model(
     """
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    kwargs = ({"in_features": math.prod(int(v) for v in input_shape), "hidden": [int(h) for h in hidden],
+               "num_classes": num_classes} if name == "mlp" else _image_network_kwargs(name, input_shape, num_classes))
+    arch = {"model": name, "kwargs": kwargs}
+    return model_from_architecture(arch), arch
+
+
+def _image_network_kwargs(name: str, input_shape: Sequence[int], num_classes: int) -> dict:
+    """The constructor arguments of a reference network for images of ``input_shape``, or why it cannot take them."""
+    if len(input_shape) != 3:
+        raise ValueError(f"{name} needs images (C, H, W); got inputs of shape {tuple(input_shape)} (the mlp takes "
+                         "any shape, or build your own network for these inputs)")
     channels, height, width = (int(v) for v in input_shape)
     size = REQUIRED_IMAGE_SIZE[name]
     if size is not None and (height, width) != (size, size):
         raise ValueError(f"{name} needs {size}x{size} images; got {height}x{width} (resize the data first)")
-    kwargs: dict
-    if name == "mlp":
-        kwargs = {"in_features": channels * height * width, "hidden": [int(h) for h in hidden], "num_classes": num_classes}
-    elif name == "lenet300":
+    if name == "lenet300":
         if channels != 1:
             raise ValueError(f"lenet300 needs 1-channel images; got {channels} channels")
-        kwargs = {"num_classes": num_classes}
-    elif name == "resnet20":
+        return {"num_classes": num_classes}
+    if name == "resnet20":
         # The width is recorded although it is the default, so a record rebuilds the same network even if
         # the default ever changes.
-        kwargs = {"in_channels": channels, "num_classes": num_classes, "width": 16}
-    else:
-        kwargs = {"in_channels": channels, "num_classes": num_classes}
-    arch = {"model": name, "kwargs": kwargs}
-    return model_from_architecture(arch), arch
+        return {"in_channels": channels, "num_classes": num_classes, "width": 16}
+    return {"in_channels": channels, "num_classes": num_classes}
 
 
 def model_from_architecture(arch: dict) -> nn.Module:
