@@ -284,7 +284,8 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: Tensor) -> 
     try:
         logits = model(inputs)
     except Exception as error:  # the user's forward: whatever it raises, the data do not fit it
-        raise ValueError(f"the model cannot run on the data: a validation batch of shape {tuple(inputs.shape)} "
+        raise ValueError(f"the model cannot run on the data: a validation batch of {str(inputs.dtype).removeprefix('torch.')} "
+                         f"inputs of shape {tuple(inputs.shape)} "
                          f"(one input: {tuple(inputs.shape[1:])}) raised {type(error).__name__}: {error}; give a "
                          "network whose input matches the data's") from error
     if not isinstance(logits, Tensor) or logits.dim() != 2:

@@ -3,9 +3,9 @@ from its local binary batch files, and the user's own arrays from local ``.npz``
 
 Nothing is ever downloaded and nothing is unpickled: every data set but digits is read from a folder the user
 already has, and the digits set ships inside scikit-learn. Every split is a
-:class:`~torch.utils.data.TensorDataset` of ``float32`` inputs and ``int64`` labels ``(N,)``: for the named
-image sets normalised images ``(N, C, H, W)`` (``C`` = 1, or 3 for CIFAR-10), for ``npz`` the arrays as
-stored (the network was trained on them as they are).
+:class:`~torch.utils.data.TensorDataset` of inputs and ``int64`` labels ``(N,)``: for the named image sets
+normalised ``float32`` images ``(N, C, H, W)`` (``C`` = 1, or 3 for CIFAR-10), for ``npz`` the arrays as
+stored (the network was trained on them as they are; float32, or int64 for integer inputs).
 """
 
 from __future__ import annotations
@@ -135,6 +135,9 @@ def _resized(splits: list[torch.Tensor], image_size: int | None) -> list[torch.T
         raise ValueError(f"the network needs {image_size}x{image_size} images (N, C, H, W), but the inputs are "
                          f"{tuple(splits[0].shape)}; store images with a channel axis, or choose a network for "
                          "inputs of this shape")
+    if not splits[0].is_floating_point():
+        raise ValueError(f"the network needs {image_size}x{image_size} images, but the inputs are integers and cannot "
+                         "be resized; store the images as floats in the scale the network takes")
     return [_resize(x, image_size) for x in splits]
 
 
@@ -175,7 +178,8 @@ def _load_npz_folder(folder: Path, val_fraction: float, image_size: int | None,
 
 
 def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` as float32 and ``y`` as int64 from one .npz file, read without pickle, or an error naming the fix."""
+    """``x`` (float32, or int64 when stored as integers) and ``y`` (int64) from one .npz file, read without
+    pickle, or an error naming the fix."""
     not_npz = f"{path} is not a readable .npz file ({{}}); write it with np.savez(path, x=inputs, y=labels)"
     try:
         arrays = np.load(path, allow_pickle=False)
@@ -208,7 +212,9 @@ def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{path}: y must hold class labels 0, 1, ...; found {int(y.min())}")
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise ValueError(f"{path}: x holds NaN or infinite values; clean or impute them first")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+    # integers stay integers (token ids or category indices for an nn.Embedding); other inputs become float32
+    inputs_dtype = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=inputs_dtype)), torch.from_numpy(y.astype(np.int64))
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -223,8 +229,8 @@ class DatasetSplits:
     Attributes
     ----------
     train, val, test : TensorDataset
-        ``(x, y)`` with ``x`` float32 (``(N, C, H, W)`` images for the named sets, any ``(N, ...)`` for ``npz``)
-        and ``y`` int64 ``(N,)``. ``val`` may have 0 rows.
+        ``(x, y)`` with ``x`` float32 ``(N, C, H, W)`` images for the named sets, any ``(N, ...)`` for ``npz``
+        (float32, or int64 for integer inputs), and ``y`` int64 ``(N,)``. ``val`` may have 0 rows.
     num_classes : int
         Number of label classes (ten for the named sets; the largest label plus one for ``npz``).
     input_shape : tuple of int

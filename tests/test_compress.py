@@ -414,7 +414,8 @@ def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_trainin
 
 @pytest.mark.parametrize("network, message", [
     (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
-     r"cannot run on the data: a validation batch of shape \(8, 1, 8, 8\).*network whose input matches"),
+     r"cannot run on the data: a validation batch of float32 inputs of shape \(8, 1, 8, 8\).*network whose input "
+     r"matches"),
     (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),
      r"the data has label 9 but the model gives 3 outputs per input.*at least 10"),
 ], ids=["input-shape", "too-few-outputs"])

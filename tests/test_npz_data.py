@@ -52,14 +52,29 @@ def test_a_val_file_is_the_validation_split_and_classes_count_every_split(tmp_pa
 
 def test_images_are_resized_for_a_network_that_needs_a_size_and_flat_inputs_are_refused(tmp_path):
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (20, 1, 8, 8)).astype(np.uint8)  # uint8 kept at its values, as float
+    images = rng.uniform(0, 255, (20, 1, 8, 8))  # kept in its scale
     labels = np.arange(20) % 10
     splits = load_dataset("npz", _write(tmp_path / "img", train=(images, labels), test=(images, labels)),
                           image_size=28)
     assert splits.input_shape == (1, 28, 28) and splits.train.tensors[0].max() > 1
+    as_bytes = images.astype(np.uint8)
+    with pytest.raises(ValueError, match="inputs are integers and cannot be resized; store the images as floats"):
+        load_dataset("npz", _write(tmp_path / "bytes", train=(as_bytes, labels), test=(as_bytes, labels)),
+                     image_size=28)
     flat = _write(tmp_path / "flat", train=_tabular(20, 0), test=_tabular(5, 1))
     with pytest.raises(ValueError, match=r"needs 28x28 images \(N, C, H, W\), but the inputs are \(18, 12\)"):
         load_dataset("npz", flat, image_size=28)
+
+
+def test_integer_inputs_stay_integers_for_an_embedding_and_others_become_float32(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 50, (20, 7)).astype(np.int32)
+    labels = np.arange(20) % 2
+    splits = load_dataset("npz", _write(tmp_path / "t", train=(tokens, labels), test=(tokens, labels)))
+    assert splits.test.tensors[0].dtype == torch.int64 and torch.equal(splits.test.tensors[0],
+                                                                       torch.from_numpy(tokens).long())
+    assert torch.nn.Embedding(50, 4)(splits.train.tensors[0]).shape[1:] == (7, 4)
+    flags = load_dataset("npz", _write(tmp_path / "b", train=(tokens > 25, labels), test=(tokens > 25, labels)))
+    assert flags.test.tensors[0].dtype == torch.float32
 
 
 def test_whole_number_float_labels_are_taken(tmp_path):
