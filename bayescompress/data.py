@@ -199,12 +199,12 @@ def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         if "allow_pickle" in str(error):  # neither .npz nor .npy: numpy would try it as a pickle
             raise ValueError(not_npz.format("numpy would read it as a pickle, which is never loaded")) from None
         raise
-    if len(x) == 0 or x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise ValueError(f"{path}: x must be a numeric array of inputs (N, ...) with N >= 1; got {x.dtype} "
-                         f"{x.shape}")
+    if x.ndim < 2 or len(x) == 0 or not any(np.issubdtype(x.dtype, kind) for kind in (np.integer, np.floating, bool)):
+        raise ValueError(f"{path}: x must be an array of inputs (N, ...) with N >= 1, of integers, floats or "
+                         f"booleans; got {x.dtype} {x.shape}")
     if y.shape != (len(x),):
         raise ValueError(f"{path}: y must hold one label per input, shape ({len(x)},); got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
         whole = np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()
         if not whole:
             raise ValueError(f"{path}: y must hold integer class labels 0, 1, ...; got {y.dtype} values")

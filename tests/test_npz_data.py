@@ -77,10 +77,12 @@ def test_integer_inputs_stay_integers_for_an_embedding_and_others_become_float32
     assert flags.test.tensors[0].dtype == torch.float32
 
 
-def test_whole_number_float_labels_are_taken(tmp_path):
+def test_whole_number_float_labels_and_boolean_labels_are_taken(tmp_path):
     x, y = _tabular(20, 0)
     splits = load_dataset("npz", _write(tmp_path / "d", train=(x, y.astype(float)), test=(x, y.astype(float))))
-    assert splits.train.tensors[1].dtype == torch.int64
+    assert splits.train.tensors[1].dtype == torch.int64 and splits.num_classes == 3
+    binary = load_dataset("npz", _write(tmp_path / "b", train=(x, y > 0), test=(x, y > 0)))
+    assert binary.num_classes == 2 and torch.equal(binary.test.tensors[1], torch.from_numpy(y > 0).long())
 
 
 @pytest.mark.parametrize("train, message", [
@@ -90,7 +92,8 @@ def test_whole_number_float_labels_are_taken(tmp_path):
     ((np.zeros(4), np.array([0, 1, 1, 0])), r"inputs \(N, ...\)"),
     ((np.array([[0.0, np.nan]] * 4), np.array([0, 1, 1, 0])), "NaN or infinite"),
     ((np.zeros((4, 3)), np.zeros(4, dtype=int)), "every label is 0"),
-    ((np.array([["a", "b"]] * 4), np.array([0, 1, 1, 0])), "numeric array"),
+    ((np.array([["a", "b"]] * 4), np.array([0, 1, 1, 0])), "integers, floats or booleans"),
+    ((np.array([[1j, 2]] * 4), np.array([0, 1, 1, 0])), "integers, floats or booleans"),
 ])
 def test_bad_arrays_are_named_with_the_fix(tmp_path, train, message):
     folder = _write(tmp_path / "d", train=train, test=(np.zeros((2, *train[0].shape[1:])), np.array([0, 0])))
