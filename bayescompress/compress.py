@@ -42,13 +42,12 @@ from bayescompress.methods.base import (
     effective_settings,
     unknown_setting_message,
 )
-from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs
+from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs, weight_uses
 from bayescompress.nn import bayesian_layers, output_layers
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers, propagate
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
-from bayescompress.pruning.structure import layer_output_shapes
 from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
 from bayescompress.settings import Flag, Integer, Real, Settings, setting
 
@@ -222,16 +221,14 @@ def compress(
         final_masks = structure.masks
         final_masks.apply_(network)  # drops weights of units nothing reads: the function is unchanged
         exported = export_sequential(network, structure).eval()
+        _check_sequential_export(exported, network, val_loader, pipeline.device)
         posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
         exported, surgery = _export_graph(network, masks, probe, outputs, val_loader, pipeline.device)
         posterior = bayesian_export(network, exported, surgery, probe).eval() if samples else None
-    # propagate already measured the layer shapes on the sequential path
-    shapes = structure.output_shapes if structure else layer_output_shapes(
-        network, prunable_layers(network), example)
-
-    metrics = _measure(original, network, exported, posterior, final_masks, shapes, eval_loader, example, samples,
+    uses = weight_uses(network, prunable_layers(network), example)
+    metrics = _measure(original, network, exported, posterior, final_masks, uses, eval_loader, example, samples,
                        pipeline)
     metrics["training"] = {"macs": cost.macs, "dense_vi_macs": cost.dense_vi_macs, "steps": cost.steps,
                            "wall_s": training_seconds}
@@ -425,6 +422,16 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
     return store
 
 
+def _check_sequential_export(exported: nn.Module, network: nn.Module, val_loader, device) -> None:
+    """The built-in export must compute the masked network on the validation data; a chain it misreads goes to
+    the graph export instead (raises :class:`UnsupportedGraphError`), with a warning, never exported wrong."""
+    difference = _max_abs_diff(exported, network, val_loader, device)
+    if difference > EXPORT_TOLERANCE:
+        warnings.warn(f"the sequential export differs from the masked network by {difference:.3g} on the validation "
+                      "data; exporting through Torch-Pruning's dependency graph instead", stacklevel=3)
+        raise UnsupportedGraphError(f"the sequential export differs by {difference:.3g}")
+
+
 def _export_graph(network, masks, probe, outputs, val_loader, device) -> tuple[nn.Module, GraphSurgery]:
     """The Torch-Pruning export, checked on the whole validation set: a channel that was constant on the probe
     inputs only (fed by an input-dependent term that is not a layer) would show there, and then only unread
@@ -525,16 +532,16 @@ def _latency_batch(loader: Iterable, size: int) -> Tensor:
     return x.repeat(repeats, *([1] * (x.dim() - 1)))[:size]
 
 
-def _measure(original, network, exported, posterior, masks, output_shapes, loader, example, samples, pipeline) -> dict:
+def _measure(original, network, exported, posterior, masks, uses, loader, example, samples, pipeline) -> dict:
     sizes_original, sizes_masked = size_counts(original), size_counts(network)
     batch = _latency_batch(loader, pipeline.latency_batch).to(pipeline.device)
     latency, batch_size = latency_seconds({"original": original, "exported": exported}, batch,
                                           budget_seconds=pipeline.latency_budget)
-    macs = {
-        "dense": dense_macs(original, example),
-        "sparse": sparse_macs(masks.weight, output_shapes),
-        "exported": dense_macs(exported, example),
-    }
+    dense = dense_macs(original, example)
+    # the whole network's: layers left dense (not converted, e.g. attention's in_proj) count in full
+    masked_dense = sparse_macs({name: torch.ones_like(mask) for name, mask in masks.weight.items()}, uses)
+    macs = {"dense": dense, "sparse": dense - masked_dense + sparse_macs(masks.weight, uses),
+            "exported": dense_macs(exported, example)}
     # the MC metrics are those of the posterior the run keeps (the Bayesian export), with a fixed seed, so a
     # saved run reproduces them exactly
     compressed = posterior if posterior is not None else network

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bayescompress._validation import check_positive_int
 from bayescompress.data import as_batch
 from bayescompress.nn.layers import BayesianLayer
-from bayescompress.nn.model import predict
+from bayescompress.nn.model import observe, predict
 
 __all__ = [
     "accuracy",
@@ -36,6 +36,7 @@ __all__ = [
     "size_counts",
     "dense_macs",
     "sparse_macs",
+    "weight_uses",
     "latency_seconds",
 ]
 
@@ -372,16 +373,27 @@ def dense_macs(model: nn.Module, example_input: Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def sparse_macs(weight_masks: Mapping[str, Tensor], output_shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """MACs a sparse kernel would do in the masked layers: per layer, kept weights x output positions.
-
-    ``output_shapes`` are per input, without the batch dimension: (channels, H, W) for a convolution (whose
-    weight mask has 4 dimensions; positions H x W), (..., features) for a linear layer (positions: the product
-    of the leading dimensions, 1 for (features,), T for (T, features)). Operations without weights (attention's
-    products) and layers that are not masked are not counted.
+def sparse_macs(weight_masks: Mapping[str, Tensor], uses: Mapping[str, int]) -> int:
+    """MACs a sparse kernel would do in the masked layers: per layer, kept weights x the times each weight is
+    used per input (``uses``, from :func:`weight_uses`). Operations without weights (attention's products) and
+    layers that are not masked are not counted.
     """
-    return sum(int(mask.sum()) * _positions(output_shapes[name], convolution=mask.dim() == 4)
-               for name, mask in weight_masks.items())
+    return sum(int(mask.sum()) * uses.get(name, 0) for name, mask in weight_masks.items())  # 0: never called
+
+
+@torch.no_grad()
+def weight_uses(model: nn.Module, layers, example: Tensor) -> dict[str, int]:
+    """How many times each weight of each named layer in ``layers`` is used per input, from one eval-mode pass on
+    the first item of ``example``: :func:`output_positions` summed over the layer's calls (a layer the forward
+    calls twice, weight-tied, counts twice). Layers the pass does not call are left out."""
+    layers = dict(layers)
+    uses: dict[str, int] = {}
+
+    def record(name, _inputs, out) -> None:
+        uses[name] = uses.get(name, 0) + output_positions(layers[name], tuple(out.shape[1:]))
+
+    observe(model, layers.items(), example[:1], record)
+    return uses
 
 
 def _positions(output_shape: tuple[int, ...], convolution: bool) -> int:

@@ -284,13 +284,32 @@ def test_dense_macs_count_fused_and_cpu_kernels_by_hand(name, module, shape, exp
 
 
 def test_sparse_macs_count_a_linear_layer_once_per_token() -> None:
-    from bayescompress.metrics import dense_macs, sparse_macs
+    from bayescompress.metrics import dense_macs, sparse_macs, weight_uses
 
     keep = torch.ones(5, 7, dtype=torch.bool)
-    assert sparse_macs({"fc": keep}, {"fc": (9, 5)}) == 9 * 35 == dense_macs(nn.Linear(7, 5, bias=False),
-                                                                            torch.randn(1, 9, 7))
+    fc = nn.Linear(7, 5, bias=False)
+    uses = weight_uses(fc, [("fc", fc)], torch.randn(1, 9, 7))
+    assert uses == {"fc": 9}
+    assert sparse_macs({"fc": keep}, uses) == 9 * 35 == dense_macs(fc, torch.randn(1, 9, 7))
     keep[0] = False
-    assert sparse_macs({"fc": keep}, {"fc": (9, 5)}) == 9 * 28
+    assert sparse_macs({"fc": keep}, uses) == 9 * 28
+
+
+def test_a_layer_called_twice_counts_its_weights_twice_as_the_dense_count_does() -> None:
+    from bayescompress.metrics import dense_macs, sparse_macs, weight_uses
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(6, 6, bias=False)
+
+        def forward(self, x):
+            return self.shared(self.shared(x).relu())
+
+    net = Tied()
+    uses = weight_uses(net, [("shared", net.shared)], torch.randn(4, 6))
+    assert uses == {"shared": 2}
+    assert sparse_macs({"shared": torch.ones(6, 6, dtype=torch.bool)}, uses) == 72 == dense_macs(net, torch.randn(1, 6))
 
 
 def test_latency_is_measured_for_every_model() -> None:

@@ -380,6 +380,60 @@ def test_a_channel_constant_only_on_the_probe_is_caught_on_the_validation_data()
     assert result.metrics["export_max_abs_diff"] <= 1e-4
 
 
+def _tied_chain() -> nn.Sequential:
+    torch.manual_seed(0)
+    shared = nn.Linear(16, 16)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_a_chain_holding_one_layer_twice_is_exported_through_the_graph_and_computes_the_masked_network(tmp_path):
+    from bayescompress import load
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
+    from bayescompress.pruning import UnsupportedGraphError, sequential_chain
+
+    with pytest.raises(UnsupportedGraphError, match="module '4' is '2' again"):
+        sequential_chain(_tied_chain())
+    relu = nn.ReLU()
+    assert len(sequential_chain(nn.Sequential(nn.Linear(2, 3), relu, nn.Linear(3, 3), relu)).layers) == 2
+    x = torch.randn(64, 6)
+    data = [(x, torch.randint(0, 3, (64,)))]
+    with pytest.warns(UserWarning, match="export keeps units the masks switch off"):  # those the tie reads
+        result = compress(_tied_chain(), data, data, Magnitude(keep_fraction=0.2, finetune_epochs=0),
+                          pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
+    assert result.metrics["export_max_abs_diff"] <= 1e-4  # the sequential export ran the shared layer once
+    masked = result.compressed.eval()
+    torch.testing.assert_close(result.exported(x), masked(x), atol=1e-4, rtol=0)
+    assert result.exported[2] is result.exported[4]  # still one layer, tied
+    loaded = load(result.save(tmp_path / "run"), model=_tied_chain()).model
+    torch.testing.assert_close(loaded(x), masked(x), atol=1e-4, rtol=0)
+
+
+def test_a_sequential_export_that_differs_from_the_masked_network_is_replaced_by_the_graph_export(monkeypatch):
+    import importlib
+
+    from bayescompress.methods import Magnitude
+
+    compress_module = importlib.import_module("bayescompress.compress")  # the package's name is the function's
+    real = compress_module.export_sequential
+
+    def off_by_one(network, structure, bayesian=False):
+        exported = real(network, structure, bayesian=bayesian)
+        if not bayesian:
+            with torch.no_grad():
+                exported[-1].bias.add_(1.0)
+        return exported
+
+    monkeypatch.setattr(compress_module, "export_sequential", off_by_one)
+    torch.manual_seed(0)
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.warns(UserWarning, match="sequential export differs from the masked network by 1"):
+        result = compress_module.compress(net, data, data, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+                                          pipeline=compress_module.PipelineConfig(latency_budget=0.05, quiet=True))
+    assert result.metrics["export_max_abs_diff"] <= 1e-4 and result.structure is None  # the graph export
+
+
 class _Skip(nn.Module):
     def __init__(self, width=12):
         super().__init__()

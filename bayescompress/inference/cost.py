@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from bayescompress.inference.train import Callback, Trainer
-from bayescompress.metrics import output_positions, training_macs_per_example
-from bayescompress.nn.model import execution_order, handled_layers, observe
+from bayescompress.metrics import training_macs_per_example, weight_uses
+from bayescompress.nn.model import execution_order, handled_layers
 
 
 class TrainingCost(Callback):
@@ -37,15 +37,8 @@ class TrainingCost(Callback):
         model = trainer.model
         # per fit: a method may have converted or replaced layers since the last one
         self._layers = dict(handled_layers(model))
-        shapes: dict[str, tuple[int, ...]] = {}
-
-        def record(name, _inputs, out) -> None:  # a forward hook's return value would replace the output
-            shapes.setdefault(name, tuple(out.shape[1:]))
-
-        observe(model, list(self._layers.items()), self.example.to(trainer.device), record)
-        self._positions = {name: output_positions(layer, shapes[name]) for name, layer in self._layers.items()
-                           if name in shapes}
-        self._layers = {name: layer for name, layer in self._layers.items() if name in shapes}  # layers run
+        self._positions = weight_uses(model, self._layers.items(), self.example.to(trainer.device))
+        self._layers = {name: layer for name, layer in self._layers.items() if name in self._positions}  # layers run
         self._first = execution_order(model, self.example.to(trainer.device))[0]
         self._versions: tuple | None = None
         if self._dense_per_example is None:  # dense VI on the network the run started from

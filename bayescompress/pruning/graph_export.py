@@ -89,14 +89,18 @@ def _replace_layers(model: nn.Module, weight_of, bias_of) -> nn.Module:
     """A copy of ``model`` whose Linear/Conv2d layers are fresh plain layers holding ``weight_of(layer)`` and
     ``bias_of(layer)``."""
     plain = copy_network(model)
-    for name, layer in prunable_layers(plain):
+    names: dict[int, list[str]] = {}  # a layer registered under several names stays one (tied) layer
+    for name, module in plain.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    for _, layer in prunable_layers(plain):
         n_in = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
         fresh = plain_layer_like(layer, n_in, layer.weight.shape[0], bayesian=False, groups=getattr(layer, "groups", 1))
         fresh.weight.copy_(weight_of(layer))
         if layer.bias is not None:
             fresh.bias.copy_(bias_of(layer))
         fresh.to(layer.weight.device)
-        plain = replace_submodule(plain, name, fresh)
+        for name in names[id(layer)]:
+            plain = replace_submodule(plain, name, fresh)
     return plain
 
 

@@ -70,7 +70,8 @@ class Chain:
 
 def _leaves(module: nn.Module, prefix: str = ""):
     if isinstance(module, nn.Sequential):
-        for name, child in module.named_children():
+        # _modules, not named_children(): that skips a module met before, and a chain may hold one twice
+        for name, child in module._modules.items():
             yield from _leaves(child, f"{prefix}.{name}" if prefix else name)
     else:
         yield prefix, module
@@ -85,7 +86,11 @@ def sequential_chain(model: nn.Module) -> Chain:
             "available."
         )
     chain = Chain([], [], [], [])
+    seen: dict[int, str] = {}
     for name, leaf in _leaves(model):
+        if seen.setdefault(id(leaf), name) != name and next(leaf.parameters(), None) is not None:  # a shared ReLU is fine
+            raise UnsupportedGraphError(f"module {name!r} is {seen[id(leaf)]!r} again (one module used twice in the "
+                                        "chain): the built-in export removes a unit once per layer")
         if isinstance(leaf, (nn.Linear, nn.Conv2d)):
             if isinstance(leaf, nn.Conv2d) and leaf.groups != 1:
                 raise UnsupportedGraphError(
