@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from bayescompress import distributed, methods
 from bayescompress._validation import check_device, check_module
@@ -188,7 +189,9 @@ def compress(
     if start is not None:
         record["posterior"] = start.label
     original = copy_network(model).to(pipeline.device).eval()
-    _check_model_fits_data(original, probe, first[1])
+    labels = {"val_loader": first[1], **_labels_in_memory(train_loader=train_loader, val_loader=val_loader,
+                                                          test_loader=test_loader)}
+    _check_model_fits_data(original, probe, labels)
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
     outputs = tuple(output_layers(network, example))
@@ -273,18 +276,29 @@ def _check_trainable(model: nn.Module) -> None:
                          "Linear/Conv2d: unfreeze them (model.requires_grad_(True))")
 
 
+def _labels_in_memory(**loaders) -> dict[str, Tensor]:
+    """The whole label tensor of each loader over an in-memory ``TensorDataset`` (no pass over the data)."""
+    return {name: dataset.tensors[1] for name, loader in loaders.items()
+            if isinstance(dataset := getattr(loader, "dataset", None), TensorDataset) and len(dataset.tensors) > 1
+            and dataset.tensors[1].numel() and not dataset.tensors[1].is_floating_point()}
+
+
 @torch.no_grad()
-def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, Tensor]) -> None:
     """Run a few validation inputs through the (eval-mode) network before any work, so a network that does not
     fit the data fails here with a message saying so, not with a traceback from inside training (and before a
-    checkpoint exists). ``labels`` (the first validation batch's) are checked against the outputs per input."""
+    checkpoint exists). ``labels`` (per source: the first validation batch's, and every label of the loaders
+    held in memory) are checked against the outputs per input."""
     try:
         logits = model(inputs)
     except Exception as error:  # the user's forward: whatever it raises, the data do not fit it
+        integers = "" if inputs.is_floating_point() else (
+            "; the inputs are integers, which only an nn.Embedding takes: store other inputs as floats (with "
+            "--dataset npz, x as float32)")
         raise ValueError(f"the model cannot run on the data: a validation batch of {str(inputs.dtype).removeprefix('torch.')} "
                          f"inputs of shape {tuple(inputs.shape)} "
                          f"(one input: {tuple(inputs.shape[1:])}) raised {type(error).__name__}: {error}; give a "
-                         "network whose input matches the data's") from error
+                         "network whose input matches the data's" + integers) from error
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         what = f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
         raise ValueError(f"the model returns {what}; compress needs a classifier whose forward returns one (N, "
@@ -294,11 +308,10 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: Tensor) -> 
         raise ValueError("the model returns probabilities (its outputs are non-negative and sum to 1): compress "
                          "needs logits (the training's cross-entropy and the MC average apply the softmax); remove "
                          "the final softmax")
-    if labels.numel():
-        largest = int(labels.max())
-        if largest >= logits.shape[-1]:
-            raise ValueError(f"the data has label {largest} but the model gives {logits.shape[-1]} outputs per "
-                             f"input; a classifier needs one output per class (at least {largest + 1} here)")
+    for source, values in labels.items():
+        if values.numel() and (largest := int(values.max())) >= logits.shape[-1]:
+            raise ValueError(f"the data ({source}) has label {largest} but the model gives {logits.shape[-1]} outputs "
+                             f"per input; a classifier needs one output per class (at least {largest + 1} here)")
 
 
 @dataclass
@@ -459,8 +472,9 @@ def _warn_units_left(exported: nn.Module, masks: Masks) -> None:
             if (extra := exported.get_submodule(name).weight.shape[0] - max(int(units.sum()), 1)) > 0]
     if left:
         warnings.warn(f"the export keeps units the masks switch off, in {', '.join(left)}: their channels are tied to "
-                      "kept ones (a residual sum, a grouped convolution, or a constant channel that padding makes "
-                      "vary at the border), so they compute what the masks say but still cost MACs "
+                      "kept ones (a residual sum, a grouped convolution, a normalisation over the features such as "
+                      "LayerNorm, a layer called more than once, or a constant channel that padding makes vary at "
+                      "the border), so they compute what the masks say but still cost MACs "
                       "(architecture.exported)", stacklevel=4)
 
 

@@ -68,7 +68,8 @@ def as_batch(item: object, source: str) -> tuple[torch.Tensor, torch.Tensor]:
                          "which batches them")
     if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"{source} yields labels of shape {tuple(y.shape)} and type {y.dtype}; labels must be "
-                         "integer class indices of shape (N,) (e.g. y.squeeze(1), or y.argmax(1) for one-hot rows)")
+                         "integer class indices of shape (N,) (e.g. y.long() for whole-number floats, y.squeeze(1), or "
+                         "y.argmax(1) for one-hot rows)")
     if len(x) != len(y):
         raise ValueError(f"{source} yields {len(x)} inputs with {len(y)} labels; each batch needs one label per input")
     return x, (y if y.dtype == torch.int64 else y.long())
@@ -131,13 +132,6 @@ def _resized(splits: list[torch.Tensor], image_size: int | None) -> list[torch.T
     """The splits' images at ``image_size x image_size`` (bilinear), or as they are without one."""
     if image_size is None or image_size == splits[0].shape[-1]:
         return splits
-    if splits[0].dim() != 4:
-        raise ValueError(f"the network needs {image_size}x{image_size} images (N, C, H, W), but the inputs are "
-                         f"{tuple(splits[0].shape)}; store images with a channel axis, or choose a network for "
-                         "inputs of this shape")
-    if not splits[0].is_floating_point():
-        raise ValueError(f"the network needs {image_size}x{image_size} images, but the inputs are integers and cannot "
-                         "be resized; store the images as floats in the scale the network takes")
     return [_resize(x, image_size) for x in splits]
 
 
@@ -148,6 +142,9 @@ def _load_npz_folder(folder: Path, val_fraction: float, image_size: int | None,
     missing = [name for name in _NPZ_FILES if not (folder / name).is_file()]
     if missing:
         where = _not_a_folder(folder) or f"is missing {', '.join(missing)}"
+        inner = sorted(sub for sub in (folder.iterdir() if folder.is_dir() else ()) if (sub / "train.npz").is_file())
+        if inner:
+            where += f" (its subfolder {inner[0].name} holds train.npz: pass {inner[0]})"
         raise DatasetNotFoundError(
             f"dataset folder {folder} {where}. It must contain {' and '.join(_NPZ_FILES)} (and may contain "
             f"{_NPZ_VAL_FILE}), each written by np.savez(path, x=inputs, y=labels) with inputs as the network "
@@ -166,7 +163,11 @@ def _load_npz_folder(folder: Path, val_fraction: float, image_size: int | None,
     num_classes = int(max(y.max() for y in (train_y, val_y, test_y) if len(y))) + 1
     if num_classes < 2:
         raise ValueError(f"{folder}: every label is 0, so there is nothing to classify; y must hold the classes")
-    train_x, val_x, test_x = _resized([train_x, val_x, test_x], image_size)
+    if image_size is not None and (train_x.dim() != 4 or train_x.shape[-2:] != (image_size, image_size)):
+        # not resized here: the exported network would then need the same resizing of every input it is given
+        raise ValueError(f"the network needs {image_size}x{image_size} images (N, C, {image_size}, {image_size}), but "
+                         f"the inputs of {folder} are {tuple(train_x.shape[1:])} each; store them at that size, or "
+                         "choose a network for inputs of this shape (npz data are used as stored)")
     return DatasetSplits(
         train=TensorDataset(train_x, train_y),
         val=TensorDataset(val_x, val_y),
@@ -210,11 +211,15 @@ def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"{path}: y must hold integer class labels 0, 1, ...; got {y.dtype} values")
     if y.min() < 0:
         raise ValueError(f"{path}: y must hold class labels 0, 1, ...; found {int(y.min())}")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise ValueError(f"{path}: x holds NaN or infinite values; clean or impute them first")
     # integers stay integers (token ids or category indices for an nn.Embedding); other inputs become float32
-    inputs_dtype = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=inputs_dtype)), torch.from_numpy(y.astype(np.int64))
+    if np.issubdtype(x.dtype, np.integer):
+        return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, named below
+        inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if not torch.isfinite(inputs).all():
+        raise ValueError(f"{path}: x holds NaN or infinite values, or values beyond float32's range (about 3.4e38); "
+                         "clean, impute or rescale them first")
+    return inputs, torch.from_numpy(y.astype(np.int64))
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -380,8 +385,9 @@ def load_dataset(
     ``test_batch.bin`` (test) in ``data_dir``; the pickled python version is refused. Pixels are scaled to
     [0, 1], optionally resized, then standardised per channel with the mean and std of the train split.
     ``"npz"`` is the user's own data: ``train.npz`` and ``test.npz`` in ``data_dir``, each written by
-    ``np.savez(path, x=inputs, y=labels)``, read without pickle and used as stored (only resized for
-    ``image_size``); a ``val.npz`` there is the validation split, otherwise ``val_fraction`` of train.npz is.
+    ``np.savez(path, x=inputs, y=labels)``, read without pickle and used as stored (images of another size than
+    ``image_size`` are refused); a ``val.npz`` there is the validation split, otherwise ``val_fraction`` of
+    train.npz is.
 
     Parameters
     ----------

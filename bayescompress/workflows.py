@@ -149,6 +149,10 @@ def pretrain(
     """
     config = TrainConfig(epochs=epochs, lr=lr, lr_schedule="cosine", seed=seed, device=device, quiet=quiet)
     splits = load_data_for(model_name, dataset, data_dir, seed=SPLIT_SEED)
+    if not splits.train.tensors[0].is_floating_point():
+        raise ValueError(f"the reference networks take floats, but the inputs of {data_dir} are integers; store x "
+                         "as float32 (integer arrays are kept as integers, for networks that start with an "
+                         "nn.Embedding)")
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)  # the initial weights, too, follow the seed
     model, architecture = build_model(model_name, splits.input_shape, splits.num_classes, hidden=hidden)

@@ -417,13 +417,33 @@ def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_trainin
      r"cannot run on the data: a validation batch of float32 inputs of shape \(8, 1, 8, 8\).*network whose input "
      r"matches"),
     (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),
-     r"the data has label 9 but the model gives 3 outputs per input.*at least 10"),
-], ids=["input-shape", "too-few-outputs"])
+     r"the data \(val_loader\) has label 9 but the model gives 3 outputs per input.*at least 10"),
+    (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+     r"a validation batch of int64 inputs .* the inputs are integers, which only an nn.Embedding takes"),
+], ids=["input-shape", "too-few-outputs", "integer-inputs"])
 def test_a_network_that_does_not_fit_the_data_is_refused_before_any_work(digits, network, message, tmp_path):
     train, val, _ = digits
+    if "integer" in message:  # images stored as integers, for a network that takes floats
+        val = [(x.long(), y) for x, y in val]
     with pytest.raises(ValueError, match=message):
         compress(network, train, val, Magnitude(keep_fraction=0.5), pipeline=QUICK, checkpoint=tmp_path / "ck")
     assert not (tmp_path / "ck").exists()  # nothing a later run would take for an interrupted one
+
+
+def test_a_label_beyond_the_outputs_anywhere_in_memory_is_refused_before_any_work(digits, monkeypatch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    train, val, test = digits
+    x, y = test.dataset.tensors
+    only_three = [(xb, yb % 3) for xb, yb in val]  # the first validation batch fits a 3-class network
+    labels = y % 3
+    labels[-1] = 6  # one label, in the last test batch
+    beyond = DataLoader(TensorDataset(x, labels), batch_size=64)
+    monkeypatch.setattr(Magnitude, "prepare", lambda *a: pytest.fail("training started"))
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    with pytest.raises(ValueError, match=r"the data \(test_loader\) has label 6 but the model gives 3 outputs"):
+        compress(network, [(xb, yb % 3) for xb, yb in train], only_three, Magnitude(keep_fraction=0.5),
+                 test_loader=beyond, pipeline=QUICK)
 
 
 def test_an_empty_test_loader_is_refused_before_any_work(digits, monkeypatch):

@@ -50,20 +50,17 @@ def test_a_val_file_is_the_validation_split_and_classes_count_every_split(tmp_pa
     assert splits.num_classes == 7
 
 
-def test_images_are_resized_for_a_network_that_needs_a_size_and_flat_inputs_are_refused(tmp_path):
+def test_images_are_not_resized_for_a_network_that_needs_a_size_but_refused(tmp_path):
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (20, 1, 8, 8))  # kept in its scale
     labels = np.arange(20) % 10
+    images = rng.uniform(0, 255, (20, 1, 28, 28))
     splits = load_dataset("npz", _write(tmp_path / "img", train=(images, labels), test=(images, labels)),
                           image_size=28)
-    assert splits.input_shape == (1, 28, 28) and splits.train.tensors[0].max() > 1
-    as_bytes = images.astype(np.uint8)
-    with pytest.raises(ValueError, match="inputs are integers and cannot be resized; store the images as floats"):
-        load_dataset("npz", _write(tmp_path / "bytes", train=(as_bytes, labels), test=(as_bytes, labels)),
-                     image_size=28)
-    flat = _write(tmp_path / "flat", train=_tabular(20, 0), test=_tabular(5, 1))
-    with pytest.raises(ValueError, match=r"needs 28x28 images \(N, C, H, W\), but the inputs are \(18, 12\)"):
-        load_dataset("npz", flat, image_size=28)
+    assert splits.input_shape == (1, 28, 28) and splits.train.tensors[0].max() > 1  # kept in its scale
+    small = images[:, :, :8, :8]
+    for x, folder in ((small, "small"), (_tabular(20, 0)[0], "flat")):
+        with pytest.raises(ValueError, match=r"needs 28x28 images .* store them at that size"):
+            load_dataset("npz", _write(tmp_path / folder, train=(x, labels), test=(x, labels)), image_size=28)
 
 
 def test_integer_inputs_stay_integers_for_an_embedding_and_others_become_float32(tmp_path):
@@ -91,6 +88,7 @@ def test_whole_number_float_labels_and_boolean_labels_are_taken(tmp_path):
     ((np.zeros((4, 3)), np.array([0, 1, 1])), r"one label per input, shape \(4,\)"),
     ((np.zeros(4), np.array([0, 1, 1, 0])), r"inputs \(N, ...\)"),
     ((np.array([[0.0, np.nan]] * 4), np.array([0, 1, 1, 0])), "NaN or infinite"),
+    ((np.array([[0.0, 1e300]] * 4), np.array([0, 1, 1, 0])), "beyond float32's range"),
     ((np.zeros((4, 3)), np.zeros(4, dtype=int)), "every label is 0"),
     ((np.array([["a", "b"]] * 4), np.array([0, 1, 1, 0])), "integers, floats or booleans"),
     ((np.array([[1j, 2]] * 4), np.array([0, 1, 1, 0])), "integers, floats or booleans"),
@@ -107,6 +105,8 @@ def test_missing_files_wrong_keys_pickles_and_mismatched_shapes_are_refused(tmp_
     folder = _write(tmp_path / "d", train=_tabular(10, 0))
     with pytest.raises(DatasetNotFoundError, match="is missing test.npz.*np.savez"):
         load_dataset("npz", folder)
+    with pytest.raises(DatasetNotFoundError, match=r"its subfolder d holds train.npz: pass .*d\b"):
+        load_dataset("npz", tmp_path)
     np.savez(folder / "test.npz", inputs=np.zeros((2, 12)), labels=np.zeros(2))
     with pytest.raises(ValueError, match="holds the arrays inputs, labels; it must hold x .* and y"):
         load_dataset("npz", folder)
@@ -123,6 +123,14 @@ def test_missing_files_wrong_keys_pickles_and_mismatched_shapes_are_refused(tmp_
     np.savez(folder / "test.npz", x=np.zeros((2, 11)), y=np.array([0, 1]))
     with pytest.raises(ValueError, match=r"train.npz are \(12,\) each but those of test.npz are \(11,\)"):
         load_dataset("npz", folder)
+
+
+def test_pretraining_a_reference_network_on_integer_inputs_is_refused_before_training(tmp_path, capsys):
+    tokens = np.random.default_rng(0).integers(0, 9, (40, 6))
+    folder = _write(tmp_path / "t", train=(tokens, np.arange(40) % 2), test=(tokens, np.arange(40) % 2))
+    assert main(["pretrain", "--model", "mlp", "--dataset", "npz", "--data-dir", str(folder), "--epochs", "1",
+                 "--out", str(tmp_path / "w.safetensors"), "--quiet"]) == 2
+    assert "are integers; store x as float32" in capsys.readouterr().err
 
 
 def test_the_command_line_pretrains_and_compresses_on_a_folder_of_arrays(tmp_path, capsys):
