@@ -445,15 +445,18 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
         shown += [r[x] for rs in runs.values() for r in rs if r.get(x)] + [a[x] for a in anchors if a.get(x)]
         if shown:
             ax.set_xlim(min(shown) / 1.25, max(shown) * 1.25)
-    # runs above the zoomed axis stay visible: a triangle on the top edge, labelled with their error
-    for index, method in enumerate(dict.fromkeys([*points, *runs])):
-        above = [r for r in runs.get(method, ()) if 100 * r["error"] > top]
-        for ax, x in zip(axes, ("compression", "exported_macs")):
-            for run in above:
-                ax.scatter([run[x]], [top], marker="^", color=colours[index % len(colours)], edgecolor="black",
-                           s=60, zorder=5, clip_on=False)
-                ax.annotate(f"{100 * run['error']:.1f} %", (run[x], top), textcoords="offset points",
-                            xytext=(0, -12), ha="center", fontsize=7)
+    # runs above the zoomed axis stay visible: a triangle on the top edge, labelled with their error (labels of
+    # neighbouring triangles stacked downwards, not drawn over each other)
+    above = [(run, colours[index % len(colours)]) for index, method in enumerate(dict.fromkeys([*points, *runs]))
+             for run in runs.get(method, ()) if 100 * run["error"] > top]
+    for ax, x in zip(axes, ("compression", "exported_macs")):
+        previous, depth = None, 0
+        for run, colour in sorted(above, key=lambda entry: entry[0][x]):
+            depth = depth + 1 if previous is not None and run[x] < previous * 1.25 else 0
+            previous = run[x]
+            ax.scatter([run[x]], [top], marker="^", color=colour, edgecolor="black", s=60, zorder=5, clip_on=False)
+            ax.annotate(f"{100 * run['error']:.1f} %", (run[x], top), textcoords="offset points",
+                        xytext=(0, -12 - 9 * depth), ha="center", fontsize=7)
     axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
     handles, labels = axes[0].get_legend_handles_labels()
     if any(p.get("own") for ps in points.values() for p in ps):

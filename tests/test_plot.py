@@ -230,6 +230,21 @@ def test_pareto_marks_runs_above_its_zoomed_error_axis_on_the_top_edge():
     pyplot.close(figure)
 
 
+def test_labels_of_neighbouring_runs_above_the_axis_are_stacked_not_overlaid():
+    from bayescompress.plot import pareto
+
+    runs = {"good": [{"compression": 10, "error": 0.02, "exported_macs": 5e4}],
+            "poor": [{"compression": 12, "error": 0.815, "exported_macs": 4e4},
+                     {"compression": 13, "error": 0.835, "exported_macs": 3.9e4},
+                     {"compression": 40, "error": 0.5, "exported_macs": 1e4}]}
+    figure = pareto({}, runs)
+    left, _ = figure.axes
+    offsets = {t.get_text(): t.xyann[1] for t in left.texts}
+    assert offsets["81.5 %"] != offsets["83.5 %"]  # 12x and 13x: one label below the other
+    assert offsets["50.0 %"] == offsets["81.5 %"]  # 40x is far enough for the first row
+    pyplot.close(figure)
+
+
 class _HeadFirst(torch.nn.Module):
     """Head registered before a body of more than ten numbered layers: sorting the names by text puts "body.10"
     before "body.2" and "body.8", and neither order is the network's."""
