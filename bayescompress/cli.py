@@ -422,29 +422,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.quiet, args.json = True, False
             warnings.simplefilter("ignore")
     try:
-        with _terminate_as_interrupt():
-            return _run(args)
+        with _terminate_as_interrupt() as received:
+            code = _run(args)
+        if received and code == 0:  # swallowed on its way (matplotlib drops exceptions raised in its callbacks)
+            print(f"bayescompress {args.command}: interrupted ({received[0]}) as it finished; it finished first"
+                  + (f" ({args.out} is complete)" if getattr(args, "out", None) else ""), file=sys.stderr)
+            return 130
+        return code
     finally:
         distributed.shutdown()
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def _terminate_as_interrupt() -> Iterator[list[str]]:
     """SIGTERM raises KeyboardInterrupt, as SIGINT does, for the whole command: a run stopped outside its training
     loops (which checkpoint and stop on either signal themselves) still cleans up what it was writing (a run
-    folder is staged and removed on any exception) and says how to continue, instead of dying silently."""
+    folder is staged and removed on any exception) and says how to continue, instead of dying silently. Yields
+    the names of the signals received here, so one whose KeyboardInterrupt something swallowed is still told."""
+    received: list[str] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
+        yield received
         return
 
     def interrupt(signum, frame):
+        received.append(signal.Signals(signum).name)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield received
     finally:  # None: a handler installed outside Python, which cannot be put back from here
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def _start_run_folder(args: argparse.Namespace) -> Path:

@@ -172,6 +172,28 @@ def test_sigterm_during_a_command_is_an_interrupt_and_the_handler_is_put_back():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_an_interrupt_something_swallowed_still_exits_130_saying_the_command_finished(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from bayescompress import cli
+
+    def finished_despite(args):  # as matplotlib does with an exception raised inside its callbacks
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    monkeypatch.setattr(cli, "_run", finished_despite)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["plot", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "bayescompress plot: interrupted (SIGINT) as it finished; it finished first"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_an_interrupt_outside_training_exits_130_says_what_to_do_and_leaves_no_unstarted_run(tmp_path, capsys,
                                                                                            monkeypatch):
     def stopped(*args, **kwargs):
