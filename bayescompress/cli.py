@@ -38,7 +38,7 @@ def _common(parser: argparse.ArgumentParser, seed: bool = True, seed_default: in
     parser.add_argument("--device", default="cpu", help="where to run: cpu (default), cuda or cuda:N")
 
 
-def _overwrite(parser: argparse.ArgumentParser,
+def _overwrite(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
                what: str = "an existing run folder at --out (never a folder holding anything else)") -> None:
     parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
@@ -141,8 +141,11 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
                           "wins over an all. one)")
     cmp.add_argument("--out", required=True, help="comparison folder: OUT/<method>/seed<k> run folders and "
                                                    "OUT/comparison.md, .csv, .json")
-    cmp.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
-    _overwrite(cmp, "the runs of these methods and seeds already in --out (never anything compare did not write)")
+    keep_or_replace = cmp.add_mutually_exclusive_group()
+    keep_or_replace.add_argument("--resume", action="store_true",
+                                 help="keep the runs already in --out and run the rest")
+    _overwrite(keep_or_replace, "the runs of these methods and seeds already in --out (never anything compare did "
+                                "not write)")
     cmp.add_argument("--anchors", help="JSON file of published points for the Pareto figure, a list of "
                                        '{"label", "compression", "error"} (default: the published results of '
                                        "lenet300 / lenet5 on MNIST)")
@@ -426,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _run(args)
         if received and code == 0:  # swallowed on its way (matplotlib drops exceptions raised in its callbacks)
             print(f"bayescompress {args.command}: interrupted ({received[0]}) as it finished; it finished first"
-                  + (f" ({args.out} is complete)" if getattr(args, "out", None) else ""), file=sys.stderr)
+                  + (f" (wrote {args.out})" if getattr(args, "out", None) else ""), file=sys.stderr)
             return 130
         return code
     finally:

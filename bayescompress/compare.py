@@ -352,11 +352,12 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
             folder = out / name / f"seed{seed}"
             if is_interrupted_run(folder) and not (resume or overwrite):
                 raise ValueError(f"{folder} holds an interrupted run; pass resume=True (--resume) to continue it "
-                                 "from its checkpoint, overwrite=True (--overwrite) to start it again, or choose another folder")
+                                 "from its checkpoint, overwrite=True (--overwrite) to start it again, or choose "
+                                 "another folder")
             if is_run_folder(folder) and not (resume or overwrite):
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
-                                 "(--resume) to keep them and run the rest, overwrite=True (--overwrite) to replace them, or "
-                                 "choose another folder")
+                                 "(--resume) to keep them and run the rest, overwrite=True (--overwrite) to replace "
+                                 "them, or choose another folder")
     return out
 
 

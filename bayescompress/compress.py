@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import TensorDataset, default_collate, default_convert
 
 from bayescompress import distributed, methods
 from bayescompress._validation import check_device, check_module
@@ -45,7 +45,8 @@ from bayescompress.methods.base import (
 )
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs, weight_uses
 from bayescompress.nn import bayesian_layers, output_layers
-from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers, propagate
+from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers
+from bayescompress.pruning.export import EXPORT_TOLERANCE, checked_sequential_export
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
@@ -58,8 +59,6 @@ DEFAULT_METHOD = "gaussian-snr"
 PROBE_SIZE = 8
 # the largest seed torch's generators take (a signed 64-bit integer)
 MAX_SEED = 2**63 - 1
-# Largest |logit difference| between the export and the masked network that counts as the same function.
-EXPORT_TOLERANCE = 1e-4
 
 
 class AccuracyLossWarning(UserWarning):
@@ -220,11 +219,10 @@ def compress(
     network.eval()  # what follows runs the deployed network: Dropout off, BatchNorm on its running statistics
     surgery = None
     try:
-        structure = propagate(network, masks, example)
+        # drops the weights of units nothing reads too: the function is unchanged
+        network, exported, structure = checked_sequential_export(
+            network, masks, example, (as_batch(batch, "val_loader")[0].to(pipeline.device) for batch in val_loader))
         final_masks = structure.masks
-        final_masks.apply_(network)  # drops weights of units nothing reads: the function is unchanged
-        exported = export_sequential(network, structure).eval()
-        _check_sequential_export(exported, network, val_loader, pipeline.device)
         posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
         structure, final_masks = None, masks
@@ -277,9 +275,11 @@ def _check_trainable(model: nn.Module) -> None:
 
 
 def _labels_in_memory(**loaders) -> dict[str, Tensor]:
-    """The whole label tensor of each loader over an in-memory ``TensorDataset`` (no pass over the data)."""
+    """The whole label tensor of each loader over an in-memory ``(inputs, labels)`` ``TensorDataset`` that it
+    yields as stored (no pass over the data; a collate_fn of one's own may change the labels, so it is skipped)."""
     return {name: dataset.tensors[1] for name, loader in loaders.items()
-            if isinstance(dataset := getattr(loader, "dataset", None), TensorDataset) and len(dataset.tensors) > 1
+            if isinstance(dataset := getattr(loader, "dataset", None), TensorDataset) and len(dataset.tensors) == 2
+            and getattr(loader, "collate_fn", None) in (default_collate, default_convert)
             and dataset.tensors[1].numel() and not dataset.tensors[1].is_floating_point()}
 
 
@@ -295,8 +295,9 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
         integers = "" if inputs.is_floating_point() else (
             "; the inputs are integers, which only an nn.Embedding takes: store other inputs as floats (with "
             "--dataset npz, x as float32)")
-        raise ValueError(f"the model cannot run on the data: a validation batch of {str(inputs.dtype).removeprefix('torch.')} "
-                         f"inputs of shape {tuple(inputs.shape)} "
+        dtype = str(inputs.dtype).removeprefix("torch.")
+        raise ValueError(f"the model cannot run on the data: a validation batch of {dtype} inputs of shape "
+                         f"{tuple(inputs.shape)} "
                          f"(one input: {tuple(inputs.shape[1:])}) raised {type(error).__name__}: {error}; give a "
                          "network whose input matches the data's" + integers) from error
     if not isinstance(logits, Tensor) or logits.dim() != 2:
@@ -435,16 +436,6 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
     return store
 
 
-def _check_sequential_export(exported: nn.Module, network: nn.Module, val_loader, device) -> None:
-    """The built-in export must compute the masked network on the validation data; a chain it misreads goes to
-    the graph export instead (raises :class:`UnsupportedGraphError`), with a warning, never exported wrong."""
-    difference = _max_abs_diff(exported, network, val_loader, device)
-    if difference > EXPORT_TOLERANCE:
-        warnings.warn(f"the sequential export differs from the masked network by {difference:.3g} on the validation "
-                      "data; exporting through Torch-Pruning's dependency graph instead", stacklevel=3)
-        raise UnsupportedGraphError(f"the sequential export differs by {difference:.3g}")
-
-
 def _export_graph(network, masks, probe, outputs, val_loader, device) -> tuple[nn.Module, GraphSurgery]:
     """The Torch-Pruning export, checked on the whole validation set: a channel that was constant on the probe
     inputs only (fed by an input-dependent term that is not a layer) would show there, and then only unread
@@ -553,7 +544,7 @@ def _measure(original, network, exported, posterior, masks, uses, loader, exampl
                                           budget_seconds=pipeline.latency_budget)
     dense = dense_macs(original, example)
     # the whole network's: layers left dense (not converted, e.g. attention's in_proj) count in full
-    masked_dense = sparse_macs({name: torch.ones_like(mask) for name, mask in masks.weight.items()}, uses)
+    masked_dense = sum(mask.numel() * uses.get(name, 0) for name, mask in masks.weight.items())
     macs = {"dense": dense, "sparse": dense - masked_dense + sparse_macs(masks.weight, uses),
             "exported": dense_macs(exported, example)}
     # the MC metrics are those of the posterior the run keeps (the Bayesian export), with a fixed seed, so a

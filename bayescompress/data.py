@@ -128,13 +128,6 @@ def _split_validation(pool_x: torch.Tensor, pool_y: torch.Tensor, val_fraction: 
     return (pool_x[order[n_val:]], pool_y[order[n_val:]]), (pool_x[order[:n_val]], pool_y[order[:n_val]])
 
 
-def _resized(splits: list[torch.Tensor], image_size: int | None) -> list[torch.Tensor]:
-    """The splits' images at ``image_size x image_size`` (bilinear), or as they are without one."""
-    if image_size is None or image_size == splits[0].shape[-1]:
-        return splits
-    return [_resize(x, image_size) for x in splits]
-
-
 def _load_npz_folder(folder: Path, val_fraction: float, image_size: int | None,
                      rng: np.random.Generator) -> DatasetSplits:
     """The user's own arrays, used as stored: train.npz and test.npz (val.npz, when present, is the validation
@@ -461,7 +454,10 @@ def load_dataset(
     del pool_x, pool_y  # the splits above are copies
     # Stored bytes become floats only now, so the split copies CIFAR-10's 50k images as uint8 (150 MB)
     # rather than as float32 (600 MB).
-    train_x, val_x, test_x = _resized([_to_unit_float(x) for x in (train_x, val_x, test_x)], image_size)
+    train_x, val_x, test_x = (_to_unit_float(x) for x in (train_x, val_x, test_x))
+
+    if image_size is not None and image_size != train_x.shape[-1]:
+        train_x, val_x, test_x = (_resize(x, image_size) for x in (train_x, val_x, test_x))
 
     # Per channel (a single scalar pair for the greyscale sets), from the train split only.
     std, mean = torch.std_mean(train_x, dim=(0, 2, 3), correction=0, keepdim=True)

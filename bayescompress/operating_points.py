@@ -23,15 +23,9 @@ from bayescompress.methods.base import TrainingContext, load_trained_state_
 from bayescompress.metrics import dense_macs, evaluate
 from bayescompress.nn import output_layers
 from bayescompress.nn.model import fold_multipliers_
-from bayescompress.pruning import (
-    Masks,
-    UnsupportedGraphError,
-    export_sequential,
-    export_with_torch_pruning,
-    prunable_layers,
-    propagate,
-)
+from bayescompress.pruning import Masks, UnsupportedGraphError, export_with_torch_pruning, prunable_layers
 from bayescompress.pruning.batchnorm import fold_batchnorm_
+from bayescompress.pruning.export import checked_sequential_export
 from bayescompress.pruning.importance import sweep_scores
 from bayescompress.pruning.masks import copy_network
 from bayescompress.pruning.strategies import PruningStrategy, _top_fraction_threshold
@@ -125,9 +119,8 @@ def trained_network(run: CompressionResult | str | os.PathLike, model: nn.Module
 def _export(network: nn.Module, masks: Masks, example: Tensor, outputs: list[str]) -> tuple[nn.Module, Masks]:
     masks.apply_(network, replace=True)
     try:
-        structure = propagate(network, masks, example)
-        structure.masks.apply_(network, replace=True)
-        return export_sequential(network, structure).eval(), structure.masks
+        _, exported, structure = checked_sequential_export(network, masks, example, [example])
+        return exported, structure.masks
     except UnsupportedGraphError:
         exported, _ = export_with_torch_pruning(network, masks, example, output_layer=outputs)
         return exported.eval(), masks

@@ -50,6 +50,7 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         raise ValueError("there are no weight masks to draw")
     names = list(run_masks.weight)
     figure, axes = _grid(len(names), max_columns, (4.2, 3.4))
+    any_tied = False
     for ax, name in zip(axes, names):
         weight = run_masks.weight[name]
         keep = weight.flatten(1).float()
@@ -60,6 +61,7 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         shade = torch.zeros(*keep.shape, 4)
         width = (exported or {}).get(name, 0)
         tied = width > max(int(units.sum()), 1)
+        any_tied |= tied
         shade[(~inputs).repeat_interleave(keep.shape[1] // inputs.numel())[None, :].expand_as(keep)] = _REMOVED
         shade[~units.bool()] = _TIED if tied else _REMOVED
         ax.imshow(shade.numpy(), aspect="auto", interpolation="nearest")
@@ -71,8 +73,7 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
     legend = [Patch(facecolor="black", label="kept weight"),
               Patch(facecolor="white", edgecolor="grey", label="pruned weight"),
               Patch(facecolor=_REMOVED.tolist(), label="removed unit / input")]
-    if any((exported or {}).get(name, 0) > max(int(run_masks.units.get(name, torch.ones(1)).sum()), 1)
-           for name in run_masks.units):
+    if any_tied:
         legend.append(Patch(facecolor=_TIED.tolist(), label="unit switched off, kept by the export (tied)"))
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     figure.suptitle("Weight masks per layer", fontsize=11)

@@ -225,6 +225,13 @@ def test_the_command_line_compares_with_per_method_settings(tmp_path, capsys):
     assert saved["config"]["method"]["keep_fraction"] == 0.3
 
 
+def test_compare_takes_resume_or_overwrite_not_both(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "c"),
+              "--resume", "--overwrite"])
+    assert stopped.value.code == 2 and "not allowed with argument --resume" in capsys.readouterr().err
+
+
 def test_all_sets_every_compared_methods_setting_and_a_methods_own_change_wins():
     from bayescompress.cli import _compare_methods
 

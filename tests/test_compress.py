@@ -444,6 +444,13 @@ def test_a_label_beyond_the_outputs_anywhere_in_memory_is_refused_before_any_wor
     with pytest.raises(ValueError, match=r"the data \(test_loader\) has label 6 but the model gives 3 outputs"):
         compress(network, [(xb, yb % 3) for xb, yb in train], only_three, Magnitude(keep_fraction=0.5),
                  test_loader=beyond, pipeline=QUICK)
+    # labels a collate_fn of one's own maps into range are the loader's business: not read from the dataset
+    remapped = DataLoader(TensorDataset(x, labels), batch_size=64,
+                          collate_fn=lambda items: (torch.stack([i[0] for i in items]),
+                                                    torch.stack([i[1] for i in items]) % 3))
+    from bayescompress.compress import _labels_in_memory
+
+    assert set(_labels_in_memory(test_loader=remapped, other=beyond)) == {"other"}
 
 
 def test_an_empty_test_loader_is_refused_before_any_work(digits, monkeypatch):

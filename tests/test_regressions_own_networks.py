@@ -401,7 +401,7 @@ def test_a_chain_holding_one_layer_twice_is_exported_through_the_graph_and_compu
     with pytest.warns(UserWarning, match="export keeps units the masks switch off"):  # those the tie reads
         result = compress(_tied_chain(), data, data, Magnitude(keep_fraction=0.2, finetune_epochs=0),
                           pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
-    assert result.metrics["export_max_abs_diff"] <= 1e-4  # the sequential export ran the shared layer once
+    assert result.metrics["export_max_abs_diff"] <= 1e-4  # the old sequential export ran the shared layer once
     masked = result.compressed.eval()
     torch.testing.assert_close(result.exported(x), masked(x), atol=1e-4, rtol=0)
     assert result.exported[2] is result.exported[4]  # still one layer, tied
@@ -414,8 +414,9 @@ def test_a_sequential_export_that_differs_from_the_masked_network_is_replaced_by
 
     from bayescompress.methods import Magnitude
 
+    export_module = importlib.import_module("bayescompress.pruning.export")
     compress_module = importlib.import_module("bayescompress.compress")  # the package's name is the function's
-    real = compress_module.export_sequential
+    real = export_module.export_sequential
 
     def off_by_one(network, structure, bayesian=False):
         exported = real(network, structure, bayesian=bayesian)
@@ -424,14 +425,41 @@ def test_a_sequential_export_that_differs_from_the_masked_network_is_replaced_by
                 exported[-1].bias.add_(1.0)
         return exported
 
-    monkeypatch.setattr(compress_module, "export_sequential", off_by_one)
+    monkeypatch.setattr(export_module, "export_sequential", off_by_one)
     torch.manual_seed(0)
     data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
-    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
     with pytest.warns(UserWarning, match="sequential export differs from the masked network by 1"):
-        result = compress_module.compress(net, data, data, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+        result = compress_module.compress(net, data, data, Magnitude(keep_fraction=0.15, finetune_epochs=0),
                                           pipeline=compress_module.PipelineConfig(latency_budget=0.05, quiet=True))
     assert result.metrics["export_max_abs_diff"] <= 1e-4 and result.structure is None  # the graph export
+    # the masks the run reports are those of the network it measured: the failed attempt left nothing behind
+    assert result.masks.kept_weights() == result.metrics["weights"]["nonzero"]
+
+
+class _DenseFront(nn.Module):
+    """A Conv1d (never converted: only Linear/Conv2d are) in front of a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.front, self.head = nn.Conv1d(1, 4, 3), nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.head(self.front(x).relu().flatten(1))
+
+
+def test_sparse_macs_count_the_layers_left_dense_in_full_so_they_compare_with_the_dense_count():
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
+
+    torch.manual_seed(0)
+    data = [(torch.randn(32, 1, 8), torch.randint(0, 3, (32,)))]
+    with pytest.warns(UserWarning, match="kept deterministic and unpruned"):
+        result = compress(_DenseFront(), data, data, Magnitude(keep_fraction=0.5, finetune_epochs=0),
+                          pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
+    macs = result.metrics["macs"]
+    assert macs["dense"] == 4 * 3 * 6 + 24 * 3  # the Conv1d's 4 filters of 3 taps at 6 positions, the head
+    assert macs["sparse"] == 4 * 3 * 6 + result.masks.kept_weights()  # the head's kept weights, once each
 
 
 class _Skip(nn.Module):

@@ -8,17 +8,46 @@ weights still pruned inside kept units held by ``torch.nn.utils.prune`` masks.
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Iterable
 
 import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear
-from bayescompress.pruning.masks import current_weight
-from bayescompress.pruning.structure import SelectInputs, Structure, sequential_chain
+from bayescompress.pruning.masks import Masks, copy_network, current_weight
+from bayescompress.pruning.structure import (
+    SelectInputs,
+    Structure,
+    UnsupportedGraphError,
+    propagate,
+    sequential_chain,
+)
 
 # rho of a bias that only carries folded constants: sigma = softplus(-14) ~ 8e-7
 DETERMINISTIC_RHO = -14.0
+# Largest |logit difference| between an export and the masked network that counts as the same function.
+EXPORT_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def checked_sequential_export(network: nn.Module, masks: Masks, example: Tensor,
+                              inputs: Iterable[Tensor]) -> tuple[nn.Module, nn.Module, Structure]:
+    """The built-in export of the eval-mode sequential ``network`` under ``masks``, checked: returns a copy of
+    ``network`` with the weights of units nothing reads dropped too, its export and its structure. Raises
+    :class:`UnsupportedGraphError` for a network the built-in export does not handle, and (with a warning) for
+    one whose export does not compute the masked ``network`` on ``inputs``: the graph export takes over there.
+    ``network`` itself is left as it is, so the caller's masks still describe it."""
+    structure = propagate(network, masks, example)
+    pruned = structure.masks.apply_(copy_network(network), replace=True)
+    exported = export_sequential(pruned, structure).eval()
+    difference = max((float((exported(x) - network(x)).abs().max()) for x in inputs), default=0.0)
+    if difference > EXPORT_TOLERANCE:
+        warnings.warn(f"the sequential export differs from the masked network by {difference:.3g}; exporting "
+                      "through Torch-Pruning's dependency graph instead", stacklevel=3)
+        raise UnsupportedGraphError(f"the sequential export differs by {difference:.3g}")
+    return pruned, exported, structure
 
 
 def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, groups: int = 1,

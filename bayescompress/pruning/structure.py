@@ -88,7 +88,8 @@ def sequential_chain(model: nn.Module) -> Chain:
     chain = Chain([], [], [], [])
     seen: dict[int, str] = {}
     for name, leaf in _leaves(model):
-        if seen.setdefault(id(leaf), name) != name and next(leaf.parameters(), None) is not None:  # a shared ReLU is fine
+        # a module met twice: fine for a shared ReLU, not for a layer (its units would be removed once)
+        if seen.setdefault(id(leaf), name) != name and next(leaf.parameters(), None) is not None:
             raise UnsupportedGraphError(f"module {name!r} is {seen[id(leaf)]!r} again (one module used twice in the "
                                         "chain): the built-in export removes a unit once per layer")
         if isinstance(leaf, (nn.Linear, nn.Conv2d)):
@@ -128,11 +129,10 @@ def linear_op(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
 
 @dataclass
 class Structure:
-    """Result of :func:`propagate`: final masks, bias corrections of folded constants, per-layer shapes."""
+    """Result of :func:`propagate`: final masks and the bias corrections of folded constants."""
 
     masks: Masks
     bias_correction: dict[str, Tensor]
-    output_shapes: dict[str, tuple[int, ...]]  # per layer, for one input (no batch dimension)
 
 
 @torch.no_grad()
@@ -221,7 +221,6 @@ def _propagate(chain: Chain, model: nn.Module, masks: Masks, example_input: Tens
     return Structure(
         Masks({n: w.cpu() for n, w in final_weight.items()}, {n: u.cpu() for n, u in zip(names, units)}),
         {n: c.cpu() for n, c in zip(names, correction)},
-        shapes,
     )
 
 
