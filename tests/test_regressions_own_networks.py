@@ -437,6 +437,34 @@ def test_a_sequential_export_that_differs_from_the_masked_network_is_replaced_by
     assert result.masks.kept_weights() == result.metrics["weights"]["nonzero"]
 
 
+class _TiedHead(nn.Module):
+    """A language-model-style classifier whose output layer shares its weight with the input embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.body, self.head = nn.Embedding(16, 12), nn.Linear(12, 12), nn.Linear(12, 16)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(self.body(self.emb(x).mean(1)).relu())
+
+
+def test_a_layer_tied_to_an_embedding_stays_tied_and_deterministic():
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import SparseVD
+    from bayescompress.nn import handled_layers
+
+    torch.manual_seed(0)
+    net = _TiedHead()
+    assert [name for name, _ in handled_layers(net)] == ["body"]
+    data = [(torch.randint(0, 16, (32, 5)), torch.randint(0, 16, (32,)))]
+    with pytest.warns(UserWarning, match=r"a layer whose weight another module shares \(tied\) stays tied.*head"):
+        result = compress(net, data, data, SparseVD(epochs=1), pipeline=PipelineConfig(latency_budget=0.05,
+                                                                                        quiet=True, mc_samples=2))
+    assert result.exported.head.weight is result.exported.emb.weight  # conversion used to untie them
+    assert result.metrics["params"]["exported"] <= result.metrics["params"]["total"]
+
+
 class _DenseFront(nn.Module):
     """A Conv1d (never converted: only Linear/Conv2d are) in front of a Linear head."""
 

@@ -23,16 +23,31 @@ _DETERMINISTIC_BY_DESIGN = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.Gro
 
 
 def handled_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every layer bayescompress converts, prunes and exports, in registration order."""
-    return [(name, m) for name, m in model.named_modules() if is_handled_layer(m)]
+    """(name, layer) of every layer bayescompress converts, prunes and exports, in registration order: not a
+    layer whose parameters another module shares (an output layer tied to an embedding), which conversion would
+    untie."""
+    shared = _shared_parameters(model)
+    return [(name, m) for name, m in model.named_modules()
+            if is_handled_layer(m) and not any(id(p) in shared for p in m.parameters(recurse=False))]
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters held by more than one module (one module registered twice counts once)."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            holders[id(parameter)] = holders.get(id(parameter), 0) + 1
+    return {key for key, count in holders.items() if count > 1}
 
 
 def unhandled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules that own weights but are neither handled layers nor normalisation layers (attention,
-    embeddings, nn.Linear subclasses, other convolutions): they stay deterministic and unpruned."""
+    embeddings, nn.Linear subclasses, other convolutions, layers tied to another module): they stay
+    deterministic and unpruned."""
+    handled = {id(m) for _, m in handled_layers(model)}
     found = []
     for name, module in model.named_modules():
-        if is_handled_layer(module) or isinstance(module, _DETERMINISTIC_BY_DESIGN):
+        if id(module) in handled or isinstance(module, _DETERMINISTIC_BY_DESIGN):
             continue
         if any(True for _ in module.parameters(recurse=False)) or isinstance(module, (nn.Linear, nn.Conv2d)):
             found.append((name, module))
@@ -44,9 +59,11 @@ def warn_unhandled(model: nn.Module, stacklevel: int = 3) -> None:
     skipped = unhandled_modules(model)
     if skipped:
         names = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in skipped)
-        subclass = any(isinstance(m, (nn.Linear, nn.Conv2d)) for _, m in skipped)
+        subclass = any(isinstance(m, (nn.Linear, nn.Conv2d)) and not is_handled_layer(m) for _, m in skipped)
+        tied = any(is_handled_layer(m) for _, m in skipped)
         why = ("; a subclass such as MultiheadAttention.out_proj has an owner that reads its weight directly"
-               if subclass else "")
+               if subclass else "") + ("; a layer whose weight another module shares (tied) stays tied" if tied
+                                       else "")
         warnings.warn(f"kept deterministic and unpruned (only exact nn.Linear / nn.Conv2d layers are converted"
                       f"{why}): {names}", stacklevel=stacklevel)
 

@@ -13,7 +13,7 @@ import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
 from bayescompress.io import read_safetensors_with_metadata, save_weights
-from bayescompress.nn.layers import is_handled_layer
+from bayescompress.nn.model import handled_layers
 
 
 # the safetensors header entry of the layers' names in network order (the file keeps its tensors sorted by name)
@@ -158,9 +158,9 @@ def reset_optimizer_state_(optimizer: torch.optim.Optimizer, parameter: Tensor, 
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every ``nn.Linear`` / ``nn.Conv2d`` (Bayesian or not; exactly those types, see
-    :func:`~bayescompress.nn.is_handled_layer`), in module order."""
-    return [(name, m) for name, m in model.named_modules() if is_handled_layer(m)]
+    """(name, layer) of every ``nn.Linear`` / ``nn.Conv2d`` (Bayesian or not; exactly those types, and not tied
+    to another module: :func:`~bayescompress.nn.model.handled_layers`), in module order."""
+    return handled_layers(model)
 
 
 def current_weight(layer: nn.Module) -> Tensor:
