@@ -105,6 +105,20 @@ def test_unit_without_outgoing_weights_is_removed_and_its_row_dropped():
     assert not structure.masks.weight["1"][2].any()
 
 
+def test_a_ranking_across_layers_never_empties_a_layer_whose_scores_are_on_another_scale():
+    from bayescompress.pruning import MagnitudePruning
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    with torch.no_grad():
+        net[2].weight.mul_(1e-3)  # the classifier's weights far below the first layer's (a folded BatchNorm)
+    with pytest.warns(UserWarning, match="keeps no weight of 2 .* keeps its own top 0.1"):
+        masks = MagnitudePruning(0.1, scope="global").masks(net)
+    assert int(masks.weight["2"].sum()) == 10  # its own top tenth of 100, the largest |w| of that layer
+    assert torch.equal(masks.weight["2"], net[2].weight.abs() >= net[2].weight.abs().flatten().topk(10).values[-1])
+    assert int(masks.weight["0"].sum()) == 30  # the first layer holds the whole global budget, as before
+
+
 def test_snr_keeps_the_requested_fraction_globally_and_output_units():
     net = _random_bnn(mlp(10, (20,), 4))
     masks = SNRPruning(keep_fraction=0.25).masks(net)

@@ -109,8 +109,9 @@ def dependency_graph(model: nn.Module, example_input: Tensor):
     needs, even inside ``torch.no_grad``)."""
     import torch_pruning as tp
 
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    with torch.enable_grad():  # verbose=False: its note on parameters outside layers (an LSTM's) does not apply,
+        # since those layers are never pruned here
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
 def _out_fn(layer: nn.Module):
@@ -280,7 +281,8 @@ def plan_and_prune(
             pruned, surgery.steps = trial, surgery.steps + [step]
     if skipped:
         warnings.warn(f"channels of {', '.join(skipped)} were kept: removing them breaks the traced graph (a "
-                      "skip from the network input, or a reshape that moves channels)", stacklevel=3)
+                      "skip from the network input, a reshape that moves channels, a layer left unconverted that "
+                      "reads them such as a recurrent one, or a tensor detached from the graph)", stacklevel=3)
     return pruned if surgery.steps else copy.deepcopy(plain), surgery
 
 

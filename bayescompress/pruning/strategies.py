@@ -30,6 +30,22 @@ def _top_fraction_threshold(scores: Tensor, keep_fraction: float) -> Tensor:
     return torch.kthvalue(flat, flat.numel() - keep + 1).values
 
 
+def _global_keep(layers: list[tuple[str, nn.Module]], scores: list[Tensor], keep_fraction: float) -> list[Tensor]:
+    """Keep masks of one ranking across the layers; a layer it would leave without a weight (its scores on
+    another scale, e.g. a convolution a BatchNorm was folded into) keeps its own top ``keep_fraction`` instead,
+    with a warning: an emptied layer cuts the network, whatever the others keep."""
+    cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), keep_fraction)
+    keep = [s >= cut for s in scores]
+    emptied = [i for i, k in enumerate(keep) if not k.any()]
+    if emptied:
+        warnings.warn(f"the ranking across layers keeps no weight of {', '.join(layers[i][0] for i in emptied)} "
+                      f"(scores on another scale than the other layers'); each keeps its own top {keep_fraction} "
+                      "instead", stacklevel=3)
+        for i in emptied:
+            keep[i] = scores[i] >= _top_fraction_threshold(scores[i], keep_fraction)
+    return keep
+
+
 class PruningStrategy(abc.ABC):
     """Turns a trained network into keep masks. Subclasses implement :meth:`masks`.
 
@@ -118,10 +134,9 @@ class SNRPruning(PruningStrategy):
                    for s in scores]
             return self._from_unit_masks(layers, [s >= c for s, c in zip(scores, cut)], outputs)
         scores = [importance.weight_snr(layer) for _, layer in layers]
-        cut = self.threshold
-        if cut is None:
-            cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), self.keep_fraction)
-        return self._from_weight_masks(layers, [s >= cut for s in scores], outputs)
+        keep = ([s >= self.threshold for s in scores] if self.threshold is not None
+                else _global_keep(layers, scores, self.keep_fraction))
+        return self._from_weight_masks(layers, keep, outputs)
 
 
 class MagnitudePruning(PruningStrategy):
@@ -141,8 +156,7 @@ class MagnitudePruning(PruningStrategy):
         layers = self._layers(model, bayesian=False)
         scores = [importance.weight_magnitude(layer) for _, layer in layers]
         if self.scope == "global":
-            cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), self.keep_fraction)
-            keep = [s >= cut for s in scores]
+            keep = _global_keep(layers, scores, self.keep_fraction)
         else:
             keep = [s >= _top_fraction_threshold(s, self.keep_fraction) for s in scores]
         return self._from_weight_masks(layers, keep, self._output(layers, output_layer))
