@@ -161,14 +161,7 @@ def _load_npz_folder(folder: Path, val_fraction: float, image_size: int | None,
         raise ValueError(f"the network needs {image_size}x{image_size} images (N, C, {image_size}, {image_size}), but "
                          f"the inputs of {folder} are {tuple(train_x.shape[1:])} each; store them at that size, or "
                          "choose a network for inputs of this shape (npz data are used as stored)")
-    return DatasetSplits(
-        train=TensorDataset(train_x, train_y),
-        val=TensorDataset(val_x, val_y),
-        test=TensorDataset(test_x, test_y),
-        num_classes=num_classes,
-        input_shape=tuple(train_x.shape[1:]),
-        name="npz",
-    )
+    return DatasetSplits.of("npz", num_classes, (train_x, train_y), (val_x, val_y), (test_x, test_y))
 
 
 def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,6 +236,12 @@ class DatasetSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
+
+    @classmethod
+    def of(cls, name: str, num_classes: int, *splits: tuple[torch.Tensor, torch.Tensor]) -> DatasetSplits:
+        """The splits of ``(inputs, labels)`` pairs, train, val and test in that order."""
+        train, val, test = (TensorDataset(x, y) for x, y in splits)
+        return cls(train, val, test, num_classes, tuple(train.tensors[0].shape[1:]), name)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -468,14 +467,7 @@ def load_dataset(
     for x in (train_x, val_x, test_x):  # in place: all three are fresh copies owned here
         x.sub_(mean).div_(std)
 
-    return DatasetSplits(
-        train=TensorDataset(train_x, train_y),
-        val=TensorDataset(val_x, val_y),
-        test=TensorDataset(test_x, test_y),
-        num_classes=_NUM_CLASSES,
-        input_shape=tuple(train_x.shape[1:]),
-        name=name,
-    )
+    return DatasetSplits.of(name, _NUM_CLASSES, (train_x, train_y), (val_x, val_y), (test_x, test_y))
 
 
 class ShardedRandomSampler(Sampler[int]):
