@@ -465,6 +465,33 @@ def test_a_layer_tied_to_an_embedding_stays_tied_and_deterministic():
     assert result.metrics["params"]["exported"] <= result.metrics["params"]["total"]
 
 
+class _BatchBranch(nn.Module):
+    """A forward that takes another path for a single input: the traced batch never shows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.fc1(x).relu()
+        if x.shape[0] > 1:
+            h = self.fc2(h).relu()
+        return self.head(h)
+
+
+def test_an_export_that_fails_on_a_path_the_trace_did_not_take_keeps_every_channel():
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
+
+    torch.manual_seed(0)
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    with pytest.warns(UserWarning, match="fails on inputs the trace did not see"):
+        result = compress(_BatchBranch(), data, data, Magnitude(keep_fraction=0.2, finetune_epochs=0),
+                          pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
+    one = torch.randn(1, 6)
+    torch.testing.assert_close(result.exported(one), result.compressed.eval()(one), atol=1e-4, rtol=0)
+
+
 class _DenseFront(nn.Module):
     """A Conv1d (never converted: only Linear/Conv2d are) in front of a Linear head."""
 
