@@ -492,6 +492,25 @@ def test_an_export_that_fails_on_a_path_the_trace_did_not_take_keeps_every_chann
     torch.testing.assert_close(result.exported(one), result.compressed.eval()(one), atol=1e-4, rtol=0)
 
 
+class _Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.fc2(self.fc1(x).relu().detach()).relu())
+
+
+def test_a_layer_cut_off_from_the_outputs_by_detach_is_named():
+    with pytest.warns(UserWarning, match=r"^fc1 run but do not reach the outputs through autograd"):
+        assert output_layers(_Detached(), torch.randn(2, 6)) == ["head"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an ordinary network: nothing to say
+        assert output_layers(build_model("resnet20", (3, 32, 32), 10)[0], torch.randn(2, 3, 32, 32)) == ["fc"]
+
+
 class _DenseFront(nn.Module):
     """A Conv1d (never converted: only Linear/Conv2d are) in front of a Linear head."""
 

@@ -140,17 +140,23 @@ def _traced(model: nn.Module, example_input: Tensor) -> tuple[list[str], list[st
     order = _with_uncalled(model, called)
     returned = (result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list))
                 else [result])
-    stack = [t.grad_fn for t in returned if isinstance(t, Tensor) and t.grad_fn is not None]
-    seen, found = set(), set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
+    stack = [(t.grad_fn, True) for t in returned if isinstance(t, Tensor) and t.grad_fn is not None]
+    seen, found, reached = set(), set(), set()
+    while stack:  # the whole graph: the first layers met are the outputs, every layer met reaches them
+        node, first = stack.pop()
+        if node is None or (node, first) in seen:
             continue
-        seen.add(node)
+        seen.add((node, first))
         if node in producers:
-            found.add(producers[node])
-        else:
-            stack.extend(parent for parent, _ in node.next_functions)
+            reached.add(producers[node])
+            if first:
+                found.add(producers[node])
+        stack.extend((parent, first and node not in producers) for parent, _ in node.next_functions)
+    detached = [name for name in dict.fromkeys(producers.values()) if name not in reached]  # in calling order
+    if found and detached:
+        warnings.warn(f"{', '.join(detached)} run but do not reach the outputs through autograd (a .detach() or "
+                      "torch.no_grad() in the forward pass?): no gradient from the data reaches them, so training "
+                      "moves them by the prior alone", stacklevel=3)
     return order, sorted(found, key=order.index) if found else order[-1:]
 
 
