@@ -9,7 +9,6 @@ methods are plug-ins found by name (``bayescompress.methods.names()``).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -449,11 +448,11 @@ def _export_graph(network, masks, probe, outputs, val_loader, device) -> tuple[n
         except Exception as error:  # noqa: BLE001 - an untraceable graph, or a failed check: keep the work
             warnings.warn(f"the exported network keeps every channel (the masks still hold): {error}", stacklevel=3)
             break
-        failure = ""
+        difference, failure = _max_abs_diff(exported, network, val_loader, device), ""
         try:  # one input alone too: a branch on the batch size takes a path the traced batch did not
-            difference = _max_abs_diff(exported, network, itertools.chain(val_loader, [(probe[:1], None)]), device)
+            difference = max(difference, _max_abs_diff(exported, network, [(probe[:1], None)], device))
         except RuntimeError as error:
-            difference, failure = math.inf, f" (it fails on inputs the trace did not see: {error})"
+            difference, failure = math.inf, f" (it fails on one input alone: {error})"
         if difference <= EXPORT_TOLERANCE:
             _warn_units_left(exported, masks)
             return exported.eval(), surgery

@@ -449,6 +449,23 @@ class _TiedHead(nn.Module):
         return self.head(self.body(self.emb(x).mean(1)).relu())
 
 
+def test_a_sequential_chain_with_tied_layers_keeps_them_tied_under_a_bayesian_method():
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import SparseVD
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                        nn.Linear(8, 3))
+    net[4].weight = net[2].weight
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    with pytest.warns(UserWarning, match="stays tied"):
+        result = compress(net, data, data, SparseVD(epochs=1), pipeline=PipelineConfig(latency_budget=0.05,
+                                                                                        quiet=True, mc_samples=2))
+    assert set(result.masks.weight) == {"0", "6"}  # the tied pair is left whole
+    assert result.exported[4].weight is result.exported[2].weight
+    assert result.metrics["params"]["exported"] <= result.metrics["params"]["total"]
+
+
 def test_a_layer_tied_to_an_embedding_stays_tied_and_deterministic():
     from bayescompress.compress import PipelineConfig, compress
     from bayescompress.methods import SparseVD
@@ -485,7 +502,7 @@ def test_an_export_that_fails_on_a_path_the_trace_did_not_take_keeps_every_chann
 
     torch.manual_seed(0)
     data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
-    with pytest.warns(UserWarning, match="fails on inputs the trace did not see"):
+    with pytest.warns(UserWarning, match="fails on one input alone"):
         result = compress(_BatchBranch(), data, data, Magnitude(keep_fraction=0.2, finetune_epochs=0),
                           pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
     one = torch.randn(1, 6)
@@ -501,14 +518,15 @@ class _Detached(nn.Module):
         return self.head(self.fc2(self.fc1(x).relu().detach()).relu())
 
 
-def test_a_layer_cut_off_from_the_outputs_by_detach_is_named():
-    with pytest.warns(UserWarning, match=r"^fc1 run but do not reach the outputs through autograd"):
-        assert output_layers(_Detached(), torch.randn(2, 6)) == ["head"]
+def test_a_layer_cut_off_from_the_outputs_by_detach_is_named_on_conversion():
     import warnings
 
+    with pytest.warns(UserWarning, match=r"^the outputs of fc1 do not reach what the forward pass returns"):
+        bayesianize_(_Detached(), example_input=torch.randn(2, 6))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # an ordinary network: nothing to say
-        assert output_layers(build_model("resnet20", (3, 32, 32), 10)[0], torch.randn(2, 3, 32, 32)) == ["fc"]
+        warnings.simplefilter("error")  # finding the output layers says nothing; nor does an ordinary network
+        assert output_layers(_Detached(), torch.randn(2, 6)) == ["head"]
+        bayesianize_(build_model("resnet20", (3, 32, 32), 10)[0], example_input=torch.randn(2, 3, 32, 32))
 
 
 class _DenseFront(nn.Module):

@@ -112,13 +112,14 @@ def output_layers(model: nn.Module, example_input: Tensor | None = None) -> list
     """
     layers = handled_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer")
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer that can be converted (exactly "
+                         "those types, not sharing weights with another module)")
     return _traced(model, example_input)[1] if example_input is not None else [layers[-1][0]]
 
 
-def _traced(model: nn.Module, example_input: Tensor) -> tuple[list[str], list[str]]:
-    """(:func:`execution_order`, :func:`output_layers`) from one eval-mode pass recorded by autograd, walking
-    back from the returned tensors to the first layer outputs reached."""
+def _traced(model: nn.Module, example_input: Tensor) -> tuple[list[str], list[str], list[str]]:
+    """(:func:`execution_order`, :func:`output_layers`, the layers that run but whose outputs do not reach the
+    returned tensors) from one eval-mode pass recorded by autograd, walking back from the returned tensors."""
     called: list[str] = []
     producers: dict[object, str] = {}  # autograd node of each layer call's output -> the layer
 
@@ -136,7 +137,7 @@ def _traced(model: nn.Module, example_input: Tensor) -> tuple[list[str], list[st
         order = execution_order(model, example_input)
         warnings.warn(f"the output layer is taken to be {order[-1]}, the last layer the forward pass runs: the "
                       f"pass could not be traced under autograd ({error})", stacklevel=3)
-        return order, order[-1:]
+        return order, order[-1:], []
     order = _with_uncalled(model, called)
     returned = (result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list))
                 else [result])
@@ -152,12 +153,8 @@ def _traced(model: nn.Module, example_input: Tensor) -> tuple[list[str], list[st
             if first:
                 found.add(producers[node])
         stack.extend((parent, first and node not in producers) for parent, _ in node.next_functions)
-    detached = [name for name in dict.fromkeys(producers.values()) if name not in reached]  # in calling order
-    if found and detached:
-        warnings.warn(f"{', '.join(detached)} run but do not reach the outputs through autograd (a .detach() or "
-                      "torch.no_grad() in the forward pass?): no gradient from the data reaches them, so training "
-                      "moves them by the prior alone", stacklevel=3)
-    return order, sorted(found, key=order.index) if found else order[-1:]
+    detached = [name for name in dict.fromkeys(producers.values()) if name not in reached] if found else []
+    return order, sorted(found, key=order.index) if found else order[-1:], detached
 
 
 def _patterns(patterns: Iterable[str] | str | None) -> list[str] | None:
@@ -246,7 +243,13 @@ def bayesianize_(
     warn_unhandled(model)
     # the network's first and output layers (output layers keep their units under spike-and-slab priors)
     registered = [name for name, _ in handled_layers(model)]
-    order, outputs = _traced(model, example_input) if example_input is not None else (registered, registered[-1:])
+    order, outputs, unreached = (_traced(model, example_input) if example_input is not None
+                                 else (registered, registered[-1:], []))
+    if unreached := [name for name in unreached if any(name == n for n, _ in selected)]:
+        warnings.warn(f"the outputs of {', '.join(unreached)} do not reach what the forward pass returns through "
+                      "autograd (not returned, used only through an argmax, a .detach() or torch.no_grad()): no "
+                      "gradient from the data reaches them, so training moves them by their prior alone",
+                      stacklevel=2)
     for name, module in selected:
         bayes_type = BAYESIAN_TYPES[type(module)]
         position = dict(first=name == order[0], last=name in outputs)

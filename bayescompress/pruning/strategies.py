@@ -31,18 +31,20 @@ def _top_fraction_threshold(scores: Tensor, keep_fraction: float) -> Tensor:
 
 
 def _global_keep(layers: list[tuple[str, nn.Module]], scores: list[Tensor], keep_fraction: float) -> list[Tensor]:
-    """Keep masks of one ranking across the layers; a layer it would leave without a weight (its scores on
-    another scale, e.g. a convolution a BatchNorm was folded into) keeps its own top ``keep_fraction`` instead,
-    with a warning: an emptied layer cuts the network, whatever the others keep."""
+    """Keep masks of one ranking across the layers; a layer it would leave without a weight (its scores all
+    below the others', e.g. a convolution a BatchNorm was folded into) keeps its own top ``keep_fraction``
+    instead, with a warning: an emptied layer cuts the network, whatever the others keep."""
     cut = _top_fraction_threshold(torch.cat([s.flatten() for s in scores]), keep_fraction)
     keep = [s >= cut for s in scores]
     emptied = [i for i, k in enumerate(keep) if not k.any()]
     if emptied:
         warnings.warn(f"the ranking across layers keeps no weight of {', '.join(layers[i][0] for i in emptied)} "
-                      f"(scores on another scale than the other layers'); each keeps its own top {keep_fraction} "
-                      "instead", stacklevel=3)
-        for i in emptied:
-            keep[i] = scores[i] >= _top_fraction_threshold(scores[i], keep_fraction)
+                      f"(all its scores below the other layers'); each keeps its own top {keep_fraction} instead",
+                      stacklevel=3)
+        for i in emptied:  # exactly that many, ties or not
+            flat = torch.zeros(scores[i].numel(), dtype=torch.bool, device=scores[i].device)
+            flat[scores[i].flatten().topk(max(1, round(keep_fraction * flat.numel()))).indices] = True
+            keep[i] = flat.view_as(scores[i])
     return keep
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayescompress.nn.model import observe
+from bayescompress.nn.model import handled_layers, observe
 from bayescompress.pruning.masks import Masks, current_weight
 
 # Modules that act on each channel separately (so a constant channel stays constant and independent of the
@@ -87,12 +87,17 @@ def sequential_chain(model: nn.Module) -> Chain:
         )
     chain = Chain([], [], [], [])
     seen: dict[int, str] = {}
+    handled = {id(layer) for _, layer in handled_layers(model)}
     for name, leaf in _leaves(model):
         # a module met twice: fine for a shared ReLU, not for a layer (its units would be removed once)
         if seen.setdefault(id(leaf), name) != name and next(leaf.parameters(), None) is not None:
             raise UnsupportedGraphError(f"module {name!r} is {seen[id(leaf)]!r} again (one module used twice in the "
                                         "chain): the built-in export removes a unit once per layer")
         if isinstance(leaf, (nn.Linear, nn.Conv2d)):
+            if id(leaf) not in handled:  # a subclass, or tied to another module: left whole, so not a chain layer
+                raise UnsupportedGraphError(f"layer {name!r} is kept whole (a {type(leaf).__name__} subclass, or "
+                                            "sharing its weight with another module); the built-in export needs "
+                                            "every layer of the chain pruned")
             if isinstance(leaf, nn.Conv2d) and leaf.groups != 1:
                 raise UnsupportedGraphError(
                     f"layer {name!r} is a grouped convolution (groups={leaf.groups}), which the built-in export "
