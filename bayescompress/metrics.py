@@ -344,10 +344,24 @@ def _mkldnn_rnn_layer_flops(inputs, weight_ih, weight_hh, *args, out_shape=None,
     return 2 * steps * (weight_ih[0] * weight_ih[1] + weight_hh[0] * weight_hh[1])
 
 
+def _trilinear_flops(i1, i2, i3, expand1, expand2, expand3, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``aten._trilinear`` (what ``nn.Bilinear`` runs): each input, given size-1 axes at its ``expand``
+    dimensions, broadcast against the others; one multiply-accumulate per element of that broadcast shape
+    (for x1 W x2: batch x out x in1 x in2)."""
+    dims = len(i1) + len(expand1)
+
+    def spread(shape, expand) -> list[int]:
+        sizes = iter(shape)
+        return [1 if dim in expand else next(sizes) for dim in range(dims)]
+
+    return 2 * math.prod(max(sizes) for sizes in zip(spread(i1, expand1), spread(i2, expand2), spread(i3, expand3)))
+
+
 # kernels torch.utils.flop_counter does not count, which a CPU forward pass of a user's network reaches
 _EXTRA_FLOP_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_cpu_flops,
     torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
+    torch.ops.aten._trilinear: _trilinear_flops,
 }
 
 
@@ -357,8 +371,8 @@ def dense_macs(model: nn.Module, example_input: Tensor) -> int:
 
     Counted with autograd on and, for a floating-point input, the input requiring grad: in eval mode under
     ``no_grad``, ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` take a fused kernel the counter
-    cannot see into, and would count as zero. The CPU kernels of attention and LSTM are counted by their own
-    formulas.
+    cannot see into, and would count as zero. The CPU kernels of attention and LSTM, and ``nn.Bilinear``, are
+    counted by their own formulas.
     """
     was_training = model.training
     model.eval()

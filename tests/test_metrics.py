@@ -260,6 +260,8 @@ class _Returns(nn.Module):
         self.module, self.attention = module, attention
 
     def forward(self, x):
+        if isinstance(self.module, nn.Bilinear):
+            return self.module(x, x[..., :10])
         out = self.module(x, x, x) if self.attention else self.module(x)
         return out[0] if isinstance(out, tuple) else out
 
@@ -273,6 +275,8 @@ class _Returns(nn.Module):
     # two layers, two directions, 4 gates of 32: layer 1 reads 16 inputs, layer 2 the 64 of both directions
     ("lstm", nn.LSTM(16, 32, num_layers=2, bidirectional=True, batch_first=True), (1, 8, 16),
      8 * 2 * (16 * 128 + 32 * 128) + 8 * 2 * (64 * 128 + 32 * 128)),
+    # x1 W x2: every (output, input 1, input 2) triple once, over 3 tokens
+    ("bilinear", nn.Bilinear(12, 10, 16), (1, 3, 12), 3 * 16 * 12 * 10),
 ])
 def test_dense_macs_count_fused_and_cpu_kernels_by_hand(name, module, shape, expected) -> None:
     """In eval mode under no_grad these layers run fused kernels (or oneDNN's) that torch's counter skips."""
