@@ -466,6 +466,21 @@ def test_a_sequential_chain_with_tied_layers_keeps_them_tied_under_a_bayesian_me
     assert result.metrics["params"]["exported"] <= result.metrics["params"]["total"]
 
 
+def test_a_parametrized_layer_inside_a_sequential_chain_is_kept_whole_by_the_graph_export():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), weight_norm(nn.Linear(8, 8)), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    with pytest.warns(UserWarning, match="kept deterministic and unpruned"):  # it failed in Masks.apply_
+        result = compress(net, data, data, Magnitude(keep_fraction=0.3, finetune_epochs=0),
+                          pipeline=PipelineConfig(latency_budget=0.05, quiet=True))
+    assert set(result.masks.weight) == {"0", "4"} and result.metrics["export_max_abs_diff"] <= 1e-4
+
+
 def test_a_layer_tied_to_an_embedding_stays_tied_and_deterministic():
     from bayescompress.compress import PipelineConfig, compress
     from bayescompress.methods import SparseVD
