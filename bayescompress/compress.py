@@ -14,7 +14,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from bayescompress.methods.base import (
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs, weight_uses
 from bayescompress.nn import bayesian_layers, output_layers
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers
-from bayescompress.pruning.export import EXPORT_TOLERANCE, checked_sequential_export
+from bayescompress.pruning.export import EXPORT_TOLERANCE, checked_sequential_export, largest_difference
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
@@ -221,8 +221,8 @@ def compress(
     surgery = None
     try:
         # drops the weights of units nothing reads too: the function is unchanged
-        network, exported, structure = checked_sequential_export(
-            network, masks, example, (as_batch(batch, "val_loader")[0].to(pipeline.device) for batch in val_loader))
+        network, exported, structure = checked_sequential_export(network, masks, example,
+                                                                 _inputs(val_loader, pipeline.device))
         final_masks = structure.masks
         posterior = export_sequential(network, structure, bayesian=True).eval() if samples else None
     except UnsupportedGraphError:  # not a plain chain: Torch-Pruning's dependency graph does the surgery
@@ -450,7 +450,7 @@ def _export_graph(network, masks, probe, outputs, val_loader, device) -> tuple[n
             break
         difference, failure = _max_abs_diff(exported, network, val_loader, device), ""
         try:  # one input alone too: a branch on the batch size takes a path the traced batch did not
-            difference = max(difference, _max_abs_diff(exported, network, [(probe[:1], None)], device))
+            difference = max(difference, largest_difference(exported, network, [probe[:1]]))
         except RuntimeError as error:
             difference, failure = math.inf, f" (it fails on one input alone: {error})"
         if difference <= EXPORT_TOLERANCE:
@@ -527,14 +527,13 @@ def _check_accuracy_loss(metrics: dict, limit: float, settings: Mapping[str, obj
             f"= {100 * limit:g} points allows: {accuracy_loss_advice(settings)}", AccuracyLossWarning, stacklevel=3)
 
 
-@torch.no_grad()
 def _max_abs_diff(a: nn.Module, b: nn.Module, loader: Iterable, device) -> float:
-    a.eval(), b.eval()
-    worst = 0.0
-    for x, _ in loader:
-        x = x.to(device)
-        worst = max(worst, float((a(x) - b(x)).abs().max()))
-    return worst
+    return largest_difference(a.eval(), b.eval(), _inputs(loader, device))
+
+
+def _inputs(loader: Iterable, device) -> Iterator[Tensor]:
+    """The input batches of ``loader`` on ``device``."""
+    return (as_batch(item, "a loader")[0].to(device) for item in loader)
 
 
 def _latency_batch(loader: Iterable, size: int) -> Tensor:
@@ -549,10 +548,10 @@ def _measure(original, network, exported, posterior, masks, uses, loader, exampl
     latency, batch_size = latency_seconds({"original": original, "exported": exported}, batch,
                                           budget_seconds=pipeline.latency_budget)
     dense = dense_macs(original, example)
-    # the whole network's: layers left dense (not converted, e.g. attention's in_proj) count in full
-    masked_dense = sum(mask.numel() * uses.get(name, 0) for name, mask in masks.weight.items())
-    macs = {"dense": dense, "sparse": dense - masked_dense + sparse_macs(masks.weight, uses),
-            "exported": dense_macs(exported, example)}
+    # the whole network's: the dense count less the pruned weights' uses, so layers left dense (not converted,
+    # e.g. attention's in_proj) count in full
+    pruned = sparse_macs({name: ~mask.bool() for name, mask in masks.weight.items()}, uses)
+    macs = {"dense": dense, "sparse": dense - pruned, "exported": dense_macs(exported, example)}
     # the MC metrics are those of the posterior the run keeps (the Bayesian export), with a fixed seed, so a
     # saved run reproduces them exactly
     compressed = posterior if posterior is not None else network

@@ -410,17 +410,11 @@ def weight_uses(model: nn.Module, layers, example: Tensor) -> dict[str, int]:
     return uses
 
 
-def _positions(output_shape: tuple[int, ...], convolution: bool) -> int:
-    """How many times each weight is used per input: a convolution's output pixels ((channels, H, W): H x W), a
-    linear layer's leading dimensions ((..., features): 1 for (features,), T for (T, features))."""
-    return math.prod(output_shape[1:] if convolution else output_shape[:-1])
-
-
 def output_positions(layer: nn.Module, output_shape: tuple[int, ...]) -> int:
     """How many times each weight of ``layer`` is used per input: the output's spatial size for a convolution
     (``output_shape`` = (channels, H, W)), the product of the leading dimensions for a linear layer (1 for
     (features,), T for (T, features))."""
-    return _positions(output_shape, convolution=isinstance(layer, nn.Conv2d))
+    return math.prod(output_shape[1:] if isinstance(layer, nn.Conv2d) else output_shape[:-1])
 
 
 def training_macs_per_example(layers: Mapping[str, nn.Module], positions: Mapping[str, int], first: str,

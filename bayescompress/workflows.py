@@ -113,11 +113,11 @@ def check_weights_destination(path: str | os.PathLike, overwrite: bool = False) 
         raise ValueError(f"the weights file must end in .safetensors; got {path.name}")
     if (blocking := file_in_the_way(path.parent)) is not None:
         raise ValueError(f"cannot write {path}: {blocking} is a file, not a folder; choose another path")
-    for target in (path, path.with_suffix(".json")):
+    targets = (path, path.with_suffix(".json"))
+    for target in targets:
         if target.is_dir():
             raise ValueError(f"cannot write {target}: it is a folder; choose another path")
-    if not overwrite and (existing := [target.name for target in (path, path.with_suffix(".json"))
-                                       if target.exists()]):
+    if not overwrite and (existing := [target.name for target in targets if target.exists()]):
         raise ValueError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''} in "
                          f"{path.parent}; choose another path or pass overwrite=True (--overwrite) to replace "
                          f"{'it' if len(existing) == 1 else 'them'} (nothing was touched)")

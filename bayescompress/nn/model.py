@@ -6,6 +6,7 @@ import contextlib
 import copy
 import fnmatch
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -33,10 +34,7 @@ def handled_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _shared_parameters(model: nn.Module) -> set[int]:
     """ids of the parameters held by more than one module (one module registered twice counts once)."""
-    holders: dict[int, int] = {}
-    for module in model.modules():
-        for parameter in module.parameters(recurse=False):
-            holders[id(parameter)] = holders.get(id(parameter), 0) + 1
+    holders = Counter(id(p) for module in model.modules() for p in module.parameters(recurse=False))
     return {key for key, count in holders.items() if count > 1}
 
 
@@ -245,7 +243,7 @@ def bayesianize_(
     registered = [name for name, _ in handled_layers(model)]
     order, outputs, unreached = (_traced(model, example_input) if example_input is not None
                                  else (registered, registered[-1:], []))
-    if unreached := [name for name in unreached if any(name == n for n, _ in selected)]:
+    if unreached := [name for name in unreached if name in dict(selected)]:
         warnings.warn(f"the outputs of {', '.join(unreached)} do not reach what the forward pass returns through "
                       "autograd (not returned, used only through an argmax, a .detach() or torch.no_grad()): no "
                       "gradient from the data reaches them, so training moves them by their prior alone",

@@ -32,6 +32,12 @@ EXPORT_TOLERANCE = 1e-4
 
 
 @torch.no_grad()
+def largest_difference(a: nn.Module, b: nn.Module, inputs: Iterable[Tensor]) -> float:
+    """The largest |a(x) - b(x)| over ``inputs`` (0 for none): how far an export is from the network it copies."""
+    return max((float((a(x) - b(x)).abs().max()) for x in inputs), default=0.0)
+
+
+@torch.no_grad()
 def checked_sequential_export(network: nn.Module, masks: Masks, example: Tensor,
                               inputs: Iterable[Tensor]) -> tuple[nn.Module, nn.Module, Structure]:
     """The built-in export of the eval-mode sequential ``network`` under ``masks``, checked: returns a copy of
@@ -42,7 +48,7 @@ def checked_sequential_export(network: nn.Module, masks: Masks, example: Tensor,
     structure = propagate(network, masks, example)
     pruned = structure.masks.apply_(copy_network(network), replace=True)
     exported = export_sequential(pruned, structure).eval()
-    difference = max((float((exported(x) - network(x)).abs().max()) for x in inputs), default=0.0)
+    difference = largest_difference(exported, network, inputs)
     if difference > EXPORT_TOLERANCE:
         warnings.warn(f"the sequential export differs from the masked network by {difference:.3g}; exporting "
                       "through Torch-Pruning's dependency graph instead", stacklevel=3)
