@@ -10,6 +10,7 @@ across methods at equal compression or equal exported MACs (``bayescompress.plot
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def operating_points(
     """Re-prune ``run`` (a result, or a run folder) at each of ``keep_fractions`` and measure each point on
     ``loader``: one dict per point with ``keep_fraction``, ``compression`` (|W| / |W != 0| after structure
     propagation), ``accuracy``, ``error``, ``nll``, ``ece`` (the exported network, posterior mean),
-    ``exported_macs`` and ``units``. ``model`` is the original architecture, needed only for a run saved from
+    ``exported_macs`` and ``units``, and ``emptied_layers`` where the ranking across layers keeps no weight of a
+layer (a cut network, warned about). ``model`` is the original architecture, needed only for a run saved from
     Python whose network is not a reference model or a factory. ``own`` appends the point of the run's own
     masks (``"own": True``), re-measured without fine-tuning: for a method without fine-tuning it is the run
     itself; for the others, the gap to the run is what the fine-tuning bought.
@@ -70,12 +72,23 @@ def operating_points(
     fold_multipliers_(network)  # gates and scales into the weights: the export reads ordinary layers
     total = sum(s.numel() for s in scores.values())
     everything = torch.cat([s.flatten() for s in scores.values()])
-    points = []
+    points, cut_off = [], {}
     for fraction in keep_fractions:
         cut = _top_fraction_threshold(everything, fraction)
         # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
-        masks = PruningStrategy._from_weight_masks(layers, [(s >= cut) & (s > 0) for s in scores.values()], outputs)
-        points.append(_measure(network, masks, example, outputs, loader, device, total) | {"keep_fraction": fraction})
+        keep = [(s >= cut) & (s > 0) for s in scores.values()]
+        masks = PruningStrategy._from_weight_masks(layers, keep, outputs)
+        point = _measure(network, masks, example, outputs, loader, device, total) | {"keep_fraction": fraction}
+        emptied = [name for name, kept in zip(scores, keep) if not kept.any()]
+        if emptied:  # measured as it is (the curve's end), but said: such a point is a cut network
+            point["emptied_layers"] = emptied
+            cut_off[fraction] = emptied
+        points.append(point)
+    if cut_off:
+        warnings.warn("the ranking across layers keeps no weight of a layer at "
+                      + "; ".join(f"keep fraction {f}: {', '.join(names)}" for f, names in cut_off.items())
+                      + ": those points measure a cut network (their error is about chance), marked "
+                      "'emptied_layers'", stacklevel=2)
     if own:
         point = _measure(network, run_masks, example, outputs, loader, device, total)
         points.append(point | {"keep_fraction": run_masks.kept_weights() / total, "own": True})

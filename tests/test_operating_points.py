@@ -1,6 +1,8 @@
 """Operating points: re-pruning a run's trained posterior reproduces the run where the budgets agree, reads the
 same from a run folder as from the result, and ranks by the method's own score."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -97,3 +99,15 @@ def test_a_run_folder_missing_a_file_names_it(ssvi_run, setup, tmp_path):
         operating_points(folder, test, [0.1], model=net)
     (folder / "masks.safetensors").unlink()
     assert main(["plot", str(folder), "--quiet"]) == 2
+
+
+def test_a_point_whose_ranking_empties_a_layer_is_marked_and_warned_about(ssvi_run, setup):
+    _, (_, _, test) = setup
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mild budget empties nothing and says nothing
+        (mild,) = operating_points(ssvi_run, test, [0.5])
+    assert "emptied_layers" not in mild
+    # one weight of the two layers' 2368 kept: exactly one layer has none
+    with pytest.warns(UserWarning, match=r"keep fraction 0.0004: (0|1)\b.*cut network"):
+        (extreme,) = operating_points(ssvi_run, test, [0.0004])
+    assert len(extreme["emptied_layers"]) == 1

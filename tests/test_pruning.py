@@ -329,3 +329,18 @@ def test_inputs_the_first_layer_no_longer_reads_are_gathered_away_and_save_and_r
     rebuilt = build_sequential(describe_sequential(exported))
     rebuilt.load_state_dict(exported.state_dict())
     assert torch.equal(rebuilt.eval()(x), exported(x))
+
+
+@pytest.mark.parametrize("wrong", [float("nan"), float("inf")])
+def test_an_export_that_outputs_nan_or_inf_where_the_network_does_not_is_infinitely_far(wrong):
+    from bayescompress.pruning.export import EXPORT_TOLERANCE, largest_difference
+
+    network = nn.Linear(3, 2)
+    broken = copy.deepcopy(network)
+    with torch.no_grad():
+        broken.bias[1] = wrong
+    inputs = [torch.randn(4, 3)]
+    assert largest_difference(broken, network, inputs) == float("inf")
+    assert not largest_difference(network, broken, inputs) <= EXPORT_TOLERANCE
+    # the same non-finite output in both is no difference
+    assert largest_difference(broken, copy.deepcopy(broken), inputs) == 0.0

@@ -33,8 +33,15 @@ EXPORT_TOLERANCE = 1e-4
 
 @torch.no_grad()
 def largest_difference(a: nn.Module, b: nn.Module, inputs: Iterable[Tensor]) -> float:
-    """The largest |a(x) - b(x)| over ``inputs`` (0 for none): how far an export is from the network it copies."""
-    return max((float((a(x) - b(x)).abs().max()) for x in inputs), default=0.0)
+    """The largest |a(x) - b(x)| over ``inputs`` (0 for none): how far an export is from the network it copies.
+    An output that is NaN or infinite in one network and not the same in the other counts as infinitely far (a
+    NaN would pass any comparison with the tolerance)."""
+    return max((_largest_difference(a(x), b(x)) for x in inputs), default=0.0)
+
+
+def _largest_difference(ya: Tensor, yb: Tensor) -> float:
+    same = (ya == yb) | (ya.isnan() & yb.isnan())
+    return float(torch.where(same, 0.0, (ya - yb).abs()).nan_to_num(nan=float("inf"), posinf=float("inf")).max())
 
 
 @torch.no_grad()
