@@ -350,10 +350,10 @@ def _seed_of_source_run(source: str | None) -> int:
     """The seed a run started ``--from-run`` continues with when none is given: the source run's (0 without one)."""
     if source is None:
         return 0
+    from bayescompress.compress import recorded_seed
     from bayescompress.io import read_json_record
 
-    record = read_json_record(Path(source) / "metrics.json", "a finished run folder")
-    return int(record.get("config", {}).get("pipeline", {}).get("seed", 0))
+    return recorded_seed(read_json_record(Path(source) / "metrics.json", "a finished run folder"))
 
 
 def _method_of_source_run(argv: list[str]) -> str | None:

@@ -316,6 +316,11 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
                              f"per input; a classifier needs one output per class (at least {largest + 1} here)")
 
 
+def recorded_seed(metrics: dict) -> int:
+    """The pipeline seed a run folder's ``metrics.json`` records (0 for runs written before it was kept)."""
+    return int(metrics.get("config", {}).get("pipeline", {}).get("seed", 0))
+
+
 @dataclass
 class TrainedRun:
     """A finished run's trained state (as its pruning found it), the settings it ran with and the fingerprint
@@ -348,7 +353,7 @@ class TrainedRun:
             probe = read_safetensors(probe_file, what)["input"] if probe_file.is_file() else None
             run = cls(metrics["method"], metrics["config"]["method"], state, metrics.get("original_weights"),
                       str(directory), [shuffling[f"generator.{i}"] for i in range(len(shuffling))], probe,
-                      metrics["config"].get("pipeline", {}).get("seed", 0))
+                      recorded_seed(metrics))
         if not run.state:
             raise ValueError(f"{run.label} keeps no trained state (it was not made by bayescompress.compress)")
         return run
