@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.data import TensorDataset, default_collate, default_convert
 
 from bayescompress import distributed, methods
@@ -173,6 +175,11 @@ def compress(
     if batches_per_epoch(train_loader) == 0:
         raise ValueError("train_loader yields no batch (a drop_last loader over fewer examples than one batch?); "
                          "compress needs training data: give more examples or a smaller batch size")
+    for name, loader in (("val_loader", val_loader), ("test_loader", test_loader)):
+        if isinstance(loader, Iterator):  # a generator, say: the first check would use it up
+            raise ValueError(f"{name} is a {type(loader).__name__}, used up after one pass; compress reads it at "
+                             "every validation check and to measure the result: give a DataLoader or a list of "
+                             "(x, y) batches")
     first = next(iter(val_loader), None)
     if first is None:
         raise ValueError("val_loader yields no batch; compress needs validation data (with load_dataset, a "
@@ -261,12 +268,21 @@ def _check_network(model: object) -> None:
 
 def _check_trainable(model: nn.Module) -> None:
     """Refuse, before any work, a network compress would only fail on after training: parameters that are not
-    float32 (the exports build float32 layers) and frozen Linear/Conv2d parameters (every such layer is trained
-    and pruned; a frozen mean would be half a posterior)."""
+    float32 (the exports build float32 layers), the old hook-based weight or spectral norm, and frozen
+    Linear/Conv2d parameters (every such layer is trained and pruned; a frozen mean would be half a posterior)."""
     other_dtypes = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
     if other_dtypes:
         raise ValueError(f"the model has {', '.join(sorted(other_dtypes))} parameters; compress trains and exports "
                          "float32 networks: convert it with model.float() (and the data with it)")
+    for name, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, (WeightNorm, SpectralNorm)):  # they recompute weight from weight_orig every call
+                old = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+                raise ValueError(
+                    f"layer {name or '<root>'} uses torch.nn.utils.{old}, whose hook recomputes the weight on every "
+                    f"call and clashes with the masks: bake it in with torch.nn.utils.remove_{old}(layer) (the "
+                    f"function is unchanged), or use torch.nn.utils.parametrizations.{old}, whose layers compress "
+                    "keeps whole")
     frozen = [name or "<root>" for name, layer in prunable_layers(model)
               if any(not p.requires_grad for p in layer.parameters(recurse=False))]
     if frozen:
@@ -286,9 +302,9 @@ def _labels_in_memory(**loaders) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, Tensor]) -> None:
-    """Run a few validation inputs through the (eval-mode) network before any work, so a network that does not
-    fit the data fails here with a message saying so, not with a traceback from inside training (and before a
-    checkpoint exists). ``labels`` (per source: the first validation batch's, and every label of the loaders
+    """Run a few validation inputs through the (eval-mode) network, twice, before any work, so a network that
+    does not fit the data, or whose forward is random, fails here with a message saying so, not with a traceback
+    from inside training (and before a checkpoint exists). ``labels`` (per source: the first validation batch's, and every label of the loaders
     held in memory) are checked against the outputs per input."""
     try:
         logits = model(inputs)
@@ -305,6 +321,12 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
         what = f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
         raise ValueError(f"the model returns {what}; compress needs a classifier whose forward returns one (N, "
                          "classes) tensor of logits: wrap it in a module whose forward returns that tensor")
+    # the same inputs twice (the model given as both networks): the exports and metrics assume one function
+    if (spread := largest_difference(model, model, [inputs])) > EXPORT_TOLERANCE * max(1.0, float(logits.abs().max())):
+        raise ValueError(f"the model's outputs for the same inputs differ by {spread:.3g} between two eval-mode "
+                         "passes: its forward is random in eval mode (a dropout called with training=True, added "
+                         "noise); compress measures and exports one function, and its posterior carries the "
+                         "uncertainty: make the eval-mode forward deterministic (F.dropout(x, p, self.training))")
     varies = logits.shape[-1] > 1 and bool((logits != logits[:1]).any())  # a constant network proves nothing
     if varies and logits.min() >= 0 and (logits.sum(-1) - 1).abs().max() < 1e-4:
         raise ValueError("the model returns probabilities (its outputs are non-negative and sum to 1): compress "
@@ -464,7 +486,13 @@ def _export_graph(network, masks, probe, outputs, val_loader, device) -> tuple[n
         warnings.warn(f"the graph export differs from the masked network by {difference:.3g} on the validation "
                       "data" + failure + ("; exporting again with unread channels removed only" if constants else
                                           "; keeping every channel"), stacklevel=3)
-    return to_plain_network(network).eval(), GraphSurgery()
+    whole = to_plain_network(network).eval()
+    if (difference := _max_abs_diff(whole, network, val_loader, device)) > EXPORT_TOLERANCE:
+        warnings.warn(f"even the export that keeps every channel differs from the masked network by "
+                      f"{difference:.3g} on the validation data: its forward pass depends on something a copy of "
+                      "its layers does not carry; the metrics of the exported network are not the masked one's "
+                      "(export_max_abs_diff)", stacklevel=3)
+    return whole, GraphSurgery()
 
 
 def _warn_units_left(exported: nn.Module, masks: Masks) -> None:

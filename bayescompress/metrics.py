@@ -303,7 +303,10 @@ def size_counts(model: nn.Module) -> dict[str, int]:
     """Sizes of the posterior-mean network ``model`` (variational scales ``*_rho`` are not counted).
 
     Returns ``params_total`` / ``params_nonzero`` (every parameter: weights, biases, BatchNorm, ...) and
-    ``weights_total`` / ``weights_nonzero`` (Linear/Conv2d weights only, the |W| of compression rates).
+    ``weights_total`` / ``weights_nonzero``, the |W| of compression rates: every weight matrix or kernel (a
+    parameter of two or more dimensions: Linear and convolution weights, a recurrent layer's, attention's
+    projections), pruned or not, but not embedding tables (the papers' convention), normalisation scales nor a
+    prior's parameters.
 
     Example
     -------
@@ -312,21 +315,26 @@ def size_counts(model: nn.Module) -> dict[str, int]:
     """
     counts = dict.fromkeys(("params_total", "params_nonzero", "weights_total", "weights_nonzero"), 0)
     seen: set[int] = set()  # a parameter shared between modules counts once
+    priors = {id(part) for layer in model.modules() if isinstance(layer, BayesianLayer)
+              for part in layer.modules() if part is not layer}
     for module in model.modules():
         own = {name: t for name, t in module.named_parameters(recurse=False) if id(t) not in seen}
         seen.update(id(t) for t in own.values())
         tensors = [t.detach() for name, t in own.items()
                    if not name.endswith("_rho") and name not in ("weight", "weight_orig")]
         if "weight" in own or "weight_orig" in own:
-            weight = _effective_weight(module)
-            tensors.append(weight)
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                counts["weights_total"] += weight.numel()
-                counts["weights_nonzero"] += int(torch.count_nonzero(weight))
+            tensors.append(_effective_weight(module))
         for tensor in tensors:
             counts["params_total"] += tensor.numel()
             counts["params_nonzero"] += int(torch.count_nonzero(tensor))
+            if tensor.dim() >= 2 and id(module) not in priors and not isinstance(module, _NOT_WEIGHTS):
+                counts["weights_total"] += tensor.numel()
+                counts["weights_nonzero"] += int(torch.count_nonzero(tensor))
     return counts
+
+
+# tables looked up rather than multiplied, and normalisation scales (a LayerNorm over (C, H, W) has a 3-D one)
+_NOT_WEIGHTS = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 
 
 def _attention_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:

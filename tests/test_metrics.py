@@ -243,6 +243,24 @@ def test_size_counts_of_a_pruned_bayesian_layer_skip_rho_and_count_masked_zeros(
     assert counts["weights_nonzero"] == int(torch.count_nonzero(layer.weight_orig[1:]))
 
 
+def test_weights_of_layers_compress_leaves_dense_count_in_w_and_tables_and_scales_do_not() -> None:
+    """|W| is every weight matrix or kernel: a network that keeps most of its weights in a Conv1d or a GRU it does
+    not prune cannot report a high rate from its head alone (it did: 10.7x with 94 % of the parameters left)."""
+    model = nn.Module()
+    model.emb = nn.Embedding(7, 4)                      # a table: params only
+    model.conv = nn.Conv1d(4, 5, 3)                     # 5*4*3 = 60
+    model.norm = nn.LayerNorm([5, 2])                   # a 2-D scale: params only
+    model.gru = nn.GRU(5, 2)                            # weight_ih 6x5, weight_hh 6x2 = 42
+    model.attn = nn.MultiheadAttention(4, 2)            # in_proj 12x4 + out_proj 4x4 = 64
+    model.head = nn.Bilinear(2, 3, 2)                   # 2*2*3 = 12
+    with torch.no_grad():
+        model.conv.weight[0] = 0
+    counts = size_counts(model)
+    assert counts["weights_total"] == 60 + 42 + 64 + 12
+    assert counts["weights_nonzero"] == 60 - 12 + 42 + 64 + 12
+    assert counts["params_total"] == sum(p.numel() for p in model.parameters())
+
+
 def test_dense_macs_match_a_hand_count_for_lenet5() -> None:
     from bayescompress.metrics import dense_macs
     from bayescompress.models import lenet5

@@ -645,3 +645,106 @@ def test_plot_draws_a_graph_run_saved_from_python_without_its_architecture(tmp_p
     _, folder = _saved_graph_run(tmp_path)
     assert main(["plot", str(folder), "--quiet"]) == 0
     assert (folder / "plots" / "masks.png").stat().st_size > 0
+
+
+def _quick_compress(net, data, method, **pipeline):
+    from bayescompress.compress import PipelineConfig, compress
+
+    return compress(net, data, data, method,
+                    pipeline=PipelineConfig(latency_budget=0.05, quiet=True, max_accuracy_loss=1.0, **pipeline))
+
+
+def test_a_linear_layer_applied_per_token_in_a_chain_goes_to_the_graph_export():
+    """Its units are on the last dimension: the sequential export's constant folding read them on dim 1 and
+    crashed after training with a shape error."""
+    from bayescompress.methods import GaussianSNR
+    from bayescompress.pruning import UnsupportedGraphError
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(15, 3))
+    keep = torch.ones(6, 4, dtype=torch.bool)
+    keep[0] = False  # unit 0 of the first layer becomes a constant to fold
+    masks = Masks({"0": keep}, {"0": torch.ones(6, dtype=torch.bool)})
+    with pytest.raises(UnsupportedGraphError, match="per token or position, output \\(3, 6\\)"):
+        propagate(net, masks, torch.randn(1, 3, 4))
+    x = torch.randn(48, 3, 4)
+    data = [(x[i:i + 16], torch.randint(0, 3, (16,))) for i in range(0, 48, 16)]
+    result = _quick_compress(net, data, GaussianSNR(epochs=1, level="unit", keep_fraction=0.5, finetune_epochs=0))
+    assert result.metrics["export_max_abs_diff"] <= 1e-4
+    torch.testing.assert_close(result.exported(x), result.compressed.eval()(x), atol=1e-4, rtol=0)
+
+
+def test_a_users_forward_pre_hook_on_a_layer_is_carried_into_the_export(tmp_path):
+    from bayescompress.methods import GaussianSNR, Magnitude
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    net[2].register_forward_pre_hook(lambda _layer, inputs: (inputs[0] * 2,))  # part of the function
+    x = torch.randn(64, 6)
+    data = [(x, torch.randint(0, 3, (64,)))]
+    for method in (Magnitude(keep_fraction=0.3, finetune_epochs=0),
+                   GaussianSNR(epochs=1, level="unit", keep_fraction=0.5, finetune_epochs=0)):
+        result = _quick_compress(net, data, method)
+        masked = result.compressed.eval()
+        assert result.metrics["export_max_abs_diff"] <= 1e-4
+        torch.testing.assert_close(result.exported(x), masked(x), atol=1e-4, rtol=0)
+        if method.name == "gaussian-snr":
+            torch.testing.assert_close(result.export(bayesian=True).eval()(x), masked(x), atol=1e-4, rtol=0)
+        # the plain export's layers hold the user's hook only, not a Bayesian layer's or torch's prune hooks
+        assert [len(m._forward_pre_hooks) for m in result.exported if isinstance(m, nn.Linear)] == [0, 1, 0]
+
+
+def test_a_forward_random_in_eval_mode_is_refused_before_any_work():
+    from bayescompress.methods import Magnitude
+
+    class MCDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(6, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(nn.functional.dropout(torch.relu(self.body(x)), 0.3, training=True))
+
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    with pytest.raises(ValueError, match="random in eval mode.*F.dropout\\(x, p, self.training\\)"):
+        _quick_compress(MCDropout(), data, Magnitude(finetune_epochs=0))
+
+
+@pytest.mark.parametrize("old", ["weight_norm", "spectral_norm"])
+def test_the_old_hook_based_weight_and_spectral_norm_are_refused_before_any_work(old):
+    from bayescompress.methods import Magnitude
+
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    getattr(nn.utils, old)(net[2])
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    with pytest.raises(ValueError, match=f"layer 2 uses torch.nn.utils.{old}.*remove_{old}\\(layer\\)"):
+        _quick_compress(net, data, Magnitude(finetune_epochs=0))
+
+
+def test_auxiliary_logits_in_training_mode_are_named_at_the_first_step():
+    from bayescompress.methods import Magnitude
+
+    class WithAux(nn.Module):  # torchvision's GoogLeNet / Inception-v3 pattern
+        def __init__(self):
+            super().__init__()
+            self.body, self.head, self.aux = nn.Linear(6, 16), nn.Linear(16, 3), nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    with pytest.raises(ValueError, match="returns a tuple in training mode.*aux_logits=False"):
+        _quick_compress(WithAux(), data, Magnitude(finetune_epochs=1))
+
+
+@pytest.mark.parametrize("which", ["val_loader", "test_loader"])
+def test_a_validation_or_test_loader_used_up_after_one_pass_is_refused_before_any_work(which):
+    from bayescompress.compress import PipelineConfig, compress
+    from bayescompress.methods import Magnitude
+
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    loaders = {"val_loader": data, "test_loader": None, which: (batch for batch in data)}
+    with pytest.raises(ValueError, match=f"{which} is a generator, used up after one pass"):
+        compress(net, data, method=Magnitude(finetune_epochs=0), pipeline=PipelineConfig(quiet=True), **loaders)

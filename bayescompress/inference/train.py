@@ -264,6 +264,10 @@ class Trainer:
         """
         with shared_sigma(self.model):
             logits = self.forward_module(x)
+            if not isinstance(logits, Tensor):  # eval mode was checked; auxiliary heads show only in training
+                raise ValueError(f"the model returns a {type(logits).__name__} in training mode; training needs one "
+                                 "(N, classes) tensor of logits: turn its auxiliary outputs off (aux_logits=False in "
+                                 "GoogLeNet and Inception-v3) or wrap it in a module whose forward returns the logits")
             try:
                 nll = F.cross_entropy(logits, y)
             except IndexError as error:  # a label past the outputs (or negative): say so in the data's terms

@@ -344,7 +344,9 @@ class Method(abc.ABC):
             costs = ChainCosts.of(network, example)
         except UnsupportedGraphError as error:
             raise UnsupportedGraphError(f"target_macs needs a sequential network (the built-in export's cost "
-                                        f"model): {error}") from None
+                                        f"model): {error}; leave target_macs out (the graph export still removes "
+                                        "what the masks switch off), or budget the weights (target_compression, "
+                                        "keep_fraction)") from None
         # the smallest export: one input, one unit in every hidden layer, the output layer whole
         outputs = network.get_submodule(costs.names[-1]).weight.shape[0]
         least = costs.macs(torch.tensor([1] * (len(costs.names) - 1) + [outputs]), 1)

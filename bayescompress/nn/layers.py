@@ -184,7 +184,7 @@ def _scale_channels(x: Tensor, factor: Tensor | None, spatial_dims: int) -> Tens
     return x * factor.view(-1, *([1] * spatial_dims))
 
 
-def _calls_forward(module: nn.Module, args: tuple) -> None:
+def calls_forward(module: nn.Module, args: tuple) -> None:
     """A forward pre-hook that does nothing: fused fast paths (``nn.TransformerEncoderLayer`` in eval mode)
     read their submodules' weights directly unless a hook is attached, which would skip sampling and masks."""
 
@@ -233,7 +233,7 @@ class BayesianLayer(nn.Module):
         self.reset_sigma_(init)
         self.prior = prior if prior is not None else GaussianPrior()
         self.prior.attach(self)
-        self.register_forward_pre_hook(_calls_forward)
+        self.register_forward_pre_hook(calls_forward)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError

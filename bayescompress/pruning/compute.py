@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from bayescompress.metrics import output_positions
 from bayescompress.pruning.masks import Masks
-from bayescompress.pruning.structure import layer_output_shapes, sequential_chain
+from bayescompress.pruning.structure import chain_output_shapes, sequential_chain
 
 INPUTS = "inputs"  # the key of the first layer's input features in importance and removal records
 
@@ -49,7 +49,7 @@ class ChainCosts:
         """The cost model of ``model`` (raises :class:`~bayescompress.pruning.UnsupportedGraphError` for a
         network the built-in export cannot read as a chain)."""
         chain = sequential_chain(model)
-        shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example)
+        shapes = chain_output_shapes(model, chain, example)
         positions = [output_positions(layer, shapes[name]) for name, layer in zip(chain.names, chain.layers)]
         pairs = [chain.layers[0].weight[0, 0].numel()]
         pairs += [layer.weight[0].numel() // previous.weight.shape[0]

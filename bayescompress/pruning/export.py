@@ -15,9 +15,10 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
-from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear
+from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear, calls_forward
 from bayescompress.pruning.masks import Masks, copy_network, current_weight
 from bayescompress.pruning.structure import (
+    GRAPH_EXPORT_HINT,
     SelectInputs,
     Structure,
     UnsupportedGraphError,
@@ -70,10 +71,27 @@ def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, gr
     has_bias = layer.bias is not None if bias is None else bias
     if isinstance(layer, nn.Conv2d):
         cls = BayesConv2d if bayesian else nn.Conv2d
-        return cls(n_in, n_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                   dilation=layer.dilation, groups=groups, bias=has_bias, padding_mode=layer.padding_mode)
-    cls = BayesLinear if bayesian else nn.Linear
-    return cls(n_in, n_out, bias=has_bias)
+        fresh = cls(n_in, n_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                    dilation=layer.dilation, groups=groups, bias=has_bias, padding_mode=layer.padding_mode)
+    else:
+        fresh = (BayesLinear if bayesian else nn.Linear)(n_in, n_out, bias=has_bias)
+    return _with_hooks_of(layer, fresh)
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _with_hooks_of(layer: nn.Module, fresh: nn.Module) -> nn.Module:
+    """``fresh`` with the forward (pre-)hooks a user registered on ``layer``: they are part of the function the
+    export must compute (an input scaling, say). torch's prune hooks stay behind (the mask is in the weight), and
+    so does a Bayesian layer's own (``fresh`` has it if it is one)."""
+    pruning = {key for key, hook in layer._forward_pre_hooks.items()
+               if isinstance(hook, prune.BasePruningMethod) or hook is calls_forward}
+    for attribute in _HOOK_DICTS:
+        if hasattr(layer, attribute):
+            getattr(fresh, attribute).update((k, v) for k, v in getattr(layer, attribute).items() if k not in pruning)
+    return fresh
 
 
 def _columns(layer: nn.Module, previous_units: Tensor | None, keep: Tensor) -> Tensor:
@@ -102,7 +120,10 @@ def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = F
     >>> isinstance(export_sequential(net, s), nn.Sequential)
     True
     """
-    chain = sequential_chain(model)
+    try:
+        chain = sequential_chain(model)
+    except UnsupportedGraphError as error:
+        raise UnsupportedGraphError(f"{error}; {GRAPH_EXPORT_HINT}") from None
     if bayesian and not all(isinstance(layer, BayesianLayer) for layer in chain.layers):
         raise ValueError("a Bayesian export needs every Linear/Conv2d layer to be Bayesian; use bayesian=False")
     modules: list[nn.Module] = [copy.deepcopy(m) for m in chain.prefix]

@@ -58,6 +58,11 @@ class UnsupportedGraphError(ValueError):
     """The network is not a sequential chain the built-in structural path can handle."""
 
 
+# what the pruning API's user can do instead (a budget's cost model says its own)
+GRAPH_EXPORT_HINT = ("the masks are still available, and bayescompress.pruning.export_with_torch_pruning exports "
+                     "general graphs")
+
+
 @dataclass
 class Chain:
     """A sequential network as ``prefix`` modules, then per prunable layer the layer and what follows it."""
@@ -82,9 +87,7 @@ def sequential_chain(model: nn.Module) -> Chain:
     if not isinstance(model, nn.Sequential):
         raise UnsupportedGraphError(
             f"{type(model).__name__} is not an nn.Sequential: the built-in structural export handles sequential "
-            "MLPs and CNNs; use bayescompress.pruning.export_with_torch_pruning for general graphs. The masks are still "
-            "available."
-        )
+            "MLPs and CNNs")
     chain = Chain([], [], [], [])
     seen: dict[int, str] = {}
     handled = {id(layer) for _, layer in handled_layers(model)}
@@ -101,8 +104,7 @@ def sequential_chain(model: nn.Module) -> Chain:
             if isinstance(leaf, nn.Conv2d) and leaf.groups != 1:
                 raise UnsupportedGraphError(
                     f"layer {name!r} is a grouped convolution (groups={leaf.groups}), which the built-in export "
-                    "does not handle; the masks are still available"
-                )
+                    "does not handle")
             chain.names.append(name)
             chain.layers.append(leaf)
             chain.after.append([])
@@ -111,9 +113,7 @@ def sequential_chain(model: nn.Module) -> Chain:
         else:
             raise UnsupportedGraphError(
                 f"module {name!r} ({type(leaf).__name__}) is not supported by the built-in structural export "
-                f"(supported between layers: {', '.join(t.__name__ for t in CHANNELWISE)}); the masks are still "
-                "available, and bayescompress.pruning.export_with_torch_pruning handles general graphs"
-            )
+                f"(supported between layers: {', '.join(t.__name__ for t in CHANNELWISE)})")
     if not chain.layers:
         raise UnsupportedGraphError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer")
     return chain
@@ -148,6 +148,22 @@ def layer_output_shapes(model: nn.Module, layers, example: Tensor) -> dict[str, 
     return shapes
 
 
+def chain_output_shapes(model: nn.Module, chain: Chain, example: Tensor) -> dict[str, tuple[int, ...]]:
+    """:func:`layer_output_shapes` of the chain's layers, checked: a Linear layer applied per token or position
+    (its output more than (batch, units)) is read right only in a chain of such layers alike; one whose output is
+    flattened with its tokens, or that reads a convolution's maps, is refused with :class:`UnsupportedGraphError`
+    (the built-in export reads the units of what a layer reads on dimension 1), and the graph export takes over."""
+    shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example)
+    ranks = {len(shape) for shape in shapes.values()}
+    for name, layer in zip(chain.names, chain.layers):
+        if isinstance(layer, nn.Linear) and len(shapes[name]) > 1 and len(ranks) > 1:
+            raise UnsupportedGraphError(
+                f"layer {name!r} is applied along the last dimension of its input (per token or position, output "
+                f"{tuple(shapes[name])} per example) in a chain whose other layers are not; the built-in export "
+                "reads a layer's units on dimension 1")
+    return shapes
+
+
 @torch.no_grad()
 def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structure:
     """Find every removable unit of a sequential ``model`` under ``masks`` (see the module docstring).
@@ -156,17 +172,18 @@ def propagate(model: nn.Module, masks: Masks, example_input: Tensor) -> Structur
     Returns the final masks (incoming weights of units nothing reads are dropped too) and, per layer,
     the bias correction that carries the folded constants of removed units of the layer before it.
     """
-    chain = sequential_chain(model)
     was_training = model.training
     model.eval()  # the modules between layers fold constants as the deployed network runs them (Dropout off)
     try:
-        return _propagate(chain, model, masks, example_input)
+        return _propagate(sequential_chain(model), model, masks, example_input)
+    except UnsupportedGraphError as error:
+        raise UnsupportedGraphError(f"{error}; {GRAPH_EXPORT_HINT}") from None
     finally:
         model.train(was_training)
 
 
 def _propagate(chain: Chain, model: nn.Module, masks: Masks, example_input: Tensor) -> Structure:
-    shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example_input)
+    shapes = chain_output_shapes(model, chain, example_input)
     names, layers = chain.names, chain.layers
     weight_keep = []
     for name, layer in zip(names, layers):
