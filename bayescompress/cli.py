@@ -470,10 +470,14 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
     if not distributed.is_main():  # rank 0 checks and writes the folder; the others only read the checkpoint
         return Path(args.out) / CHECKPOINT_DIR
     out = check_run_destination(args.out, args.overwrite, resume=args.resume is not None)
+    if args.from_run is not None and Path(args.from_run).resolve() == out.resolve():
+        raise ValueError(f"--out {args.out} is the run --from-run reads: the new run would replace its source; "
+                         "write it to another folder")
     if args.resume is None:
         if is_interrupted_run(out):  # --overwrite: start again, from nothing
             shutil.rmtree(out / CHECKPOINT_DIR)
         argv = _absolute_paths([arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)])
+        args.made_out = not out.exists()  # a folder the user made stays, even if the run leaves it empty
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
         args.wrote_invocation = True
     return out / CHECKPOINT_DIR
@@ -492,16 +496,17 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     return "before anything was saved; run the command again"
 
 
-def _forget_unstarted_run(out: Path) -> None:
+def _forget_unstarted_run(args: argparse.Namespace) -> None:
     """Remove the invocation a run that failed before its first checkpoint wrote, its checkpoint folder if that
-    holds only the run's settings (no phase was saved), and the run folder if it is left empty: bad input leaves
-    nothing behind, and nothing the same command would take for an interrupted run."""
+    holds only the run's settings (no phase was saved), and the run folder if the command made it and it is left
+    empty: bad input leaves nothing behind, and nothing the same command would take for an interrupted run."""
     from bayescompress.runs import INVOCATION_FILE, discard_unstarted_checkpoint
 
+    out = Path(args.out)
     if not (out / INVOCATION_FILE).is_file() or not discard_unstarted_checkpoint(out):
         return
     (out / INVOCATION_FILE).unlink()
-    if not any(out.iterdir()):
+    if args.made_out and not any(out.iterdir()):
         out.rmdir()
 
 
@@ -592,7 +597,7 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     except KeyboardInterrupt as interrupted:  # outside the training loops: nothing new was checkpointed
         if getattr(args, "wrote_invocation", False):
-            _forget_unstarted_run(Path(args.out))
+            _forget_unstarted_run(args)
         if distributed.is_main():
             signal_name = str(interrupted) or "SIGINT"  # an exception is truthy even when its text is empty
             print(f"bayescompress {args.command}: interrupted ({signal_name}) {_how_to_continue(args)}",
@@ -600,7 +605,7 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     except (ValueError, OSError, RuntimeError) as error:  # OSError: a path that cannot be written or read
         if getattr(args, "wrote_invocation", False):
-            _forget_unstarted_run(Path(args.out))
+            _forget_unstarted_run(args)
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named
         print(f"bayescompress {args.command}{where}: error: {error}", file=sys.stderr)
         return 2

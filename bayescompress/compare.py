@@ -347,6 +347,19 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
         if foreign:
             raise ValueError(f"{out} holds files compare did not write ({', '.join(foreign)}); choose a new or "
                              "empty folder, or one a comparison wrote (nothing there is replaced)")
+        # one folder, one comparison: its table lists every run there, so runs outside this one would drop out
+        others = sorted(f"{entry.name}/{child.name}" for entry in out.iterdir() if entry.is_dir()
+                        and not entry.name.startswith(".") for child in entry.iterdir()
+                        if (is_run_folder(child) or is_interrupted_run(child))
+                        and not (entry.name in chosen and child.name in {f"seed{k}" for k in seeds}))
+        if others and not (resume or overwrite):
+            raise ValueError(f"{out} holds runs of another comparison ({', '.join(others)}), which its table would "
+                             "no longer list; give their methods and seeds too (with resume=True, --resume, to keep "
+                             "them), or choose another folder (nothing was touched)")
+        if others:
+            warnings.warn(f"{out}'s table will list this comparison's runs only; those of {', '.join(others)} stay in "
+                          "the folder but not in the table (give their methods and seeds to keep them in it)",
+                          stacklevel=3)
     for name in chosen:
         for seed in seeds:
             folder = out / name / f"seed{seed}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,7 +41,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        mode = mode_for(path)
         write(tmp)
+        os.chmod(tmp, mode)  # after writing (a writer may replace the file): mkstemp's 0600 would hide it
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -48,6 +51,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def mode_for(path: Path, directory: bool = False) -> int:
+    """The permissions an ordinary ``open`` or ``mkdir`` would give ``path``: those of what is there already,
+    else the default under the user's umask (temporary files and folders are private until renamed into place)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return (0o777 if directory else 0o666) & ~umask
 
 
 def write_json(path: str | os.PathLike, data: Mapping) -> Path:

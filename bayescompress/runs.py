@@ -43,6 +43,7 @@ from bayescompress.io import (
     FORMAT_VERSION,
     file_in_the_way,
     load_weights_,
+    mode_for,
     read_json_record,
     read_safetensors,
     save_weights,
@@ -198,6 +199,7 @@ class CompressionResult:
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
+            os.chmod(staging, mode_for(directory, directory=True))  # it takes the folder's place
             save_weights(self.exported.state_dict(), staging / "model.safetensors")
             if self.posterior is not None:
                 save_weights(self.posterior.state_dict(), staging / "posterior.safetensors")
@@ -277,6 +279,8 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
     ``overwrite``.
     """
     directory = Path(directory).expanduser()
+    if directory.is_symlink():  # the run goes where the link points; the link stays
+        directory = directory.resolve()
     if (blocking := file_in_the_way(directory)) is not None:
         raise ValueError(f"cannot write the run folder {directory}: {blocking} is a file, not a folder; "
                          "choose another path")

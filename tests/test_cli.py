@@ -155,6 +155,9 @@ def test_a_run_refused_after_its_checkpoint_was_opened_leaves_nothing_and_fails_
         err = capsys.readouterr().err
         assert "target_macs needs a sequential network" in err and "--resume" not in err
         assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # a folder the user made (a mount point, a chosen mode) stays, empty
+    assert main(argv) == 2
+    assert (tmp_path / "run").is_dir() and not any((tmp_path / "run").iterdir())
 
 
 def test_sigterm_during_a_command_is_an_interrupt_and_the_handler_is_put_back():

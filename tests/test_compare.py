@@ -103,6 +103,16 @@ def test_a_folder_with_runs_is_refused_without_resume_and_with_other_settings(pr
                 out=comparison.out, resume=True, pipeline=QUICK)
 
 
+def test_a_folder_of_another_comparison_is_refused_before_its_table_is_replaced(pretrained, comparison):
+    """Another method set into the folder, without a flag, replaced the table of the runs there."""
+    train, val, _ = loaders()
+    table = (comparison.out / "comparison.md").read_text()
+    with pytest.raises(ValueError, match=r"runs of another comparison \(.*magnitude/seed1.*\), which its table"):
+        compare(pretrained, train, val, [quick_methods()[1]], seeds=[2], out=comparison.out, pipeline=QUICK)
+    assert (comparison.out / "comparison.md").read_text() == table
+    assert not (comparison.out / "magnitude" / "seed2").exists()
+
+
 def test_resume_refuses_kept_runs_made_on_other_data_or_from_other_weights(pretrained, comparison):
     train, val, _ = loaders()
     other_val = [(x + 0.5, y) for x, y in val]  # same shapes, other images

@@ -223,6 +223,32 @@ def test_saving_into_a_folder_of_other_work_is_refused_and_its_files_survive(res
     assert (experiments / "notes.txt").read_text() == "an hour of work"
 
 
+def test_a_run_folder_and_its_files_get_the_permissions_of_the_umask_or_of_the_folder_there(results, tmp_path):
+    """Written through private temporary files and folders, they came out 0600 / 0700 whatever the umask:
+    a colleague could not read a shared run."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        folder = results["magnitude"].save(tmp_path / "fresh", plots=False)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
+        (tmp_path / "mine").mkdir(mode=0o750)
+        os.chmod(tmp_path / "mine", 0o750)
+        assert stat.S_IMODE(results["magnitude"].save(tmp_path / "mine", plots=False).stat().st_mode) == 0o750
+    finally:
+        os.umask(previous)
+
+
+def test_a_run_saved_to_a_symbolic_link_goes_where_it_points_and_the_link_stays(results, tmp_path):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    results["magnitude"].save(tmp_path / "link", plots=False)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "disk" / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "link"]  # no hidden leftovers
+
+
 def test_saving_below_an_existing_file_is_a_clear_error(results, tmp_path):
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(ValueError, match="is a file, not a folder"):

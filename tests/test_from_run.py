@@ -155,5 +155,9 @@ def test_the_command_line_takes_the_method_and_settings_from_the_run(digits_mlp_
     done = _cli(*base, "--from-run", "src", "--epochs", "3", "--out", "refused", cwd=tmp_path)
     assert done.returncode == 2 and "trained with epochs=2" in done.stderr
     assert not (tmp_path / "refused").exists()
+    # the source itself as --out, even with --overwrite: refused, and the source is the same run afterwards
+    done = _cli(*base, "--from-run", "src", "--within-unit-drop", "0.05", "--out", "src", "--overwrite", cwd=tmp_path)
+    assert done.returncode == 2 and "the new run would replace its source" in done.stderr
+    assert json.loads((tmp_path / "src" / "metrics.json").read_text()) == source
     fields = {field.name for field in dataclasses.fields(methods.get("sparse-vd").config_class)}
     assert set(branch["config"]["method"]) == fields

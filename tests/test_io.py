@@ -99,3 +99,18 @@ def test_a_damaged_record_is_named_with_what_is_wrong(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_json_record(path, "a finished run folder")
+
+
+def test_an_atomic_write_gives_a_new_file_the_umask_s_mode_and_keeps_an_existing_one_s(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        write_json(tmp_path / "new.json", {})
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+        os.chmod(tmp_path / "new.json", 0o604)
+        write_json(tmp_path / "new.json", {"again": 1})
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o604
+    finally:
+        os.umask(previous)
