@@ -100,7 +100,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     pre.add_argument("--epochs", type=int, required=True)
     pre.add_argument("--lr", type=float, default=1e-3)
     pre.add_argument("--batch-size", type=int, default=128)
-    pre.add_argument("--hidden", type=int, nargs="+", default=[100], help="mlp hidden widths (default 100)")
+    pre.add_argument("--hidden", type=int, nargs="+", help="mlp hidden widths (default 100); the mlp only")
     pre.add_argument("--out", required=True, help="weights file, WEIGHTS.safetensors (WEIGHTS.json beside it)")
     _overwrite(pre, "an existing weights file at --out and the .json beside it")
     _common(pre)
@@ -521,10 +521,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "compress":
             checkpoint = _start_run_folder(args)
         if args.command == "pretrain":
+            if args.hidden is not None and args.model != "mlp":
+                raise ValueError(f"--hidden sets the mlp's widths; {args.model} has a fixed architecture: leave "
+                                 "--hidden out")
             workflows.check_weights_destination(args.out, args.overwrite)  # before the training, not after
             result = workflows.pretrain(
                 args.model, args.dataset, args.data_dir, epochs=args.epochs, lr=args.lr,
-                batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, device=args.device,
+                batch_size=args.batch_size, hidden=args.hidden or (100,), seed=args.seed, device=args.device,
                 quiet=args.quiet,
             )
             path = result.save(args.out, overwrite=args.overwrite)

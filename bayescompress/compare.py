@@ -35,12 +35,26 @@ from bayescompress.compress import (
     resolve_method,
 )
 from bayescompress.data import as_batch, batches_per_epoch
-from bayescompress.io import atomic_write, read_json_record, read_safetensors, weights_fingerprint, write_json
+from bayescompress.io import (
+    atomic_write,
+    check_writable,
+    read_json_record,
+    read_safetensors,
+    weights_fingerprint,
+    write_json,
+)
 from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.pruning.masks import copy_network
 from bayescompress.inference.checkpoint import shuffling_generators
-from bayescompress.runs import CHECKPOINT_DIR, discard_unstarted_checkpoint, is_interrupted_run, is_run_folder
+from bayescompress.runs import (
+    CHECKPOINT_DIR,
+    IN_PROGRESS_FILES,
+    RUN_FILES,
+    discard_unstarted_checkpoint,
+    is_interrupted_run,
+    is_run_folder,
+)
 
 # (column, how to read it from a run's metrics, how to write it); the order of the table
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -342,6 +356,7 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"cannot write the comparison to {out}: it is a file; choose a folder")
+    check_writable(out)
     if out.is_dir():
         foreign = sorted(entry.name for entry in out.iterdir() if not _written_by_compare(entry))
         if foreign:
@@ -371,6 +386,11 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
                                  "(--resume) to keep them and run the rest, overwrite=True (--overwrite) to replace "
                                  "them, or choose another folder")
+            if folder.is_dir() and (others := sorted(p.name for p in folder.iterdir() if p.name not in
+                                                     RUN_FILES | IN_PROGRESS_FILES and not p.name.startswith("."))):
+                # the run's save would refuse them after the training
+                raise ValueError(f"{folder} holds files compare did not write ({', '.join(others)}); move them out "
+                                 "first (nothing was touched)")
     return out
 
 
@@ -394,8 +414,8 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
         wanted = effective_settings(json.loads(json.dumps(dataclasses.asdict(method.configure(model)))))
         for seed in seeds:
             folder = out / name / f"seed{seed}"
-            if not is_run_folder(folder):
-                continue
+            if not is_run_folder(folder) or is_interrupted_run(folder):
+                continue  # an interrupted run (an --overwrite's, over a finished one) is checked by its checkpoint
             record = read_json_record(folder / "metrics.json", "a run of the comparison")
             if record.get("original_weights") not in (None, fingerprint):
                 raise ValueError(f"{folder} was run from other pretrained weights than the given model's; give the "

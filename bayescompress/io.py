@@ -179,6 +179,17 @@ def file_in_the_way(folder: Path) -> Path | None:
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
 
 
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work, a ``folder`` nothing can be written into: the first of it and its parents that
+    exists must be a writable folder (not read-only, and ours to write)."""
+    if (blocking := file_in_the_way(folder)) is not None:
+        raise ValueError(f"cannot write into {folder}: {blocking} is a file, not a folder; choose another path")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):  # a read-only file system refuses root too
+        raise ValueError(f"cannot write into {folder}: {existing} is not writable (a read-only file system, or no "
+                         "permission); choose another path")
+
+
 def read_json_record(path: str | os.PathLike, what: str) -> dict:
     """Read a JSON record this package wrote, refusing one from a newer format version.
 

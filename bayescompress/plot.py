@@ -435,8 +435,10 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
         ax.set_xlabel(label)
         ax.set_ylabel("test error (%)")
         ax.grid(True, which="both", alpha=0.3)
+    # anchors too: one more accurate than every run would fall below the axis and vanish
     low = min([100 * p["error"] for ps in points.values() for p in ps] + [100 * r["error"] for rs in runs.values()
-                                                                          for r in rs] + [100.0])
+                                                                          for r in rs]
+              + [100 * a["error"] for a in anchors] + [100.0])
     top = min(100.0, max(low * 4, low + 5))
     for ax, x in zip(axes, ("compression", "exported_macs")):
         ax.set_ylim(max(0.0, low - 0.5), top)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from bayescompress._validation import check_module
 from bayescompress.io import (
     FORMAT_VERSION,
-    file_in_the_way,
+    check_writable,
     load_weights_,
     mode_for,
     read_json_record,
@@ -281,9 +281,7 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
     directory = Path(directory).expanduser()
     if directory.is_symlink():  # the run goes where the link points; the link stays
         directory = directory.resolve()
-    if (blocking := file_in_the_way(directory)) is not None:
-        raise ValueError(f"cannot write the run folder {directory}: {blocking} is a file, not a folder; "
-                         "choose another path")
+    check_writable(directory)
     if is_interrupted_run(directory):
         others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES | IN_PROGRESS_FILES
                         and not p.name.startswith("."))

@@ -19,7 +19,7 @@ from bayescompress.inference import TrainConfig, fit
 from bayescompress.methods import GaussianSNR, GaussianSNRConfig, Method, MethodConfig
 from bayescompress.io import (
     FORMAT_VERSION,
-    file_in_the_way,
+    check_writable,
     load_state_dict_file,
     load_weights_,
     read_json_record,
@@ -111,8 +111,7 @@ def check_weights_destination(path: str | os.PathLike, overwrite: bool = False) 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"the weights file must end in .safetensors; got {path.name}")
-    if (blocking := file_in_the_way(path.parent)) is not None:
-        raise ValueError(f"cannot write {path}: {blocking} is a file, not a folder; choose another path")
+    check_writable(path.parent)
     targets = (path, path.with_suffix(".json"))
     for target in targets:
         if target.is_dir():

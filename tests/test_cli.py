@@ -244,3 +244,26 @@ def test_pretrain_replaces_existing_weights_only_with_overwrite(tmp_path, capsys
     assert main(["pretrain", "--model", "mlp", "--epochs", "1", "--hidden", "8", "--out", str(out), "--quiet",
                  "--overwrite"]) == 0
     assert out.read_bytes() != b"the user's weights" and out.with_suffix(".json").is_file()
+
+
+def test_pretrain_refuses_hidden_widths_for_a_network_of_fixed_architecture(tmp_path, capsys):
+    code = main(["pretrain", "--model", "lenet5", "--epochs", "1", "--hidden", "32", "--out",
+                 str(tmp_path / "w.safetensors"), "--quiet"])
+    assert code == 2 and "--hidden sets the mlp's widths; lenet5 has a fixed architecture" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unwritable_destination_is_refused_before_the_training(tmp_path, capsys, monkeypatch):
+    """A read-only file system refuses root too, where a chmod'ed folder would not: the check asks the system."""
+    import os
+
+    from bayescompress import workflows
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
+                        real_access(path, mode))
+    monkeypatch.setattr(workflows, "pretrain", lambda *a, **k: pytest.fail("trained into a read-only folder"))
+    code = main(["pretrain", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "w" / "w.safetensors"),
+                 "--quiet"])
+    assert code == 2
+    assert f"cannot write into {tmp_path / 'w'}: {tmp_path} is not writable" in capsys.readouterr().err

@@ -113,6 +113,34 @@ def test_a_folder_of_another_comparison_is_refused_before_its_table_is_replaced(
     assert not (comparison.out / "magnitude" / "seed2").exists()
 
 
+def test_a_run_folder_holding_files_of_the_user_is_refused_before_any_training(pretrained, comparison, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(comparison.out, out)
+    (out / "magnitude" / "seed0" / "NOTES.txt").write_text("mine")
+    train, val, _ = loaders()
+    module = importlib.import_module("bayescompress.compare")
+    with pytest.raises(ValueError, match=r"seed0 holds files compare did not write \(NOTES.txt\)"):
+        module.compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=out, overwrite=True,
+                       pipeline=QUICK)
+    assert not (out / "magnitude" / "seed0" / "checkpoint").exists()  # nothing trained, nothing left
+
+
+def test_resume_continues_an_interrupted_overwrite_over_a_finished_run_of_other_settings(pretrained, comparison,
+                                                                                         tmp_path):
+    """An --overwrite killed mid-run leaves its checkpoint beside the finished run it replaces; --resume must
+    not hold the old run's settings against it (its checkpoint records the settings it runs with)."""
+    module = importlib.import_module("bayescompress.compare")
+    out = tmp_path / "copy"
+    shutil.copytree(comparison.out, out)
+    other = {"magnitude": Magnitude(keep_fraction=0.5, finetune_epochs=1)}
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match="keep_fraction: 0.3 there, 0.5 now"):
+        module._check_resumable(out, other, [0], pretrained, val)
+    (out / "magnitude" / "seed0" / "checkpoint").mkdir()
+    (out / "magnitude" / "seed0" / "checkpoint" / "run.json").write_text("{}")
+    module._check_resumable(out, other, [0], pretrained, val)  # the interrupted run's own checkpoint decides
+
+
 def test_resume_refuses_kept_runs_made_on_other_data_or_from_other_weights(pretrained, comparison):
     train, val, _ = loaders()
     other_val = [(x + 0.5, y) for x, y in val]  # same shapes, other images

@@ -230,6 +230,16 @@ def test_pareto_marks_runs_above_its_zoomed_error_axis_on_the_top_edge():
     pyplot.close(figure)
 
 
+def test_pareto_keeps_an_anchor_more_accurate_than_every_run_inside_its_error_axis():
+    from bayescompress.plot import pareto
+
+    runs = {"short": [{"compression": 10, "error": 0.06, "exported_macs": 5e4}]}
+    figure = pareto({}, runs, [{"label": "pub", "compression": 20, "error": 0.02}])
+    low, high = figure.axes[0].get_ylim()
+    assert low <= 2.0 <= high and low <= 6.0 <= high  # it was 5.5-24 %: the star vanished below
+    pyplot.close(figure)
+
+
 def test_labels_of_neighbouring_runs_above_the_axis_are_stacked_not_overlaid():
     from bayescompress.plot import pareto
 
