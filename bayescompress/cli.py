@@ -53,8 +53,18 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
                            help=help_text)
     else:
         metavar = {Real: "X", Integer: "N"}.get(type(info.allowed))
-        group.add_argument(flag, dest=info.name, type=info.parse, default=argparse.SUPPRESS, metavar=metavar,
-                           choices=getattr(info.allowed, "options", None), help=help_text)
+        group.add_argument(flag, dest=info.name, type=_flag_parser(info), default=argparse.SUPPRESS,
+                           metavar=metavar, choices=getattr(info.allowed, "options", None), help=help_text)
+
+
+def _flag_parser(info: SettingInfo):
+    """``info.parse``, with argparse told what the flag takes (it would say "invalid parse value")."""
+    def parse(text: str):
+        try:
+            return info.parse(text)
+        except (ValueError, KeyError):
+            raise argparse.ArgumentTypeError(f"expected {info.allowed.describe()}; got {text!r}") from None
+    return parse
 
 
 _DATA_DIR_HELP = ("data folder: the four IDX files (mnist, fashion-mnist), the CIFAR-10 binary batches (cifar10), or "
@@ -168,7 +178,10 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
 
 
 def _comma_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):  # "0,,1" or "a,": a typo, not a shorter list
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}; give comma-separated items, e.g. a,b")
+    return parts
 
 
 def _seed_list(text: str) -> list[int]:
@@ -389,6 +402,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             name = extra[2:].split("=")[0].replace("-", "_")
             name = name[3:] if name.startswith("no_") and name not in PipelineConfig.names() else name
             config = methods.get(args.method).config_class
+            if name == "set":  # compare's way, where several methods share one command line
+                parser.exit(2, "bayescompress compress: error: compress takes a method's settings as flags of "
+                               "their own (--set METHOD.SETTING=VALUE is compare's): e.g. --epochs 2 "
+                               "--keep-fraction 0.1\n")
             parser.exit(2, f"bayescompress compress: error: "
                            f"{unknown_setting_message(name, args.method, config, flags=True)}\n")
     if extras:
@@ -425,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.quiet, args.json = True, False
             warnings.simplefilter("ignore")
     try:
-        with _terminate_as_interrupt() as received:
+        with _terminate_as_interrupt() as received, _warnings_as_lines(args.command):
             code = _run(args)
         if received and code == 0:  # swallowed on its way (matplotlib drops exceptions raised in its callbacks)
             print(f"bayescompress {args.command}: interrupted ({received[0]}) as it finished; it finished first"
@@ -434,6 +451,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Warnings on the command line as one line each, like the errors: a user of the shell has no use for the
+    package's source file and line that Python's format adds."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_args, **_kwargs: (
+        f"bayescompress {command}: warning: {message}\n")
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 @contextlib.contextmanager
@@ -490,7 +520,12 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     if args.command == "compress" and args.out is not None and (Path(args.out) / CHECKPOINT_DIR).is_dir():
         return f"after its last checkpoint; continue with: bayescompress compress --resume {args.out}"
     if args.command == "compare":
-        return "; the finished runs are kept: run the same bayescompress compare command with --resume"
+        from bayescompress.runs import is_interrupted_run, is_run_folder
+
+        kept = Path(args.out).glob("*/seed*") if args.out is not None else ()
+        if any(is_run_folder(folder) or is_interrupted_run(folder) for folder in kept):
+            return "with its finished runs and checkpoints kept; continue with the same bayescompress compare " \
+                   "command and --resume"
     if args.command == "demo" and args.out is not None and Path(args.out).exists():
         return f"before it finished; run it again with --overwrite (the demo in {args.out} starts over)"
     return "before anything was saved; run the command again"

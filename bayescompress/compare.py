@@ -245,7 +245,7 @@ def compare(
                 warnings.simplefilter("ignore", AccuracyLossWarning)
                 result = compress(model, train_loader, val_loader, chosen[name], test_loader=test_loader,
                                   pipeline=replace(pipeline, seed=seed), checkpoint=checkpoint)
-        except Exception:
+        except BaseException:  # an interrupt too
             # a run that failed before its first checkpoint leaves nothing --resume would take for its progress
             if folder is not None and distributed.is_main() and discard_unstarted_checkpoint(folder):
                 _remove_if_empty(folder)
@@ -362,6 +362,13 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
         if foreign:
             raise ValueError(f"{out} holds files compare did not write ({', '.join(foreign)}); choose a new or "
                              "empty folder, or one a comparison wrote (nothing there is replaced)")
+        damaged = sorted(str(child) for entry in out.iterdir() if _written_by_compare(entry) and entry.is_dir()
+                         for child in entry.iterdir() if not child.name.startswith(".") and any(child.iterdir())
+                         and not (is_run_folder(child) or is_interrupted_run(child)))
+        if damaged:
+            raise ValueError(f"not a complete run (metrics.json or architecture.json missing or unreadable): "
+                             f"{', '.join(damaged)}; remove it to run it again, or choose another folder (nothing "
+                             "was touched)")
         # one folder, one comparison: its table lists every run there, so runs outside this one would drop out
         others = sorted(f"{entry.name}/{child.name}" for entry in out.iterdir() if entry.is_dir()
                         and not entry.name.startswith(".") for child in entry.iterdir()
@@ -398,8 +405,7 @@ def _written_by_compare(entry: Path) -> bool:
     """A comparison table or figure, or a folder of run folders named seed<k>."""
     if entry.name in COMPARISON_FILES or entry.name.startswith("."):  # dot-entries: atomic writes under way
         return True
-    return entry.is_dir() and all(child.name.startswith("seed") and child.name[4:].isdigit()
-                                  and (is_run_folder(child) or is_interrupted_run(child) or not any(child.iterdir()))
+    return entry.is_dir() and all(child.is_dir() and child.name.startswith("seed") and child.name[4:].isdigit()
                                   for child in entry.iterdir() if not child.name.startswith("."))
 
 

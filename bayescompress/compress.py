@@ -304,8 +304,8 @@ def _labels_in_memory(**loaders) -> dict[str, Tensor]:
 def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, Tensor]) -> None:
     """Run a few validation inputs through the (eval-mode) network, twice, before any work, so a network that
     does not fit the data, or whose forward is random, fails here with a message saying so, not with a traceback
-    from inside training (and before a checkpoint exists). ``labels`` (per source: the first validation batch's, and every label of the loaders
-    held in memory) are checked against the outputs per input."""
+    from inside training (and before a checkpoint exists). ``labels`` (per source: the first validation batch's,
+    and every label of the loaders held in memory) are checked against the outputs per input."""
     try:
         logits = model(inputs)
     except Exception as error:  # the user's forward: whatever it raises, the data do not fit it

@@ -267,3 +267,51 @@ def test_an_unwritable_destination_is_refused_before_the_training(tmp_path, caps
                  "--quiet"])
     assert code == 2
     assert f"cannot write into {tmp_path / 'w'}: {tmp_path} is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--seeds", "0,,1"), ("--methods", "magnitude,")])
+def test_a_list_with_an_empty_item_is_refused_not_shortened(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), flag, value,
+              "--out", str(tmp_path / "cmp"), "--quiet"])
+    assert exit_info.value.code == 2
+    assert f"an empty item in {value!r}" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_warnings_on_the_command_line_are_one_line_each_without_source_lines():
+    import warnings
+
+    from bayescompress.cli import _warnings_as_lines
+
+    before = warnings.formatwarning
+    with _warnings_as_lines("compress"):  # what Python's showwarning prints (pytest records them instead)
+        line = warnings.formatwarning("layer '3' keeps its own top 0.09", UserWarning, "/x/strategies.py", 52)
+    assert line == "bayescompress compress: warning: layer '3' keeps its own top 0.09\n"
+    assert warnings.formatwarning is before
+
+
+def test_a_method_flag_given_a_value_of_the_wrong_type_says_what_it_takes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--epochs", "2.5",
+              "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "argument --epochs: expected an integer >= 1; got '2.5'" in capsys.readouterr().err
+
+
+def test_compress_given_compares_set_says_it_takes_settings_as_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--set",
+              "gaussian-snr.epochs=1", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "compress takes a method's settings as flags of their own" in capsys.readouterr().err
+
+
+def test_demo_into_a_folder_of_a_demo_offers_overwrite_not_resume(tmp_path, capsys, monkeypatch):
+    from bayescompress import workflows
+
+    (tmp_path / "demo" / "gaussian-snr").mkdir(parents=True)  # as a demo leaves it (a method's folder)
+    monkeypatch.setattr(workflows, "pretrain", lambda *a, **k: pytest.fail("trained before refusing"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a demo's runs; pass overwrite=True (--overwrite)" in err and "resume" not in err

@@ -325,3 +325,37 @@ def test_a_comparison_folder_reads_back_and_redraws_its_pareto_figure(comparison
     assert (tmp_path / "fig" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="comparison.json is missing"):
         load_comparison(tmp_path)
+
+
+def test_a_comparison_interrupted_before_its_first_checkpoint_leaves_nothing_and_says_run_again(
+        pretrained, tmp_path, monkeypatch):
+    import argparse
+
+    from bayescompress.cli import _how_to_continue
+
+    module = importlib.import_module("bayescompress.compare")
+
+    def interrupted(*args, checkpoint, **kwargs):  # the run's settings written, then Ctrl-C before a phase saved
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "run.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "compress", interrupted)
+    train, val, _ = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        module.compare(pretrained, train, val, quick_methods(), seeds=[0], out=tmp_path / "cmp", pipeline=QUICK)
+    assert not list((tmp_path / "cmp").glob("*/seed*"))  # the same command starts afresh
+    args = argparse.Namespace(command="compare", out=str(tmp_path / "cmp"))
+    assert _how_to_continue(args) == "before anything was saved; run the command again"
+    (tmp_path / "cmp" / "magnitude" / "seed0" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "cmp" / "magnitude" / "seed0" / "checkpoint" / "run.json").write_text("{}")
+    assert _how_to_continue(args).endswith("continue with the same bayescompress compare command and --resume")
+
+
+def test_a_damaged_kept_run_is_named_not_its_whole_method_folder(pretrained, comparison, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(comparison.out, out)
+    (out / "magnitude" / "seed1" / "metrics.json").write_text("{")
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match=r"not a complete run \(metrics.json.*magnitude/seed1"):
+        compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=out, resume=True, pipeline=QUICK)

@@ -50,6 +50,17 @@ def test_a_val_file_is_the_validation_split_and_classes_count_every_split(tmp_pa
     assert splits.num_classes == 7
 
 
+def test_label_ids_far_beyond_the_classes_present_are_refused_and_classes_unseen_in_training_warned(tmp_path):
+    x, y = _tabular(60, 0)
+    ids = _write(tmp_path / "ids", train=(x, y * 1_000_000), test=(x[:9], y[:9] * 1_000_000))  # 3 labels, 2,000,001 outputs
+    with pytest.raises(ValueError, match=r"3 distinct labels up to 2000000 would make a network with 2,000,001 "
+                                         r"outputs.*np.unique\(y, return_inverse=True\)"):
+        load_dataset("npz", ids)
+    unseen = _write(tmp_path / "unseen", train=(x, y), test=(x[:4], np.array([0, 1, 4, 3])))
+    with pytest.warns(UserWarning, match="the test labels 3, 4 of .* never occur in training"):
+        assert load_dataset("npz", unseen).num_classes == 5
+
+
 def test_images_are_not_resized_for_a_network_that_needs_a_size_but_refused(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(20) % 10

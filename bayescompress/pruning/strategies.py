@@ -38,7 +38,8 @@ def _global_keep(layers: list[tuple[str, nn.Module]], scores: list[Tensor], keep
     keep = [s >= cut for s in scores]
     emptied = [i for i, k in enumerate(keep) if not k.any()]
     if emptied:
-        warnings.warn(f"the ranking across layers keeps no weight of {', '.join(layers[i][0] for i in emptied)} "
+        warnings.warn(f"the ranking across layers keeps no weight of layer "
+                      f"{', '.join(repr(layers[i][0]) for i in emptied)} "
                       f"(all its scores below the other layers'); each keeps its own top {keep_fraction} instead",
                       stacklevel=3)
         for i in emptied:  # exactly that many, ties or not
