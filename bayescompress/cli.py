@@ -166,7 +166,8 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
                                             "reliability, training curves, filters, pixels) into RUN/plots")
     plot.add_argument("run", help="run folder written by compress, compare or demo; or a comparison folder "
                                   "(compare, demo): its Pareto figure")
-    plot.add_argument("--out", help="folder for the figures (default: RUN/plots)")
+    plot.add_argument("--out", help="folder for the figures (default: RUN/plots, redrawn in place)")
+    _overwrite(plot, "figures of the same names in --out")
     plot.add_argument("--quiet", action="store_true", help="print nothing")
 
     demo = commands.add_parser("demo", help="on digits: pretrain, then compare weight-level and structured "
@@ -586,6 +587,9 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "plot":
             from bayescompress import plot
 
+            if args.out is not None and not args.overwrite and (taken := plot.figures_in(Path(args.out))):
+                raise ValueError(f"{args.out} already holds {', '.join(taken)}; pass --overwrite to replace them, "
+                                 "or choose another folder (nothing was touched)")
             if (Path(args.run) / "comparison.json").is_file():  # a comparison folder: its Pareto figure
                 from matplotlib import pyplot
 
@@ -645,7 +649,9 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(args)
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named
-        print(f"bayescompress {args.command}{where}: error: {error}", file=sys.stderr)
+        moved = ("; a resumed run reads the files it was started with (its invocation.json): put it back there"
+                 if isinstance(error, FileNotFoundError) and getattr(args, "resume", None) is not None else "")
+        print(f"bayescompress {args.command}{where}: error: {error}{moved}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(output))

@@ -218,7 +218,7 @@ def compare(
     pipeline = pipeline or PipelineConfig()
     out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
     if out is not None and resume:
-        _check_resumable(out, chosen, seeds, model, val_loader)
+        _check_resumable(out, chosen, seeds, model, val_loader, pipeline)
     _check_methods(model, chosen, train_loader, val_loader, pipeline.device)
     generators = shuffling_generators(train_loader)
     comparison = Comparison({name: {} for name in chosen}, out, anchors=[dict(a) for a in anchors],
@@ -410,9 +410,9 @@ def _written_by_compare(entry: Path) -> bool:
 
 
 def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], model: nn.Module,
-                     val_loader: Iterable) -> None:
-    """A run kept by ``resume`` must have been made with the settings this comparison would use, from the same
-    pretrained network and on the same data (its first validation inputs)."""
+                     val_loader: Iterable, pipeline: PipelineConfig) -> None:
+    """A run kept by ``resume`` must have been made with the settings this comparison would use (the method's
+    and the pipeline's), from the same pretrained network and on the same data (its first validation inputs)."""
     first = next(iter(val_loader), None)
     probe = None if first is None else as_batch(first, "val_loader")[0][:PROBE_SIZE].detach().cpu()
     fingerprint = weights_fingerprint(model)
@@ -433,16 +433,25 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
                     raise ValueError(f"{folder} was run on other data: its first validation inputs differ from "
                                      "those given now; give the data set, folder and split the comparison started "
                                      "with, or choose another folder")
-            saved = effective_settings(record.get("config", {}).get("method", {}))
-            # a setting added since the run was saved matches at its default: the run is what it would be now
-            defaults = {f.name: f.default for f in dataclasses.fields(method.config_class)}
-            differ = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key)
-                            and not (key not in saved and wanted.get(key) == defaults.get(key)))
+            config = record.get("config", {})
+            differ = _differences(wanted, effective_settings(config.get("method", {})), method.config_class)
+            # the pipeline too (MC samples, BatchNorm folding, the accuracy budget): the table averages the runs
+            run_pipeline = json.loads(json.dumps(dataclasses.asdict(replace(pipeline, seed=seed))))
+            differ += _differences({k: v for k, v in run_pipeline.items() if k != "quiet"},
+                                   {k: v for k, v in config.get("pipeline", {}).items() if k != "quiet"},
+                                   PipelineConfig)
             if differ:
-                raise ValueError(
-                    f"{folder} was run with other {name} settings than this comparison's ("
-                    + ", ".join(f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now" for key in differ)
-                    + "); give the same settings to resume, or choose another folder")
+                raise ValueError(f"{folder} was run with other {name} settings than this comparison's ("
+                                 + ", ".join(differ) + "); give the same settings to resume, or choose another folder")
+
+
+def _differences(wanted: dict, saved: dict, settings: type) -> list[str]:
+    """``key: saved there, wanted now`` for each setting that differs; one added since the run was saved
+    matches at its default (the run is what it would be now)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+    return [f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
+            for key in sorted(wanted.keys() | saved.keys()) if wanted.get(key) != saved.get(key)
+            and not (key not in saved and wanted.get(key) == defaults.get(key))]
 
 
 def _lookup(metrics: dict, path: str) -> float:

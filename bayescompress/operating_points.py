@@ -48,7 +48,8 @@ def operating_points(
     """Re-prune ``run`` (a result, or a run folder) at each of ``keep_fractions`` and measure each point on
     ``loader``: one dict per point with ``keep_fraction``, ``compression`` (|W| / |W != 0| after structure
     propagation), ``accuracy``, ``error``, ``nll``, ``ece`` (the exported network, posterior mean),
-    ``exported_macs`` and ``units``, and ``emptied_layers`` where the ranking across layers keeps no weight of a
+    ``exported_macs`` and ``units`` (a budget that keeps the same weights as the one before it, as the budgets
+above an SSVI run's density do, gives no second point), and ``emptied_layers`` where the ranking across layers keeps no weight of a
 layer (a cut network, warned about). ``model`` is the original architecture, needed only for a run saved from
     Python whose network is not a reference model or a factory. ``own`` appends the point of the run's own
     masks (``"own": True``), re-measured without fine-tuning: for a method without fine-tuning it is the run
@@ -72,11 +73,15 @@ layer (a cut network, warned about). ``model`` is the original architecture, nee
     fold_multipliers_(network)  # gates and scales into the weights: the export reads ordinary layers
     total = sum(s.numel() for s in scores.values())
     everything = torch.cat([s.flatten() for s in scores.values()])
-    points, cut_off = [], {}
+    points, cut_off, previous = [], {}, None
     for fraction in keep_fractions:
         cut = _top_fraction_threshold(everything, fraction)
         # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
         keep = [(s >= cut) & (s > 0) for s in scores.values()]
+        kept = sum(int(k.sum()) for k in keep)
+        if kept == previous:  # the posterior has fewer weights to give than this budget too: the same point
+            continue
+        previous = kept
         masks = PruningStrategy._from_weight_masks(layers, keep, outputs)
         point = _measure(network, masks, example, outputs, loader, device, total) | {"keep_fraction": fraction}
         emptied = [name for name, kept in zip(scores, keep) if not kept.any()]

@@ -489,6 +489,16 @@ _SCORE_LABELS = {"turbo-vbi": ("posterior inclusion probability pi~", False),
                  "magnitude": ("|w|", True)}
 
 
+# the figures draw_run and a comparison's plot may write (filters-<layer>.png besides)
+FIGURE_NAMES = frozenset({"masks.png", "units.png", "scores.png", "reliability.png", "training.png", "pixels.png",
+                          "inclusion.png", "pareto.png"})
+
+
+def figures_in(folder: Path) -> list[str]:
+    """The files in ``folder`` a plot would replace."""
+    return sorted(p.name for p in folder.glob("*.png") if p.name in FIGURE_NAMES or p.name.startswith("filters-"))
+
+
 def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
     """Every figure a run folder supports, written to ``out`` (default ``directory/plots``); returns the paths.
 
@@ -505,12 +515,20 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         raise FileNotFoundError(f"{directory} is not a folder; give a run folder (compress --out, or one of a "
                                 "comparison's <method>/seed<k>)")
     what = "not a complete bayescompress run folder"
+
+    def optional(name: str, read):
+        return read(directory / name, what) if (directory / name).is_file() else None
+
+    # everything read before the first figure: a damaged file stops the command with nothing half-drawn
     run_masks = Masks.read(directory / "masks.safetensors", what)
-    inclusion_path = directory / "inclusion.safetensors"
-    inclusion_probabilities = read_safetensors(inclusion_path, what) if inclusion_path.is_file() else {}
+    inclusion_probabilities = optional("inclusion.safetensors", read_safetensors) or {}
+    metrics = read_json_record(directory / "metrics.json", what)
+    scores = optional("scores.safetensors", read_safetensors)
+    history = (optional("history.json", read_json_record) or {}).get("history", [])
+    state = optional("trained.safetensors", read_safetensors)
+    image_shape = _input_image_shape(directory)
     out = Path(out) if out is not None else directory / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    metrics = read_json_record(directory / "metrics.json", what)
     written: list[Path] = []
 
     def draw(name: str, make) -> None:
@@ -525,23 +543,18 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
     if architecture:
         original, exported = architecture["original"], architecture["exported"]
         draw("units.png", lambda p: units_kept(original, exported, names if aligned else None, p))
-    if (directory / "scores.safetensors").is_file():
-        scores = read_safetensors(directory / "scores.safetensors", what)
+    if scores is not None:
         label, log = _SCORE_LABELS.get(metrics.get("method"), ("SNR |mu| / sigma", True))
         draw("scores.png", lambda p: score_histograms(scores, run_masks, label, log, p))
     if metrics.get("reliability"):
         draw("reliability.png", lambda p: reliability_diagram(metrics["reliability"], p))
-    if (directory / "history.json").is_file():
-        history = read_json_record(directory / "history.json", what).get("history", [])
-        if history:
-            draw("training.png", lambda p: training_curves(history, p))
-    if (directory / "trained.safetensors").is_file():
-        state = read_safetensors(directory / "trained.safetensors", what)
+    if history:
+        draw("training.png", lambda p: training_curves(history, p))
+    if state is not None:
         kernels = {name: state.get(f"{name}.weight_orig", state.get(f"{name}.weight")) for name in names}
         convs = [name for name, k in kernels.items() if k is not None and k.dim() == 4 and k.shape[0] <= 128]
         for name in convs[:MAX_FILTER_FIGURES]:  # the first ones: a ResNet would give one per block
             draw(f"filters-{name}.png", lambda p, n=name: filters(kernels[n], run_masks.units.get(n), n, p))
-    image_shape = _input_image_shape(directory)
     first = run_masks.weight.get(names[0]) if names else None
     if image_shape and first is not None and first.dim() == 2 and first.shape[1] == math.prod(image_shape):
         draw("pixels.png", lambda p: kept_pixels(first, image_shape, names[0], p))

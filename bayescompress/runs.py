@@ -247,7 +247,8 @@ def discard_unstarted_checkpoint(directory: str | os.PathLike) -> bool:
     checkpoint = Path(directory) / CHECKPOINT_DIR
     if not checkpoint.exists():
         return True
-    if not checkpoint.is_dir() or any(entry.name != "run.json" for entry in checkpoint.iterdir()):
+    if not checkpoint.is_dir() or any(entry.name != "run.json" and not entry.name.startswith(".")
+                                      for entry in checkpoint.iterdir()):
         return False  # progress was saved: the run can be resumed
     shutil.rmtree(checkpoint)
     return True

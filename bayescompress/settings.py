@@ -202,7 +202,9 @@ class SettingInfo:
 
 
 def show(value: Any) -> str:
-    """A setting's value as the command line and the docs write it: none, 0.001, 12, grid, (empty)."""
+    """A setting's value as the command line and the docs write it: none, 0.001, 12, grid, on, (empty)."""
+    if isinstance(value, bool):  # a switch: --x / --no-x
+        return "on" if value else "off"
     if value == "":
         return "(empty)"
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

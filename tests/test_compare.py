@@ -2,6 +2,7 @@
 the runs, resume after a kill, and the bad inputs."""
 
 import copy
+import dataclasses
 import importlib
 import json
 import math
@@ -135,10 +136,10 @@ def test_resume_continues_an_interrupted_overwrite_over_a_finished_run_of_other_
     other = {"magnitude": Magnitude(keep_fraction=0.5, finetune_epochs=1)}
     train, val, _ = loaders()
     with pytest.raises(ValueError, match="keep_fraction: 0.3 there, 0.5 now"):
-        module._check_resumable(out, other, [0], pretrained, val)
+        module._check_resumable(out, other, [0], pretrained, val, QUICK)
     (out / "magnitude" / "seed0" / "checkpoint").mkdir()
     (out / "magnitude" / "seed0" / "checkpoint" / "run.json").write_text("{}")
-    module._check_resumable(out, other, [0], pretrained, val)  # the interrupted run's own checkpoint decides
+    module._check_resumable(out, other, [0], pretrained, val, QUICK)  # the interrupted run's own checkpoint decides
 
 
 def test_resume_refuses_kept_runs_made_on_other_data_or_from_other_weights(pretrained, comparison):
@@ -359,3 +360,12 @@ def test_a_damaged_kept_run_is_named_not_its_whole_method_folder(pretrained, com
     train, val, _ = loaders()
     with pytest.raises(ValueError, match=r"not a complete run \(metrics.json.*magnitude/seed1"):
         compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=out, resume=True, pipeline=QUICK)
+
+
+def test_resume_refuses_kept_runs_measured_with_other_pipeline_settings(pretrained, comparison):
+    """They were kept: the table then averaged runs of 2 and 50 MC samples."""
+    train, val, _ = loaders()
+    more_samples = dataclasses.replace(QUICK, mc_samples=50)
+    with pytest.raises(ValueError, match="mc_samples: 2 there, 50 now"):
+        compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=comparison.out, resume=True,
+                pipeline=more_samples)

@@ -309,6 +309,8 @@ def test_the_methods_page_lists_every_setting_of_every_method_with_its_default()
 
 
 def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if value == "":
         return "(empty)"
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

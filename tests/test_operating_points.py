@@ -111,3 +111,12 @@ def test_a_point_whose_ranking_empties_a_layer_is_marked_and_warned_about(ssvi_r
     with pytest.warns(UserWarning, match=r"keep fraction 0.0004: (0|1)\b.*cut network"):
         (extreme,) = operating_points(ssvi_run, test, [0.0004])
     assert len(extreme["emptied_layers"]) == 1
+
+
+def test_budgets_beyond_what_the_posterior_holds_give_one_point_not_copies(ssvi_run, setup):
+    """SSVI keeps 10 %: weights outside its subspace score 0 and are never kept, so the budgets of 50 % and
+    20 % are the same masks (they were two points labelled 0.5 and 0.2)."""
+    _, (_, _, test) = setup
+    points = operating_points(ssvi_run, test, [0.5, 0.2, 0.05])
+    assert [p["keep_fraction"] for p in points] == [0.5, 0.05]
+    assert points[0]["compression"] < points[1]["compression"]

@@ -68,6 +68,17 @@ def test_cli_plots_a_saved_run(tmp_path, capsys):
     assert {p.name for p in (tmp_path / "figures").iterdir()} == expected
     assert all((tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG" for name in expected)
     assert capsys.readouterr().out == ""
+    # another folder's figures of the same names are replaced only with --overwrite
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "masks.png").write_text("my figure")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "mine"), "--quiet"]) == 2
+    assert "already holds masks.png; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "masks.png").read_text() == "my figure"
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "mine"), "--overwrite", "--quiet"]) == 0
+    # a damaged file stops the command before any figure is drawn
+    (tmp_path / "run" / "scores.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "fresh"), "--quiet"]) == 2
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_inclusion_panels_show_the_probabilities_and_the_kept_fraction(tmp_path):

@@ -344,3 +344,33 @@ def test_an_export_that_outputs_nan_or_inf_where_the_network_does_not_is_infinit
     assert not largest_difference(network, broken, inputs) <= EXPORT_TOLERANCE
     # the same non-finite output in both is no difference
     assert largest_difference(broken, copy.deepcopy(broken), inputs) == 0.0
+
+
+class _HeadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.body = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_a_head_registered_before_its_body_keeps_its_classes_under_every_strategy_and_the_graph_export():
+    """The strategies' default output layer was the last registered: body.2 kept its units while the head lost
+    half its classes (and magnitude pruning 8 of 10)."""
+    from bayescompress.pruning import MagnitudePruning, export_with_torch_pruning
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 12)
+    net = bayesianize_(_HeadFirst(), GaussianPrior(1.0), example_input=x).eval()
+    for strategy in (SNRPruning(keep_fraction=0.5, level="unit"), MagnitudePruning(keep_fraction=0.02)):
+        masks = strategy.masks(net)
+        assert bool(masks.units["head"].all())
+        assert not bool(masks.units["body.2"].all())  # the hidden layer is an ordinary one
+    plain = _HeadFirst().eval()
+    keep = {"head": torch.ones(10, 16, dtype=torch.bool), "body.0": torch.ones(32, 12, dtype=torch.bool),
+            "body.2": torch.ones(16, 32, dtype=torch.bool)}
+    keep["head"][:3] = False  # rows of the head the masks empty: classes, so they stay
+    exported, _ = export_with_torch_pruning(plain, Masks(keep, {n: k.any(1) for n, k in keep.items()}), x)
+    assert exported.head.out_features == 10

@@ -258,3 +258,42 @@ def test_a_resume_continues_the_run_where_it_is_now_with_the_paths_it_was_starte
     resumed = cli._resumed_invocation(["compress", "--resume", "elsewhere/moved", "--quiet"])
     assert resumed == [*recorded[:8], "--seed", "3", "--out", "elsewhere/moved", "--quiet", "--resume",
                        "elsewhere/moved"]
+
+
+def test_resuming_after_the_weights_moved_says_to_put_them_back(tmp_path, capsys):
+    from bayescompress.cli import main
+    from bayescompress.io import write_json
+
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "run.json").write_text("{}")
+    write_json(run / "invocation.json", {"format_version": 2, "argv": [
+        "compress", "--model", "mlp", "--weights", str(tmp_path / "moved.safetensors"), "--out", str(run)]})
+    assert main(["compress", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'moved.safetensors'} does not exist" in err
+    assert "a resumed run reads the files it was started with (its invocation.json): put it back there" in err
+
+
+def test_a_checkpoint_folder_another_live_process_trains_in_is_refused_and_a_dead_ones_taken_over(tmp_path):
+    import gc
+    import socket
+
+    from bayescompress.inference.checkpoint import OWNER_FILE, Checkpoint
+
+    owner = tmp_path / "checkpoint" / OWNER_FILE
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner.parent.mkdir()
+        owner.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        with pytest.raises(ValueError, match=f"being trained by another process \\(pid {other.pid} on"):
+            Checkpoint(owner.parent)
+    finally:
+        other.kill()
+        other.wait()
+    store = Checkpoint(owner.parent)  # that process is gone: its claim is stale
+    assert json.loads(owner.read_text())["pid"] == os.getpid()
+    assert Checkpoint(owner.parent).folder == owner.parent  # this process again (a notebook's next run): allowed
+    del store
+    gc.collect()
+    assert not owner.exists()  # released when the run is done with it

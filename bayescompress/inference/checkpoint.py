@@ -12,8 +12,11 @@ into a flat mapping of tensors and a JSON tree that refers to them (:func:`split
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import socket
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -161,9 +164,14 @@ class PhaseCheckpoint:
             partial.unlink(missing_ok=True)
 
 
+# who trains into a checkpoint folder now: {"pid", "host"}; a dot-file, so the folder's checks pass it by
+OWNER_FILE = ".owner.json"
+
+
 class Checkpoint:
     """A run's checkpoint folder: one :class:`PhaseCheckpoint` per ``fit`` of the run, handed out in order by
-    :meth:`next_phase`."""
+    :meth:`next_phase`. The writer claims the folder while this object lives, so a second process (a ``--resume``
+    started while the run still trains) is refused rather than training the same run beside it."""
 
     def __init__(self, folder: str | os.PathLike, writer: bool = True) -> None:
         self.folder = Path(folder)
@@ -171,6 +179,20 @@ class Checkpoint:
         self.handed: list[PhaseCheckpoint] = []
         if writer:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._claim()
+
+    def _claim(self) -> None:
+        path, me = self.folder / OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname()}
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            owner = None
+        if isinstance(owner, dict) and owner != me and _alive(owner):
+            raise ValueError(f"the run of {self.folder} is being trained by another process (pid {owner.get('pid')} "
+                             f"on {owner.get('host')}); let it finish, or stop it first (if it is gone, delete "
+                             f"{path})")
+        write_json(path, me)
+        weakref.finalize(self, _release, path, me)  # when the run is done with its checkpoint
 
     def next_phase(self) -> PhaseCheckpoint:
         phase = PhaseCheckpoint(self.folder, len(self.handed), self.writer)
@@ -180,6 +202,30 @@ class Checkpoint:
     def resumed_from(self) -> dict | None:
         """Where this run continued from a checkpoint (its last resumed phase), or None for a fresh run."""
         return next((p.resumed_from for p in reversed(self.handed) if p.resumed_from is not None), None)
+
+
+def _alive(owner: dict) -> bool:
+    """Whether the process that claimed a folder still runs (one on another host cannot be asked: it may)."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:  # not a record this package wrote (and kill(-1) means everyone)
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _release(path: Path, me: dict) -> None:
+    try:
+        if json.loads(path.read_text()) == me:
+            path.unlink()
+    except (OSError, ValueError):  # gone with the folder the finished run replaced
+        pass
 
 
 __all__ = ["Checkpoint", "PhaseCheckpoint", "join_state", "rng_state", "set_rng_state", "shuffling_generators",

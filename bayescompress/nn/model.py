@@ -252,6 +252,7 @@ def bayesianize_(
         bayes_type = BAYESIAN_TYPES[type(module)]
         position = dict(first=name == order[0], last=name in outputs)
         bayes_type.convert_(module, _prior_for(prior, name, module, position), init)
+        module.is_output = position["last"]  # the pruning strategies keep its units (the classes)
     return model
 
 

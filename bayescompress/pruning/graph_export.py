@@ -30,7 +30,7 @@ import torch.nn.utils.prune
 from torch import Tensor, nn
 
 from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer
-from bayescompress.nn.model import observe
+from bayescompress.nn.model import observe, output_layers
 from bayescompress.pruning.export import DETERMINISTIC_RHO, plain_layer_like
 from bayescompress.pruning.masks import (
     Masks,
@@ -242,8 +242,9 @@ def plan_and_prune(
     constants: bool = True, atol: float = 1e-4,
 ) -> tuple[nn.Module, GraphSurgery]:
     """A copy of the plain network ``plain`` with every removable channel removed (see the module docstring),
-    and the surgery. ``output_layer`` (one name or several) keeps its units (default: the last registered
-    layer); a layer never loses its last unit; ``constants=False`` removes unread channels only.
+    and the surgery. ``output_layer`` (one name or several) keeps its units (default: the layers whose outputs
+    reach what ``plain`` returns on ``example_input``, :func:`~bayescompress.nn.output_layers`); a layer never
+    loses its last unit; ``constants=False`` removes unread channels only.
 
     All steps are first made at once. If the result fails to run or to reproduce ``plain`` on
     ``example_input`` (Torch-Pruning can mis-couple a skip from the network input, or a reshape that shuffles
@@ -252,7 +253,7 @@ def plan_and_prune(
     """
     reference = cpu_outputs(plain, example_input)
     layers = [name for name, _ in prunable_layers(plain)]
-    outputs = output_names(output_layer, layers)
+    outputs = output_names(output_layer if output_layer is not None else output_layers(plain, example_input), layers)
     pruned, surgery = copy.deepcopy(plain), GraphSurgery()
     try:
         dg = dependency_graph(pruned, example_input)
@@ -320,10 +321,11 @@ def export_with_torch_pruning(
     """A smaller deterministic copy of any ``model`` Torch-Pruning can trace, at the masked posterior mean, and
     the surgery that made it (:func:`plan_and_prune`).
 
-    ``output_layer`` (one name or several) keeps its units (default: the last registered Linear/Conv2d layer);
-    a layer never loses its last unit; ``constants=False`` removes unread channels only. Raises ``RuntimeError`` if the result does
-    not reproduce the masked network on ``example_input`` (relative to the outputs' scale, in float32 on the CPU;
-    use a few inputs: constants are recognised by being the same on all of them).
+    ``output_layer`` (one name or several) keeps its units (default: the layers feeding what the network
+    returns); a layer never loses its last unit; ``constants=False`` removes unread channels only. Raises
+    ``RuntimeError`` if the result does not reproduce the masked network on ``example_input`` (relative to the
+    outputs' scale, in float32 on the CPU; use a few inputs: constants are recognised by being the same on all
+    of them).
     """
     masked = masks.apply_(copy_network(model))
     plain = to_plain_network(masked).eval()

@@ -63,7 +63,11 @@ class PruningStrategy(abc.ABC):
 
     @staticmethod
     def _output(layers, output_layer: str | Collection[str] | None) -> frozenset[str]:
-        return output_names(output_layer, [name for name, _ in layers])
+        # by default the layers conversion marked as outputs (bayesianize_ with an example input finds a head
+        # registered before its body), else the last registered
+        marked = [name for name, layer in layers if getattr(layer, "is_output", False)]
+        return output_names(output_layer if output_layer is not None else marked or None,
+                            [name for name, _ in layers])
 
     @staticmethod
     def _layers(model: nn.Module, bayesian: bool) -> list[tuple[str, nn.Module]]:
