@@ -53,7 +53,7 @@ from bayescompress.pruning.export import EXPORT_TOLERANCE, checked_sequential_ex
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
-from bayescompress.runs import CompressionResult, ExportRecord, units_per_layer
+from bayescompress.runs import CompressionResult, ExportRecord, layer_names, units_per_layer
 from bayescompress.settings import Flag, Integer, Real, Settings, setting
 
 # The method of a compress call that names none (and starts from no run's posterior).
@@ -607,6 +607,7 @@ def _measure(original, network, exported, posterior, masks, uses, loader, exampl
         "latency": {"batch_size": batch_size, "original_s": latency["original"],
                     "exported_s": latency["exported"]},
         "latency_ratio": latency["exported"] / latency["original"],
-        "architecture": {"original": units_per_layer(original), "exported": units_per_layer(exported)},
+        "architecture": {"layers": layer_names(original), "original": units_per_layer(original),
+                         "exported": units_per_layer(exported)},
         "export_max_abs_diff": _max_abs_diff(exported, network, loader, pipeline.device),
     }

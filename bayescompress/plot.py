@@ -34,10 +34,10 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
     the inputs no kept weight reads (columns) are shaded red. The title gives the kept fraction and the units
     and inputs left.
 
-    ``exported`` (units per layer name of the exported network, ``metrics["architecture"]["exported"]``) marks
-    the layers whose export keeps more units than their masks: channels tied to kept ones by a residual sum or a
-    grouped convolution stay in the network, so their switched-off rows are shaded orange, not red, and the
-    title gives the exported width.
+    ``exported`` (units per layer name of the exported network, from ``metrics["architecture"]``) gives each
+    title the exported width where it differs from the units the masks keep. Where the export keeps more (channels
+    tied to kept ones by a residual sum or a grouped convolution, or constant channels it cannot fold away), the
+    switched-off rows are shaded orange, not red: some of them are still in the network.
 
     With ``path``, the figure is also written there (atomically; the format follows the suffix).
 
@@ -57,15 +57,18 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         units = run_masks.units.get(name, keep.any(dim=1).bool())
         per_input = weight.flatten(2).any(dim=2) if weight.dim() > 2 else weight
         inputs = per_input.any(dim=0)
-        ax.imshow(keep.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        # a mask wider than the panel's pixels: averaged, so a removed row stays visible as a lighter line
+        smooth = "nearest" if max(keep.shape) <= 400 else "antialiased"
+        ax.imshow(keep.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation=smooth)
         shade = torch.zeros(*keep.shape, 4)
-        width = (exported or {}).get(name, 0)
-        tied = width > max(int(units.sum()), 1)
+        width = (exported or {}).get(name)
+        tied = width is not None and width > max(int(units.sum()), 1)
         any_tied |= tied
         shade[(~inputs).repeat_interleave(keep.shape[1] // inputs.numel())[None, :].expand_as(keep)] = _REMOVED
         shade[~units.bool()] = _TIED if tied else _REMOVED
-        ax.imshow(shade.numpy(), aspect="auto", interpolation="nearest")
-        kept_units = f"units {int(units.sum())}/{units.numel()}" + (f" (exported {width}: tied)" if tied else "")
+        ax.imshow(shade.numpy(), aspect="auto", interpolation=smooth)
+        kept_units = f"units {int(units.sum())}/{units.numel()}" + (
+            f" (exported {width})" if width is not None and width != int(units.sum()) else "")
         ax.set_title(f"{name}: {100 * keep.mean().item():.1f}% kept\n{kept_units}, "
                      f"inputs {int(inputs.sum())}/{inputs.numel()}", fontsize=9)
         ax.set_xlabel("input" + (" (channel x kernel)" if weight.dim() > 2 else ""))
@@ -74,7 +77,7 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
               Patch(facecolor="white", edgecolor="grey", label="pruned weight"),
               Patch(facecolor=_REMOVED.tolist(), label="removed unit / input")]
     if any_tied:
-        legend.append(Patch(facecolor=_TIED.tolist(), label="unit switched off, kept by the export (tied)"))
+        legend.append(Patch(facecolor=_TIED.tolist(), label="unit switched off; the export keeps some of these"))
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     figure.suptitle("Weight masks per layer", fontsize=11)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
@@ -163,9 +166,10 @@ def mrf_samples(prior, shape: tuple[int, int] = (64, 64), sweeps: int = 200, see
 
 
 def filters(kernels: Tensor, units: Tensor | None = None, name: str = "conv", path: str | os.PathLike | None = None,
-            max_columns: int = 10) -> Figure:
+            max_columns: int = 10, exported: int | None = None) -> Figure:
     """A convolution's filters as a grid, one small image per filter (its kernel averaged over input channels,
-    on one colour scale centred at 0); removed filters (``units`` False) are framed red and struck through.
+    on one colour scale centred at 0); filters the masks switch off (``units`` False) are framed red and struck
+    through. ``exported``, the filters of the exported layer, is named in the title where it differs.
 
     ``kernels`` is the layer's weight, (filters, in channels, kh, kw).
 
@@ -191,7 +195,9 @@ def filters(kernels: Tensor, units: Tensor | None = None, name: str = "conv", pa
                 spine.set_edgecolor("red")
                 spine.set_linewidth(2)
             ax.plot([-0.5, image.shape[1] - 0.5], [-0.5, image.shape[0] - 0.5], color="red", linewidth=1.5)
-    figure.suptitle(f"{name}: {int(units.sum())} of {units.numel()} filters kept (red: removed)", fontsize=10)
+    kept = int(units.sum())
+    export = f"; the export keeps {exported}" if exported is not None and exported != kept else ""
+    figure.suptitle(f"{name}: {kept} of {units.numel()} filters switched on (red: off{export})", fontsize=10)
     figure.colorbar(shown, ax=axes, shrink=0.8, label="mean weight over input channels")
     _save(figure, path)
     return figure
@@ -200,7 +206,8 @@ def filters(kernels: Tensor, units: Tensor | None = None, name: str = "conv", pa
 def score_histograms(scores: dict[str, Tensor], run_masks: Masks | None = None, label: str = "score",
                      log: bool = False, path: str | os.PathLike | None = None, max_columns: int = 4) -> Figure:
     """One histogram per layer of the weights' pruning scores (inclusion probabilities, SNR, |w|), with the
-    threshold the run's masks correspond to (the smallest kept score) drawn as a vertical line.
+    threshold the run's masks correspond to (the smallest kept score) drawn as a vertical line where one score
+    separates the kept weights from the pruned (not where whole units were removed, or nothing was).
 
     ``log`` histograms log10 of the score (for SNR and |w|, which span decades); scores of 0 are left out of a
     log histogram and counted in the title.
@@ -224,12 +231,14 @@ def score_histograms(scores: dict[str, Tensor], run_masks: Masks | None = None, 
         ax.set_xlabel(f"log10 {label}" if log else label)
         ax.set_ylabel("weights")
         title = f"{name}: {values.numel():,} weights" + (f" ({zeros:,} at 0)" if zeros else "")
-        if run_masks is not None and name in run_masks.weight and run_masks.weight[name].any():
-            cut = float(values[run_masks.weight[name].flatten().cpu()].min())
-            if not log or cut > 0:
-                ax.axvline(math.log10(cut) if log else cut, color="red", linestyle="--", label="threshold")
-                ax.legend(fontsize=8)
-            title += f"\n{100 * run_masks.weight[name].float().mean().item():.1f}% kept"
+        if run_masks is not None and name in run_masks.weight:
+            kept = run_masks.weight[name].flatten().cpu()
+            if kept.any() and not kept.all():
+                cut = float(values[kept].min())
+                if float(values[~kept].max()) <= cut and (not log or cut > 0):
+                    ax.axvline(math.log10(cut) if log else cut, color="red", linestyle="--", label="threshold")
+                    ax.legend(fontsize=8)
+            title += f"\n{100 * kept.float().mean().item():.1f}% kept"
         ax.set_title(title, fontsize=9)
     figure.suptitle(f"Pruning scores before pruning ({label})", fontsize=11)
     figure.tight_layout()
@@ -251,13 +260,14 @@ def units_kept(original: Sequence[int], exported: Sequence[int], names: Sequence
         raise ValueError(f"original has {len(original)} layers and exported {len(exported)}; they must match")
     names = list(names) if names is not None else [f"layer {i + 1}" for i in range(len(original))]
     positions = torch.arange(len(original)).double().numpy()
-    figure, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(original) + 2), 3.6))
+    figure, ax = plt.subplots(figsize=(min(max(4.5, 1.3 * len(original) + 2), 16.0), 3.6))  # a ResNet: 16 in
     ax.bar(positions - 0.2, original, width=0.4, color="lightgrey", edgecolor="grey", label="original")
     bars = ax.bar(positions + 0.2, exported, width=0.4, color="tab:blue", label="exported")
     for bar, before, after in zip(bars, original, exported):
         ax.annotate(f"{100 * after / max(before, 1):.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(positions, names, fontsize=8, rotation=20 if len(original) > 5 else 0)
+    ax.set_xticks(positions, names, fontsize=8, rotation=(45 if len(original) > 10 else 20) if len(original) > 5 else 0,
+                  ha="right" if len(original) > 5 else "center")
     ax.set_ylabel("units (neurons / filters)")
     ax.set_title("Units kept per layer (label: fraction of the original)", fontsize=10)
     ax.legend(fontsize=8)
@@ -320,15 +330,19 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike | None = No
     phases = [i for i in range(1, len(history)) if history[i].get("epoch", 0) <= history[i - 1].get("epoch", 0)]
     panels = [(("loss", "nll"), "loss per example", False), (("kl",), "KL (nats)", True),
               (("val_accuracy",), "validation accuracy", False), (("kept_fraction",), "fraction of weights kept", True)]
-    panels = [p for p in panels if any(key in record for record in history for key in p[0])]
+    # a panel for what the records hold; not the KL of a run without a posterior (all 0)
+    panels = [p for p in panels if any(record.get(key) not in (None, 0) for record in history for key in p[0])]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, (keys, label, log) in zip(axes[0], panels):
         for key in keys:
             points = [(x, r[key]) for x, r in zip(steps, history) if key in r and r[key] is not None]
             if points:
                 ax.plot(*zip(*points), marker=".", label=key)
-        if log and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        # log where asked, or where one line would flatten another (a loss with a KL term of 1e4 beside the NLL)
+        if values and min(values) > 0 and (log or max(values) / min(values) > 100):
             ax.set_yscale("log")
+        ax.set_xlim(0.5, len(history) + 0.5)  # one epoch: no ticks at 0.95 ... 1.05
         for start in phases:
             ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("epoch (all phases)")
@@ -361,7 +375,8 @@ def kept_pixels(weight_mask: Tensor, image_shape: Sequence[int], name: str = "in
     image = per_pixel.reshape(*image_shape)
     image = image.sum(dim=0) if image.dim() == 3 else image
     figure, ax = plt.subplots(figsize=(4.4, 3.8))
-    shown = ax.imshow(image.numpy(), cmap="viridis", interpolation="nearest")
+    shown = ax.imshow(image.numpy(), cmap="viridis", vmin=0, vmax=max(float(image.max()), 1.0),
+                      interpolation="nearest")  # from 0: the darkest pixel is one no longer read
     ax.set_title(f"{name}: {int((image > 0).sum())} of {image.numel()} pixels read", fontsize=10)
     ax.set_xlabel("pixel column")
     ax.set_ylabel("pixel row")
@@ -435,13 +450,14 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
         ax.set_xlabel(label)
         ax.set_ylabel("test error (%)")
         ax.grid(True, which="both", alpha=0.3)
-    # anchors too: one more accurate than every run would fall below the axis and vanish
+    # zoomed on the best point, not stretched by a curve's far end; runs above get a labelled triangle (below)
     low = min([100 * p["error"] for ps in points.values() for p in ps] + [100 * r["error"] for rs in runs.values()
-                                                                          for r in rs]
-              + [100 * a["error"] for a in anchors] + [100.0])
+                                                                          for r in rs] + [100.0])
     top = min(100.0, max(low * 4, low + 5))
+    # an anchor more accurate than every run widens the bottom, not the zoom (it would push the runs off the top)
+    bottom = max(0.0, min([low] + [100 * a["error"] for a in anchors]) - 0.5)
     for ax, x in zip(axes, ("compression", "exported_macs")):
-        ax.set_ylim(max(0.0, low - 0.5), top)
+        ax.set_ylim(bottom, top)
         # the x-range of what is drawn inside the axes: a curve's far end is off the top, and would leave most of
         # the panel empty
         shown = [p[x] for ps in points.values() for p in ps if 100 * p["error"] <= top and p.get(x)]
@@ -450,16 +466,17 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
             ax.set_xlim(min(shown) / 1.25, max(shown) * 1.25)
     # runs above the zoomed axis stay visible: a triangle on the top edge, labelled with their error (labels of
     # neighbouring triangles stacked downwards, not drawn over each other)
-    above = [(run, colours[index % len(colours)]) for index, method in enumerate(dict.fromkeys([*points, *runs]))
+    above = [(run, method, colours[index % len(colours)])
+             for index, method in enumerate(dict.fromkeys([*points, *runs]))
              for run in runs.get(method, ()) if 100 * run["error"] > top]
     for ax, x in zip(axes, ("compression", "exported_macs")):
         previous, depth = None, 0
-        for run, colour in sorted(above, key=lambda entry: entry[0][x]):
+        for run, method, colour in sorted(above, key=lambda entry: entry[0][x]):
             depth = depth + 1 if previous is not None and run[x] < previous * 1.25 else 0
             previous = run[x]
             ax.scatter([run[x]], [top], marker="^", color=colour, edgecolor="black", s=60, zorder=5, clip_on=False)
-            ax.annotate(f"{100 * run['error']:.1f} %", (run[x], top), textcoords="offset points",
-                        xytext=(0, -12 - 9 * depth), ha="center", fontsize=7)
+            ax.annotate(f"{method} {100 * run['error']:.1f} %", (run[x], top), textcoords="offset points",
+                        xytext=(0, -12 - 9 * depth), ha="center", fontsize=7, color=colour)
     axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
     handles, labels = axes[0].get_legend_handles_labels()
     if any(p.get("own") for ps in points.values() for p in ps):
@@ -537,12 +554,18 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
 
     names = list(run_masks.weight)
     architecture = metrics.get("architecture", {})
-    aligned = architecture and len(names) == len(architecture["original"])  # one mask per Linear/Conv2d
-    draw("masks.png", lambda p: masks(run_masks, p, exported=dict(zip(names, architecture["exported"]))
-                                      if aligned else None))
+    # the architecture's layers by name (runs before they were recorded: by position, if one mask per layer)
+    layers = architecture.get("layers") or (names if architecture and len(names) == len(architecture["original"])
+                                            else None)
+    widths = dict(zip(layers, architecture["exported"])) if layers else {}
+    draw("masks.png", lambda p: masks(run_masks, p, exported=widths or None))
     if architecture:
         original, exported = architecture["original"], architecture["exported"]
-        draw("units.png", lambda p: units_kept(original, exported, names if aligned else None, p))
+        draw("units.png", lambda p: units_kept(original, exported, layers, p))
+    # every figure's panels in the network's order (a safetensors file gives its tensors sorted by name)
+    scores = {name: scores[name] for name in [*names, *scores] if name in scores} if scores is not None else None
+    inclusion_probabilities = {name: inclusion_probabilities[name] for name in [*names, *inclusion_probabilities]
+                               if name in inclusion_probabilities}
     if scores is not None:
         label, log = _SCORE_LABELS.get(metrics.get("method"), ("SNR |mu| / sigma", True))
         draw("scores.png", lambda p: score_histograms(scores, run_masks, label, log, p))
@@ -554,7 +577,8 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         kernels = {name: state.get(f"{name}.weight_orig", state.get(f"{name}.weight")) for name in names}
         convs = [name for name, k in kernels.items() if k is not None and k.dim() == 4 and k.shape[0] <= 128]
         for name in convs[:MAX_FILTER_FIGURES]:  # the first ones: a ResNet would give one per block
-            draw(f"filters-{name}.png", lambda p, n=name: filters(kernels[n], run_masks.units.get(n), n, p))
+            draw(f"filters-{name}.png", lambda p, n=name: filters(kernels[n], run_masks.units.get(n), n, p,
+                                                                  exported=widths.get(n)))
     first = run_masks.weight.get(names[0]) if names else None
     if image_shape and first is not None and first.dim() == 2 and first.shape[1] == math.prod(image_shape):
         draw("pixels.png", lambda p: kept_pixels(first, image_shape, names[0], p))
@@ -570,7 +594,7 @@ def _input_image_shape(directory: Path) -> tuple[int, ...] | None:
     if not (directory / "probe.safetensors").is_file():
         return None
     shape = tuple(read_safetensors(directory / "probe.safetensors", "a run folder")["input"].shape[1:])
-    if len(shape) == 1:
+    if len(shape) == 1:  # a flat square from 8x8 (digits) up; 4 or 16 tabular features are not an image
         side = math.isqrt(shape[0])
-        return (side, side) if side * side == shape[0] and side > 1 else None
+        return (side, side) if side * side == shape[0] and side >= 8 else None
     return shape if len(shape) in (2, 3) else None

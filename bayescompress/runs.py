@@ -118,6 +118,11 @@ def units_per_layer(model: nn.Module) -> list[int]:
     return [m.weight.shape[0] for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """The names of the layers :func:`units_per_layer` counts, in its order."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
 @dataclass
 class ExportRecord:
     """How ``compress`` turned the original network into the exported one, for a run folder to replay."""

@@ -42,8 +42,12 @@ def test_units_the_export_keeps_tied_are_shaded_apart_from_removed_ones():
     np.testing.assert_allclose(b[1, 0], [0.85, 0.1, 0.1, 0.35])  # red: removed
     assert (a[0, :, 3] == 0).all() and (b[3, :, 3] == 0).all()  # kept rows unshaded
     titles = [ax.get_title() for ax in figure.axes if ax.get_images()]
-    assert "units 2/4 (exported 4: tied)" in titles[0] and "exported" not in titles[1]
-    assert "unit switched off, kept by the export (tied)" in [t.get_text() for t in figure.legends[0].get_texts()]
+    assert "units 2/4 (exported 4)" in titles[0] and "exported" not in titles[1]
+    assert "unit switched off; the export keeps some of these" in [t.get_text() for t in figure.legends[0].get_texts()]
+    pyplot.close(figure)
+    # an export narrower than the masks (units nothing reads dropped too) is named as well
+    figure = plot_masks(Masks({"a": weight}, {"a": torch.ones(4, dtype=torch.bool)}), exported={"a": 2})
+    assert "units 4/4 (exported 2)" in figure.axes[0].get_title()
     pyplot.close(figure)
 
 
@@ -120,7 +124,7 @@ def test_filters_draw_one_image_per_filter_and_mark_the_removed(tmp_path):
     np.testing.assert_allclose(panels[0].get_images()[0].get_array(), kernels[0].mean(0).numpy(), rtol=1e-6)
     assert [ax.get_title(loc="center") for ax in panels] == [str(i) for i in range(6)]
     assert [bool(ax.get_lines()) for ax in panels] == [False, True, False, False, True, False]  # struck through
-    assert "4 of 6 filters kept" in figure._suptitle.get_text()
+    assert "4 of 6 filters switched on" in figure._suptitle.get_text()
     pyplot.close(figure)
 
 
@@ -237,7 +241,7 @@ def test_pareto_marks_runs_above_its_zoomed_error_axis_on_the_top_edge():
     for ax in (left, right):
         edge = [c for c in ax.collections if c.get_offsets().shape[0] and np.allclose(c.get_offsets()[:, 1], top)]
         assert len(edge) == 1 and edge[0].get_offsets()[0, 0] == (12 if ax is left else 4e4)
-        assert [t.get_text() for t in ax.texts] == ["38.7 %"]
+        assert [t.get_text() for t in ax.texts] == ["poor 38.7 %"]  # which method, in its colour
     pyplot.close(figure)
 
 
@@ -261,8 +265,8 @@ def test_labels_of_neighbouring_runs_above_the_axis_are_stacked_not_overlaid():
     figure = pareto({}, runs)
     left, _ = figure.axes
     offsets = {t.get_text(): t.xyann[1] for t in left.texts}
-    assert offsets["81.5 %"] != offsets["83.5 %"]  # 12x and 13x: one label below the other
-    assert offsets["50.0 %"] == offsets["81.5 %"]  # 40x is far enough for the first row
+    assert offsets["poor 81.5 %"] != offsets["poor 83.5 %"]  # 12x and 13x: one label below the other
+    assert offsets["poor 50.0 %"] == offsets["poor 81.5 %"]  # 40x is far enough for the first row
     pyplot.close(figure)
 
 
@@ -351,3 +355,73 @@ def test_pareto_draws_a_runs_own_masks_beside_the_curve_not_on_it():
     np.testing.assert_allclose(diamonds[0].get_offsets(), [[4, 26.0]])
     assert "a run's own masks, no fine-tuning" in [t.get_text() for t in figure.legends[0].get_texts()]
     pyplot.close(figure)
+
+
+def test_a_run_whose_architecture_lists_a_layer_left_whole_is_drawn_by_name(tmp_path, monkeypatch):
+    """A transformer's out_proj is a Linear the masks do not cover: matched by position, nothing lined up, so
+    units.png named no layer and masks.png shaded units the export keeps as removed."""
+    from bayescompress import plot
+    from bayescompress.io import write_json
+
+    weight = {"enc.linear1": torch.ones(16, 8, dtype=torch.bool), "enc.linear2": torch.ones(8, 16, dtype=torch.bool),
+              "head": torch.ones(3, 8, dtype=torch.bool)}
+    weight["enc.linear1"][10:] = False
+    units = {name: w.any(1) for name, w in weight.items()}
+    units["enc.linear2"][2:] = False  # switched off, but the residual sum keeps all 8 in the export
+    run = tmp_path / "run"
+    run.mkdir()
+    Masks(weight, units).save(run / "masks.safetensors")
+    layers = ["enc.self_attn.out_proj", "enc.linear1", "enc.linear2", "head"]
+    write_json(run / "metrics.json", {"format_version": 2, "method": "magnitude", "architecture": {
+        "layers": layers, "original": [8, 16, 8, 3], "exported": [8, 10, 8, 3]}})
+    seen = {}
+    real_masks, real_units = plot.masks, plot.units_kept
+    monkeypatch.setattr(plot, "masks", lambda m, p, exported=None: seen.setdefault("widths", exported)
+                        and real_masks(m, p, exported=exported))
+    monkeypatch.setattr(plot, "units_kept", lambda o, e, names, p: seen.setdefault("names", names)
+                        and real_units(o, e, names, p))
+    plot.draw_run(run)
+    assert seen["widths"] == {"enc.self_attn.out_proj": 8, "enc.linear1": 10, "enc.linear2": 8, "head": 3}
+    assert seen["names"] == layers
+    assert {p.name for p in (run / "plots").iterdir()} == {"masks.png", "units.png"}
+    figure = plot_masks(Masks(weight, units), exported=seen["widths"])
+    assert "units 2/8 (exported 8)" in [ax.get_title() for ax in figure.axes if ax.get_images()][1]
+    pyplot.close(figure)
+
+
+def test_a_score_threshold_is_drawn_only_where_one_score_separates_kept_from_pruned():
+    from bayescompress.plot import score_histograms
+
+    scores = {"fc": torch.arange(1.0, 13.0).view(3, 4)}
+    by_score = Masks({"fc": scores["fc"] >= 7})
+    by_unit = Masks({"fc": torch.tensor([[True] * 4, [False] * 4, [True] * 4])})  # row 1 holds scores 5-8
+    nothing = Masks({"fc": torch.ones(3, 4, dtype=torch.bool)})
+    lines = [len(score_histograms(scores, m).axes[0].get_lines()) for m in (by_score, by_unit, nothing)]
+    assert lines == [1, 0, 0]
+    pyplot.close("all")
+
+
+def test_training_curves_of_one_epoch_without_a_posterior_have_no_kl_panel_and_whole_epoch_ticks():
+    from bayescompress.plot import training_curves
+
+    figure = training_curves([{"epoch": 1, "loss": 0.3, "nll": 0.3, "kl": 0.0, "val_accuracy": 0.9}])
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss per example", "validation accuracy"]
+    assert figure.axes[0].get_xlim() == (0.5, 1.5)
+    pyplot.close(figure)
+    spread = training_curves([{"epoch": e, "loss": 2e4 / e, "nll": 0.5 / e} for e in (1, 2, 3)])
+    assert spread.axes[0].get_yscale() == "log"  # the NLL is not flattened against a loss 4e4 times larger
+    pyplot.close(spread)
+
+
+def test_kept_pixels_colour_from_zero_and_tabular_features_are_not_an_image(tmp_path):
+    from bayescompress.io import save_weights
+    from bayescompress.plot import _input_image_shape, kept_pixels
+
+    mask = torch.ones(5, 16, dtype=torch.bool)
+    mask[:3, 0] = False  # every pixel read at least twice: the colours still start at 0
+    image = kept_pixels(mask, (4, 4)).axes[0].get_images()[0]
+    assert image.get_clim()[0] == 0
+    pyplot.close("all")
+    for features, shape in ((16, None), (64, (8, 8))):
+        save_weights({"input": torch.zeros(2, features)}, tmp_path / "probe.safetensors")
+        assert _input_image_shape(tmp_path) == shape
