@@ -496,6 +496,7 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
 
     from bayescompress import distributed
     from bayescompress.io import FORMAT_VERSION, write_json
+    from bayescompress.inference.checkpoint import check_unclaimed
     from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE, check_run_destination, is_interrupted_run
 
     if not distributed.is_main():  # rank 0 checks and writes the folder; the others only read the checkpoint
@@ -505,10 +506,11 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
         raise ValueError(f"--out {args.out} is the run --from-run reads: the new run would replace its source; "
                          "write it to another folder")
     if args.resume is None:
-        if is_interrupted_run(out):  # --overwrite: start again, from nothing
+        if is_interrupted_run(out):  # --overwrite: start again, from nothing (unless it still trains)
+            check_unclaimed(out / CHECKPOINT_DIR)
             shutil.rmtree(out / CHECKPOINT_DIR)
         argv = _absolute_paths([arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)])
-        args.made_out = not out.exists()  # a folder the user made stays, even if the run leaves it empty
+        args.run_dir, args.made_out = out, not out.exists()  # a folder the user made stays, even left empty
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
         args.wrote_invocation = True
     return out / CHECKPOINT_DIR
@@ -538,7 +540,7 @@ def _forget_unstarted_run(args: argparse.Namespace) -> None:
     empty: bad input leaves nothing behind, and nothing the same command would take for an interrupted run."""
     from bayescompress.runs import INVOCATION_FILE, discard_unstarted_checkpoint
 
-    out = Path(args.out)
+    out = args.run_dir  # where a symbolic link --out points
     if not (out / INVOCATION_FILE).is_file() or not discard_unstarted_checkpoint(out):
         return
     (out / INVOCATION_FILE).unlink()
@@ -563,8 +565,8 @@ def _run(args: argparse.Namespace) -> int:
             workflows.check_weights_destination(args.out, args.overwrite)  # before the training, not after
             result = workflows.pretrain(
                 args.model, args.dataset, args.data_dir, epochs=args.epochs, lr=args.lr,
-                batch_size=args.batch_size, hidden=args.hidden or (100,), seed=args.seed, device=args.device,
-                quiet=args.quiet,
+                batch_size=args.batch_size, seed=args.seed, device=args.device, quiet=args.quiet,
+                **({"hidden": args.hidden} if args.hidden is not None else {}),
             )
             path = result.save(args.out, overwrite=args.overwrite)
             output = {"weights": str(path), **{f"test_{k}": v for k, v in result.metrics.items()}}
@@ -650,7 +652,8 @@ def _run(args: argparse.Namespace) -> int:
             _forget_unstarted_run(args)
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named
         moved = ("; a resumed run reads the files it was started with (its invocation.json): put it back there"
-                 if isinstance(error, FileNotFoundError) and getattr(args, "resume", None) is not None else "")
+                 if isinstance(error, FileNotFoundError) and args.command == "compress" and args.resume is not None
+                 else "")
         print(f"bayescompress {args.command}{where}: error: {error}{moved}", file=sys.stderr)
         return 2
     if args.json:

@@ -35,6 +35,7 @@ from bayescompress.compress import (
     resolve_method,
 )
 from bayescompress.data import as_batch, batches_per_epoch
+from bayescompress.inference.checkpoint import check_unclaimed, shuffling_generators
 from bayescompress.io import (
     atomic_write,
     check_writable,
@@ -46,7 +47,6 @@ from bayescompress.io import (
 from bayescompress.methods.base import Method, effective_settings
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.pruning.masks import copy_network
-from bayescompress.inference.checkpoint import shuffling_generators
 from bayescompress.runs import (
     CHECKPOINT_DIR,
     IN_PROGRESS_FILES,
@@ -239,6 +239,7 @@ def compare(
         if folder is not None:  # an interrupted run continues from its checkpoint when resuming
             checkpoint = folder / CHECKPOINT_DIR
             if overwrite and not resume and checkpoint.is_dir() and distributed.is_main():
+                check_unclaimed(checkpoint)  # not the checkpoint of a run another process still trains
                 shutil.rmtree(checkpoint)  # this package's own checkpoint of the run being replaced
         try:
             with warnings.catch_warnings():  # recorded per run and flagged in the table
@@ -362,17 +363,17 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
         if foreign:
             raise ValueError(f"{out} holds files compare did not write ({', '.join(foreign)}); choose a new or "
                              "empty folder, or one a comparison wrote (nothing there is replaced)")
-        damaged = sorted(str(child) for entry in out.iterdir() if _written_by_compare(entry) and entry.is_dir()
-                         for child in entry.iterdir() if not child.name.startswith(".") and any(child.iterdir())
-                         and not (is_run_folder(child) or is_interrupted_run(child)))
+        damaged = sorted(str(child) for entry in out.iterdir() if not entry.name.startswith(".") and entry.is_dir()
+                         for child in entry.iterdir() if not child.name.startswith(".") and child.is_dir()
+                         and any(child.iterdir()) and not (is_run_folder(child) or is_interrupted_run(child)))
         if damaged:
             raise ValueError(f"not a complete run (metrics.json or architecture.json missing or unreadable): "
                              f"{', '.join(damaged)}; remove it to run it again, or choose another folder (nothing "
                              "was touched)")
-        # one folder, one comparison: its table lists every run there, so runs outside this one would drop out
+        # one folder, one comparison: the table lists only this comparison's runs, so the others would drop out
         others = sorted(f"{entry.name}/{child.name}" for entry in out.iterdir() if entry.is_dir()
                         and not entry.name.startswith(".") for child in entry.iterdir()
-                        if (is_run_folder(child) or is_interrupted_run(child))
+                        if child.is_dir() and (is_run_folder(child) or is_interrupted_run(child))
                         and not (entry.name in chosen and child.name in {f"seed{k}" for k in seeds}))
         if others and not (resume or overwrite):
             raise ValueError(f"{out} holds runs of another comparison ({', '.join(others)}), which its table would "

@@ -49,7 +49,12 @@ from bayescompress.methods.base import (
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs, weight_uses
 from bayescompress.nn import bayesian_layers, output_layers
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers
-from bayescompress.pruning.export import EXPORT_TOLERANCE, checked_sequential_export, largest_difference
+from bayescompress.pruning.export import (
+    EXPORT_TOLERANCE,
+    checked_sequential_export,
+    largest_difference,
+    output_difference,
+)
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
@@ -176,7 +181,7 @@ def compress(
         raise ValueError("train_loader yields no batch (a drop_last loader over fewer examples than one batch?); "
                          "compress needs training data: give more examples or a smaller batch size")
     for name, loader in (("val_loader", val_loader), ("test_loader", test_loader)):
-        if isinstance(loader, Iterator):  # a generator, say: the first check would use it up
+        if isinstance(loader, Iterator) and not hasattr(loader, "__len__"):  # a generator: one pass uses it up
             raise ValueError(f"{name} is a {type(loader).__name__}, used up after one pass; compress reads it at "
                              "every validation check and to measure the result: give a DataLoader or a list of "
                              "(x, y) batches")
@@ -321,8 +326,8 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
         what = f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
         raise ValueError(f"the model returns {what}; compress needs a classifier whose forward returns one (N, "
                          "classes) tensor of logits: wrap it in a module whose forward returns that tensor")
-    # the same inputs twice (the model given as both networks): the exports and metrics assume one function
-    if (spread := largest_difference(model, model, [inputs])) > EXPORT_TOLERANCE * max(1.0, float(logits.abs().max())):
+    # the same inputs again: the exports and metrics assume one function
+    if (spread := output_difference(logits, model(inputs))) > EXPORT_TOLERANCE * max(1.0, float(logits.abs().max())):
         raise ValueError(f"the model's outputs for the same inputs differ by {spread:.3g} between two eval-mode "
                          "passes: its forward is random in eval mode (a dropout called with training=True, added "
                          "noise); compress measures and exports one function, and its posterior carries the "

@@ -59,9 +59,19 @@ def mode_for(path: Path, directory: bool = False) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
-        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask can only set it: another
+    thread's file created in between would get 0)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
         os.umask(umask)
-        return (0o777 if directory else 0o666) & ~umask
+        return umask
 
 
 def write_json(path: str | os.PathLike, data: Mapping) -> Path:

@@ -48,9 +48,10 @@ def operating_points(
     """Re-prune ``run`` (a result, or a run folder) at each of ``keep_fractions`` and measure each point on
     ``loader``: one dict per point with ``keep_fraction``, ``compression`` (|W| / |W != 0| after structure
     propagation), ``accuracy``, ``error``, ``nll``, ``ece`` (the exported network, posterior mean),
-    ``exported_macs`` and ``units`` (a budget that keeps the same weights as the one before it, as the budgets
-above an SSVI run's density do, gives no second point), and ``emptied_layers`` where the ranking across layers keeps no weight of a
-layer (a cut network, warned about). ``model`` is the original architecture, needed only for a run saved from
+    ``exported_macs`` and ``units``, and ``emptied_layers`` where the ranking across layers keeps no weight of a
+    layer (a cut network, warned about). Budgets that keep the same weights (those above an SSVI run's density:
+    weights outside its subspace are never kept) give one point, labelled with the smallest of them.
+    ``model`` is the original architecture, needed only for a run saved from
     Python whose network is not a reference model or a factory. ``own`` appends the point of the run's own
     masks (``"own": True``), re-measured without fine-tuning: for a method without fine-tuning it is the run
     itself; for the others, the gap to the run is what the fine-tuning bought.
@@ -78,13 +79,14 @@ layer (a cut network, warned about). ``model`` is the original architecture, nee
         cut = _top_fraction_threshold(everything, fraction)
         # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
         keep = [(s >= cut) & (s > 0) for s in scores.values()]
-        kept = sum(int(k.sum()) for k in keep)
-        if kept == previous:  # the posterior has fewer weights to give than this budget too: the same point
+        count = sum(int(k.sum()) for k in keep)
+        if count == previous and points:  # the posterior has no more weights to give: the same point again
+            points[-1]["keep_fraction"] = fraction
             continue
-        previous = kept
+        previous = count
         masks = PruningStrategy._from_weight_masks(layers, keep, outputs)
         point = _measure(network, masks, example, outputs, loader, device, total) | {"keep_fraction": fraction}
-        emptied = [name for name, kept in zip(scores, keep) if not kept.any()]
+        emptied = [name for name, layer_keep in zip(scores, keep) if not layer_keep.any()]
         if emptied:  # measured as it is (the curve's end), but said: such a point is a cut network
             point["emptied_layers"] = emptied
             cut_off[fraction] = emptied

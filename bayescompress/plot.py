@@ -316,7 +316,9 @@ def reliability_diagram(bins: dict[str, dict], path: str | os.PathLike | None = 
 
 def training_curves(history: Sequence[dict], path: str | os.PathLike | None = None) -> Figure:
     """The run's epoch records: loss and NLL, KL, validation accuracy, and the fraction of weights kept, one panel
-    each (those the records have); a dashed line where a new training phase (the fine-tuning) begins.
+    each (those the records hold a value of; no KL panel for a run without a posterior, whose KL is 0), on a log
+    scale where a panel's lines span more than a factor 100; a dashed line where a new training phase (the
+    fine-tuning) begins.
 
     Example
     -------

@@ -152,6 +152,11 @@ def pretrain(
         raise ValueError(f"the reference networks take floats, but the inputs of {data_dir} are integers; store x "
                          "as float32 (integer arrays are kept as integers, for networks that start with an "
                          "nn.Embedding)")
+    labels = torch.unique(torch.cat([part.tensors[1] for part in (splits.train, splits.val, splits.test)]))
+    if 2 * len(labels) < splits.num_classes:  # ids, not class indices: the network gets one output per id
+        raise ValueError(f"the labels of {data_dir or dataset} are {len(labels)} distinct values up to "
+                         f"{splits.num_classes - 1}: the network would get {splits.num_classes:,} outputs; labels "
+                         "must be class indices 0 to K-1 (map ids with np.unique(y, return_inverse=True))")
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)  # the initial weights, too, follow the seed
     model, architecture = build_model(model_name, splits.input_shape, splits.num_classes, hidden=hidden)

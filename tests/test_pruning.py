@@ -112,7 +112,8 @@ def test_a_ranking_across_layers_never_empties_a_layer_whose_scores_are_on_anoth
     net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
     with torch.no_grad():
         net[2].weight.mul_(1e-3)  # the classifier's weights far below the first layer's (a folded BatchNorm)
-    with pytest.warns(UserWarning, match="keeps no weight of layer '2' .all its scores below the other layers'.; each keeps its own top 0.1"):
+    with pytest.warns(UserWarning, match="keeps no weight of layer '2' .all its scores below the other "
+                                         "layers'.; each keeps its own top 0.1"):
         masks = MagnitudePruning(0.1, scope="global").masks(net)
     assert int(masks.weight["2"].sum()) == 10  # its own top tenth of 100, the largest |w| of that layer
     assert torch.equal(masks.weight["2"], net[2].weight.abs() >= net[2].weight.abs().flatten().topk(10).values[-1])

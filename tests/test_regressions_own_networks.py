@@ -654,6 +654,14 @@ def _quick_compress(net, data, method, **pipeline):
                     pipeline=PipelineConfig(latency_budget=0.05, quiet=True, max_accuracy_loss=1.0, **pipeline))
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Refusals "before any work": a training step taken first fails the test."""
+    from bayescompress.inference.train import Trainer
+
+    monkeypatch.setattr(Trainer, "__init__", lambda *args, **kwargs: pytest.fail("trained before refusing"))
+
+
 def test_a_linear_layer_applied_per_token_in_a_chain_goes_to_the_graph_export():
     """Its units are on the last dimension: the sequential export's constant folding read them on dim 1 and
     crashed after training with a shape error."""
@@ -667,6 +675,14 @@ def test_a_linear_layer_applied_per_token_in_a_chain_goes_to_the_graph_export():
     masks = Masks({"0": keep}, {"0": torch.ones(6, dtype=torch.bool)})
     with pytest.raises(UnsupportedGraphError, match="per token or position, output \\(3, 6\\)"):
         propagate(net, masks, torch.randn(1, 3, 4))
+    # a chain of per-token layers alone is read by the built-in export: the constant unit stays, unfolded
+    tokens = nn.Sequential(net[0], nn.ReLU(), nn.Linear(6, 5), nn.Flatten())
+    structure = propagate(tokens, masks, torch.randn(1, 3, 4))
+    assert bool(structure.masks.units["0"][0])
+    exported = export_sequential(tokens, structure).eval()
+    masked = masks.apply_(copy_network(tokens)).eval()
+    x3 = torch.randn(8, 3, 4)
+    torch.testing.assert_close(exported(x3), masked(x3), atol=1e-5, rtol=0)
     x = torch.randn(48, 3, 4)
     data = [(x[i:i + 16], torch.randint(0, 3, (16,))) for i in range(0, 48, 16)]
     result = _quick_compress(net, data, GaussianSNR(epochs=1, level="unit", keep_fraction=0.5, finetune_epochs=0))
@@ -674,12 +690,17 @@ def test_a_linear_layer_applied_per_token_in_a_chain_goes_to_the_graph_export():
     torch.testing.assert_close(result.exported(x), result.compressed.eval()(x), atol=1e-4, rtol=0)
 
 
-def test_a_users_forward_pre_hook_on_a_layer_is_carried_into_the_export(tmp_path):
+@pytest.mark.parametrize("hook", ["scalar", "per_feature"])
+def test_a_users_forward_pre_hook_on_a_layer_is_carried_into_the_export_and_the_saved_run(hook, tmp_path):
+    """The exports rebuilt the layer without it (another function, returned unchecked); a hook that reads the
+    layer's width crashed the sequential export after the training once carried."""
+    from bayescompress import load
     from bayescompress.methods import GaussianSNR, Magnitude
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    net[2].register_forward_pre_hook(lambda _layer, inputs: (inputs[0] * 2,))  # part of the function
+    scale = torch.full((16,), 2.0) if hook == "per_feature" else 2.0
+    net[2].register_forward_pre_hook(lambda _layer, inputs: (inputs[0] * scale,))  # part of the function
     x = torch.randn(64, 6)
     data = [(x, torch.randint(0, 3, (64,)))]
     for method in (Magnitude(keep_fraction=0.3, finetune_epochs=0),
@@ -690,12 +711,14 @@ def test_a_users_forward_pre_hook_on_a_layer_is_carried_into_the_export(tmp_path
         torch.testing.assert_close(result.exported(x), masked(x), atol=1e-4, rtol=0)
         if method.name == "gaussian-snr":
             torch.testing.assert_close(result.export(bayesian=True).eval()(x), masked(x), atol=1e-4, rtol=0)
-        # the plain export's layers hold the user's hook only, not a Bayesian layer's or torch's prune hooks
-        assert [len(m._forward_pre_hooks) for m in result.exported if isinstance(m, nn.Linear)] == [0, 1, 0]
+        # the export's layer holds the user's hook only, not a Bayesian layer's or torch's prune hooks
+        assert len(result.exported.get_submodule("2")._forward_pre_hooks) == 1
+        loaded = load(result.save(tmp_path / f"{hook}-{method.name}", plots=False), model=net).model
+        torch.testing.assert_close(loaded(x), masked(x), atol=1e-4, rtol=0)
 
 
-def test_a_forward_random_in_eval_mode_is_refused_before_any_work():
-    from bayescompress.methods import Magnitude
+def test_a_forward_random_in_eval_mode_is_refused_before_any_work(no_training):
+    from bayescompress.methods import GaussianSNR
 
     class MCDropout(nn.Module):
         def __init__(self):
@@ -707,18 +730,18 @@ def test_a_forward_random_in_eval_mode_is_refused_before_any_work():
 
     data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
     with pytest.raises(ValueError, match="random in eval mode.*F.dropout\\(x, p, self.training\\)"):
-        _quick_compress(MCDropout(), data, Magnitude(finetune_epochs=0))
+        _quick_compress(MCDropout(), data, GaussianSNR(epochs=1))
 
 
 @pytest.mark.parametrize("old", ["weight_norm", "spectral_norm"])
-def test_the_old_hook_based_weight_and_spectral_norm_are_refused_before_any_work(old):
-    from bayescompress.methods import Magnitude
+def test_the_old_hook_based_weight_and_spectral_norm_are_refused_before_any_work(old, no_training):
+    from bayescompress.methods import GaussianSNR
 
     net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     getattr(nn.utils, old)(net[2])
     data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
     with pytest.raises(ValueError, match=f"layer 2 uses torch.nn.utils.{old}.*remove_{old}\\(layer\\)"):
-        _quick_compress(net, data, Magnitude(finetune_epochs=0))
+        _quick_compress(net, data, GaussianSNR(epochs=1))
 
 
 def test_auxiliary_logits_in_training_mode_are_named_at_the_first_step():
@@ -739,12 +762,12 @@ def test_auxiliary_logits_in_training_mode_are_named_at_the_first_step():
 
 
 @pytest.mark.parametrize("which", ["val_loader", "test_loader"])
-def test_a_validation_or_test_loader_used_up_after_one_pass_is_refused_before_any_work(which):
+def test_a_validation_or_test_loader_used_up_after_one_pass_is_refused_before_any_work(which, no_training):
     from bayescompress.compress import PipelineConfig, compress
-    from bayescompress.methods import Magnitude
+    from bayescompress.methods import GaussianSNR
 
     net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
     loaders = {"val_loader": data, "test_loader": None, which: (batch for batch in data)}
     with pytest.raises(ValueError, match=f"{which} is a generator, used up after one pass"):
-        compress(net, data, method=Magnitude(finetune_epochs=0), pipeline=PipelineConfig(quiet=True), **loaders)
+        compress(net, data, method=GaussianSNR(epochs=1), pipeline=PipelineConfig(quiet=True), **loaders)

@@ -293,7 +293,31 @@ def test_a_checkpoint_folder_another_live_process_trains_in_is_refused_and_a_dea
         other.wait()
     store = Checkpoint(owner.parent)  # that process is gone: its claim is stale
     assert json.loads(owner.read_text())["pid"] == os.getpid()
-    assert Checkpoint(owner.parent).folder == owner.parent  # this process again (a notebook's next run): allowed
+    again = Checkpoint(owner.parent)  # this process again (a notebook's next run): allowed
     del store
     gc.collect()
+    assert json.loads(owner.read_text())["pid"] == os.getpid()  # the earlier one's release left the live claim
+    del again
+    gc.collect()
     assert not owner.exists()  # released when the run is done with it
+
+
+def test_overwrite_does_not_delete_the_checkpoint_of_a_run_another_process_still_trains(tmp_path, capsys):
+    import socket
+
+    from bayescompress.cli import main
+    from bayescompress.inference.checkpoint import OWNER_FILE
+
+    checkpoint = tmp_path / "run" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "run.json").write_text("{}")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (checkpoint / OWNER_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        code = main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--out",
+                     str(tmp_path / "run"), "--overwrite", "--quiet"])
+    finally:
+        other.kill()
+        other.wait()
+    assert code == 2 and "being trained by another process" in capsys.readouterr().err
+    assert (checkpoint / "run.json").is_file()

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import socket
+import uuid
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -182,17 +183,11 @@ class Checkpoint:
             self._claim()
 
     def _claim(self) -> None:
-        path, me = self.folder / OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname()}
-        try:
-            owner = json.loads(path.read_text())
-        except (OSError, ValueError):
-            owner = None
-        if isinstance(owner, dict) and owner != me and _alive(owner):
-            raise ValueError(f"the run of {self.folder} is being trained by another process (pid {owner.get('pid')} "
-                             f"on {owner.get('host')}); let it finish, or stop it first (if it is gone, delete "
-                             f"{path})")
-        write_json(path, me)
-        weakref.finalize(self, _release, path, me)  # when the run is done with its checkpoint
+        check_unclaimed(self.folder)
+        # the nonce: another Checkpoint of this process, done sooner, must not release this one's claim
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "nonce": uuid.uuid4().hex}
+        write_json(self.folder / OWNER_FILE, me)
+        weakref.finalize(self, _release, self.folder / OWNER_FILE, me)  # when the run is done with its checkpoint
 
     def next_phase(self) -> PhaseCheckpoint:
         phase = PhaseCheckpoint(self.folder, len(self.handed), self.writer)
@@ -202,6 +197,20 @@ class Checkpoint:
     def resumed_from(self) -> dict | None:
         """Where this run continued from a checkpoint (its last resumed phase), or None for a fresh run."""
         return next((p.resumed_from for p in reversed(self.handed) if p.resumed_from is not None), None)
+
+
+def check_unclaimed(folder: str | os.PathLike) -> None:
+    """Refuse a checkpoint ``folder`` another live process trains into (this process's own claim is no bar)."""
+    path = Path(folder) / OWNER_FILE
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if (isinstance(owner, dict) and (owner.get("pid"), owner.get("host")) != (os.getpid(), socket.gethostname())
+            and _alive(owner)):
+        raise ValueError(f"the run of {Path(folder).parent} is being trained by another process (pid "
+                         f"{owner.get('pid')} on {owner.get('host')}); let it finish, or stop it first (if it is "
+                         f"gone, delete {path})")
 
 
 def _alive(owner: dict) -> bool:
@@ -228,5 +237,5 @@ def _release(path: Path, me: dict) -> None:
         pass
 
 
-__all__ = ["Checkpoint", "PhaseCheckpoint", "join_state", "rng_state", "set_rng_state", "shuffling_generators",
+__all__ = ["Checkpoint", "check_unclaimed", "PhaseCheckpoint", "join_state", "rng_state", "set_rng_state", "shuffling_generators",
            "split_state"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
 from bayescompress._validation import check_in_range, check_positive
@@ -187,6 +188,19 @@ def _scale_channels(x: Tensor, factor: Tensor | None, spatial_dims: int) -> Tens
 def calls_forward(module: nn.Module, args: tuple) -> None:
     """A forward pre-hook that does nothing: fused fast paths (``nn.TransformerEncoderLayer`` in eval mode)
     read their submodules' weights directly unless a hook is attached, which would skip sampling and masks."""
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def user_hooks(module: nn.Module) -> dict[str, dict]:
+    """The forward hooks and pre-hooks a user registered on ``module`` (not a Bayesian layer's own, nor torch's
+    prune masks), per hook table: part of the function, which a copy of the layer must carry."""
+    ours = {key for key, hook in module._forward_pre_hooks.items()
+            if hook is calls_forward or isinstance(hook, prune.BasePruningMethod)}
+    return {table: {key: value for key, value in getattr(module, table).items() if key not in ours}
+            for table in _HOOK_DICTS if getattr(module, table, None)}
 
 
 def _scale_posterior_(mean: Tensor, rho: Tensor, factor: Tensor) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 
-from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear, calls_forward
+from bayescompress.nn.layers import BayesConv2d, BayesianLayer, BayesLinear, user_hooks
 from bayescompress.pruning.masks import Masks, copy_network, current_weight
 from bayescompress.pruning.structure import (
     GRAPH_EXPORT_HINT,
@@ -37,10 +37,11 @@ def largest_difference(a: nn.Module, b: nn.Module, inputs: Iterable[Tensor]) -> 
     """The largest |a(x) - b(x)| over ``inputs`` (0 for none): how far an export is from the network it copies.
     An output that is NaN or infinite in one network and not the same in the other counts as infinitely far (a
     NaN would pass any comparison with the tolerance)."""
-    return max((_largest_difference(a(x), b(x)) for x in inputs), default=0.0)
+    return max((output_difference(a(x), b(x)) for x in inputs), default=0.0)
 
 
-def _largest_difference(ya: Tensor, yb: Tensor) -> float:
+def output_difference(ya: Tensor, yb: Tensor) -> float:
+    """The largest |ya - yb|, a non-finite entry where the other has another value counting as infinite."""
     same = (ya == yb) | (ya.isnan() & yb.isnan())
     return float(torch.where(same, 0.0, (ya - yb).abs()).nan_to_num(nan=float("inf"), posinf=float("inf")).max())
 
@@ -56,7 +57,12 @@ def checked_sequential_export(network: nn.Module, masks: Masks, example: Tensor,
     structure = propagate(network, masks, example)
     pruned = structure.masks.apply_(copy_network(network), replace=True)
     exported = export_sequential(pruned, structure).eval()
-    difference = largest_difference(exported, network, inputs)
+    try:
+        difference = largest_difference(exported, network, inputs)
+    except RuntimeError as error:  # the smaller network does not even run (a shape the user's code assumes)
+        warnings.warn(f"the sequential export fails where the masked network runs ({error}); exporting through "
+                      "Torch-Pruning's dependency graph instead", stacklevel=3)
+        raise UnsupportedGraphError(f"the sequential export fails: {error}") from None
     if difference > EXPORT_TOLERANCE:
         warnings.warn(f"the sequential export differs from the masked network by {difference:.3g}; exporting "
                       "through Torch-Pruning's dependency graph instead", stacklevel=3)
@@ -78,19 +84,11 @@ def plain_layer_like(layer: nn.Module, n_in: int, n_out: int, bayesian: bool, gr
     return _with_hooks_of(layer, fresh)
 
 
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
-
-
 def _with_hooks_of(layer: nn.Module, fresh: nn.Module) -> nn.Module:
     """``fresh`` with the forward (pre-)hooks a user registered on ``layer``: they are part of the function the
-    export must compute (an input scaling, say). torch's prune hooks stay behind (the mask is in the weight), and
-    so does a Bayesian layer's own (``fresh`` has it if it is one)."""
-    pruning = {key for key, hook in layer._forward_pre_hooks.items()
-               if isinstance(hook, prune.BasePruningMethod) or hook is calls_forward}
-    for attribute in _HOOK_DICTS:
-        if hasattr(layer, attribute):
-            getattr(fresh, attribute).update((k, v) for k, v in getattr(layer, attribute).items() if k not in pruning)
+    export must compute (an input scaling, say)."""
+    for table, hooks in user_hooks(layer).items():
+        getattr(fresh, table).update(hooks)
     return fresh
 
 

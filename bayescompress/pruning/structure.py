@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayescompress.nn.layers import user_hooks
 from bayescompress.nn.model import handled_layers, observe
 from bayescompress.pruning.masks import Masks, current_weight
 
@@ -101,6 +102,9 @@ def sequential_chain(model: nn.Module) -> Chain:
                 raise UnsupportedGraphError(f"layer {name!r} is kept whole (a {type(leaf).__name__} subclass, or "
                                             "sharing its weight with another module); the built-in export needs "
                                             "every layer of the chain pruned")
+            if any(user_hooks(leaf).values()):  # rebuilt layers would need them, and a saved run could not record them
+                raise UnsupportedGraphError(f"layer {name!r} has forward hooks of its own, which the built-in "
+                                            "export does not rebuild")
             if isinstance(leaf, nn.Conv2d) and leaf.groups != 1:
                 raise UnsupportedGraphError(
                     f"layer {name!r} is a grouped convolution (groups={leaf.groups}), which the built-in export "
@@ -150,9 +154,10 @@ def layer_output_shapes(model: nn.Module, layers, example: Tensor) -> dict[str, 
 
 def chain_output_shapes(model: nn.Module, chain: Chain, example: Tensor) -> dict[str, tuple[int, ...]]:
     """:func:`layer_output_shapes` of the chain's layers, checked: a Linear layer applied per token or position
-    (its output more than (batch, units)) is read right only in a chain of such layers alike; one whose output is
-    flattened with its tokens, or that reads a convolution's maps, is refused with :class:`UnsupportedGraphError`
-    (the built-in export reads the units of what a layer reads on dimension 1), and the graph export takes over."""
+    (its output more than (batch, units)) is read right only in a chain of such layers alike (whose constant
+    units are kept rather than folded); one whose output is flattened with its tokens, or that reads a
+    convolution's maps, is refused with :class:`UnsupportedGraphError` (the built-in export reads the units of
+    what a layer reads on dimension 1), and the graph export takes over."""
     shapes = layer_output_shapes(model, zip(chain.names, chain.layers), example)
     ranks = {len(shape) for shape in shapes.values()}
     for name, layer in zip(chain.names, chain.layers):
@@ -254,6 +259,8 @@ def _fold_constants(chain: Chain, i: int, fold: Tensor, biases, correction, weig
     exactly 0, or None, folding nothing, when the result is not spatially constant (a padded convolution
     sees the zero border), so those units are kept instead.
     """
+    if isinstance(chain.layers[i], nn.Linear) and len(shapes[chain.names[i]]) > 1:
+        return None  # a per-token layer's units are on the last dimension: kept, not folded
     constant = (biases[i] + correction[i]) * fold
     spatial = shapes[chain.names[i]][1:]
     z = constant.view(1, -1, *([1] * len(spatial))).expand(1, -1, *spatial).contiguous()
