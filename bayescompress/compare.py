@@ -49,9 +49,8 @@ from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_poi
 from bayescompress.pruning.masks import copy_network
 from bayescompress.runs import (
     CHECKPOINT_DIR,
-    IN_PROGRESS_FILES,
-    RUN_FILES,
     discard_unstarted_checkpoint,
+    files_not_of_a_run,
     is_interrupted_run,
     is_run_folder,
 )
@@ -394,9 +393,7 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
                                  "(--resume) to keep them and run the rest, overwrite=True (--overwrite) to replace "
                                  "them, or choose another folder")
-            if folder.is_dir() and (others := sorted(p.name for p in folder.iterdir() if p.name not in
-                                                     RUN_FILES | IN_PROGRESS_FILES and not p.name.startswith("."))):
-                # the run's save would refuse them after the training
+            if folder.is_dir() and (others := files_not_of_a_run(folder)):  # its save would refuse them, later
                 raise ValueError(f"{folder} holds files compare did not write ({', '.join(others)}); move them out "
                                  "first (nothing was touched)")
     return out

@@ -259,6 +259,13 @@ def discard_unstarted_checkpoint(directory: str | os.PathLike) -> bool:
     return True
 
 
+def files_not_of_a_run(directory: Path) -> list[str]:
+    """The names in ``directory`` that neither a run nor its training wrote (dot-files aside: atomic writes and
+    claims), which replacing or finishing the run there must not take with it."""
+    return sorted(p.name for p in directory.iterdir()
+                  if p.name not in RUN_FILES | IN_PROGRESS_FILES and not p.name.startswith("."))
+
+
 def is_interrupted_run(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a run that has not finished: its checkpoint (a finished run's folder is
     written without one; an interrupted ``--overwrite`` run also still holds the run it replaces)."""
@@ -289,9 +296,7 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
         directory = directory.resolve()
     check_writable(directory)
     if is_interrupted_run(directory):
-        others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES | IN_PROGRESS_FILES
-                        and not p.name.startswith("."))
-        if others:
+        if others := files_not_of_a_run(directory):
             raise ValueError(f"{directory} holds an interrupted run and files it did not write ({', '.join(others)}); "
                              "move them out first (nothing was touched)")
         if not (resume or overwrite):
