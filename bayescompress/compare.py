@@ -44,7 +44,7 @@ from bayescompress.io import (
     weights_fingerprint,
     write_json,
 )
-from bayescompress.methods.base import Method, effective_settings
+from bayescompress.methods.base import Method, effective_settings, setting_differences
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.pruning.masks import copy_network
 from bayescompress.runs import (
@@ -432,24 +432,15 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
                                      "those given now; give the data set, folder and split the comparison started "
                                      "with, or choose another folder")
             config = record.get("config", {})
-            differ = _differences(wanted, effective_settings(config.get("method", {})), method.config_class)
+            differ = setting_differences(wanted, effective_settings(config.get("method", {})), method.config_class)
             # the pipeline too (MC samples, BatchNorm folding, the accuracy budget): the table averages the runs
             run_pipeline = json.loads(json.dumps(dataclasses.asdict(replace(pipeline, seed=seed))))
-            differ += _differences({k: v for k, v in run_pipeline.items() if k != "quiet"},
+            differ += setting_differences({k: v for k, v in run_pipeline.items() if k != "quiet"},
                                    {k: v for k, v in config.get("pipeline", {}).items() if k != "quiet"},
                                    PipelineConfig)
             if differ:
                 raise ValueError(f"{folder} was run with other {name} settings than this comparison's ("
                                  + ", ".join(differ) + "); give the same settings to resume, or choose another folder")
-
-
-def _differences(wanted: dict, saved: dict, settings: type) -> list[str]:
-    """``key: saved there, wanted now`` for each setting that differs; one added since the run was saved
-    matches at its default (the run is what it would be now)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
-    return [f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
-            for key in sorted(wanted.keys() | saved.keys()) if wanted.get(key) != saved.get(key)
-            and not (key not in saved and wanted.get(key) == defaults.get(key))]
 
 
 def _lookup(metrics: dict, path: str) -> float:

@@ -44,6 +44,7 @@ from bayescompress.methods.base import (
     MethodConfig,
     TrainingContext,
     effective_settings,
+    setting_differences,
     unknown_setting_message,
 )
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs, weight_uses
@@ -209,7 +210,8 @@ def compress(
     outputs = tuple(output_layers(network, example))
     trains = start is None  # from a run's posterior nothing is trained
     method.check(network, method_config, example, batches_per_epoch(train_loader) if trains else None)
-    store = (open_checkpoint(checkpoint, record, original_weights, tensors_fingerprint({"probe": probe}))
+    store = (open_checkpoint(checkpoint, record, type(method_config), original_weights,
+                             tensors_fingerprint({"probe": probe}))
              if checkpoint is not None else None)
     torch.manual_seed(pipeline.seed)
     cost = TrainingCost(example)
@@ -426,11 +428,12 @@ class TrainedRun:
                              "in an unshuffled validation loader")
 
 
-def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | None = None,
-                    data: str | None = None) -> Checkpoint:
-    """The run's checkpoint folder, after checking that a checkpoint already there is of this run (same method
-    settings and pipeline, progress bars aside, the same pretrained network: ``original`` is its
-    :func:`~bayescompress.io.weights_fingerprint`, and the same data: ``data`` is the fingerprint of the first
+def open_checkpoint(folder: str | os.PathLike, record: dict, method_settings: type[MethodConfig],
+                    original: str | None = None, data: str | None = None) -> Checkpoint:
+    """The run's checkpoint folder, after checking that a checkpoint already there is of this run: the same
+    method settings (of class ``method_settings``) and pipeline, progress bars aside, a setting added since the
+    checkpoint was written matching at its default; the same pretrained network (``original`` is its
+    :func:`~bayescompress.io.weights_fingerprint`); and the same data (``data`` is the fingerprint of the first
     validation inputs; a checkpoint written before fingerprints were kept has none)."""
     folder = Path(folder)
     if not distributed.is_main():  # rank 0 checks and writes it; the others only read the phases' checkpoints
@@ -444,11 +447,12 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, original: str | Non
     if settings.is_file():
         there = read_json_record(settings, "the settings of the checkpointed run")
         saved_original = there.get("original")
-        saved = {"method": effective_settings(there["method"]), "pipeline": there["pipeline"]}
+        saved = {"method": effective_settings(there["method"]),
+                 "pipeline": {k: v for k, v in there["pipeline"].items() if k != "quiet"}}
         wanted = {**wanted, "method": effective_settings(wanted["method"])}
-        differ = [f"{part}.{key}: {saved[part].get(key)!r} there, {value!r} now"
-                  for part in ("method", "pipeline") for key, value in wanted[part].items()
-                  if saved[part].get(key) != value]
+        differ = [f"{part}.{difference}"
+                  for part, settings in (("method", method_settings), ("pipeline", PipelineConfig))
+                  for difference in setting_differences(wanted[part], saved[part], settings)]
         if differ:
             raise CheckpointMismatchError(f"the checkpoint in {folder} is of a run with other settings ("
                                           + "; ".join(differ) + "); resume with the same ones, or give another folder")

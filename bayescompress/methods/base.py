@@ -12,10 +12,11 @@ before the fine-tuning.
 from __future__ import annotations
 
 import abc
+import json
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -68,6 +69,16 @@ def effective_settings(settings: dict) -> dict:
     # a record from before finetune_distill existed has no entry: its run did not distil, as none resolves now
     return {**settings, "finetune_distill": _distill_weight(settings.get("finetune_distill"),
                                                             settings.get("target_macs"))}
+
+
+def setting_differences(wanted: dict, saved: dict, settings: type) -> list[str]:
+    """``key: saved there, wanted now`` for each of ``settings``' fields that differs between two records (as
+    JSON gives them back); a setting added since ``saved`` was written matches at its default, so the run is
+    what it would be now."""
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(settings)}, default=str))
+    return [f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
+            for key in sorted(wanted.keys() | saved.keys()) if wanted.get(key) != saved.get(key)
+            and not (key not in saved and wanted.get(key) == defaults.get(key))]
 
 
 def network_kind(model: nn.Module) -> str:
@@ -462,4 +473,4 @@ def unknown_setting_message(key: str, method: str, config_class: type[Settings],
 
 
 __all__ = ["Method", "MethodConfig", "Trained", "TrainingContext", "VariationalConfig",
-           "VariationalMethod", "network_kind", "unknown_setting_message"]
+           "VariationalMethod", "network_kind", "setting_differences", "unknown_setting_message"]
