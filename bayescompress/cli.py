@@ -240,6 +240,8 @@ def _parsed_setting(item: str, method: str, name: str):
 
 def _read_anchors(path: str) -> list[dict]:
     """Published points from a JSON file: a list of {"label", "compression", "error"} (error as a fraction)."""
+    if not Path(path).is_file():
+        raise ValueError(f"--anchors {path}: there is no such file")
     try:
         anchors = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -430,6 +432,16 @@ def _locate_factory(args: argparse.Namespace) -> None:
         return
     if not {"", os.getcwd()} & set(sys.path):  # "" is the working directory too (python -c, the REPL)
         sys.path.insert(0, os.getcwd())
+
+
+def run() -> NoReturn:
+    """The ``bayescompress`` command: :func:`main`, then exit with its status. A signal that arrives once main
+    is done (during the interpreter's teardown) is ignored: everything is written, and dying by it would exit 143
+    with no word."""
+    code = main()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -651,9 +663,10 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(args)
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named
+        # a file the run was started with (weights, a --from-run folder), not one of the run folder's own
         moved = ("; a resumed run reads the files it was started with (its invocation.json): put it back there"
                  if isinstance(error, FileNotFoundError) and args.command == "compress" and args.resume is not None
-                 else "")
+                 and str(Path(args.resume).resolve()) not in str(error) and args.resume not in str(error) else "")
         print(f"bayescompress {args.command}{where}: error: {error}{moved}", file=sys.stderr)
         return 2
     if args.json:

@@ -216,6 +216,7 @@ def compare(
     seeds = _check_seeds(seeds)
     pipeline = pipeline or PipelineConfig()
     out = _check_out(out, chosen, seeds, resume, overwrite) if out is not None else None
+    made_out = out is not None and not out.exists()  # removed again if a failure leaves it empty
     if out is not None and resume:
         _check_resumable(out, chosen, seeds, model, val_loader, pipeline)
     _check_methods(model, chosen, train_loader, val_loader, pipeline.device)
@@ -248,7 +249,7 @@ def compare(
         except BaseException:  # an interrupt too
             # a run that failed before its first checkpoint leaves nothing --resume would take for its progress
             if folder is not None and distributed.is_main() and discard_unstarted_checkpoint(folder):
-                _remove_if_empty(folder)
+                _remove_if_empty(folder, out if made_out else None)
             raise
         if folder is not None and distributed.is_main():
             result.source = source
@@ -283,9 +284,10 @@ def _check_methods(model: nn.Module, chosen: dict[str, Method], train_loader, va
             raise type(error)(f"{name}: {error}") from None
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """``folder`` and then its parent (the method's folder), each only when empty."""
-    for path in (folder, folder.parent):
+def _remove_if_empty(folder: Path, out: Path | None = None) -> None:
+    """``folder``, then its parent (the method's folder), then ``out`` (given when this comparison made it), each
+    only when empty."""
+    for path in (folder, folder.parent, *([out] if out is not None else [])):
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
 
@@ -357,6 +359,7 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
     if out.exists() and not out.is_dir():
         raise ValueError(f"cannot write the comparison to {out}: it is a file; choose a folder")
     check_writable(out)
+    others: list[str] = []
     if out.is_dir():
         foreign = sorted(entry.name for entry in out.iterdir() if not _written_by_compare(entry))
         if foreign:
@@ -378,10 +381,6 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
             raise ValueError(f"{out} holds runs of another comparison ({', '.join(others)}), which its table would "
                              "no longer list; give their methods and seeds too (with resume=True, --resume, to keep "
                              "them), or choose another folder (nothing was touched)")
-        if others:
-            warnings.warn(f"{out}'s table will list this comparison's runs only; those of {', '.join(others)} stay in "
-                          "the folder but not in the table (give their methods and seeds to keep them in it)",
-                          stacklevel=3)
     for name in chosen:
         for seed in seeds:
             folder = out / name / f"seed{seed}"
@@ -393,9 +392,13 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
                                  "(--resume) to keep them and run the rest, overwrite=True (--overwrite) to replace "
                                  "them, or choose another folder")
-            if folder.is_dir() and (others := files_not_of_a_run(folder)):  # its save would refuse them, later
-                raise ValueError(f"{folder} holds files compare did not write ({', '.join(others)}); move them out "
+            if folder.is_dir() and (foreign := files_not_of_a_run(folder)):  # its save would refuse them, later
+                raise ValueError(f"{folder} holds files compare did not write ({', '.join(foreign)}); move them out "
                                  "first (nothing was touched)")
+    if others:  # said once every refusal is past
+        warnings.warn(f"{out}'s table will list this comparison's runs only; those of {', '.join(others)} stay in "
+                      "the folder but not in the table (give their methods and seeds to keep them in it)",
+                      stacklevel=3)
     return out
 
 

@@ -182,7 +182,10 @@ def compress(
         raise ValueError("train_loader yields no batch (a drop_last loader over fewer examples than one batch?); "
                          "compress needs training data: give more examples or a smaller batch size")
     for name, loader in (("val_loader", val_loader), ("test_loader", test_loader)):
-        if isinstance(loader, Iterator) and not hasattr(loader, "__len__"):  # a generator: one pass uses it up
+        # a generator, or an iterable that hands out one iterator: one pass uses it up (probed only without a
+        # length, so a DataLoader's workers are not started twice)
+        if loader is not None and not hasattr(loader, "__len__") and (
+                isinstance(loader, Iterator) or iter(loader) is iter(loader)):
             raise ValueError(f"{name} is a {type(loader).__name__}, used up after one pass; compress reads it at "
                              "every validation check and to measure the result: give a DataLoader or a list of "
                              "(x, y) batches")

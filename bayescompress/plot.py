@@ -330,10 +330,9 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike | None = No
         raise ValueError("the run has no training history to draw")
     steps = list(range(1, len(history) + 1))
     phases = [i for i in range(1, len(history)) if history[i].get("epoch", 0) <= history[i - 1].get("epoch", 0)]
-    panels = [(("loss", "nll"), "loss per example", False), (("kl",), "KL (nats)", True),
-              (("val_accuracy",), "validation accuracy", False), (("kept_fraction",), "fraction of weights kept", True)]
-    # a panel for what the records hold; not the KL of a run without a posterior (all 0)
-    panels = [p for p in panels if any(record.get(key) not in (None, 0) for record in history for key in p[0])]
+    panels = _training_panels(history)
+    if not panels:
+        raise ValueError("the run's training history records no loss, KL, accuracy or kept fraction to draw")
     figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, (keys, label, log) in zip(axes[0], panels):
         for key in keys:
@@ -344,11 +343,13 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike | None = No
         # log where asked, or where one line would flatten another (a loss with a KL term of 1e4 beside the NLL)
         if values and min(values) > 0 and (log or max(values) / min(values) > 100):
             ax.set_yscale("log")
-        ax.set_xlim(0.5, len(history) + 0.5)  # one epoch: no ticks at 0.95 ... 1.05
+        ax.set_xlim(0.5, len(history) + 0.5)
         for start in phases:
             ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("epoch (all phases)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 between two of them
+        if len(history) == 1:  # with one integer in range the locator falls back to 0.5, 0.6, ...
+            ax.set_xticks([1])
         ax.set_ylabel(label)
         if len(keys) > 1:
             ax.legend(fontsize=8)
@@ -357,6 +358,14 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike | None = No
     figure.tight_layout()
     _save(figure, path)
     return figure
+
+
+def _training_panels(history: Sequence[dict]) -> list[tuple[tuple[str, ...], str, bool]]:
+    """(keys, label, log scale) of each panel of :func:`training_curves` the records hold a value of; not the KL
+    of a run without a posterior (all 0)."""
+    panels = [(("loss", "nll"), "loss per example", False), (("kl",), "KL (nats)", True),
+              (("val_accuracy",), "validation accuracy", False), (("kept_fraction",), "fraction of weights kept", True)]
+    return [p for p in panels if any(record.get(key) not in (None, 0) for record in history for key in p[0])]
 
 
 def kept_pixels(weight_mask: Tensor, image_shape: Sequence[int], name: str = "input layer",
@@ -573,7 +582,7 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         draw("scores.png", lambda p: score_histograms(scores, run_masks, label, log, p))
     if metrics.get("reliability"):
         draw("reliability.png", lambda p: reliability_diagram(metrics["reliability"], p))
-    if history:
+    if _training_panels(history):
         draw("training.png", lambda p: training_curves(history, p))
     if state is not None:
         kernels = {name: state.get(f"{name}.weight_orig", state.get(f"{name}.weight")) for name in names}

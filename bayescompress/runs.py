@@ -304,6 +304,8 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
                              f"--resume {directory}` (compress(..., checkpoint={str(directory / CHECKPOINT_DIR)!r}) "
                              "from Python), or pass overwrite=True (--overwrite) to start again")
         return directory
+    if resume and not directory.exists():
+        raise ValueError(f"{directory} does not exist; give the run folder of the interrupted run")
     if resume:
         raise ValueError(f"{directory} holds no interrupted run (no {CHECKPOINT_DIR}/run.json)"
                          + ("; the run there has finished" if is_run_folder(directory) else "")

@@ -4,6 +4,7 @@ and the demo."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,11 +251,15 @@ def demo(
     splits = load_data_for("mlp", "digits", seed=seed)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=64, seed=seed)
     if out is not None:  # before any work
-        compare_destination(out, DEMO_METHODS, [seed], overwrite=True)  # files of the user's: refused whatever
         folder = Path(out).expanduser()
         if not overwrite and folder.is_dir() and any(folder.iterdir()):  # the demo has no --resume to offer
-            raise ValueError(f"{folder} holds a demo's runs; pass overwrite=True (--overwrite) to run the demo again "
-                             "there (its runs and tables are replaced, nothing else), or choose another folder")
+            with warnings.catch_warnings():  # refused either way: files of the user's are named first
+                warnings.simplefilter("ignore")
+                compare_destination(out, DEMO_METHODS, [seed], overwrite=True)
+            raise ValueError(f"{folder} holds a comparison's runs; pass overwrite=True (--overwrite) to run the "
+                             "demo there (the demo's runs and tables are replaced, nothing else), or choose another "
+                             "folder")
+        compare_destination(out, DEMO_METHODS, [seed], overwrite=overwrite)
     pretrained = pretrain("mlp", "digits", epochs=30, lr=3e-3, batch_size=64, seed=seed, quiet=quiet,
                           device=device)
     return compare(pretrained.model, train_loader, val_loader, DEMO_METHODS, [seed], test_loader=test_loader,

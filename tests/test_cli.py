@@ -315,4 +315,23 @@ def test_demo_into_a_folder_of_a_demo_offers_overwrite_not_resume(tmp_path, caps
     monkeypatch.setattr(workflows, "pretrain", lambda *a, **k: pytest.fail("trained before refusing"))
     assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "holds a demo's runs; pass overwrite=True (--overwrite)" in err and "resume" not in err
+    assert "holds a comparison's runs; pass overwrite=True (--overwrite)" in err and "resume" not in err
+
+
+def test_a_missing_anchors_file_and_a_missing_resume_folder_are_named_as_missing(tmp_path, capsys):
+    code = main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--anchors",
+                 str(tmp_path / "none.json"), "--out", str(tmp_path / "cmp"), "--quiet"])
+    assert code == 2 and "there is no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused while the command line is read
+        main(["compress", "--resume", str(tmp_path / "gone"), "--quiet"])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path / 'gone'} does not exist; give the run folder of the interrupted run" in capsys.readouterr().err
+
+
+def test_a_signal_during_the_teardown_after_the_command_finished_does_not_kill_it():
+    import subprocess
+    import sys
+
+    code = ("import atexit, os, signal, bayescompress.cli as cli; cli.main = lambda: 0; "
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM)); cli.run()")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0  # it was -15 (143)

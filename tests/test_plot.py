@@ -406,8 +406,10 @@ def test_training_curves_of_one_epoch_without_a_posterior_have_no_kl_panel_and_w
 
     figure = training_curves([{"epoch": 1, "loss": 0.3, "nll": 0.3, "kl": 0.0, "val_accuracy": 0.9}])
     assert [ax.get_ylabel() for ax in figure.axes] == ["loss per example", "validation accuracy"]
-    assert figure.axes[0].get_xlim() == (0.5, 1.5)
+    assert figure.axes[0].get_xlim() == (0.5, 1.5) and list(figure.axes[0].get_xticks()) == [1]
     pyplot.close(figure)
+    with pytest.raises(ValueError, match="records no loss, KL, accuracy or kept fraction"):
+        training_curves([{"epoch": 1, "loss": None, "kl": 0.0}])
     spread = training_curves([{"epoch": e, "loss": 2e4 / e, "nll": 0.5 / e} for e in (1, 2, 3)])
     assert spread.axes[0].get_yscale() == "log"  # the NLL is not flattened against a loss 4e4 times larger
     pyplot.close(spread)

@@ -771,3 +771,14 @@ def test_a_validation_or_test_loader_used_up_after_one_pass_is_refused_before_an
     loaders = {"val_loader": data, "test_loader": None, which: (batch for batch in data)}
     with pytest.raises(ValueError, match=f"{which} is a generator, used up after one pass"):
         compress(net, data, method=GaussianSNR(epochs=1), pipeline=PipelineConfig(quiet=True), **loaders)
+
+    class OneIterator:  # iterable, but every pass is the same, spent iterator
+        def __init__(self, batches):
+            self.batches = iter(batches)
+
+        def __iter__(self):
+            return self.batches
+
+    loaders[which] = OneIterator(data)
+    with pytest.raises(ValueError, match=f"{which} is a OneIterator, used up after one pass"):
+        compress(net, data, method=GaussianSNR(epochs=1), pipeline=PipelineConfig(quiet=True), **loaders)
