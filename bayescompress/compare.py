@@ -435,14 +435,15 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
                                      "those given now; give the data set, folder and split the comparison started "
                                      "with, or choose another folder")
             config = record.get("config", {})
-            differ = setting_differences(wanted, effective_settings(config.get("method", {})), method.config_class)
+            differ = [f"{name} {difference}" for difference in
+                      setting_differences(wanted, effective_settings(config.get("method", {})), method.config_class)]
             # the pipeline too (MC samples, BatchNorm folding, the accuracy budget): the table averages the runs
             run_pipeline = json.loads(json.dumps(dataclasses.asdict(replace(pipeline, seed=seed))))
-            differ += setting_differences({k: v for k, v in run_pipeline.items() if k != "quiet"},
-                                   {k: v for k, v in config.get("pipeline", {}).items() if k != "quiet"},
-                                   PipelineConfig)
+            differ += [f"pipeline {difference}" for difference in setting_differences(
+                {k: v for k, v in run_pipeline.items() if k != "quiet"},
+                {k: v for k, v in config.get("pipeline", {}).items() if k != "quiet"}, PipelineConfig)]
             if differ:
-                raise ValueError(f"{folder} was run with other {name} settings than this comparison's ("
+                raise ValueError(f"{folder} was run with other settings than this comparison's ("
                                  + ", ".join(differ) + "); give the same settings to resume, or choose another folder")
 
 

@@ -367,6 +367,6 @@ def test_resume_refuses_kept_runs_measured_with_other_pipeline_settings(pretrain
     """They were kept: the table then averaged runs of 2 and 50 MC samples."""
     train, val, _ = loaders()
     more_samples = dataclasses.replace(QUICK, mc_samples=50)
-    with pytest.raises(ValueError, match="mc_samples: 2 there, 50 now"):
+    with pytest.raises(ValueError, match="pipeline mc_samples: 2 there, 50 now"):
         compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=comparison.out, resume=True,
                 pipeline=more_samples)
