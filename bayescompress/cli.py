@@ -601,10 +601,14 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "plot":
             from bayescompress import plot
 
+            from bayescompress.io import check_writable
+
+            comparison = (Path(args.run) / "comparison.json").is_file()
+            check_writable(Path(args.out or (args.run if comparison else Path(args.run) / "plots")))
             if args.out is not None and not args.overwrite and (taken := plot.figures_in(Path(args.out))):
                 raise ValueError(f"{args.out} already holds {', '.join(taken)}; pass --overwrite to replace them, "
                                  "or choose another folder (nothing was touched)")
-            if (Path(args.run) / "comparison.json").is_file():  # a comparison folder: its Pareto figure
+            if comparison:  # a comparison folder: its Pareto figure
                 from matplotlib import pyplot
 
                 from bayescompress.compare import load_comparison

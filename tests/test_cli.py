@@ -335,3 +335,14 @@ def test_a_signal_during_the_teardown_after_the_command_finished_does_not_kill_i
     code = ("import atexit, os, signal, bayescompress.cli as cli; cli.main = lambda: 0; "
             "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM)); cli.run()")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0  # it was -15 (143)
+
+
+def test_plot_into_an_unwritable_folder_names_it(tmp_path, capsys, monkeypatch):
+    import os
+
+    (tmp_path / "run").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
+                        real_access(path, mode))
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "figures"), "--quiet"]) == 2
+    assert f"cannot write into {tmp_path / 'figures'}: {tmp_path} is not writable" in capsys.readouterr().err
