@@ -365,18 +365,17 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
         if foreign:
             raise ValueError(f"{out} holds files compare did not write ({', '.join(foreign)}); choose a new or "
                              "empty folder, or one a comparison wrote (nothing there is replaced)")
-        damaged = sorted(str(child) for entry in out.iterdir() if not entry.name.startswith(".") and entry.is_dir()
-                         for child in entry.iterdir() if not child.name.startswith(".") and child.is_dir()
-                         and any(child.iterdir()) and not (is_run_folder(child) or is_interrupted_run(child)))
+        runs = [child for entry in out.iterdir() if not entry.name.startswith(".") and entry.is_dir()
+                for child in entry.iterdir() if not child.name.startswith(".") and child.is_dir()]
+        kept = [run for run in runs if is_run_folder(run) or is_interrupted_run(run)]
+        damaged = sorted(str(run) for run in runs if run not in kept and any(run.iterdir()))
         if damaged:
             raise ValueError(f"not a complete run (metrics.json or architecture.json missing or unreadable): "
                              f"{', '.join(damaged)}; remove it to run it again, or choose another folder (nothing "
                              "was touched)")
         # one folder, one comparison: the table lists only this comparison's runs, so the others would drop out
-        others = sorted(f"{entry.name}/{child.name}" for entry in out.iterdir() if entry.is_dir()
-                        and not entry.name.startswith(".") for child in entry.iterdir()
-                        if child.is_dir() and (is_run_folder(child) or is_interrupted_run(child))
-                        and not (entry.name in chosen and child.name in {f"seed{k}" for k in seeds}))
+        others = sorted(f"{run.parent.name}/{run.name}" for run in kept
+                        if not (run.parent.name in chosen and run.name in {f"seed{k}" for k in seeds}))
         if others and not (resume or overwrite):
             raise ValueError(f"{out} holds runs of another comparison ({', '.join(others)}), which its table would "
                              "no longer list; give their methods and seeds too (with resume=True, --resume, to keep "
@@ -440,8 +439,7 @@ def _check_resumable(out: Path, chosen: dict[str, Method], seeds: list[int], mod
             # the pipeline too (MC samples, BatchNorm folding, the accuracy budget): the table averages the runs
             run_pipeline = json.loads(json.dumps(dataclasses.asdict(replace(pipeline, seed=seed))))
             differ += [f"pipeline {difference}" for difference in setting_differences(
-                {k: v for k, v in run_pipeline.items() if k != "quiet"},
-                {k: v for k, v in config.get("pipeline", {}).items() if k != "quiet"}, PipelineConfig)]
+                run_pipeline, config.get("pipeline", {}), PipelineConfig, ignore=("quiet",))]
             if differ:
                 raise ValueError(f"{folder} was run with other settings than this comparison's ("
                                  + ", ".join(differ) + "); give the same settings to resume, or choose another folder")

@@ -450,12 +450,11 @@ def open_checkpoint(folder: str | os.PathLike, record: dict, method_settings: ty
     if settings.is_file():
         there = read_json_record(settings, "the settings of the checkpointed run")
         saved_original = there.get("original")
-        saved = {"method": effective_settings(there["method"]),
-                 "pipeline": {k: v for k, v in there["pipeline"].items() if k != "quiet"}}
+        saved = {"method": effective_settings(there["method"]), "pipeline": there["pipeline"]}
         wanted = {**wanted, "method": effective_settings(wanted["method"])}
         differ = [f"{part}.{difference}"
                   for part, settings in (("method", method_settings), ("pipeline", PipelineConfig))
-                  for difference in setting_differences(wanted[part], saved[part], settings)]
+                  for difference in setting_differences(wanted[part], saved[part], settings, ignore=("quiet",))]
         if differ:
             raise CheckpointMismatchError(f"the checkpoint in {folder} is of a run with other settings ("
                                           + "; ".join(differ) + "); resume with the same ones, or give another folder")

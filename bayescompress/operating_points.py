@@ -74,7 +74,7 @@ def operating_points(
     fold_multipliers_(network)  # gates and scales into the weights: the export reads ordinary layers
     total = sum(s.numel() for s in scores.values())
     everything = torch.cat([s.flatten() for s in scores.values()])
-    points, cut_off, previous = [], {}, None
+    points, previous = [], None
     for fraction in keep_fractions:
         cut = _top_fraction_threshold(everything, fraction)
         # a zero score (a weight outside a subspace, or at exactly 0) is never kept: it adds nothing
@@ -89,11 +89,11 @@ def operating_points(
         emptied = [name for name, layer_keep in zip(scores, keep) if not layer_keep.any()]
         if emptied:  # measured as it is (the curve's end), but said: such a point is a cut network
             point["emptied_layers"] = emptied
-            cut_off[fraction] = emptied
         points.append(point)
-    if cut_off:
+    if cut_off := [p for p in points if "emptied_layers" in p]:
         warnings.warn("the ranking across layers keeps no weight of a layer at "
-                      + "; ".join(f"keep fraction {f}: {', '.join(names)}" for f, names in cut_off.items())
+                      + "; ".join(f"keep fraction {p['keep_fraction']}: {', '.join(p['emptied_layers'])}"
+                                  for p in cut_off)
                       + ": those points measure a cut network (their error is about chance), marked "
                       "'emptied_layers'", stacklevel=2)
     if own:

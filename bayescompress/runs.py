@@ -115,12 +115,16 @@ def build_sequential(layers: list[dict]) -> nn.Sequential:
 
 def units_per_layer(model: nn.Module) -> list[int]:
     """Output units (neurons, filters) of each Linear/Conv2d layer, in order."""
-    return [m.weight.shape[0] for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [m.weight.shape[0] for _, m in _linear_and_conv(model)]
 
 
 def layer_names(model: nn.Module) -> list[str]:
     """The names of the layers :func:`units_per_layer` counts, in its order."""
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [name for name, _ in _linear_and_conv(model)]
+
+
+def _linear_and_conv(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 @dataclass

@@ -237,5 +237,5 @@ def _release(path: Path, me: dict) -> None:
         pass
 
 
-__all__ = ["Checkpoint", "check_unclaimed", "PhaseCheckpoint", "join_state", "rng_state", "set_rng_state", "shuffling_generators",
-           "split_state"]
+__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "join_state", "rng_state", "set_rng_state",
+           "shuffling_generators", "split_state"]

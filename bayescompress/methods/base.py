@@ -15,7 +15,7 @@ import abc
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -71,13 +71,13 @@ def effective_settings(settings: dict) -> dict:
                                                             settings.get("target_macs"))}
 
 
-def setting_differences(wanted: dict, saved: dict, settings: type) -> list[str]:
-    """``key: saved there, wanted now`` for each of ``settings``' fields that differs between two records (as
-    JSON gives them back); a setting added since ``saved`` was written matches at its default, so the run is
-    what it would be now."""
+def setting_differences(wanted: dict, saved: dict, settings: type, ignore: Collection[str] = ()) -> list[str]:
+    """``key: saved there, wanted now`` for each of ``settings``' fields but ``ignore`` that differs between two
+    records (as JSON gives them back); a setting added since ``saved`` was written matches at its default, so
+    the run is what it would be now."""
     defaults = json.loads(json.dumps({f.name: f.default for f in fields(settings)}, default=str))
     return [f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
-            for key in sorted(wanted.keys() | saved.keys()) if wanted.get(key) != saved.get(key)
+            for key in sorted((wanted.keys() | saved.keys()) - set(ignore)) if wanted.get(key) != saved.get(key)
             and not (key not in saved and wanted.get(key) == defaults.get(key))]
 
 

@@ -196,11 +196,12 @@ _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward
 
 def user_hooks(module: nn.Module) -> dict[str, dict]:
     """The forward hooks and pre-hooks a user registered on ``module`` (not a Bayesian layer's own, nor torch's
-    prune masks), per hook table: part of the function, which a copy of the layer must carry."""
+    prune masks), per hook table that holds any: part of the function, which a copy of the layer must carry."""
     ours = {key for key, hook in module._forward_pre_hooks.items()
             if hook is calls_forward or isinstance(hook, prune.BasePruningMethod)}
-    return {table: {key: value for key, value in getattr(module, table).items() if key not in ours}
-            for table in _HOOK_DICTS if getattr(module, table, None)}
+    tables = {table: {key: value for key, value in getattr(module, table, {}).items() if key not in ours}
+              for table in _HOOK_DICTS}
+    return {table: hooks for table, hooks in tables.items() if hooks}
 
 
 def _scale_posterior_(mean: Tensor, rho: Tensor, factor: Tensor) -> None:

@@ -102,7 +102,7 @@ def sequential_chain(model: nn.Module) -> Chain:
                 raise UnsupportedGraphError(f"layer {name!r} is kept whole (a {type(leaf).__name__} subclass, or "
                                             "sharing its weight with another module); the built-in export needs "
                                             "every layer of the chain pruned")
-            if any(user_hooks(leaf).values()):  # rebuilt layers would need them, and a saved run could not record them
+            if user_hooks(leaf):  # rebuilt layers would need them, and a saved run could not record them
                 raise UnsupportedGraphError(f"layer {name!r} has forward hooks of its own, which the built-in "
                                             "export does not rebuild")
             if isinstance(leaf, nn.Conv2d) and leaf.groups != 1:
