@@ -58,14 +58,20 @@ def _add_setting(group, info: SettingInfo, cnn_default) -> None:
 
 
 def _flag_parser(info: SettingInfo):
-    """``info.parse``, with argparse told what the flag takes (it would say "invalid parse value")."""
+    """``info.parse`` and the setting's range check, with argparse told what the flag takes (it would say "invalid
+    parse value", and a value out of range would be named later by the setting's Python name)."""
     def parse(text: str):
         try:
-            return info.parse(text)
+            value = info.parse(text)
+            info.allowed.check(info.name, value)
+            return value
         except (ValueError, KeyError):
             raise argparse.ArgumentTypeError(f"expected {info.allowed.describe()}; got {text!r}") from None
     return parse
 
+
+# counts (epochs, batch size, widths): refused by argparse, before any file is read
+_WHOLE = _flag_parser(SettingInfo("count", 1, "", Integer(1)))
 
 _DATA_DIR_HELP = ("data folder: the four IDX files (mnist, fashion-mnist), the CIFAR-10 binary batches (cifar10), or "
                   "train.npz and test.npz (and val.npz) of your own arrays, each np.savez(path, x=inputs, y=labels) "
@@ -89,7 +95,7 @@ def _pipeline(parser: argparse.ArgumentParser, title: str) -> None:
     for info in describe(PipelineConfig):
         if info.name not in _COMMON:
             _add_setting(group, info, info.default)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=_WHOLE, default=128)
 
 
 def _method_in(argv: Sequence[str]) -> str:
@@ -107,10 +113,11 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     pre.add_argument("--model", choices=MODELS, required=True)
     pre.add_argument("--dataset", choices=DATASETS, default="digits")
     pre.add_argument("--data-dir", help=_DATA_DIR_HELP)
-    pre.add_argument("--epochs", type=int, required=True)
-    pre.add_argument("--lr", type=float, default=1e-3)
-    pre.add_argument("--batch-size", type=int, default=128)
-    pre.add_argument("--hidden", type=int, nargs="+", help="mlp hidden widths (default 100); the mlp only")
+    pre.add_argument("--epochs", type=_WHOLE, required=True)
+    pre.add_argument("--lr", type=_flag_parser(SettingInfo("lr", 1e-3, "", Real(0.0, 10.0, low_open=True))),
+                     default=1e-3)
+    pre.add_argument("--batch-size", type=_WHOLE, default=128)
+    pre.add_argument("--hidden", type=_WHOLE, nargs="+", help="mlp hidden widths (default 100); the mlp only")
     pre.add_argument("--out", required=True, help="weights file, WEIGHTS.safetensors (WEIGHTS.json beside it)")
     _overwrite(pre, "an existing weights file at --out and the .json beside it")
     _common(pre)
@@ -469,14 +476,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextlib.contextmanager
 def _warnings_as_lines(command: str) -> Iterator[None]:
     """Warnings on the command line as one line each, like the errors: a user of the shell has no use for the
-    package's source file and line that Python's format adds."""
-    previous = warnings.formatwarning
+    package's source file and line that Python's format adds. Each text is shown once per command: compare
+    converts the same network for every run, and each time in a fresh ``catch_warnings``, which forgets what
+    Python's filter had already shown."""
+    previous_format, previous_show = warnings.formatwarning, warnings.showwarning
+    shown: set[str] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            previous_show(message, category, filename, lineno, file, line)
+
     warnings.formatwarning = lambda message, category, *_args, **_kwargs: (
         f"bayescompress {command}: warning: {message}\n")
+    warnings.showwarning = show_once
     try:
         yield
     finally:
-        warnings.formatwarning = previous
+        warnings.formatwarning, warnings.showwarning = previous_format, previous_show
 
 
 @contextlib.contextmanager

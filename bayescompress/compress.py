@@ -205,8 +205,9 @@ def compress(
     if start is not None:
         record["posterior"] = start.label
     original = copy_network(model).to(pipeline.device).eval()
-    labels = {"val_loader": first[1], **_labels_in_memory(train_loader=train_loader, val_loader=val_loader,
-                                                          test_loader=test_loader)}
+    # named as data, not as arguments: the command line's user has loaders of neither name
+    labels = {"validation": first[1], **_labels_in_memory(training=train_loader, validation=val_loader,
+                                                          test=test_loader)}
     _check_model_fits_data(original, probe, labels)
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
@@ -302,7 +303,7 @@ def _check_trainable(model: nn.Module) -> None:
 
 
 def _labels_in_memory(**loaders) -> dict[str, Tensor]:
-    """The whole label tensor of each loader over an in-memory ``(inputs, labels)`` ``TensorDataset`` that it
+    """The whole label tensor (per name given) of each loader over an in-memory ``(inputs, labels)`` ``TensorDataset`` that it
     yields as stored (no pass over the data; a collate_fn of one's own may change the labels, so it is skipped)."""
     return {name: dataset.tensors[1] for name, loader in loaders.items()
             if isinstance(dataset := getattr(loader, "dataset", None), TensorDataset) and len(dataset.tensors) == 2
@@ -344,7 +345,7 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
                          "the final softmax")
     for source, values in labels.items():
         if values.numel() and (largest := int(values.max())) >= logits.shape[-1]:
-            raise ValueError(f"the data ({source}) has label {largest} but the model gives {logits.shape[-1]} outputs "
+            raise ValueError(f"the {source} data has label {largest} but the model gives {logits.shape[-1]} outputs "
                              f"per input; a classifier needs one output per class (at least {largest + 1} here)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -57,16 +58,23 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         units = run_masks.units.get(name, keep.any(dim=1).bool())
         per_input = weight.flatten(2).any(dim=2) if weight.dim() > 2 else weight
         inputs = per_input.any(dim=0)
-        # a mask wider than the panel's pixels: averaged, so a removed row stays visible as a lighter line
-        smooth = "nearest" if max(keep.shape) <= 400 else "antialiased"
-        ax.imshow(keep.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation=smooth)
-        shade = torch.zeros(*keep.shape, 4)
         width = (exported or {}).get(name)
         tied = width is not None and width > max(int(units.sum()), 1)
         any_tied |= tied
-        shade[(~inputs).repeat_interleave(keep.shape[1] // inputs.numel())[None, :].expand_as(keep)] = _REMOVED
-        shade[~units.bool()] = _TIED if tied else _REMOVED
-        ax.imshow(shade.numpy(), aspect="auto", interpolation=smooth)
+        removed_columns = (~inputs).repeat_interleave(keep.shape[1] // inputs.numel())
+        # wider than the panel's pixels: blocks of rows / columns, a block red if any unit in it was removed (an
+        # image resampled by matplotlib would fade one removed row among 1000 to a faint line)
+        rows, columns = -(-keep.shape[0] // _MAX_MASK_PIXELS), -(-keep.shape[1] // _MAX_MASK_PIXELS)
+        removed_rows = _block_any(~units.bool(), rows)
+        extent = (-0.5, keep.shape[1] - 0.5, keep.shape[0] - 0.5, -0.5)  # axes in units and inputs, not blocks
+        ax.imshow(_block_mean(keep, rows, columns).numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto",
+                  interpolation="nearest", extent=extent)
+        shade = torch.zeros(removed_rows.numel(), -(-keep.shape[1] // columns), 4)
+        shade[:, _block_any(removed_columns, columns)] = _REMOVED
+        shade[removed_rows] = _TIED if tied else _REMOVED
+        ax.imshow(shade.numpy(), aspect="auto", interpolation="nearest", extent=extent)
+        for axis in (ax.xaxis, ax.yaxis):  # units and inputs are whole: no tick at 2.5
+            axis.set_major_locator(MaxNLocator(integer=True))
         kept_units = f"units {int(units.sum())}/{units.numel()}" + (
             f" (exported {width})" if width is not None and width != int(units.sum()) else "")
         ax.set_title(f"{name}: {100 * keep.mean().item():.1f}% kept\n{kept_units}, "
@@ -80,9 +88,33 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         legend.append(Patch(facecolor=_TIED.tolist(), label="unit switched off; the export keeps some of these"))
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     figure.suptitle("Weight masks per layer", fontsize=11)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.tight_layout(rect=(0, 0.06, 1, _below_suptitle(figure)))
     _save(figure, path)
     return figure
+
+
+# a mask is drawn at most this many blocks wide and high (about a panel's pixels)
+_MAX_MASK_PIXELS = 400
+
+
+def _block_mean(image: Tensor, rows: int, columns: int) -> Tensor:
+    """``image`` averaged over blocks of ``rows`` x ``columns`` (the last blocks may be smaller)."""
+    if rows == columns == 1:
+        return image
+    pooled = torch.nn.functional.avg_pool2d(image[None, None], (rows, columns), ceil_mode=True)
+    return pooled[0, 0]
+
+
+def _block_any(flags: Tensor, size: int) -> Tensor:
+    """Per block of ``size`` consecutive entries of the 1-D ``flags``: whether any is set."""
+    padded = torch.cat([flags.bool(), flags.new_zeros(-len(flags) % size, dtype=torch.bool)])
+    return padded.view(-1, size).any(dim=1)
+
+
+def _below_suptitle(figure: Figure) -> float:
+    """The top of a tight layout's rectangle that leaves the suptitle a line of its own above the panel titles
+    (a fixed 0.95 is too little on a one-row figure and too much on a tall one)."""
+    return 1.0 - 0.45 / figure.get_figheight()
 
 
 def _grid(panels: int, max_columns: int, size: tuple[float, float], layout: str | None = None):
@@ -118,6 +150,10 @@ def inclusion(probabilities: dict, path: str | os.PathLike | None = None, max_co
     if not probabilities:
         raise ValueError("no inclusion probabilities to draw: only Turbo-VBI runs record them")
     names = list(probabilities)
+    for name in names:
+        if probabilities[name].dim() < 2:
+            raise ValueError(f"the inclusion probabilities of {name} have shape {tuple(probabilities[name].shape)}; "
+                             "give one per weight, shaped like the layer's weight (units, inputs[, kernel])")
     figure, axes = _grid(len(names), max_columns, (4.0, 3.2), layout="constrained")
     for ax, name in zip(axes, names):
         grid = probabilities[name].detach().flatten(1).float().cpu()
@@ -224,24 +260,28 @@ def score_histograms(scores: dict[str, Tensor], run_masks: Masks | None = None, 
     figure, axes = _grid(len(names), max_columns, (4.0, 3.0))
     for ax, name in zip(axes, names):
         values = scores[name].detach().double().cpu().flatten()
+        finite = values.isfinite()
         zeros = int((values <= 0).sum()) if log else 0
-        shown = values[values > 0].log10() if log else values
+        shown = values[finite & (values > 0)].log10() if log else values[finite]
         ax.hist(shown.numpy(), bins=60, color="tab:blue", alpha=0.8)
         ax.set_yscale("log")
         ax.set_xlabel(f"log10 {label}" if log else label)
         ax.set_ylabel("weights")
-        title = f"{name}: {values.numel():,} weights" + (f" ({zeros:,} at 0)" if zeros else "")
+        at_zero = f"{zeros:,} at 0" if zeros else ""
+        not_finite = f"{int((~finite).sum()):,} not finite (not drawn)" if not finite.all() else ""
+        title = f"{name}: {values.numel():,} weights" + (
+            f" ({', '.join(filter(None, (at_zero, not_finite)))})" if at_zero or not_finite else "")
         if run_masks is not None and name in run_masks.weight:
             kept = run_masks.weight[name].flatten().cpu()
             if kept.any() and not kept.all():
                 cut = float(values[kept].min())
-                if float(values[~kept].max()) <= cut and (not log or cut > 0):
+                if float(values[~kept].max()) <= cut and math.isfinite(cut) and (not log or cut > 0):
                     ax.axvline(math.log10(cut) if log else cut, color="red", linestyle="--", label="threshold")
                     ax.legend(fontsize=8)
             title += f"\n{100 * kept.float().mean().item():.1f}% kept"
         ax.set_title(title, fontsize=9)
     figure.suptitle(f"Pruning scores before pruning ({label})", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, _below_suptitle(figure)))
     _save(figure, path)
     return figure
 
@@ -308,6 +348,7 @@ def reliability_diagram(bins: dict[str, dict], path: str | os.PathLike | None = 
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("share of inputs")
     bottom.set_yscale("log")
+    bottom.set_ylim(top=1.5)  # a share is at most 1: the axis ends at the decade, not the next one
     bottom.set_xlim(0, 1)
     figure.tight_layout()
     _save(figure, path)
@@ -428,19 +469,26 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
     if not points and not runs:
         raise ValueError("there are no operating points or runs to draw")
     runs = runs or {}
+    for kind, entries in (("operating point", points), ("run", runs)):
+        for method, listed in entries.items():
+            for entry in listed:
+                if entry.get("error") is None or entry.get("compression") is None:
+                    raise ValueError(f"a {kind} of {method} has no error or compression ({entry}); each needs "
+                                     "both (exported_macs is optional: without it, only the left panel shows it)")
     figure, axes = plt.subplots(1, 2, figsize=(14, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, method in enumerate(dict.fromkeys([*points, *runs])):
         colour = colours[index % len(colours)]
         for ax, x in zip(axes, ("compression", "exported_macs")):
-            curve = sorted((p[x], 100 * p["error"]) for p in points.get(method, ()) if not p.get("own"))
+            curve = sorted((p[x], 100 * p["error"]) for p in points.get(method, ())
+                           if not p.get("own") and p.get(x) is not None)
             if curve:
                 ax.plot(*zip(*curve), color=colour, marker=".", markersize=4, linewidth=1.2,
                         label=f"{method} (re-pruned, no fine-tuning)")
-            own = [(p[x], 100 * p["error"]) for p in points.get(method, ()) if p.get("own")]
+            own = [(p[x], 100 * p["error"]) for p in points.get(method, ()) if p.get("own") and p.get(x) is not None]
             if own:
                 ax.scatter(*zip(*own), color=colour, marker="D", s=18, zorder=3)
-            done = [(r[x], 100 * r["error"]) for r in runs.get(method, ())]
+            done = [(r[x], 100 * r["error"]) for r in runs.get(method, ()) if r.get(x) is not None]
             if done:
                 ax.scatter(*zip(*done), color=colour, edgecolor="black", s=40, zorder=3, label=f"{method} (runs)")
     for index, anchor in enumerate(anchors):
@@ -482,7 +530,7 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
              for run in runs.get(method, ()) if 100 * run["error"] > top]
     for ax, x in zip(axes, ("compression", "exported_macs")):
         previous, depth = None, 0
-        for run, method, colour in sorted(above, key=lambda entry: entry[0][x]):
+        for run, method, colour in sorted((e for e in above if e[0].get(x) is not None), key=lambda e: e[0][x]):
             depth = depth + 1 if previous is not None and run[x] < previous * 1.25 else 0
             previous = run[x]
             ax.scatter([run[x]], [top], marker="^", color=colour, edgecolor="black", s=60, zorder=5, clip_on=False)
@@ -490,6 +538,10 @@ def pareto(points: dict[str, Sequence[dict]], runs: dict[str, Sequence[dict]] | 
                         xytext=(0, -12 - 9 * depth), ha="center", fontsize=7, color=colour)
     axes[1].invert_xaxis()  # fewer MACs to the right, like more compression on the left panel
     handles, labels = axes[0].get_legend_handles_labels()
+    # a curve wholly above the zoomed axis is not seen: its legend entry says where it is
+    hidden = {f"{method} (re-pruned, no fine-tuning)" for method, ps in points.items()
+              if all(100 * p["error"] > top for p in ps if not p.get("own"))}
+    labels = [label + f": above {top:.3g} % error" if label in hidden else label for label in labels]
     if any(p.get("own") for ps in points.values() for p in ps):
         handles.append(Line2D([], [], color="grey", marker="D", markersize=4, linestyle=""))
         labels.append("a run's own masks, no fine-tuning")
@@ -595,6 +647,17 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         draw("pixels.png", lambda p: kept_pixels(first, image_shape, names[0], p))
     if inclusion_probabilities:
         draw("inclusion.png", lambda p: inclusion(inclusion_probabilities, p))
+    # a figure every run folder supports, left out because its file is gone: said, not silently missing
+    missing = [f"{figure} ({why})" for figure, why, gone in (
+        ("units.png", "metrics.json has no architecture", not architecture),
+        ("scores.png", "no scores.safetensors", scores is None),
+        ("reliability.png", "metrics.json has no reliability bins", not metrics.get("reliability")),
+        ("training.png", "no history.json", not (directory / "history.json").is_file()),
+        ("filters-<layer>.png", "no trained.safetensors", state is None and any(
+            w.dim() == 4 for w in run_masks.weight.values()))) if gone]
+    if missing:
+        warnings.warn(f"{directory} lacks what these figures need, so they were not drawn: {'; '.join(missing)}",
+                      stacklevel=2)
     return written
 
 

@@ -1,6 +1,7 @@
 """The command line: JSON contract, --quiet everywhere, clear errors with exit code 2."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -54,11 +55,11 @@ def test_every_command_accepts_quiet(command, capsys):
     assert "--quiet" in capsys.readouterr().out
 
 
-def test_out_of_range_value_exits_2_naming_the_field(tmp_path, capsys):
-    code = main(["pretrain", "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "w.safetensors"),
-                 "--quiet"])
-    assert code == 2
-    assert "epochs" in capsys.readouterr().err
+def test_out_of_range_value_exits_2_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "w.safetensors"), "--quiet"])
+    assert exit_info.value.code == 2
+    assert "argument --epochs: expected an integer >= 1; got '0'" in capsys.readouterr().err
     assert not (tmp_path / "w.safetensors").exists()
 
 
@@ -292,12 +293,40 @@ def test_warnings_on_the_command_line_are_one_line_each_without_source_lines():
     assert warnings.formatwarning is before
 
 
+def test_the_command_line_shows_each_warning_text_once(recwarn):
+    from bayescompress.cli import _warnings_as_lines
+
+    def convert_twice() -> None:  # what compare does per run: a fresh catch_warnings forgets what was shown
+        for _ in range(2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.warn("kept deterministic and unpruned: emb (Embedding)")
+        warnings.warn("another text")
+
+    with _warnings_as_lines("compare"):
+        convert_twice()
+    assert [str(w.message) for w in recwarn] == ["kept deterministic and unpruned: emb (Embedding)", "another text"]
+
+
 def test_a_method_flag_given_a_value_of_the_wrong_type_says_what_it_takes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--epochs", "2.5",
               "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
     assert "argument --epochs: expected an integer >= 1; got '2.5'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--method", "gaussian-snr", "--keep-fraction", "1.5"], "argument --keep-fraction: expected in (0, 1); got '1.5'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1; got '0'"),
+])
+def test_a_flag_given_a_value_out_of_range_is_named_by_its_flag(tmp_path, capsys, flags, said):
+    # before, the setting's range check named it by its Python name (keep_fraction must be in ...)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), *flags,
+              "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert said in capsys.readouterr().err
 
 
 def test_compress_given_compares_set_says_it_takes_settings_as_flags(tmp_path, capsys):

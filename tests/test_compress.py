@@ -443,7 +443,7 @@ def test_a_compute_budget_on_a_network_without_a_cost_model_fails_before_trainin
      r"cannot run on the data: a validation batch of float32 inputs of shape \(8, 1, 8, 8\).*network whose input "
      r"matches"),
     (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),
-     r"the data \(val_loader\) has label 9 but the model gives 3 outputs per input.*at least 10"),
+     r"the validation data has label 9 but the model gives 3 outputs per input.*at least 10"),
     (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
      r"a validation batch of int64 inputs .* the inputs are integers, which only an nn.Embedding takes"),
 ], ids=["input-shape", "too-few-outputs", "integer-inputs"])
@@ -467,7 +467,7 @@ def test_a_label_beyond_the_outputs_anywhere_in_memory_is_refused_before_any_wor
     beyond = DataLoader(TensorDataset(x, labels), batch_size=64)
     monkeypatch.setattr(Magnitude, "prepare", lambda *a: pytest.fail("training started"))
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    with pytest.raises(ValueError, match=r"the data \(test_loader\) has label 6 but the model gives 3 outputs"):
+    with pytest.raises(ValueError, match=r"the test data has label 6 but the model gives 3 outputs"):
         compress(network, [(xb, yb % 3) for xb, yb in train], only_three, Magnitude(keep_fraction=0.5),
                  test_loader=beyond, pipeline=QUICK)
     # labels a collate_fn of one's own maps into range are the loader's business: not read from the dataset

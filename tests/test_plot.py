@@ -427,3 +427,75 @@ def test_kept_pixels_colour_from_zero_and_tabular_features_are_not_an_image(tmp_
     for features, shape in ((16, None), (64, (8, 8))):
         save_weights({"input": torch.zeros(2, features)}, tmp_path / "probe.safetensors")
         assert _input_image_shape(tmp_path) == shape
+
+
+def test_a_run_folder_missing_a_figures_file_says_which_figure_was_not_drawn(tmp_path):
+    from bayescompress.io import write_json
+    from bayescompress.plot import draw_run
+
+    weight = torch.ones(3, 8, dtype=torch.bool)
+    Masks({"fc": weight}).save(tmp_path / "masks.safetensors")
+    write_json(tmp_path / "metrics.json", {"format_version": 2, "method": "magnitude", "architecture": {
+        "layers": ["fc"], "original": [3], "exported": [3]}})
+    with pytest.warns(UserWarning, match=r"not drawn: scores\.png \(no scores\.safetensors\); reliability\.png "
+                                         r"\(metrics\.json has no reliability bins\); training\.png \(no history\.json\)"):
+        written = draw_run(tmp_path)
+    assert [p.name for p in written] == ["masks.png", "units.png"]
+
+
+def test_a_wide_mask_keeps_each_removed_unit_visible_as_a_red_block():
+    weight = torch.ones(1000, 30, dtype=torch.bool)
+    weight[500] = False  # one removed unit among 1000: resampled, it faded to a faint line
+    figure = plot_masks(Masks({"fc": weight}))
+    kept, shade = figure.axes[0].get_images()
+    assert kept.get_array().shape == (334, 30)  # blocks of 3 rows: at most 400 per panel
+    red = np.nonzero(shade.get_array()[:, 0, 3] > 0)[0]
+    assert red.tolist() == [500 // 3]
+    np.testing.assert_allclose(kept.get_array()[500 // 3, 0], 2 / 3)  # the block's mean: 2 of its 3 rows kept
+    assert kept.get_extent() == [-0.5, 29.5, 999.5, -0.5]  # axes still count units and inputs
+    pyplot.close(figure)
+
+
+def test_mask_panels_tick_whole_units_only():
+    figure = plot_masks(Masks({"fc": torch.ones(3, 4, dtype=torch.bool)}))
+    figure.canvas.draw()
+    for ticks in (figure.axes[0].get_xticks(), figure.axes[0].get_yticks()):
+        assert all(float(t).is_integer() for t in ticks)
+    pyplot.close(figure)
+
+
+def test_plots_given_scores_or_points_they_cannot_draw_say_so_or_leave_them_out():
+    from bayescompress.plot import inclusion, pareto, score_histograms
+
+    scores = torch.tensor([[1.0, float("nan"), 3.0, float("inf")]])
+    figure = score_histograms({"fc": scores}, Masks({"fc": scores.isfinite()}), log=True)
+    assert "2 not finite (not drawn)" in figure.axes[0].get_title()
+    pyplot.close(figure)
+    with pytest.raises(ValueError, match=r"inclusion probabilities of fc have shape \(4,\); give one per weight"):
+        inclusion({"fc": torch.rand(4)})
+    figure = pareto({"a": [{"compression": 2.0, "error": 0.02}, {"compression": 4.0, "error": 0.03}]})
+    assert len(figure.axes[0].get_lines()) == 1 and not figure.axes[1].get_lines()  # no MACs: left panel only
+    pyplot.close(figure)
+    with pytest.raises(ValueError, match="a run of a has no error or compression"):
+        pareto({}, {"a": [{"compression": 2.0}]})
+
+
+def test_a_methods_curve_wholly_above_the_zoomed_axis_says_so_in_the_legend():
+    from bayescompress.plot import pareto
+
+    points = {"good": [{"compression": c, "error": 0.01, "exported_macs": 1e4} for c in (2, 4)],
+              "poor": [{"compression": c, "error": 0.5, "exported_macs": 1e4} for c in (2, 4)]}
+    figure = pareto(points)
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == ["good (re-pruned, no fine-tuning)", "poor (re-pruned, no fine-tuning): above 6 % error"]
+    pyplot.close(figure)
+
+
+def test_the_share_of_inputs_axis_ends_near_one():
+    from bayescompress.metrics import reliability
+    from bayescompress.plot import reliability_diagram
+
+    probabilities = torch.softmax(torch.randn(300, 3) * 3, dim=1)
+    figure = reliability_diagram({"original": reliability(probabilities, torch.randint(0, 3, (300,)))})
+    assert figure.axes[1].get_ylim()[1] <= 1.5
+    pyplot.close(figure)

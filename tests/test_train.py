@@ -149,7 +149,9 @@ def test_prior_updates_run_at_every_epoch_end():
             scales.append(float(model[0].prior.scale))
 
     fit(model, loader, config=TrainConfig(epochs=2, quiet=True), callbacks=[Record()])
-    second_moment = (model[0].weight**2 + model[0].weight_sigma**2).mean()
+    layer = model[0]
+    second_moment = torch.cat([(layer.weight**2 + layer.weight_sigma**2).flatten(),
+                               layer.bias**2 + layer.bias_sigma**2]).mean()
     assert scales[-1] == pytest.approx(second_moment.item() ** 0.5, rel=1e-5)
     assert scales[0] != 1.0
 

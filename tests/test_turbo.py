@@ -267,3 +267,27 @@ def test_kernel_support_leaves_linear_layers_and_1x1_convolutions_per_weight():
         per_kernel = make("kernel")
         torch.testing.assert_close(per_kernel.prior.inclusion_logit, per_weight.prior.inclusion_logit)
         assert per_kernel.prior.inclusion_logit.shape == (3, 8)
+
+
+def test_the_callback_checks_the_evidence_at_every_iteration_and_warns_once_per_layer(monkeypatch):
+    import warnings
+
+    from bayescompress.inference import turbo
+    from bayescompress.priors.mrf import BeliefPropagationWarning
+
+    net = bayesianize_(nn.Sequential(nn.Linear(32, 32)), HierarchicalPrior(pi0=0.01))
+    logit_pi0 = math.log(0.01) - math.log(0.99)
+    strong = torch.where(torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) < 0.5, 8.0, -8.0)
+    # module A's evidence: strong at the first iteration, then none (the unary at 0: the couplings decide)
+    evidence = iter([strong - logit_pi0, torch.full((32, 32), -logit_pi0), torch.full((32, 32), -logit_pi0)])
+    monkeypatch.setattr(turbo, "module_a_", lambda prior, layer: next(evidence))
+    callback = turbo.TurboCallback()
+    counts = []
+    for _ in range(3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            callback.iterate(net)
+        counts.append(sum(issubclass(w.category, BeliefPropagationWarning) and "outweigh" in str(w.message)
+                          for w in caught))
+    assert counts == [0, 1, 0]  # checked only at the first iteration, the weak evidence went unsaid
+    assert callback.state_dict()["warned"] == ["0"]

@@ -45,16 +45,23 @@ def module_b(graph: FactorGraph, logit_pi0: float, extrinsic: Tensor, *, check_e
     reports one mode. ``bp`` goes to :func:`belief_propagation` (damping, tol, max_iter, messages).
     """
     unary = extrinsic + logit_pi0
-    if check_evidence and graph.families:
-        gain = evidence_stability(graph, unary)
-        if gain > WEAK_EVIDENCE_GAIN:
-            warnings.warn(
-                f"{name}: the MRF couplings outweigh the evidence (linearised BP gain {gain:.2f} > "
-                f"{WEAK_EVIDENCE_GAIN}); loopy BP may lock onto one mode of the support posterior. Weaken the "
-                "couplings (p11 and p01 closer together) or train longer before pruning",
-                BeliefPropagationWarning, stacklevel=2)
+    if check_evidence:
+        warn_if_weak_evidence(graph, unary, name)
     result = belief_propagation(graph, unary, name=name, **bp)
     return result.incoming + logit_pi0, result
+
+
+def warn_if_weak_evidence(graph: FactorGraph, unary: Tensor, name: str = "layer") -> bool:
+    """Warn (:class:`BeliefPropagationWarning`) when the couplings of ``graph`` outweigh the unary log-odds
+    ``unary`` (:func:`evidence_stability` above ``WEAK_EVIDENCE_GAIN``); returns whether it warned."""
+    gain = evidence_stability(graph, unary) if graph.families else 0.0
+    if gain > WEAK_EVIDENCE_GAIN:
+        warnings.warn(
+            f"{name}: the MRF couplings outweigh the evidence (linearised BP gain {gain:.2f} > "
+            f"{WEAK_EVIDENCE_GAIN}); loopy BP may lock onto one mode of the support posterior. Weaken the "
+            "couplings (p11 and p01 closer together) or train longer before pruning",
+            BeliefPropagationWarning, stacklevel=3)
+    return gain > WEAK_EVIDENCE_GAIN
 
 
 class TurboCallback(Callback):
@@ -88,7 +95,7 @@ class TurboCallback(Callback):
         self._graphs: dict[str, FactorGraph] = {}
         self._messages: dict[str, tuple] = {}
         self._bp_iterations: dict[str, int] = {}
-        self._checked: set[str] = set()
+        self._warned: set[str] = set()
 
     @staticmethod
     def turbo_layers(model: nn.Module):
@@ -104,10 +111,12 @@ class TurboCallback(Callback):
                 self._graphs[name] = prior.factor_graph(prior.prior_logit.shape)
             graph = self._graphs[name]
             pi0 = float(prior.pi0)
-            message, result = module_b(graph, math.log(pi0) - math.log1p(-pi0), extrinsic,
-                                       check_evidence=name not in self._checked, name=f"layer {name!r}",
+            logit_pi0 = math.log(pi0) - math.log1p(-pi0)
+            # checked at every iteration (evidence can weaken as training shrinks the weights), warned once a layer
+            if name not in self._warned and warn_if_weak_evidence(graph, extrinsic + logit_pi0, f"layer {name!r}"):
+                self._warned.add(name)
+            message, result = module_b(graph, logit_pi0, extrinsic, check_evidence=False, name=f"layer {name!r}",
                                        messages=self._messages.get(name), **self.bp)
-            self._checked.add(name)  # once per layer, at its first iteration: one warning, not one per epoch
             prior.prior_logit.copy_(message)
             self._messages[name] = result.messages
             self._bp_iterations[name] = result.iterations
@@ -122,7 +131,7 @@ class TurboCallback(Callback):
                           "of an epoch: one turbo iteration per batch will run instead", stacklevel=2)
         self._interval = max(1, trainer.steps_per_epoch // self.updates_per_epoch)
         # a fresh start per fit: graphs, warm-start messages and the evidence check belong to one model
-        for cache in (self._graphs, self._messages, self._bp_iterations, self._checked):
+        for cache in (self._graphs, self._messages, self._bp_iterations, self._warned):
             cache.clear()
         self.iterate(trainer.model)
 
@@ -137,11 +146,12 @@ class TurboCallback(Callback):
 
     def state_dict(self) -> dict:  # the factor graphs are rebuilt from the priors
         return {"messages": {name: [list(m) for m in messages] for name, messages in self._messages.items()},
-                "bp_iterations": dict(self._bp_iterations), "checked": sorted(self._checked)}
+                "bp_iterations": dict(self._bp_iterations), "warned": sorted(self._warned)}
 
     def load_state_dict(self, state: dict) -> None:
         self._messages = {name: tuple(list(m) for m in messages) for name, messages in state["messages"].items()}
-        self._bp_iterations, self._checked = dict(state["bp_iterations"]), set(state["checked"])
+        # a checkpoint from before the check ran at every iteration lists the layers checked, not warned: none
+        self._bp_iterations, self._warned = dict(state["bp_iterations"]), set(state.get("warned", ()))
 
     @torch.no_grad()
     def on_train_end(self, trainer: Trainer) -> None:
@@ -149,4 +159,4 @@ class TurboCallback(Callback):
             module_a_(layer.prior, layer)
 
 
-__all__ = ["TurboCallback", "WEAK_EVIDENCE_GAIN", "module_b"]
+__all__ = ["TurboCallback", "WEAK_EVIDENCE_GAIN", "module_b", "warn_if_weak_evidence"]

@@ -19,8 +19,8 @@ class GaussianPrior(Prior):
         Prior standard deviation s0 (> 0).
     empirical_bayes:
         If True, :meth:`update` sets s0^2 to the value that minimises the layer's KL,
-        mean(mu^2 + sigma^2) over un-pruned weights — a per-layer learned scale, since a fixed
-        Gaussian prior is a weak sparsifier (SPEC section 5).
+        mean(mu^2 + sigma^2) over its un-pruned weights and its biases (the KL's terms) — a per-layer
+        learned scale, since a fixed Gaussian prior is a weak sparsifier (SPEC section 5).
 
     Example
     -------
@@ -46,11 +46,14 @@ class GaussianPrior(Prior):
     def update(self, layer) -> None:
         if not self.empirical_bayes:
             return
-        second_moment = layer.weight**2 + layer.weight_sigma**2
         keep = layer.weight_keep
-        count = second_moment.numel() if keep is None else int(keep.sum())
+        total = masked_sum(layer.weight**2 + layer.weight_sigma**2, keep)
+        count = layer.weight.numel() if keep is None else int(keep.sum())
+        if layer.bias is not None:  # the KL puts the biases under the same scale: a folded BatchNorm's are large
+            total = total + (layer.bias**2 + layer.bias_sigma**2).sum()
+            count += layer.bias.numel()
         if count:
-            self.scale.fill_(float(masked_sum(second_moment, keep) / count) ** 0.5)
+            self.scale.fill_(float(total / count) ** 0.5)
 
     def extra_repr(self) -> str:
         return f"scale={float(self.scale):.4g}, empirical_bayes={self.empirical_bayes}"
