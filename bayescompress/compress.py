@@ -49,6 +49,7 @@ from bayescompress.methods.base import (
 )
 from bayescompress.metrics import dense_macs, evaluate, latency_seconds, size_counts, sparse_macs, weight_uses
 from bayescompress.nn import bayesian_layers, output_layers
+from bayescompress.nn.model import uncalled_layers
 from bayescompress.pruning import UnsupportedGraphError, export_sequential, export_with_torch_pruning, prunable_layers
 from bayescompress.pruning.export import (
     EXPORT_TOLERANCE,
@@ -209,6 +210,11 @@ def compress(
     labels = {"validation": first[1], **_labels_in_memory(training=train_loader, validation=val_loader,
                                                           test=test_loader)}
     _check_model_fits_data(original, probe, labels)
+    if idle := uncalled_layers(original, example):
+        them = "it" if len(idle) == 1 else "them"
+        warnings.warn(f"the eval-mode forward pass never calls {', '.join(idle)}: the data never reach {them}, so "
+                      f"training cannot inform how {them} are pruned, and the exported network still carries what "
+                      f"is left of {them}; remove unused layers from the model before compress", stacklevel=2)
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
     outputs = tuple(output_layers(network, example))
@@ -329,7 +335,9 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
                          f"(one input: {tuple(inputs.shape[1:])}) raised {type(error).__name__}: {error}; give a "
                          "network whose input matches the data's" + integers) from error
     if not isinstance(logits, Tensor) or logits.dim() != 2:
-        what = f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else f"a {type(logits).__name__}"
+        kind = type(logits).__name__
+        what = (f"outputs of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else
+                f"a namedtuple {kind}" if isinstance(logits, tuple) and hasattr(logits, "_fields") else f"a {kind}")
         raise ValueError(f"the model returns {what}; compress needs a classifier whose forward returns one (N, "
                          "classes) tensor of logits: wrap it in a module whose forward returns that tensor")
     # the same inputs again: the exports and metrics assume one function

@@ -1,5 +1,6 @@
 """What compress, fit and evaluate say about inputs that are not what they need, before any work is done."""
 
+import collections
 import warnings
 
 import pytest
@@ -88,6 +89,9 @@ def test_bayesianize_says_which_layers_keep_the_prior_they_already_have():
     assert float(net[0].prior.scale) == 1.0 and float(net[2].prior.scale) == pytest.approx(0.1)
 
 
+_Output = collections.namedtuple("Output", "logits loss")
+
+
 class _Returns(nn.Module):
     def __init__(self, wrap):
         super().__init__()
@@ -100,6 +104,7 @@ class _Returns(nn.Module):
 @pytest.mark.parametrize("wrap, message", [
     (lambda z: (z, z.mean()), "returns a tuple; compress needs a classifier whose forward returns one"),
     (lambda z: {"logits": z}, "returns a dict;"),
+    (lambda z: _Output(z, z.mean()), "returns a namedtuple Output;"),
     (lambda z: z[:, :, None], r"returns outputs of shape \(8, 3, 1\)"),
     (lambda z: z.softmax(-1), "returns probabilities.*remove the final softmax"),
 ])

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from bayescompress._validation import check_non_negative_int
 from bayescompress.nn.layers import BAYESIAN_TYPES, BayesianLayer, PosteriorInit, is_handled_layer
@@ -45,7 +46,8 @@ def unhandled_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     handled = {id(m) for _, m in handled_layers(model)}
     found = []
     for name, module in model.named_modules():
-        if id(module) in handled or isinstance(module, _DETERMINISTIC_BY_DESIGN):
+        # a parametrization's own modules hold its layer's parameters: the layer is named, not its parts
+        if id(module) in handled or isinstance(module, (*_DETERMINISTIC_BY_DESIGN, parametrize.ParametrizationList)):
             continue
         if any(True for _ in module.parameters(recurse=False)) or isinstance(module, (nn.Linear, nn.Conv2d)):
             found.append((name, module))
@@ -57,11 +59,15 @@ def warn_unhandled(model: nn.Module, stacklevel: int = 3) -> None:
     skipped = unhandled_modules(model)
     if skipped:
         names = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in skipped)
-        subclass = any(isinstance(m, (nn.Linear, nn.Conv2d)) and not is_handled_layer(m) for _, m in skipped)
+        parametrized = any(parametrize.is_parametrized(m) for _, m in skipped)
+        subclass = any(isinstance(m, (nn.Linear, nn.Conv2d)) and not is_handled_layer(m)
+                       and not parametrize.is_parametrized(m) for _, m in skipped)
         tied = any(is_handled_layer(m) for _, m in skipped)
         why = ("; a subclass such as MultiheadAttention.out_proj has an owner that reads its weight directly"
                if subclass else "") + ("; a layer whose weight another module shares (tied) stays tied" if tied
-                                       else "")
+                                       else "") + (
+            "; a parametrized layer (torch.nn.utils.parametrizations: weight_norm, spectral_norm) computes its weight"
+            " on every call, so it is kept whole" if parametrized else "")
         warnings.warn(f"kept deterministic and unpruned (only exact nn.Linear / nn.Conv2d layers are converted"
                       f"{why}): {names}", stacklevel=stacklevel)
 
@@ -93,6 +99,14 @@ def execution_order(model: nn.Module, example_input: Tensor) -> list[str]:
     called: list[str] = []
     observe(model, handled_layers(model), example_input[:1], lambda name, _inputs, _output: called.append(name))
     return _with_uncalled(model, called)
+
+
+def uncalled_layers(model: nn.Module, example_input: Tensor) -> list[str]:
+    """The handled layers one eval-mode forward pass on ``example_input`` never calls (a head kept for another
+    task, a branch left in after an experiment), in registration order."""
+    called: set[str] = set()
+    observe(model, handled_layers(model), example_input[:1], lambda name, _inputs, _output: called.add(name))
+    return [name for name, _ in handled_layers(model) if name not in called]
 
 
 def _with_uncalled(model: nn.Module, called: list[str]) -> list[str]:

@@ -87,6 +87,10 @@ class Masks:
                     layer.weight = layer.weight_orig * layer.weight_mask  # as prune's hook will at the next forward
             else:
                 prune.custom_from_mask(layer, "weight", mask)
+                # prune's first product records a graph, which the pre-hook replaces at each call; a layer the
+                # forward never calls would keep it, and a KL reading its weight would backward through it twice
+                with torch.no_grad():
+                    layer.weight = layer.weight_orig * layer.weight_mask
         return model
 
     def kept_weights(self) -> int:
