@@ -85,7 +85,8 @@ def _network_and_data(parser: argparse.ArgumentParser, required: bool = True) ->
                              "or path/to/file.py:factory (a function building it with no arguments)")
     parser.add_argument("--weights", required=required,
                         help="pretrained weights (.safetensors or a torch.save state_dict)")
-    parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--dataset", choices=DATASETS, help="the data to compress on (default: the data set a "
+                        "reference network's weights were pretrained on, from their .json record, else digits)")
     parser.add_argument("--data-dir", help=_DATA_DIR_HELP)
 
 

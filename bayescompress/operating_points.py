@@ -30,14 +30,14 @@ from bayescompress.pruning.export import checked_sequential_export
 from bayescompress.pruning.importance import sweep_scores
 from bayescompress.pruning.masks import copy_network
 from bayescompress.pruning.strategies import PruningStrategy, _top_fraction_threshold
-from bayescompress.runs import CompressionResult, build_original, read_masks, units_per_layer
+from bayescompress.runs import CompressionResult, SavedRun, build_original, read_masks, units_per_layer
 
 # fractions of the weights kept, from mild to extreme
 DEFAULT_KEEP_FRACTIONS = (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025, 0.018, 0.013, 0.009, 0.006, 0.004)
 
 
 def operating_points(
-    run: CompressionResult | str | os.PathLike,
+    run: CompressionResult | SavedRun | str | os.PathLike,
     loader: Iterable,
     keep_fractions: Sequence[float] = DEFAULT_KEEP_FRACTIONS,
     *,
@@ -45,7 +45,8 @@ def operating_points(
     device: str = "cpu",
     own: bool = False,
 ) -> list[dict]:
-    """Re-prune ``run`` (a result, or a run folder) at each of ``keep_fractions`` and measure each point on
+    """Re-prune ``run`` (a result, a run folder, or one read back with ``bayescompress.load``) at each of
+    ``keep_fractions`` and measure each point on
     ``loader``: one dict per point with ``keep_fraction``, ``compression`` (|W| / |W != 0| after structure
     propagation), ``accuracy``, ``error``, ``nll``, ``ece`` (the exported network, posterior mean),
     ``exported_macs`` and ``units``, and ``emptied_layers`` where the ranking across layers keeps no weight of a
@@ -64,6 +65,8 @@ def operating_points(
     for fraction in keep_fractions:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"keep_fractions must lie in (0, 1]; got {fraction!r}")
+    if isinstance(run, SavedRun):  # its trained network and scores are files of its folder
+        run = run.folder
     network, example = trained_network(run, model)
     run_masks = run.masks if isinstance(run, CompressionResult) else read_masks(run)[0]
     network = network.to(device).eval()

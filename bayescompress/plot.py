@@ -114,7 +114,7 @@ def _block_any(flags: Tensor, size: int) -> Tensor:
 def _below_suptitle(figure: Figure) -> float:
     """The top of a tight layout's rectangle that leaves the suptitle a line of its own above the panel titles
     (a fixed 0.95 is too little on a one-row figure and too much on a tall one)."""
-    return 1.0 - 0.45 / figure.get_figheight()
+    return 1.0 - 0.3 / figure.get_figheight()
 
 
 def _grid(panels: int, max_columns: int, size: tuple[float, float], layout: str | None = None):

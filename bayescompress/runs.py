@@ -163,6 +163,7 @@ class CompressionResult:
     history: list[dict] = field(default_factory=list)
     inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
     posterior: nn.Module | None = None
+    folder: Path | None = None  # where it was read from: what re-reads more of it (operating points) open
     export_record: ExportRecord | None = None
     source: dict | None = None
     before_pruning: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -368,6 +369,7 @@ class SavedRun:
     architecture: dict
     inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
     posterior: nn.Module | None = None
+    folder: Path | None = None  # where it was read from: what re-reads more of it (operating points) open
 
 
 def factory_file(spec: str) -> Path | None:
@@ -505,7 +507,7 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> SavedR
         posterior = load_weights_(bayesian_like(exported, state), state,
                                   source=f"the posterior in {directory / 'posterior.safetensors'}").eval()
     masks, inclusion = read_masks(directory)
-    return SavedRun(exported, metrics, masks, architecture, inclusion, posterior)
+    return SavedRun(exported, metrics, masks, architecture, inclusion, posterior, directory)
 
 
 def read_masks(directory: str | os.PathLike) -> tuple[Masks, dict[str, Tensor]]:

@@ -66,6 +66,23 @@ def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_clas
     return load_weights_(model, load_state_dict_file(weights), source=f"weights in {weights.name}"), source
 
 
+def dataset_for(model_spec: str, weights: str | os.PathLike, dataset: str | None) -> str:
+    """The data set to compress on: ``dataset``, or, where it is None, the one a reference network's weights were
+    pretrained on (their ``pretrain`` record beside them), else digits. A data set given that differs from the
+    record's is warned about: the run measures the network on data it was not trained for."""
+    record_path = Path(weights).with_suffix(".json")
+    recorded = None
+    if model_spec in REQUIRED_IMAGE_SIZE and record_path.is_file():
+        recorded = read_json_record(record_path, f"the pretrain record of {Path(weights).name}").get("dataset")
+    if dataset is None:
+        return recorded or "digits"
+    if recorded is not None and recorded != dataset:
+        warnings.warn(f"{Path(weights).name} was pretrained on {recorded} (its record {record_path.name} says so) "
+                      f"and is compressed on {dataset}: its accuracy there is what the run measures against; leave "
+                      f"out --dataset to use {recorded}", stacklevel=2)
+    return dataset
+
+
 SPLIT_SEED = 0
 """The seed of the train / validation / test split of ``pretrain``, ``compress`` and ``compare`` on the command
 line: one split for every run, so a run with another seed never validates or tests on images its pretrained
@@ -178,7 +195,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 def compress_files(
     model_spec: str,
     weights: str | os.PathLike,
-    dataset: str = "digits",
+    dataset: str | None = None,
     data_dir: str | os.PathLike | None = None,
     method: str | Method = "gaussian-snr",
     config: MethodConfig | None = None,
@@ -189,12 +206,13 @@ def compress_files(
 ) -> CompressionResult:
     """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it
     (under torchrun, each rank on its share of every batch of ``batch_size``; from the trained state of the run
-    folder ``posterior`` when given). The data are split as ``pretrain`` splits them whatever the seed
+    folder ``posterior`` when given), on ``dataset`` (none: :func:`dataset_for`). The data are split as ``pretrain`` splits them whatever the seed
     (:data:`SPLIT_SEED`), so the validation and test images are ones the pretrained network never trained on;
     the seed varies the training."""
     pipeline = pipeline or PipelineConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
-    splits = load_dataset(dataset, data_dir, image_size=image_size, seed=SPLIT_SEED)
+    splits = load_dataset(dataset_for(model_spec, weights, dataset), data_dir, image_size=image_size,
+                          seed=SPLIT_SEED)
     model, source = load_user_model(model_spec, weights, splits.input_shape, splits.num_classes)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=batch_size, seed=pipeline.seed,
                                                          rank=distributed.rank(), world_size=distributed.world_size())
@@ -207,7 +225,7 @@ def compress_files(
 def compare_files(
     model_spec: str,
     weights: str | os.PathLike,
-    dataset: str = "digits",
+    dataset: str | None = None,
     data_dir: str | os.PathLike | None = None,
     methods: Sequence[str | Method] = DEFAULT_METHODS,
     seeds: Sequence[int] = (0,),
@@ -222,6 +240,7 @@ def compare_files(
     """``bayescompress compare``: load a network and its weights, then :func:`~bayescompress.compare` methods on
     it. The data split and order are those of seed 0 for every run; the seeds vary the training. ``anchors``
     default to the published results of a reference network on MNIST (``bayescompress.plot.PUBLISHED``)."""
+    dataset = dataset_for(model_spec, weights, dataset)
     if anchors is None:
         from bayescompress.plot import PUBLISHED
 

@@ -8,6 +8,7 @@ import torch
 
 from bayescompress import workflows
 from bayescompress.cli import main
+from bayescompress.io import save_weights, write_json
 
 
 def _last_json_line(capsys):
@@ -375,3 +376,24 @@ def test_plot_into_an_unwritable_folder_names_it(tmp_path, capsys, monkeypatch):
                         real_access(path, mode))
     assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "figures"), "--quiet"]) == 2
     assert f"cannot write into {tmp_path / 'figures'}: {tmp_path} is not writable" in capsys.readouterr().err
+
+
+def test_compress_without_dataset_uses_the_one_the_weights_were_pretrained_on(tmp_path, monkeypatch):
+    # it used to default to digits: MNIST weights were compressed on upsampled digits, the original at 45 %
+    weights = tmp_path / "w.safetensors"
+    save_weights({"w": torch.zeros(1)}, weights)
+    write_json(weights.with_suffix(".json"), {"format_version": 2, "architecture": {"model": "lenet300"},
+                                              "dataset": "mnist"})
+    assert workflows.dataset_for("lenet300", weights, None) == "mnist"
+    with pytest.warns(UserWarning, match=r"w.safetensors was pretrained on mnist .* and is compressed on digits"):
+        assert workflows.dataset_for("lenet300", weights, "digits") == "digits"
+    assert workflows.dataset_for("lenet300", tmp_path / "other.safetensors", None) == "digits"  # no record
+    class Loaded(Exception):
+        pass
+
+    def load_dataset(dataset, *args, **kwargs):
+        raise Loaded(dataset)
+
+    monkeypatch.setattr(workflows, "load_dataset", load_dataset)
+    with pytest.raises(Loaded, match="mnist"):
+        main(["compress", "--model", "lenet300", "--weights", str(weights), "--out", str(tmp_path / "run")])

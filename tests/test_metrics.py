@@ -341,3 +341,26 @@ def test_latency_is_measured_for_every_model() -> None:
                                         repeats=3)
     assert batch_size == 16
     assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
+
+
+def test_latency_of_equal_networks_stays_equal_when_most_passes_are_interrupted() -> None:
+    """Another process preempting a pass adds time to that pass only: the median of two equal networks' passes
+    differed by 5x on a busy machine; each network's fastest pass does not."""
+    import time
+
+    from bayescompress.metrics import latency_seconds
+
+    class Slept(nn.Module):
+        def __init__(self, interrupted: set[int]) -> None:
+            super().__init__()
+            self.calls, self.interrupted = 0, interrupted
+
+        def forward(self, x):
+            self.calls += 1
+            time.sleep(0.002 + (0.02 if self.calls in self.interrupted else 0.0))  # 0.02 s: another process ran
+            return x
+
+    # "a" interrupted on 8 of its 12 passes (warm-ups and rounds alike), "b" on none
+    times, _ = latency_seconds({"a": Slept(set(range(1, 13)) - {5, 7, 9, 11}), "b": Slept(set())},
+                               torch.randn(1, 4), repeats=8, budget_seconds=10.0)
+    assert 0.7 < times["a"] / times["b"] < 1.4

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from bayescompress import PipelineConfig, compress
+from bayescompress import PipelineConfig, compress, load
 from bayescompress.data import load_dataset, make_loaders
 from bayescompress.methods import SSVI, SparseVD, TurboVBI
 from bayescompress.nn import bayesianize_
@@ -46,6 +46,9 @@ def test_a_run_folder_gives_the_same_points_as_the_result(ssvi_run, setup, tmp_p
     assert (tmp_path / "run" / "trained.safetensors").is_file()
     fractions = [0.3, 0.1, 0.02]
     assert operating_points(tmp_path / "run", test, fractions, model=net) == operating_points(ssvi_run, test, fractions)
+    # as the docs call it, on a run read back (it raised TypeError: expected str ... not SavedRun)
+    saved = load(tmp_path / "run", model=net)
+    assert operating_points(saved, test, fractions, model=net) == operating_points(ssvi_run, test, fractions)
 
 
 def test_a_turbo_vbi_sweep_keeps_the_weights_of_highest_inclusion_and_compression_grows(setup):
