@@ -526,7 +526,7 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
 
     from bayescompress import distributed
     from bayescompress.io import FORMAT_VERSION, write_json
-    from bayescompress.inference.checkpoint import check_unclaimed
+    from bayescompress.inference.checkpoint import claim
     from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE, check_run_destination, is_interrupted_run
 
     if not distributed.is_main():  # rank 0 checks and writes the folder; the others only read the checkpoint
@@ -536,13 +536,14 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
         raise ValueError(f"--out {args.out} is the run --from-run reads: the new run would replace its source; "
                          "write it to another folder")
     if args.resume is None:
-        if is_interrupted_run(out):  # --overwrite: start again, from nothing (unless it still trains)
-            check_unclaimed(out / CHECKPOINT_DIR)
+        if is_interrupted_run(out):  # --overwrite: start again, from nothing (check_run_destination: unclaimed)
             shutil.rmtree(out / CHECKPOINT_DIR)
         argv = _absolute_paths([arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)])
         args.run_dir, args.made_out = out, not out.exists()  # a folder the user made stays, even left empty
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
         args.wrote_invocation = True
+    # claimed from the start, not once the data are loaded: a second command on this --out is told who trains it
+    claim(out / CHECKPOINT_DIR)
     return out / CHECKPOINT_DIR
 
 

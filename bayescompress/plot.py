@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
+from bayescompress.runs import is_figure_name  # noqa: E402
 
 
 _REMOVED = torch.tensor([0.85, 0.1, 0.1, 0.35])
@@ -569,14 +570,9 @@ _SCORE_LABELS = {"turbo-vbi": ("posterior inclusion probability pi~", False),
                  "magnitude": ("|w|", True)}
 
 
-# the figures draw_run and a comparison's plot may write (filters-<layer>.png besides)
-FIGURE_NAMES = frozenset({"masks.png", "units.png", "scores.png", "reliability.png", "training.png", "pixels.png",
-                          "inclusion.png", "pareto.png"})
-
-
 def figures_in(folder: Path) -> list[str]:
     """The files in ``folder`` a plot would replace."""
-    return sorted(p.name for p in folder.glob("*.png") if p.name in FIGURE_NAMES or p.name.startswith("filters-"))
+    return sorted(p.name for p in folder.glob("*.png") if is_figure_name(p.name))
 
 
 def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:

@@ -49,6 +49,7 @@ from bayescompress.io import (
     save_weights,
     write_json,
 )
+from bayescompress.inference.checkpoint import check_unclaimed
 from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.pruning import Masks, Structure
 from bayescompress.pruning.batchnorm import fold_batchnorm_
@@ -264,11 +265,29 @@ def discard_unstarted_checkpoint(directory: str | os.PathLike) -> bool:
     return True
 
 
+# the figures `bayescompress plot` and save write into a run's plots/ (filters-<layer>.png besides)
+FIGURE_NAMES = frozenset({"masks.png", "units.png", "scores.png", "reliability.png", "training.png", "pixels.png",
+                          "inclusion.png", "pareto.png"})
+
+
+def is_figure_name(name: str) -> bool:
+    """Whether ``name`` is one of the figures this package draws (:data:`FIGURE_NAMES`, ``filters-<layer>.png``)."""
+    return name in FIGURE_NAMES or (name.startswith("filters-") and name.endswith(".png"))
+
+
 def files_not_of_a_run(directory: Path) -> list[str]:
-    """The names in ``directory`` that neither a run nor its training wrote (dot-files aside: atomic writes and
-    claims), which replacing or finishing the run there must not take with it."""
-    return sorted(p.name for p in directory.iterdir()
-                  if p.name not in RUN_FILES | IN_PROGRESS_FILES and not p.name.startswith("."))
+    """The names in ``directory``, and in its ``plots/`` (``plots/<name>``), that neither a run, its training nor
+    its figures wrote (dot-files aside: atomic writes and claims), which replacing or finishing the run there must
+    not take with it."""
+    names = [p.name for p in directory.iterdir()
+             if p.name not in RUN_FILES | IN_PROGRESS_FILES and not p.name.startswith(".")]
+    plots = directory / "plots"
+    if plots.is_dir():  # the run's own figures sit there beside whatever the user put there
+        names += [f"plots/{p.name}" for p in plots.iterdir()
+                  if not (p.is_file() and is_figure_name(p.name)) and not p.name.startswith(".")]
+    elif plots.exists():
+        names.append("plots")
+    return sorted(names)
 
 
 def is_interrupted_run(directory: str | os.PathLike) -> bool:
@@ -300,6 +319,8 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
     if directory.is_symlink():  # the run goes where the link points; the link stays
         directory = directory.resolve()
     check_writable(directory)
+    if (directory / CHECKPOINT_DIR).is_dir():  # a run another process trains there: named, whatever it has written
+        check_unclaimed(directory / CHECKPOINT_DIR)
     if is_interrupted_run(directory):
         if others := files_not_of_a_run(directory):
             raise ValueError(f"{directory} holds an interrupted run and files it did not write ({', '.join(others)}); "
@@ -322,8 +343,7 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
         if not overwrite:
             raise ValueError(f"{directory} already holds a bayescompress run; pass overwrite=True (--overwrite on "
                              "the command line) to replace it, or choose another folder")
-        others = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES)
-        if others:
+        if others := files_not_of_a_run(directory):
             raise ValueError(f"{directory} holds a bayescompress run and files it did not write "
                              f"({', '.join(others)}); move them out before replacing the run (nothing was touched)")
     return directory

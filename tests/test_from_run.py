@@ -95,6 +95,10 @@ def test_fine_tuning_from_a_posterior_trains_only_the_fine_tuning(digits, tmp_pa
     train, val, _ = make_loaders(splits, batch_size=64)
     unnamed = compress(model, train, val, posterior=source, pipeline=QUICK)  # the run's method, not the default
     assert unnamed.method == "sparse-vd" and unnamed.config["method"] == source.config["method"]
+    # a folder that lost its loader order fine-tunes on other batches: said, not silent
+    (tmp_path / "run" / "shuffling.safetensors").unlink()
+    with pytest.warns(UserWarning, match="kept no loader order .* differs from the run's by the order alone"):
+        _run(digits, "sparse-vd", posterior=tmp_path / "run", finetune_epochs=2)
 
 
 def test_a_run_from_a_posterior_keeps_the_runs_seed_unless_given_one(digits):

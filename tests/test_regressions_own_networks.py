@@ -599,6 +599,17 @@ def test_overwrite_replaces_a_run_but_never_files_the_user_added_to_it(tmp_path)
     with pytest.raises(ValueError, match=r"files it did not write \(notes.txt\)"):
         result.save(folder, overwrite=True)
     assert (folder / "notes.txt").read_text() == "my notes"
+    (folder / "notes.txt").unlink()
+    # beside the run's figures in plots/: they were deleted with the replaced run, without a word
+    (folder / "plots" / "mine").mkdir()
+    (folder / "plots" / "my_masks_v1.png").write_bytes(b"mine")
+    with pytest.raises(ValueError, match=r"files it did not write \(plots/mine, plots/my_masks_v1.png\)"):
+        result.save(folder, overwrite=True)
+    assert (folder / "plots" / "my_masks_v1.png").read_bytes() == b"mine"
+    for mine in ("mine", "my_masks_v1.png"):
+        path = folder / "plots" / mine
+        path.rmdir() if path.is_dir() else path.unlink()
+    result.save(folder, overwrite=True)  # the run's own figures are replaced
 
 
 def test_loading_a_graph_run_into_another_architecture_says_it_does_not_match(tmp_path):

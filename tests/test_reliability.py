@@ -321,3 +321,43 @@ def test_overwrite_does_not_delete_the_checkpoint_of_a_run_another_process_still
         other.wait()
     assert code == 2 and "being trained by another process" in capsys.readouterr().err
     assert (checkpoint / "run.json").is_file()
+
+
+@pytest.mark.parametrize("started", [False, True])  # before its first checkpoint (only the claim), and after
+def test_a_second_compress_on_the_out_of_a_run_another_process_trains_is_told_so(tmp_path, capsys, started):
+    import socket
+
+    from bayescompress.cli import main
+    from bayescompress.inference.checkpoint import OWNER_FILE
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (run / "invocation.json").write_text("{}")
+    if started:
+        (checkpoint / "run.json").write_text("{}")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (checkpoint / OWNER_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        # it said "not empty and not a bayescompress run folder" / "holds an interrupted run; continue it"
+        code = main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--out", str(run),
+                     "--quiet"])
+    finally:
+        other.kill()
+        other.wait()
+    assert code == 2 and f"being trained by another process (pid {other.pid}" in capsys.readouterr().err
+
+
+def test_compress_claims_its_run_folder_before_loading_anything(tmp_path, monkeypatch):
+    from bayescompress import workflows
+    from bayescompress.cli import main
+    from bayescompress.inference.checkpoint import OWNER_FILE
+
+    claims = []
+    monkeypatch.setattr(workflows, "compress_files", lambda *a, **k: claims.append(
+        json.loads((tmp_path / "run" / "checkpoint" / OWNER_FILE).read_text())) or (_ for _ in ()).throw(
+        ValueError("stop")))
+    assert main(["compress", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 2
+    assert claims[0]["pid"] == os.getpid()
+    assert not (tmp_path / "run").exists()  # a refused start leaves nothing, its claim included

@@ -183,10 +183,7 @@ class Checkpoint:
             self._claim()
 
     def _claim(self) -> None:
-        check_unclaimed(self.folder)
-        # the nonce: another Checkpoint of this process, done sooner, must not release this one's claim
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "nonce": uuid.uuid4().hex}
-        write_json(self.folder / OWNER_FILE, me)
+        me = claim(self.folder)
         weakref.finalize(self, _release, self.folder / OWNER_FILE, me)  # when the run is done with its checkpoint
 
     def next_phase(self) -> PhaseCheckpoint:
@@ -197,6 +194,18 @@ class Checkpoint:
     def resumed_from(self) -> dict | None:
         """Where this run continued from a checkpoint (its last resumed phase), or None for a fresh run."""
         return next((p.resumed_from for p in reversed(self.handed) if p.resumed_from is not None), None)
+
+
+def claim(folder: str | os.PathLike) -> dict:
+    """Mark the checkpoint ``folder`` as trained by this process (refused when another live process holds it),
+    so a second command on the same run is told so; returns the claim. A claim outlives nothing: one whose
+    process is gone is no bar, and :class:`Checkpoint` releases its own."""
+    check_unclaimed(folder)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    # the nonce: another Checkpoint of this process, done sooner, must not release this one's claim
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "nonce": uuid.uuid4().hex}
+    write_json(Path(folder) / OWNER_FILE, me)
+    return me
 
 
 def check_unclaimed(folder: str | os.PathLike) -> None:
@@ -237,5 +246,5 @@ def _release(path: Path, me: dict) -> None:
         pass
 
 
-__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "join_state", "rng_state", "set_rng_state",
+__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "claim", "join_state", "rng_state", "set_rng_state",
            "shuffling_generators", "split_state"]

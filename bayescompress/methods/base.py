@@ -285,6 +285,10 @@ class Method(abc.ABC):
             if len(shuffling) == len(generators):  # another loader: its own order, as a fresh run would have
                 for generator, state in zip(generators, shuffling):
                     generator.set_state(state)
+            elif generators and not shuffling:
+                warnings.warn("the run the posterior comes from kept no loader order (no shuffling.safetensors): "
+                              "the fine-tuning sees the batches in the order the loader gives now, so its result "
+                              "differs from the run's by the order alone", stacklevel=3)
         before_pruning = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
         shuffling_after = [generator.get_state() for generator in generators]
         scores = {name: sweep_scores(layer).cpu() for name, layer in prunable_layers(network)}
