@@ -49,6 +49,7 @@ from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_poi
 from bayescompress.pruning.masks import copy_network
 from bayescompress.runs import (
     CHECKPOINT_DIR,
+    damaged_run_files,
     discard_unstarted_checkpoint,
     files_not_of_a_run,
     is_interrupted_run,
@@ -387,6 +388,11 @@ def _check_out(out, chosen: dict[str, Method], seeds: list[int], resume: bool, o
                 raise ValueError(f"{folder} holds an interrupted run; pass resume=True (--resume) to continue it "
                                  "from its checkpoint, overwrite=True (--overwrite) to start it again, or choose "
                                  "another folder")
+            if resume and is_run_folder(folder) and not is_interrupted_run(folder) and (
+                    damaged := damaged_run_files(folder)):  # a kept run goes into the table as it is
+                raise ValueError(f"{folder} is a finished run whose files are damaged ({'; '.join(damaged)}); "
+                                 "remove that folder to run it again, or pass overwrite=True (--overwrite) instead "
+                                 "of resuming (nothing was touched)")
             if is_run_folder(folder) and not (resume or overwrite):
                 raise ValueError(f"{out} already holds runs of a comparison ({folder}); pass resume=True "
                                  "(--resume) to keep them and run the rest, overwrite=True (--overwrite) to replace "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import glob
 import hashlib
 import importlib
 import importlib.util
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from bayescompress._validation import check_module
@@ -49,7 +51,7 @@ from bayescompress.io import (
     save_weights,
     write_json,
 )
-from bayescompress.inference.checkpoint import check_unclaimed
+from bayescompress.inference.checkpoint import OWNER_FILE, check_unclaimed, claim
 from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.pruning import Masks, Structure
 from bayescompress.pruning.batchnorm import fold_batchnorm_
@@ -208,8 +210,10 @@ class CompressionResult:
         else:
             architecture.update(export="graph", surgery=record.surgery.to_json())
         directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(directory)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
+            claim(staging)  # so a later save knows it from a folder another process still writes
             os.chmod(staging, mode_for(directory, directory=True))  # it takes the folder's place
             save_weights(self.exported.state_dict(), staging / "model.safetensors")
             if self.posterior is not None:
@@ -234,11 +238,25 @@ class CompressionResult:
                 from bayescompress.plot import draw_run  # here: matplotlib only when figures are wanted
 
                 draw_run(staging)
+            (staging / OWNER_FILE).unlink()
             _replace_directory(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return directory
+
+
+def _remove_abandoned_staging(directory: Path) -> None:
+    """Remove the staging folders of ``directory`` (``.<name>.<random>`` beside it) that a save killed mid-write
+    left: each holds the claim of the process that wrote it, and only those whose process is gone are removed
+    (a dot-folder of the user's has no claim and stays)."""
+    for staging in directory.parent.glob(f".{glob.escape(directory.name)}.*"):
+        if staging.is_dir() and (staging / OWNER_FILE).is_file():
+            try:
+                check_unclaimed(staging)
+            except ValueError:  # another live process writes it
+                continue
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _caller_source(original: nn.Module) -> dict:
@@ -288,6 +306,28 @@ def files_not_of_a_run(directory: Path) -> list[str]:
     elif plots.exists():
         names.append("plots")
     return sorted(names)
+
+
+# what every finished run folder holds (save writes each of them)
+ESSENTIAL_RUN_FILES = ("metrics.json", "architecture.json", "history.json", "model.safetensors", "masks.safetensors")
+
+
+def damaged_run_files(directory: str | os.PathLike) -> list[str]:
+    """What is wrong with a finished run folder's files, one entry per file: the essential ones missing, and any
+    JSON or safetensors file that does not parse (a safetensors file by its header, which also tells a truncated
+    one; no tensor is read). Empty for an intact run."""
+    directory = Path(directory)
+    found = [f"{name} missing" for name in ESSENTIAL_RUN_FILES if not (directory / name).is_file()]
+    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            else:
+                with safe_open(str(path), framework="pt"):
+                    pass
+        except (OSError, ValueError, SafetensorError) as error:
+            found.append(f"{path.name} unreadable ({str(error).splitlines()[0][:80]})")
+    return found
 
 
 def is_interrupted_run(directory: str | os.PathLike) -> bool:

@@ -363,6 +363,23 @@ def test_a_damaged_kept_run_is_named_not_its_whole_method_folder(pretrained, com
         compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=out, resume=True, pipeline=QUICK)
 
 
+def test_resume_refuses_a_kept_run_with_a_missing_or_truncated_file(pretrained, comparison, tmp_path):
+    # the table was built from them, and plot and load failed on them afterwards
+    out = tmp_path / "copy"
+    shutil.copytree(comparison.out, out)
+    (out / "magnitude" / "seed1" / "masks.safetensors").unlink()
+    model = out / "gaussian-snr" / "seed0" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:200])
+    train, val, _ = loaders()
+    with pytest.raises(ValueError, match=r"gaussian-snr/seed0 is a finished run whose files are damaged "
+                                         r"\(model.safetensors unreadable"):
+        compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=out, resume=True, pipeline=QUICK)
+    shutil.copy(comparison.out / "gaussian-snr" / "seed0" / "model.safetensors", model)
+    with pytest.raises(ValueError, match=r"magnitude/seed1 is a finished run whose files are damaged "
+                                         r"\(masks.safetensors missing\)"):
+        compare(pretrained, train, val, quick_methods(), seeds=[0, 1], out=out, resume=True, pipeline=QUICK)
+
+
 def test_resume_refuses_kept_runs_measured_with_other_pipeline_settings(pretrained, comparison):
     """They were kept: the table then averaged runs of 2 and 50 MC samples."""
     train, val, _ = loaders()

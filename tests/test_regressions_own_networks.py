@@ -838,3 +838,26 @@ def test_compress_names_layers_the_forward_never_calls():
     with pytest.warns(UserWarning, match=r"the eval-mode forward pass never calls heads\.aux: the data never reach it"):
         compress(_UnusedHead(), loader, loader, Magnitude(keep_fraction=0.5, finetune_epochs=0),
                  pipeline=PipelineConfig(mc_samples=2, quiet=True, max_accuracy_loss=1.0, latency_budget=0.02))
+
+
+def test_a_save_removes_the_staging_folder_a_killed_save_left_and_nothing_else(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from bayescompress.inference.checkpoint import OWNER_FILE
+
+    result, folder = _saved_graph_run(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    abandoned = tmp_path / ".run.k1ll3d"  # what a SIGKILL during the writing of the run folder leaves
+    abandoned.mkdir()
+    (abandoned / OWNER_FILE).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    (abandoned / "model.safetensors").write_bytes(b"half")
+    users = tmp_path / ".run.mine"  # a dot-folder of the user's: no claim
+    users.mkdir()
+    result.save(folder, overwrite=True)
+    assert not abandoned.exists() and users.is_dir()
+    assert not (folder / OWNER_FILE).exists()  # the staging claim does not travel into the run folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.mine", "run"]
