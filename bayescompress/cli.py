@@ -7,12 +7,13 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -463,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.quiet, args.json = True, False
             warnings.simplefilter("ignore")
     try:
-        with _terminate_as_interrupt() as received, _warnings_as_lines(args.command):
+        with _terminate_as_interrupt() as received, _warnings_as_lines(args.command, _shell_words(args)):
             code = _run(args)
         if received and code == 0:  # swallowed on its way (matplotlib drops exceptions raised in its callbacks)
             print(f"bayescompress {args.command}: interrupted ({received[0]}) as it finished; it finished first"
@@ -474,12 +475,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.shutdown()
 
 
+# a message written for both audiences, "overwrite=True (--overwrite)", "data_dir (--data-dir on the command
+# line)": on the command line, the flag alone
+_PYTHON_THEN_FLAG = re.compile(r"\b[a-z_]+(?:=True)? \((--[a-z-]+)(?: on the command line)?\)")
+_FROM_PYTHON = re.compile(r" \(compress\(\.\.\., [^()]*\) from Python\)")
+
+
+def _shell_words(args: argparse.Namespace) -> Callable[[str], str]:
+    """What turns a message of the package into the command line's words: the Python half of a two-audience
+    phrase dropped, and each setting this command takes as a flag (those with an underscore: single words such as
+    epochs read as prose) written as its flag, ``within_unit_drop`` as ``--within-unit-drop``."""
+    names = {"batch_size", "data_dir", *PipelineConfig.names()}
+    if args.command == "compress" and (method := getattr(args, "method", None)) in methods.names():
+        names |= set(methods.get(method).config_class.names())
+    flags = re.compile(r"(?<![\w.-])(" + "|".join(sorted((n for n in names if "_" in n), key=len, reverse=True))
+                       + r")(?!\w)")
+
+    def words(text: str) -> str:
+        text = _PYTHON_THEN_FLAG.sub(r"\1", _FROM_PYTHON.sub("", text))
+        return flags.sub(lambda match: "--" + match.group(1).replace("_", "-"), text)
+
+    return words
+
+
 @contextlib.contextmanager
-def _warnings_as_lines(command: str) -> Iterator[None]:
-    """Warnings on the command line as one line each, like the errors: a user of the shell has no use for the
-    package's source file and line that Python's format adds. Each text is shown once per command: compare
-    converts the same network for every run, and each time in a fresh ``catch_warnings``, which forgets what
-    Python's filter had already shown."""
+def _warnings_as_lines(command: str, words: Callable[[str], str] = lambda text: text) -> Iterator[None]:
+    """Warnings on the command line as one line each, like the errors, in the shell's ``words``
+    (:func:`_shell_words`): a user of the shell has no use for the package's source file and line that Python's
+    format adds. Each text is shown once per command: compare converts the same network for every run, and each
+    time in a fresh ``catch_warnings``, which forgets what Python's filter had already shown."""
     previous_format, previous_show = warnings.formatwarning, warnings.showwarning
     shown: set[str] = set()
 
@@ -489,7 +513,7 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
             previous_show(message, category, filename, lineno, file, line)
 
     warnings.formatwarning = lambda message, category, *_args, **_kwargs: (
-        f"bayescompress {command}: warning: {message}\n")
+        f"bayescompress {command}: warning: {words(str(message))}\n")
     warnings.showwarning = show_once
     try:
         yield
@@ -690,7 +714,7 @@ def _run(args: argparse.Namespace) -> int:
         moved = ("; a resumed run reads the files it was started with (its invocation.json): put it back there"
                  if isinstance(error, FileNotFoundError) and args.command == "compress" and args.resume is not None
                  and str(Path(args.resume).resolve()) not in str(error) and args.resume not in str(error) else "")
-        print(f"bayescompress {args.command}{where}: error: {error}{moved}", file=sys.stderr)
+        print(f"bayescompress {args.command}{where}: error: {_shell_words(args)(str(error))}{moved}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(output))

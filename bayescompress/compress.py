@@ -403,8 +403,8 @@ class TrainedRun:
         """``method``'s config for a run from this state: the run's settings, with those ``method`` was given
         (a configured method's whole config, when it has one)."""
         if method.name != self.method:
-            raise ValueError(f"{self.label} is a {self.method} run; its posterior is pruned with method="
-                             f"{self.method!r}, not {method.name!r}")
+            raise ValueError(f"{self.label} is a {self.method} run; its posterior is pruned by {self.method}, not "
+                             f"{method.name}: leave out the method (--method), or start from a {method.name} run")
         if method.config is not None:
             return method.config
         return dataclasses.replace(self.saved_config(), **method.settings)

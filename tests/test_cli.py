@@ -155,7 +155,7 @@ def test_a_run_refused_after_its_checkpoint_was_opened_leaves_nothing_and_fails_
     for _ in range(2):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "target_macs needs a sequential network" in err and "--resume" not in err
+        assert "--target-macs needs a sequential network" in err and "--resume" not in err
         assert not (tmp_path / "run").exists()
     (tmp_path / "run").mkdir()  # a folder the user made (a mount point, a chosen mode) stays, empty
     assert main(argv) == 2
@@ -345,7 +345,7 @@ def test_demo_into_a_folder_of_a_demo_offers_overwrite_not_resume(tmp_path, caps
     monkeypatch.setattr(workflows, "pretrain", lambda *a, **k: pytest.fail("trained before refusing"))
     assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "holds a comparison's runs; pass overwrite=True (--overwrite)" in err and "resume" not in err
+    assert "holds a comparison's runs; pass --overwrite" in err and "resume" not in err
 
 
 def test_a_missing_anchors_file_and_a_missing_resume_folder_are_named_as_missing(tmp_path, capsys):
@@ -397,3 +397,24 @@ def test_compress_without_dataset_uses_the_one_the_weights_were_pretrained_on(tm
     monkeypatch.setattr(workflows, "load_dataset", load_dataset)
     with pytest.raises(Loaded, match="mnist"):
         main(["compress", "--model", "lenet300", "--weights", str(weights), "--out", str(tmp_path / "run")])
+
+
+def test_messages_on_the_command_line_name_flags_not_python_arguments():
+    import argparse
+
+    from bayescompress.cli import _shell_words
+
+    words = _shell_words(argparse.Namespace(command="compress", method="ssvi"))
+    assert words("run holds an interrupted run; continue it with `bayescompress compress --resume run` "
+                 "(compress(..., checkpoint='run/checkpoint') from Python), or pass overwrite=True (--overwrite) to "
+                 "start again") == ("run holds an interrupted run; continue it with `bayescompress compress --resume "
+                                    "run`, or pass --overwrite to start again")
+    assert words("pass data_dir (--data-dir on the command line) pointing to the folder") == \
+        "pass --data-dir pointing to the folder"
+    assert words("lower update_interval, raise end_fraction, or train more epochs; batch_size 127") == \
+        "lower --update-interval, raise --end-fraction, or train more epochs; --batch-size 127"
+    # compare takes method settings as --set METHOD.SETTING: they stay as written there
+    compare_words = _shell_words(argparse.Namespace(command="compare"))
+    assert compare_words("--set for magnitude: keep_fraction must be in (0.0, 1.0)") == \
+        "--set for magnitude: keep_fraction must be in (0.0, 1.0)"
+    assert compare_words("set magnitude.max_val_drop") == "set magnitude.max_val_drop"
