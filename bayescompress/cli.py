@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -576,7 +577,7 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     from bayescompress.runs import CHECKPOINT_DIR
 
     if args.command == "compress" and args.out is not None and (Path(args.out) / CHECKPOINT_DIR).is_dir():
-        return f"after its last checkpoint; continue with: bayescompress compress --resume {args.out}"
+        return f"after its last checkpoint; continue with: bayescompress compress --resume {shlex.quote(args.out)}"
     if args.command == "compare":
         from bayescompress.runs import is_interrupted_run, is_run_folder
 
@@ -646,6 +647,9 @@ def _run(args: argparse.Namespace) -> int:
 
             from bayescompress.io import check_writable
 
+            if not Path(args.run).is_dir():  # before its plots/ is checked for writing
+                raise FileNotFoundError(f"{args.run} is not a folder; give a run folder (compress --out), one of a "
+                                        "comparison's <method>/seed<k>, or a comparison's folder")
             comparison = (Path(args.run) / "comparison.json").is_file()
             check_writable(Path(args.out or (args.run if comparison else Path(args.run) / "plots")))
             if args.out is not None and not args.overwrite and (taken := plot.figures_in(Path(args.out))):
@@ -693,7 +697,7 @@ def _run(args: argparse.Namespace) -> int:
                           "<method>/seed<k> with its figures in plots/")
                 print(f"digits test split; {time.perf_counter() - start:.1f} s")
     except TrainingInterrupted as interrupted:
-        again = (f"bayescompress compress --resume {args.out}" if args.command == "compress" else
+        again = (f"bayescompress compress --resume {shlex.quote(args.out)}" if args.command == "compress" else
                  "the same bayescompress compare command with --resume")
         if distributed.is_main():
             print(f"bayescompress {args.command}: {interrupted}; continue with: {again}", file=sys.stderr)

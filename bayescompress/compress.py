@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -60,7 +61,7 @@ from bayescompress.pruning.export import (
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
-from bayescompress.runs import CompressionResult, ExportRecord, layer_names, units_per_layer
+from bayescompress.runs import CompressionResult, ExportRecord, is_interrupted_run, layer_names, units_per_layer
 from bayescompress.settings import Flag, Integer, Real, Settings, setting
 
 # The method of a compress call that names none (and starts from no run's posterior).
@@ -385,6 +386,9 @@ class TrainedRun:
                       source.config["pipeline"]["seed"])
         else:
             directory = Path(source)
+            if is_interrupted_run(directory):
+                raise ValueError(f"{directory} holds a run that has not finished; finish it first (`bayescompress "
+                                 f"compress --resume {shlex.quote(str(directory))}`), then start from it")
             what = "a finished run folder, whose trained.safetensors holds the state its pruning started from"
             metrics = read_json_record(directory / "metrics.json", what)
             state = read_safetensors(directory / "trained.safetensors", what)

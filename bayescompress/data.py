@@ -201,7 +201,10 @@ def _read_npz_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
         whole = np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()
         if not whole:
-            raise ValueError(f"{path}: y must hold integer class labels 0, 1, ...; got {y.dtype} values")
+            kind = ("text (strings)" if y.dtype.kind in "USO" else
+                    "fractions" if np.issubdtype(y.dtype, np.floating) else f"{y.dtype}")
+            raise ValueError(f"{path}: y must hold integer class labels 0, 1, ...; got {kind} (dtype {y.dtype}): map "
+                             "each class to its index first")
     if y.min() < 0:
         raise ValueError(f"{path}: y must hold class labels 0, 1, ...; found {int(y.min())}")
     # integers stay integers (token ids or category indices for an nn.Embedding); other inputs become float32
@@ -251,13 +254,16 @@ class DatasetSplits:
         return cls(train, val, test, num_classes, tuple(train.tensors[0].shape[1:]), name)
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarray:
     """Read one IDX file (gzip-compressed if the name ends in ``.gz``).
 
     Parameters
     ----------
     path : str or PathLike
         File to read. Only the IDX binary layout is parsed; nothing is unpickled.
+    ndim : int, optional
+        The number of dimensions the file must declare (3 for images, 1 for labels): another is refused as the
+        wrong kind of file, before its header's shape is read from bytes that are not one.
 
     Returns
     -------
@@ -290,6 +296,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}); expected two zero bytes, "
             f"a dtype code in {{{codes}}} and a non-zero number of dimensions"
         )
+    if ndim is not None and raw[3] != ndim:
+        raise ValueError(f"{path}: its header declares {raw[3]} dimensions where this file has {ndim} ("
+                         f"{'images (N, H, W)' if ndim == 3 else 'labels (N,)' if ndim == 1 else 'the data'}): "
+                         "is it another file of the set under this name? Put the right file here")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header_len = 4 + 4 * ndim
     if len(raw) < header_len:
@@ -641,7 +651,7 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
 
 def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and cross-check one image / label IDX pair; images become uint8 ``(N, 1, H, W)``."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
+    images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.ndim != 1:

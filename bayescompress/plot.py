@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
-from bayescompress.runs import is_figure_name  # noqa: E402
+from bayescompress.runs import is_figure_name, is_interrupted_run, is_run_folder  # noqa: E402
 
 
 _REMOVED = torch.tensor([0.85, 0.1, 0.1, 0.35])
@@ -591,6 +592,13 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         raise FileNotFoundError(f"{directory} is not a folder; give a run folder (compress --out, or one of a "
                                 "comparison's <method>/seed<k>)")
     what = "not a complete bayescompress run folder"
+    if not (directory / "masks.safetensors").is_file():  # say what the folder is instead, where it is one of ours
+        if is_interrupted_run(directory):
+            raise ValueError(f"{directory} holds a run that has not finished; finish it with `bayescompress "
+                             f"compress --resume {shlex.quote(str(directory))}`, then plot it")
+        if seeds := sorted(p.name for p in directory.glob("seed*") if is_run_folder(p)):
+            raise ValueError(f"{directory} holds a comparison's runs of one method ({', '.join(seeds)}): plot one "
+                             f"of them ({directory / seeds[0]}), or the comparison's folder for its Pareto figure")
 
     def optional(name: str, read):
         return read(directory / name, what) if (directory / name).is_file() else None
@@ -650,7 +658,9 @@ def draw_run(directory: str | os.PathLike, out: str | os.PathLike | None = None)
         ("reliability.png", "metrics.json has no reliability bins", not metrics.get("reliability")),
         ("training.png", "no history.json", not (directory / "history.json").is_file()),
         ("filters-<layer>.png", "no trained.safetensors", state is None and any(
-            w.dim() == 4 for w in run_masks.weight.values()))) if gone]
+            w.dim() == 4 for w in run_masks.weight.values())),
+        ("inclusion.png", "no inclusion.safetensors", metrics.get("method") == "turbo-vbi"
+         and not (directory / "inclusion.safetensors").is_file())) if gone]
     if missing:
         warnings.warn(f"{directory} lacks what these figures need, so they were not drawn: {'; '.join(missing)}",
                       stacklevel=2)

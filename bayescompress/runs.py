@@ -30,6 +30,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -367,7 +368,7 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
                              "move them out first (nothing was touched)")
         if not (resume or overwrite):
             raise ValueError(f"{directory} holds an interrupted run; continue it with `bayescompress compress "
-                             f"--resume {directory}` (compress(..., checkpoint={str(directory / CHECKPOINT_DIR)!r}) "
+                             f"--resume {shlex.quote(str(directory))}` (compress(..., checkpoint={str(directory / CHECKPOINT_DIR)!r}) "
                              "from Python), or pass overwrite=True (--overwrite) to start again")
         return directory
     if resume and not directory.exists():

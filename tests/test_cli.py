@@ -223,6 +223,10 @@ def test_the_interrupt_message_offers_resume_only_where_there_is_something_to_re
     assert _how_to_continue(argparse.Namespace(command="compress", out=str(run))) == (
         f"after its last checkpoint; continue with: bayescompress compress --resume {run}")
     assert "run the command again" in _how_to_continue(argparse.Namespace(command="compress", out=str(tmp_path)))
+    spaced = tmp_path / "rüns" / "run 2"  # pasted unquoted, the hint said "not 2"
+    (spaced / "checkpoint").mkdir(parents=True)
+    assert _how_to_continue(argparse.Namespace(command="compress", out=str(spaced))).endswith(
+        f"--resume '{spaced}'")
     # a comparison with no kept run or checkpoint yet: nothing to resume either (tests/test_compare.py has one)
     assert "run the command again" in _how_to_continue(argparse.Namespace(command="compare", out=str(tmp_path)))
 

@@ -251,6 +251,16 @@ def test_read_idx_truncated_raises(tmp_path: Path, suffix: str) -> None:
         read_idx(path)
 
 
+def test_a_labels_file_whose_header_declares_images_is_named_as_the_wrong_file(tmp_path: Path) -> None:
+    path = tmp_path / "train-labels-idx1-ubyte"
+    write_idx(path, np.zeros(60, dtype=np.uint8))
+    raw = bytearray(path.read_bytes())
+    raw[3] = 3  # it was read as a shape and reported as truncated, "760652741951032500016 bytes"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"declares 3 dimensions where this file has 1 \(labels \(N,\)\)"):
+        read_idx(path, ndim=1)
+
+
 def test_read_idx_truncated_header_and_trailing_bytes_raise(tmp_path: Path) -> None:
     path = tmp_path / "x-idx3-ubyte"
     path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">I", 2))

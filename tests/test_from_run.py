@@ -135,6 +135,10 @@ def test_training_settings_other_weights_and_another_method_are_refused(digits, 
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
         _run(digits, "sparse-vd", posterior=tmp_path / "empty")
+    (tmp_path / "stopped" / "checkpoint").mkdir(parents=True)  # an interrupted run: it said "metrics.json is missing"
+    (tmp_path / "stopped" / "checkpoint" / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"stopped holds a run that has not finished; finish it first"):
+        _run(digits, "sparse-vd", posterior=tmp_path / "stopped")
 
 
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:

@@ -99,7 +99,8 @@ def test_whole_number_float_labels_and_boolean_labels_are_taken(tmp_path):
 
 
 @pytest.mark.parametrize("train, message", [
-    ((np.zeros((4, 3)), np.array([0, 1, 0.5, 1])), "integer class labels"),
+    ((np.zeros((4, 3)), np.array([0, 1, 0.5, 1])), r"integer class labels 0, 1, ...; got fractions"),
+    ((np.zeros((4, 3)), np.array(["cat", "dog", "cat", "dog"])), r"got text \(strings\).*map each class to its index"),
     ((np.zeros((4, 3)), np.array([0, 1, -1, 1])), "found -1"),
     ((np.zeros((4, 3)), np.array([0, 1, 1])), r"one label per input, shape \(4,\)"),
     ((np.zeros(4), np.array([0, 1, 1, 0])), r"inputs \(N, ...\)"),

@@ -499,3 +499,24 @@ def test_the_share_of_inputs_axis_ends_near_one():
     figure = reliability_diagram({"original": reliability(probabilities, torch.randint(0, 3, (300,)))})
     assert figure.axes[1].get_ylim()[1] <= 1.5
     pyplot.close(figure)
+
+
+def test_plot_of_a_folder_that_is_not_a_finished_run_says_what_it_is(tmp_path, capsys):
+    from bayescompress.io import write_json
+    from bayescompress.plot import draw_run
+
+    interrupted = tmp_path / "run"
+    (interrupted / "checkpoint").mkdir(parents=True)
+    (interrupted / "checkpoint" / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds a run that has not finished; finish it with `bayescompress "
+                                         r"compress --resume .*run`"):
+        draw_run(interrupted)
+    method = tmp_path / "cmp" / "magnitude"  # a comparison's method folder, one level above its runs
+    for seed in ("seed0", "seed1"):
+        (method / seed).mkdir(parents=True)
+        write_json(method / seed / "metrics.json", {"format_version": 2, "method": "magnitude"})
+        write_json(method / seed / "architecture.json", {"format_version": 2})
+    with pytest.raises(ValueError, match=r"holds a comparison's runs of one method \(seed0, seed1\): plot one"):
+        draw_run(method)
+    assert main(["plot", str(interrupted / "checkpoint" / "run.json")]) == 2  # a file: it offered to write into it
+    assert "run.json is not a folder; give a run folder" in capsys.readouterr().err
