@@ -76,7 +76,7 @@ def test_global_batch_must_divide_among_the_processes(digits_mlp_weights, tmp_pa
                            str(tmp_path / "run"), "--batch-size", "63", "--quiet"], env=_env(), capture_output=True,
                           text=True, timeout=180)
     assert done.returncode != 0
-    assert "batch_size 63 is the global batch of 2 processes" in done.stdout + done.stderr
+    assert "--batch-size 63 is the global batch of 2 processes" in done.stdout + done.stderr
     assert not (tmp_path / "run").exists()  # nothing left behind
 
 
