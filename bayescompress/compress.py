@@ -23,7 +23,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
-from torch.utils.data import TensorDataset, default_collate, default_convert
+from torch.utils.data import (
+    BatchSampler,
+    IterableDataset,
+    RandomSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+    default_collate,
+    default_convert,
+)
 
 from bayescompress import distributed, methods
 from bayescompress._validation import check_device, check_module
@@ -191,13 +200,24 @@ def compress(
             raise ValueError(f"{name} is a {type(loader).__name__}, used up after one pass; compress reads it at "
                              "every validation check and to measure the result: give a DataLoader or a list of "
                              "(x, y) batches")
+    if (checkpoint is not None or start is not None) and _shuffles(val_loader):
+        raise ValueError("val_loader shuffles (its sampler draws at random): a checkpointed run, or one started from "
+                         "a run's posterior, knows its data by the first validation inputs, which then differ on every "
+                         "pass; give an unshuffled validation loader (shuffle=False)")
+    if checkpoint is not None and (why := _unrestorable_order(train_loader)):
+        warnings.warn(f"train_loader {why}, which a checkpoint cannot put back: a run resumed from it may see other "
+                      "batches than an uninterrupted one (it still finishes, but not with the same numbers)",
+                      stacklevel=2)
     first = next(iter(val_loader), None)
     if first is None:
         raise ValueError("val_loader yields no batch; compress needs validation data (with load_dataset, a "
                          "val_fraction > 0; with a drop_last loader, at least one full batch)")
     first = as_batch(first, "val_loader")
-    if test_loader is not None and next(iter(test_loader), None) is None:  # measured only after the training
-        raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
+    if test_loader is not None:  # read only after the training: its first batch checked now, as the validation's
+        first_test = next(iter(test_loader), None)
+        if first_test is None:
+            raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
+        _check_same_format(as_batch(first_test, "test_loader"), first)
     if start is not None:  # before any work
         start.check(method_config, original_weights, first[0][:PROBE_SIZE])
     # a few inputs: the graph export recognises constant channels by their being equal on all of them
@@ -327,9 +347,9 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
     try:
         logits = model(inputs)
     except Exception as error:  # the user's forward: whatever it raises, the data do not fit it
-        integers = "" if inputs.is_floating_point() else (
-            "; the inputs are integers, which only an nn.Embedding takes: store other inputs as floats (with "
-            "--dataset npz, x as float32)")
+        integers = ("; the inputs are integers, which only an nn.Embedding takes: store other inputs as floats "
+                    "(with --dataset npz, x as float32)" if not inputs.is_floating_point() else
+                    "; the network is float32: convert the inputs (x.float())" if inputs.dtype != torch.float32 else "")
         dtype = str(inputs.dtype).removeprefix("torch.")
         raise ValueError(f"the model cannot run on the data: a validation batch of {dtype} inputs of shape "
                          f"{tuple(inputs.shape)} "
@@ -356,6 +376,34 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
         if values.numel() and (largest := int(values.max())) >= logits.shape[-1]:
             raise ValueError(f"the {source} data has label {largest} but the model gives {logits.shape[-1]} outputs "
                              f"per input; a classifier needs one output per class (at least {largest + 1} here)")
+
+
+def _shuffles(loader: object) -> bool:
+    """Whether ``loader`` is a DataLoader whose (batch) sampler draws its indices at random."""
+    sampler = getattr(loader, "sampler", None)
+    sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
+    return isinstance(sampler, (RandomSampler, SubsetRandomSampler, WeightedRandomSampler))
+
+
+def _unrestorable_order(loader: object) -> str | None:
+    """Why ``loader``'s order or augmentation is not in what a checkpoint restores (torch's and the loader's
+    generators), or None: persistent workers keep their own random state, an IterableDataset its own order."""
+    if getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0) > 0:
+        return "keeps persistent workers, whose random state (augmentation) lives in the worker processes"
+    if isinstance(getattr(loader, "dataset", None), IterableDataset):
+        return "reads an IterableDataset, whose order, and any random state of its own other than torch's, is its own"
+    return None
+
+
+def _check_same_format(batch: tuple[Tensor, Tensor], validation: tuple[Tensor, Tensor]) -> None:
+    """Refuse test batches whose inputs or labels differ in kind from the validation batches' (other dtype or
+    per-example shape), before the training: the test data are read only once it is done."""
+    for part, ours, theirs in (("inputs", batch[0], validation[0]), ("labels", batch[1], validation[1])):
+        if ours.dtype != theirs.dtype or ours.shape[1:] != theirs.shape[1:]:
+            raise ValueError(
+                f"test_loader gives {str(ours.dtype).removeprefix('torch.')} {part} of shape {tuple(ours.shape[1:])} "
+                f"per example where val_loader gives {str(theirs.dtype).removeprefix('torch.')} of shape "
+                f"{tuple(theirs.shape[1:])}: give test data in the validation data's format")
 
 
 def recorded_seed(metrics: dict) -> int:

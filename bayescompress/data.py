@@ -60,7 +60,9 @@ def as_batch(item: object, source: str) -> tuple[torch.Tensor, torch.Tensor]:
                          "collate_fn) that returns them as a tuple")
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         what = f"{type(item).__name__}s of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
-        raise ValueError(f"{source} yields {what}; {pairs}")
+        extra = (": a collate_fn such as lambda items: default_collate(items)[:2] keeps the first two"
+                 if isinstance(item, (tuple, list)) and len(item) > 2 else "")
+        raise ValueError(f"{source} yields {what}; {pairs}{extra}")
     x, y = item
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise ValueError(f"{source} yields ({type(x).__name__}, {type(y).__name__}) pairs; {pairs} of tensors")

@@ -57,10 +57,27 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def _collective_device() -> torch.device:
+    """Where the process group's collectives take their tensors: NCCL only CUDA ones (this rank's device), gloo
+    CPU ones (a CUDA run's CPU tensors, such as the RNG states, go through NCCL on the GPU and come back)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _in_place(tensor: Tensor, collective) -> Tensor:
+    """``collective(t)`` on ``tensor`` where the backend takes it, the result written back into ``tensor``."""
+    moved = tensor.to(_collective_device())
+    collective(moved)
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
+
+
 def average_(tensor: Tensor) -> Tensor:
     """``tensor`` replaced by its mean over the ranks (in place)."""
     if active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _in_place(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM))
         tensor.div_(world_size())
     return tensor
 
@@ -68,24 +85,26 @@ def average_(tensor: Tensor) -> Tensor:
 def broadcast_(tensor: Tensor) -> Tensor:
     """``tensor`` replaced by rank 0's (in place): one decision for every rank."""
     if active():
-        dist.broadcast(tensor, src=0)
+        _in_place(tensor, lambda t: dist.broadcast(t, src=0))
     return tensor
 
 
 def gather(tensor: Tensor) -> Tensor:
-    """Every rank's ``tensor`` (same shape on all), stacked in rank order: shape (world_size, ...)."""
+    """Every rank's ``tensor`` (same shape on all), stacked in rank order: shape (world_size, ...), on
+    ``tensor``'s device."""
     if not active():
         return tensor.unsqueeze(0)
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.stack(parts)
+    moved = tensor.contiguous().to(_collective_device())
+    parts = [torch.empty_like(moved) for _ in range(world_size())]
+    dist.all_gather(parts, moved)
+    return torch.stack(parts).to(tensor.device)
 
 
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set on any rank (every rank gets the same answer)."""
     if not active():
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -96,8 +115,7 @@ def max_rank_difference(tensors: dict[str, Tensor]) -> float:
     always 0.0 in a single process)."""
     if not active() or not tensors:
         return 0.0
-    device = next(iter(tensors.values())).device  # NCCL reduces CUDA tensors only, gloo CPU ones too
-    flat = torch.cat([t.detach().float().flatten().to(device) for t in tensors.values()])
+    flat = torch.cat([t.detach().float().flatten().to(_collective_device()) for t in tensors.values()])
     high, low = flat.clone(), flat.clone()
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)

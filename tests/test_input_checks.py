@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bayescompress import GaussianPrior, GaussianSNR, Magnitude, PipelineConfig, TrainConfig, compress, fit
+from bayescompress.inference import Callback
 from bayescompress.data import as_batch
 from bayescompress.metrics import evaluate
 from bayescompress.nn import bayesianize_
@@ -34,7 +35,7 @@ def test_as_batch_names_what_a_loader_yields_and_what_to_give():
     x, y = _data(4)
     with pytest.raises(ValueError, match=r"yields dicts \(keys 'x', 'y'\).*\(inputs, labels\) pairs"):
         as_batch({"x": x, "y": y}, "train_loader")
-    with pytest.raises(ValueError, match="yields tuples of 3"):
+    with pytest.raises(ValueError, match=r"yields tuples of 3; .*default_collate\(items\)\[:2\] keeps the first two"):
         as_batch((x, x, y), "train_loader")
     with pytest.raises(ValueError, match="yields Tensor;"):
         as_batch(x, "the loader")
@@ -215,3 +216,91 @@ def test_output_layers_trace_a_network_that_changes_its_input_in_place_and_keep_
     net.norm.eval()  # the user's choice inside a training network
     assert output_layers(net, torch.randn(4, 4)) == ["head"]  # in place on a leaf that requires grad would fail
     assert net.training and net.body.training and not net.norm.training
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """``batches`` batches of an IterableDataset without a length."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        x, y = _data(16 * self.batches)
+        return iter(_batches(x, y))
+
+
+class _SizedStream(_Stream):
+    def __len__(self) -> int:
+        return self.batches
+
+
+class _Counted(list):
+    """A list of batches whose len() undercounts them (an estimated length)."""
+
+    def __init__(self, batches, told: int) -> None:
+        super().__init__(batches)
+        self.told = told
+
+    def __len__(self) -> int:
+        return self.told
+
+
+def test_the_test_loader_is_checked_before_the_training_not_after():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"test_loader gives float64 inputs of shape \(4,\) per example where "
+                                         r"val_loader gives float32"):
+        compress(_net(), _batches(x, y), _batches(x, y), GaussianSNR(epochs=50), test_loader=_batches(x.double(), y),
+                 pipeline=QUIET)  # it failed once the 50 epochs were done
+    with pytest.raises(ValueError, match=r"test_loader yields dicts"):
+        compress(_net(), _batches(x, y), _batches(x, y), GaussianSNR(epochs=50),
+                 test_loader=[{"x": x, "y": y}], pipeline=QUIET)
+
+
+def test_a_checkpointed_run_refuses_a_shuffled_validation_loader(tmp_path):
+    x, y = _data()
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    with pytest.raises(ValueError, match=r"val_loader shuffles .* give an unshuffled validation loader"):
+        compress(_net(), _batches(x, y), shuffled, GaussianSNR(epochs=1), pipeline=QUIET, checkpoint=tmp_path / "c")
+
+
+def test_training_inputs_of_another_float_type_and_a_stream_without_length_are_named():
+    x, y = _data()
+    net = bayesianize_(_net(), GaussianPrior())
+    with pytest.raises(ValueError, match=r"train_loader gives float64 inputs to a network of float32 weights: "
+                                         r"convert them"):
+        fit(net, _batches(x.double(), y), None, TrainConfig(epochs=1, quiet=True))
+    with pytest.raises(ValueError, match=r"DataLoader over a _Stream without a length.*give the dataset a __len__"):
+        fit(net, DataLoader(_Stream(3), batch_size=None), None, TrainConfig(epochs=1, quiet=True))
+
+
+def test_a_loader_that_undercounts_its_batches_is_named_and_the_linear_schedule_stops_at_zero():
+    x, y = _data(64)
+    net = bayesianize_(_net(), GaussianPrior())
+    rates = []
+
+    class Rates(Callback):
+        def on_batch_end(self, trainer, batch, loss):
+            rates.append(trainer.optimizer.param_groups[0]["lr"])
+
+    with pytest.warns(UserWarning, match=r"train_loader gave 4 batches in epoch 1 where its len\(\) says 2"):
+        fit(net, _Counted(_batches(x, y), told=2), None, TrainConfig(epochs=1, quiet=True, lr_schedule="linear"),
+            callbacks=[Rates()], n_train=64)
+    assert min(rates) == 0.0  # it went to -lr (gradient ascent) on the batches beyond len()
+
+
+def test_the_kl_counts_the_examples_a_subset_sampler_draws_not_the_whole_dataset():
+    from bayescompress.inference.train import _dataset_size
+
+    x, y = _data(100)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10,
+                        sampler=torch.utils.data.SubsetRandomSampler(range(80)))  # the other 20: validation
+    assert _dataset_size(loader) == 80
+    assert _dataset_size(DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)) == 100
+
+
+def test_a_checkpointed_run_over_an_iterable_dataset_warns_that_a_resume_may_differ(tmp_path):
+    x, y = _data()
+    stream = DataLoader(_SizedStream(3), batch_size=None)
+    with pytest.warns(UserWarning, match="reads an IterableDataset.*a run resumed from it may see other batches"):
+        compress(_net(), stream, _batches(x, y), GaussianSNR(epochs=1, finetune_epochs=0), pipeline=QUIET,
+                 checkpoint=tmp_path / "c")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import BatchSampler, SubsetRandomSampler
 from tqdm.auto import tqdm
 
 from bayescompress._validation import (
@@ -27,7 +29,7 @@ from bayescompress._validation import (
     check_positive_int,
 )
 from bayescompress import distributed
-from bayescompress.data import as_batch
+from bayescompress.data import as_batch, batches_per_epoch
 from bayescompress.inference.checkpoint import PhaseCheckpoint, rng_state, set_rng_state
 from bayescompress.io import WeightsMismatchError, load_weights_
 from bayescompress.metrics import evaluate
@@ -227,6 +229,8 @@ class Trainer:
         self.n_train = n_train if n_train is not None else _dataset_size(train_loader)
         check_positive_int("n_train", self.n_train)
         self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        self._told_batches = False
+        self._dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         self.device = torch.device(self.config.device)
         groups = _parameter_groups(model, self.config)
         if self.config.optimizer == "sgd":
@@ -420,17 +424,23 @@ class Trainer:
                   disable=self.config.quiet or not distributed.is_main()) as progress:
             for batch, item in progress:
                 x, y = as_batch(item, "train_loader")
+                if x.is_floating_point() and self._dtype is not None and x.dtype != self._dtype:
+                    raise ValueError(f"train_loader gives {str(x.dtype).removeprefix('torch.')} inputs to a network "
+                                     f"of {str(self._dtype).removeprefix('torch.')} weights: convert them (x.float() "
+                                     "in the dataset, or in a collate_fn)")
                 x, y = x.to(self.device), y.to(self.device)
                 self.batch_size = x.shape[0]
                 self.beta = self._beta()
                 loss, nll, kl = self.loss(x, y)
-                if not torch.isfinite(loss):
+                # the three on the host in one copy: on a GPU each .item() is a wait of its own
+                values = torch.stack([loss.detach(), nll.detach(), kl.detach()]).to("cpu", torch.float64)
+                if not torch.isfinite(values[0]):
                     raise NonFiniteLossError(
-                        f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} "
-                        f"(NLL {nll.item():.4g}, KL {kl.item():.4g}){_culprits(self.model, x, kl)}; lower the learning "
-                        f"rate (now {self.config.lr}) or check the inputs for NaN/Inf. The model keeps its last finite "
-                        "weights" + (" and the checkpoint its last good epoch" if self.checkpoint is not None else "")
-                        + "."
+                        f"training loss is {values[0].item()} at epoch {self.epoch + 1}, batch {batch + 1} "
+                        f"(NLL {values[1].item():.4g}, KL {values[2].item():.4g}){_culprits(self.model, x, kl)}; "
+                        f"lower the learning rate (now {self.config.lr}) or check the inputs for NaN/Inf. The model "
+                        "keeps its last finite weights"
+                        + (" and the checkpoint its last good epoch" if self.checkpoint is not None else "") + "."
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -442,14 +452,20 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 batches += 1
-                sums += torch.tensor([loss.item(), nll.item(), kl.item()], dtype=torch.float64)
-                self._emit("on_batch_end", batch, loss.item())
+                sums += values
+                self._emit("on_batch_end", batch, float(values[0]))
                 if self.stop_training:
                     break
                 if batch + 1 < self.steps_per_epoch and self._stop_requested():
                     self.checkpoint.save(self._state(self.epoch, False, {
                         "batch": batch + 1, "batches": batches, "sums": sums, "epoch_rng": _per_rank(epoch_rng)}))
                     self._raise_interrupted(f"after batch {batch + 1}")
+        if batches > self.steps_per_epoch and not self._told_batches:
+            self._told_batches = True  # the schedule and the progress count on len(); said once
+            warnings.warn(f"train_loader gave {batches} batches in epoch {self.epoch + 1} where its len() says "
+                          f"{self.steps_per_epoch} (an IterableDataset whose length is an estimate, or its workers "
+                          "each yielding the whole stream): the learning-rate schedule and KL warm-up end early; give "
+                          "it a __len__ that counts its batches, or shard it across workers", stacklevel=2)
         mean = (sums / max(batches, 1)).tolist()
         return {"epoch": self.epoch + 1, "loss": mean[0], "nll": mean[1], "kl": mean[2], "beta": self.beta}
 
@@ -539,7 +555,8 @@ def _scheduler(optimizer: torch.optim.Optimizer, schedule: str,
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if schedule == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total_steps)
+        # floored at 0: a loader whose len() undercounts its batches would otherwise turn the steps into ascent
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
     return None
 
 
@@ -553,11 +570,19 @@ def _fused_adam_supported(device: torch.device) -> bool:
 
 
 def _dataset_size(loader: Iterable) -> int:
-    """N of the ELBO's KL / N: the loader's dataset's length, or the examples a list (tuple) of (x, y) batches
-    holds. Anything else must say (``n_train``): a wrapper of a distributed loader, say, would count one rank's
+    """N of the ELBO's KL / N: the loader's dataset's length (the indices of a ``SubsetRandomSampler`` over it, the
+    usual way to split one dataset), or the examples a list (tuple) of (x, y) batches holds. Anything else must say (``n_train``): a wrapper of a distributed loader, say, would count one rank's
     share, and an iterator would be used up by the counting."""
     dataset = getattr(loader, "dataset", None)
+    if dataset is not None and batches_per_epoch(loader) is None:  # an IterableDataset without a length
+        raise ValueError(f"cannot train on a DataLoader over a {type(dataset).__name__} without a length: epochs, "
+                         "the learning-rate schedule and the KL's N need it; give the dataset a __len__ (its "
+                         "examples per epoch)")
     if dataset is not None:
+        sampler = getattr(loader, "sampler", None)
+        sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
+        if isinstance(sampler, SubsetRandomSampler):  # one dataset split by index lists: train only draws its own
+            return len(sampler)
         return len(dataset)
     if isinstance(loader, (list, tuple)):
         return sum(len(batch[0]) for batch in loader)

@@ -115,8 +115,10 @@ class TurboCallback(Callback):
             # checked at every iteration (evidence can weaken as training shrinks the weights), warned once a layer
             if name not in self._warned and warn_if_weak_evidence(graph, extrinsic + logit_pi0, f"layer {name!r}"):
                 self._warned.add(name)
+            warm = self._messages.get(name)  # a checkpoint's messages come back on the CPU
+            warm = None if warm is None else tuple([m.to(extrinsic.device) for m in part] for part in warm)
             message, result = module_b(graph, logit_pi0, extrinsic, check_evidence=False, name=f"layer {name!r}",
-                                       messages=self._messages.get(name), **self.bp)
+                                       messages=warm, **self.bp)
             prior.prior_logit.copy_(message)
             self._messages[name] = result.messages
             self._bp_iterations[name] = result.iterations
@@ -149,6 +151,7 @@ class TurboCallback(Callback):
                 "bp_iterations": dict(self._bp_iterations), "warned": sorted(self._warned)}
 
     def load_state_dict(self, state: dict) -> None:
+        # read from disk onto the CPU: moved to each layer's device at its next iteration
         self._messages = {name: tuple(list(m) for m in messages) for name, messages in state["messages"].items()}
         # a checkpoint from before the check ran at every iteration lists the layers checked, not warned: none
         self._bp_iterations, self._warned = dict(state["bp_iterations"]), set(state.get("warned", ()))

@@ -246,8 +246,9 @@ class BayesianLayer(nn.Module):
         else:
             self.register_parameter("bias_rho", None)
         self.reset_sigma_(init)
-        self.prior = prior if prior is not None else GaussianPrior()
+        self.prior = (prior if prior is not None else GaussianPrior()).to(self.weight.device)
         self.prior.attach(self)
+        self.prior.to(self.weight.device)  # what attach made, on the layer's device (a CUDA layer's too)
         self.register_forward_pre_hook(calls_forward)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -372,8 +373,9 @@ class BayesianLayer(nn.Module):
         """
         self.scale_posterior_(self.prior.unit_multiplier(self, sample=False),
                               self.prior.input_multiplier(self, sample=False))
-        self.prior = prior
+        self.prior = prior.to(self.weight.device)
         prior.attach(self)
+        prior.to(self.weight.device)
         return self
 
     def kl(self) -> Tensor:

@@ -192,8 +192,10 @@ class SpikeSlabPrior(Prior, abc.ABC):
             else:
                 raise ValueError("input gates need an ungrouped first layer (groups=1); set input_gates=False")
         logit = math.log(self.init_inclusion / (1 - self.init_inclusion))
-        self.gate_logit = nn.Parameter(torch.full((units,), logit)) if self.gated else None
-        self.input_gate_logit = nn.Parameter(torch.full((weight.shape[1],), logit)) if self.input_gates else None
+        device = weight.device  # attach's own computations already mix these with the layer's tensors
+        self.gate_logit = nn.Parameter(torch.full((units,), logit, device=device)) if self.gated else None
+        self.input_gate_logit = (nn.Parameter(torch.full((weight.shape[1],), logit, device=device))
+                                 if self.input_gates else None)
         rows = torch.cat([weight.detach().flatten(1), layer.bias.detach()[:, None]], 1) if layer.bias is not None \
             else weight.detach().flatten(1)
         # each unit's scale starts at its pretrained root-mean-square weight, so beta starts O(1) and the
@@ -239,7 +241,7 @@ class SpikeSlabPrior(Prior, abc.ABC):
         slab = kl_normal_normal(layer.weight, layer.weight_sigma, self.slab_scale)
         keep = layer.weight_keep
         if keep is not None:
-            slab = torch.where(keep.bool(), slab, torch.zeros((), dtype=slab.dtype))
+            slab = torch.where(keep.bool(), slab, torch.zeros((), dtype=slab.dtype, device=slab.device))
         total = self._scale_kl()
         mean_field = self.slab_kl == "mean-field"
         if self.input_gate_logit is not None:
@@ -318,7 +320,7 @@ class SpikeSlabGroupLasso(SpikeSlabPrior):
         self.group_shape.fill_((group_size + 1) / 2)
         self.tau2 = _LogNormal(2 * scale.log())
         # lam^2 starts near its closed-form optimum given tau^2: about (group size + 1) / mean(tau^2)
-        self.lam2 = _LogNormal(torch.tensor(math.log(group_size + 1)) - (scale**2).mean().log())
+        self.lam2 = _LogNormal(math.log(group_size + 1) - (scale**2).mean().log())
 
     def _log_scale_moments(self) -> tuple[Tensor, Tensor]:
         return 0.5 * self.tau2.loc, 0.25 * self.tau2.var
@@ -378,9 +380,9 @@ class SpikeSlabGroupHorseshoe(SpikeSlabPrior):
     def _init_scales(self, units: int, group_size: int, scale: Tensor) -> None:
         # the layer-wide factor carries the geometric mean of the starting scales, the local one the rest
         log_global = scale.log().mean()
-        self.global_a, self.global_b = _LogNormal(2 * log_global), _LogNormal(torch.zeros(()))
+        self.global_a, self.global_b = _LogNormal(2 * log_global), _LogNormal(scale.new_zeros(()))
         self.local_a = _LogNormal(2 * (scale.log() - log_global))
-        self.local_b = _LogNormal(torch.zeros(units))
+        self.local_b = _LogNormal(scale.new_zeros(units))
 
     def _log_scale_moments(self) -> tuple[Tensor, Tensor]:
         # log s_j = (log a_g + log b_g + log a_j + log b_j) / 2, a sum of independent Gaussians

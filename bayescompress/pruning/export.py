@@ -152,7 +152,7 @@ def export_sequential(model: nn.Module, structure: Structure, bayesian: bool = F
                 new.bias_rho.fill_(DETERMINISTIC_RHO)
             new.prior = copy.deepcopy(layer.prior)
             if not bool(keep.all()):
-                prune.custom_from_mask(new, "weight", keep.to(new.weight.dtype))
+                prune.custom_from_mask(new, "weight", keep.to(new.weight.device, new.weight.dtype))  # both on CPU yet
         modules.append(new.to(layer.weight.device))
         modules.extend(copy.deepcopy(m) for m in after)
         previous_units = units

@@ -195,6 +195,7 @@ class InclusionPruning(PruningStrategy):
         for (name, layer), summary in zip(layers, summaries):
             if summary.input is not None:
                 inputs = summary.input >= self.threshold
+                inputs = inputs.to(masks.weight[name].device)  # the masks live on the CPU, the gates on the layer's
                 masks.weight[name] &= inputs.view(1, -1, *([1] * (layer.weight.dim() - 2)))
         for name, _ in layers:
             if name not in outputs and not masks.weight[name].any():
