@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -45,11 +45,12 @@ def _overwrite(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGrou
     parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
-def _add_setting(group, info: SettingInfo, cnn_default) -> None:
-    """One flag per setting, from its declaration; absent unless given, so the method's preset decides."""
+def _add_setting(group, info: SettingInfo, cnn_default, words: Callable[[str], str]) -> None:
+    """One flag per setting, from its declaration, its help in the shell's ``words`` (:func:`_flag_words`); absent
+    unless given, so the method's preset decides."""
     default = f"default {show(info.default)}" + (f", CNN {show(cnn_default)}" if cnn_default != info.default else "")
     flag = "--" + info.name.replace("_", "-")
-    help_text = f"{info.help} [{info.allowed.describe()}; {default}]".replace("%", "%%")
+    help_text = f"{words(info.help)} [{info.allowed.describe()}; {default}]".replace("%", "%%")
     if isinstance(info.allowed, Flag):
         group.add_argument(flag, dest=info.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
@@ -92,12 +93,13 @@ def _network_and_data(parser: argparse.ArgumentParser, required: bool = True) ->
     parser.add_argument("--data-dir", help=_DATA_DIR_HELP)
 
 
-def _pipeline(parser: argparse.ArgumentParser, title: str) -> None:
+def _pipeline(parser: argparse.ArgumentParser, title: str, words: Callable[[str], str] | None = None) -> None:
     """The pipeline settings' flags (seed, device and quiet aside) and the batch size."""
     group = parser.add_argument_group(title)
+    words = words or _flag_words(PipelineConfig.names())
     for info in describe(PipelineConfig):
         if info.name not in _COMMON:
-            _add_setting(group, info, info.default)
+            _add_setting(group, info, info.default, words)
     parser.add_argument("--batch-size", type=_WHOLE, default=128)
 
 
@@ -138,16 +140,18 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     comp.add_argument("--out", help="run folder to write (a new or empty folder); it holds the run's checkpoint "
                                     "while it trains")
     _overwrite(comp)
+    words = None
     if method in methods.names():
         method_class = methods.get(method)
+        words = _flag_words({*method_class.config_class.names(), *PipelineConfig.names(), "batch_size"})
         group = comp.add_argument_group(
             f"settings of {method}", "Every setting defaults to the method's benchmarked recipe; where the CNN "
             "recipe (networks with a Conv2d) differs, the help says so.")
         cnn = method_class.presets.get("cnn", {})
         # the training before pruning and the method's own settings first, the fine-tuning's last
         for info in sorted(describe(method_class.config_class), key=lambda info: info.name.startswith("finetune_")):
-            _add_setting(group, info, cnn.get(info.name, info.default))
-    _pipeline(comp, "pipeline settings (every method)")
+            _add_setting(group, info, cnn.get(info.name, info.default), words)
+    _pipeline(comp, "pipeline settings (every method)", words)
     _common(comp, seed_default=None, seed_help="random seed (default 0; with --from-run, the run's)")
 
     cmp = commands.add_parser("compare", help="several methods on one pretrained network, over seeds: a table")
@@ -155,7 +159,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     cmp.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
                      help=f"comma-separated methods, each at its recipe (default: {','.join(DEFAULT_METHODS)})")
     cmp.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds (default 0)")
-    cmp.add_argument("--set", nargs="+", default=[], metavar="METHOD.SETTING=VALUE", dest="settings",
+    cmp.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.SETTING=VALUE", dest="settings",
                      help="change one method's setting, e.g. ssvi.density=0.05, or every compared method's with "
                           "all., e.g. all.target_macs=20000 (the same compute budget for all; a METHOD. change "
                           "wins over an all. one)")
@@ -390,7 +394,11 @@ def _method_of_source_run(argv: list[str]) -> str | None:
     if source is None:
         return None
     from bayescompress.io import read_json_record
+    from bayescompress.runs import is_interrupted_run
 
+    if is_interrupted_run(source):
+        _input_error("compress", f"--from-run {source} holds a run that has not finished; finish it first "
+                                 f"(bayescompress compress --resume {shlex.quote(source)}), then start from it")
     try:
         method = read_json_record(Path(source) / "metrics.json", "a finished run folder")["method"]
     except (ValueError, FileNotFoundError, KeyError) as error:
@@ -483,18 +491,34 @@ _FROM_PYTHON = re.compile(r" \(compress\(\.\.\., [^()]*\) from Python\)")
 
 
 def _shell_words(args: argparse.Namespace) -> Callable[[str], str]:
-    """What turns a message of the package into the command line's words: the Python half of a two-audience
-    phrase dropped, and each setting this command takes as a flag (those with an underscore: single words such as
-    epochs read as prose) written as its flag, ``within_unit_drop`` as ``--within-unit-drop``."""
+    """What turns a message of the package into the command line's words (:func:`_flag_words`) for ``args``'
+    command: the settings it takes as flags, the values the user typed kept as typed."""
     names = {"batch_size", "data_dir", *PipelineConfig.names()}
     if args.command == "compress" and (method := getattr(args, "method", None)) in methods.names():
         names |= set(methods.get(method).config_class.names())
-    flags = re.compile(r"(?<![\w.-])(" + "|".join(sorted((n for n in names if "_" in n), key=len, reverse=True))
-                       + r")(?!\w)")
+    return _flag_words(names, getattr(args, "argv", None) or ())
+
+
+def _flag_words(names: Collection[str], argv: Sequence[str] = ()) -> Callable[[str], str]:
+    """The Python half of a two-audience phrase dropped, and each of ``names`` (settings this command takes as
+    flags; those with an underscore: single words such as epochs read as prose) written as its flag,
+    ``within_unit_drop`` as ``--within-unit-drop``; the values of ``argv`` stay as typed."""
+    # a name as a word of prose: after a space, "(", "," or ";" (not inside a path, a quote or METHOD.SETTING)
+    flags = re.compile(r"(?<![^\s(,;])(" + "|".join(sorted((n for n in names if "_" in n), key=len, reverse=True))
+                       + r")(?![\w./-])")
+    # what the user typed (paths, values) stays as typed, even a folder named target_macs
+    typed = sorted({value for value in argv if not value.startswith("-")}, key=len, reverse=True)
 
     def words(text: str) -> str:
         text = _PYTHON_THEN_FLAG.sub(r"\1", _FROM_PYTHON.sub("", text))
-        return flags.sub(lambda match: "--" + match.group(1).replace("_", "-"), text)
+        masked = {}
+        for index, value in enumerate(value for value in typed if value in text):
+            masked[f"\0{index}\0"] = value
+            text = text.replace(value, f"\0{index}\0")
+        text = flags.sub(lambda match: "--" + match.group(1).replace("_", "-"), text)
+        for token, value in masked.items():
+            text = text.replace(token, value)
+        return text
 
     return words
 
@@ -564,11 +588,20 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
         if is_interrupted_run(out):  # --overwrite: start again, from nothing (check_run_destination: unclaimed)
             shutil.rmtree(out / CHECKPOINT_DIR)
         argv = _absolute_paths([arg for arg in args.argv if arg not in ("--overwrite", *_RESUME_FLAGS)])
+        if args.dataset is None:  # the one the weights' record names, written down: a resume must not need it
+            from bayescompress.workflows import dataset_for
+
+            args.dataset = dataset_for(args.model, args.weights, None)
+            argv += ["--dataset", args.dataset]
+            if args.dataset != "digits" and args.data_dir is None:  # said before the loader says it without why
+                raise ValueError(f"{Path(args.weights).name} was pretrained on {args.dataset} (its .json record says "
+                                 f"so): pass --data-dir with the {args.dataset} files, or --dataset for another data "
+                                 "set")
         args.run_dir, args.made_out = out, not out.exists()  # a folder the user made stays, even left empty
         write_json(out / INVOCATION_FILE, {"format_version": FORMAT_VERSION, "argv": argv})
         args.wrote_invocation = True
     # claimed from the start, not once the data are loaded: a second command on this --out is told who trains it
-    claim(out / CHECKPOINT_DIR)
+    args.claim = (out / CHECKPOINT_DIR, claim(out / CHECKPOINT_DIR))
     return out / CHECKPOINT_DIR
 
 
@@ -588,6 +621,15 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     if args.command == "demo" and args.out is not None and Path(args.out).exists():
         return f"before it finished; run it again with --overwrite (the demo in {args.out} starts over)"
     return "before anything was saved; run the command again"
+
+
+def _release_claim(args: argparse.Namespace) -> None:
+    """Give up the claim :func:`_start_run_folder` made, where the command ends before the run's own checkpoint
+    took it over (a refused --resume left it behind)."""
+    if (held := getattr(args, "claim", None)) is not None:
+        from bayescompress.inference.checkpoint import release
+
+        release(*held)
 
 
 def _forget_unstarted_run(args: argparse.Namespace) -> None:
@@ -703,6 +745,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"bayescompress {args.command}: {interrupted}; continue with: {again}", file=sys.stderr)
         return 130
     except KeyboardInterrupt as interrupted:  # outside the training loops: nothing new was checkpointed
+        _release_claim(args)
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(args)
         if distributed.is_main():
@@ -711,6 +754,7 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as error:  # OSError: a path that cannot be written or read
+        _release_claim(args)
         if getattr(args, "wrote_invocation", False):
             _forget_unstarted_run(args)
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"  # a rank's own error, named

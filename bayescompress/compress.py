@@ -234,8 +234,9 @@ def compress(
     if idle := uncalled_layers(original, example):
         them = "it" if len(idle) == 1 else "them"
         warnings.warn(f"the eval-mode forward pass never calls {', '.join(idle)}: the data never reach {them}, so "
-                      f"training cannot inform how {them} are pruned, and the exported network still carries what "
-                      f"is left of {them}; remove unused layers from the model before compress", stacklevel=2)
+                      f"training cannot inform how {them} {'is' if len(idle) == 1 else 'are'} pruned, and the "
+                      f"exported network still carries what is left of {them}; remove unused layers from the model "
+                      "before compress", stacklevel=2)
     network = copy_network(model).to(pipeline.device).eval()
     folded = _fold_batchnorm(network, probe) if pipeline.fold_batchnorm else []
     outputs = tuple(output_layers(network, example))

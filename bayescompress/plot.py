@@ -64,16 +64,19 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         tied = width is not None and width > max(int(units.sum()), 1)
         any_tied |= tied
         removed_columns = (~inputs).repeat_interleave(keep.shape[1] // inputs.numel())
-        # wider than the panel's pixels: blocks of rows / columns, a block red if any unit in it was removed (an
-        # image resampled by matplotlib would fade one removed row among 1000 to a faint line)
+        # wider than the panel's pixels: blocks of rows / columns, shaded by the share of their units (inputs)
+        # removed, so a block of 3 with one removed unit is a third as red (an image resampled by matplotlib
+        # would fade one removed row among 1000 to nothing; a block drawn red for any would overstate removal)
         rows, columns = -(-keep.shape[0] // _MAX_MASK_PIXELS), -(-keep.shape[1] // _MAX_MASK_PIXELS)
-        removed_rows = _block_any(~units.bool(), rows)
+        row_share = _block_share(~units.bool(), rows)[:, None]
+        column_share = _block_share(removed_columns, columns)[None, :]
         extent = (-0.5, keep.shape[1] - 0.5, keep.shape[0] - 0.5, -0.5)  # axes in units and inputs, not blocks
         ax.imshow(_block_mean(keep, rows, columns).numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto",
                   interpolation="nearest", extent=extent)
-        shade = torch.zeros(removed_rows.numel(), -(-keep.shape[1] // columns), 4)
-        shade[:, _block_any(removed_columns, columns)] = _REMOVED
-        shade[removed_rows] = _TIED if tied else _REMOVED
+        row_colour = _TIED if tied else _REMOVED
+        shade = torch.where((row_share > 0)[..., None], row_colour, _REMOVED).expand(
+            row_share.shape[0], column_share.shape[1], 4).clone()
+        shade[..., 3] = torch.maximum(row_colour[3] * row_share, _REMOVED[3] * column_share)
         ax.imshow(shade.numpy(), aspect="auto", interpolation="nearest", extent=extent)
         for axis in (ax.xaxis, ax.yaxis):  # units and inputs are whole: no tick at 2.5
             axis.set_major_locator(MaxNLocator(integer=True))
@@ -107,10 +110,13 @@ def _block_mean(image: Tensor, rows: int, columns: int) -> Tensor:
     return pooled[0, 0]
 
 
-def _block_any(flags: Tensor, size: int) -> Tensor:
-    """Per block of ``size`` consecutive entries of the 1-D ``flags``: whether any is set."""
-    padded = torch.cat([flags.bool(), flags.new_zeros(-len(flags) % size, dtype=torch.bool)])
-    return padded.view(-1, size).any(dim=1)
+def _block_share(flags: Tensor, size: int) -> Tensor:
+    """Per block of ``size`` consecutive entries of the 1-D ``flags`` (the last block may be shorter): the share
+    of them set."""
+    padded = torch.cat([flags.float(), flags.new_zeros(-len(flags) % size, dtype=torch.float32)])
+    counts = torch.full((len(padded) // size,), float(size))
+    counts[-1] = len(flags) - size * (len(counts) - 1)
+    return padded.view(-1, size).sum(dim=1) / counts
 
 
 def _below_suptitle(figure: Figure) -> float:

@@ -382,7 +382,7 @@ def test_plot_into_an_unwritable_folder_names_it(tmp_path, capsys, monkeypatch):
     assert f"cannot write into {tmp_path / 'figures'}: {tmp_path} is not writable" in capsys.readouterr().err
 
 
-def test_compress_without_dataset_uses_the_one_the_weights_were_pretrained_on(tmp_path, monkeypatch):
+def test_compress_without_dataset_uses_the_one_the_weights_were_pretrained_on(tmp_path, monkeypatch, capsys):
     # it used to default to digits: MNIST weights were compressed on upsampled digits, the original at 45 %
     weights = tmp_path / "w.safetensors"
     save_weights({"w": torch.zeros(1)}, weights)
@@ -399,8 +399,15 @@ def test_compress_without_dataset_uses_the_one_the_weights_were_pretrained_on(tm
         raise Loaded(dataset)
 
     monkeypatch.setattr(workflows, "load_dataset", load_dataset)
+    assert main(["compress", "--model", "lenet300", "--weights", str(weights), "--out", str(tmp_path / "run")]) == 2
+    assert "w.safetensors was pretrained on mnist (its .json record says so): pass --data-dir" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
     with pytest.raises(Loaded, match="mnist"):
-        main(["compress", "--model", "lenet300", "--weights", str(weights), "--out", str(tmp_path / "run")])
+        main(["compress", "--model", "lenet300", "--weights", str(weights), "--data-dir", str(tmp_path), "--out",
+              str(tmp_path / "run")])
+    # written down, so a resume does not depend on the record still being there
+    assert json.loads((tmp_path / "run" / "invocation.json").read_text())["argv"][-2:] == ["--dataset", "mnist"]
 
 
 def test_messages_on_the_command_line_name_flags_not_python_arguments():
@@ -422,3 +429,10 @@ def test_messages_on_the_command_line_name_flags_not_python_arguments():
     assert compare_words("--set for magnitude: keep_fraction must be in (0.0, 1.0)") == \
         "--set for magnitude: keep_fraction must be in (0.0, 1.0)"
     assert compare_words("set magnitude.max_val_drop") == "set magnitude.max_val_drop"
+    # paths and values the user typed, and quoted text, stay as written (a hint pasted back must work)
+    typed = _shell_words(argparse.Namespace(command="compress", method="ssvi",
+                                            argv=["compress", "--data-dir", "data_dir", "--out", "runs/target_macs/2 x"]))
+    assert typed("dataset folder data_dir is missing train.npz; runs/target_macs/2 x holds an interrupted run") == \
+        "dataset folder data_dir is missing train.npz; runs/target_macs/2 x holds an interrupted run"
+    assert typed("weights file keep_fraction-0.1.safetensors does not exist; got 'mc_samples=3'") == \
+        "weights file keep_fraction-0.1.safetensors does not exist; got 'mc_samples=3'"

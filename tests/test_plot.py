@@ -443,7 +443,7 @@ def test_a_run_folder_missing_a_figures_file_says_which_figure_was_not_drawn(tmp
     assert [p.name for p in written] == ["masks.png", "units.png"]
 
 
-def test_a_wide_mask_keeps_each_removed_unit_visible_as_a_red_block():
+def test_a_wide_mask_shades_each_block_by_the_share_of_its_units_removed():
     weight = torch.ones(1000, 30, dtype=torch.bool)
     weight[500] = False  # one removed unit among 1000: resampled, it faded to a faint line
     figure = plot_masks(Masks({"fc": weight}))
@@ -451,6 +451,8 @@ def test_a_wide_mask_keeps_each_removed_unit_visible_as_a_red_block():
     assert kept.get_array().shape == (334, 30)  # blocks of 3 rows: at most 400 per panel
     red = np.nonzero(shade.get_array()[:, 0, 3] > 0)[0]
     assert red.tolist() == [500 // 3]
+    # a third as red as a removed unit's row: one of its block's three units (red for any overstated removal 2x)
+    np.testing.assert_allclose(shade.get_array()[500 // 3, 0, 3], 0.35 / 3, rtol=1e-6)
     np.testing.assert_allclose(kept.get_array()[500 // 3, 0], 2 / 3)  # the block's mean: 2 of its 3 rows kept
     assert kept.get_extent() == [-0.5, 29.5, 999.5, -0.5]  # axes still count units and inputs
     pyplot.close(figure)

@@ -361,3 +361,18 @@ def test_compress_claims_its_run_folder_before_loading_anything(tmp_path, monkey
                  str(tmp_path / "run"), "--quiet"]) == 2
     assert claims[0]["pid"] == os.getpid()
     assert not (tmp_path / "run").exists()  # a refused start leaves nothing, its claim included
+
+
+def test_a_refused_resume_leaves_no_claim_behind(tmp_path, capsys):
+    from bayescompress.cli import main
+    from bayescompress.inference.checkpoint import OWNER_FILE
+
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "run.json").write_text("{}")
+    (run / "invocation.json").write_text(json.dumps({"format_version": 2, "argv": [
+        "compress", "--model", "mlp", "--weights", str(tmp_path / "moved.safetensors"), "--out", str(run)]}))
+    assert main(["compress", "--resume", str(run), "--quiet"]) == 2
+    assert "moved.safetensors" in capsys.readouterr().err
+    assert not (run / "checkpoint" / OWNER_FILE).exists()  # its pid, reused, would have barred the next resume
+    assert (run / "checkpoint" / "run.json").is_file()

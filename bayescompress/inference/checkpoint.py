@@ -238,6 +238,11 @@ def _alive(owner: dict) -> bool:
     return True
 
 
+def release(folder: str | os.PathLike, me: dict) -> None:
+    """Give up the claim ``me`` (what :func:`claim` returned) on ``folder``, if it still holds it."""
+    _release(Path(folder) / OWNER_FILE, me)
+
+
 def _release(path: Path, me: dict) -> None:
     try:
         if json.loads(path.read_text()) == me:
@@ -246,5 +251,5 @@ def _release(path: Path, me: dict) -> None:
         pass
 
 
-__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "claim", "join_state", "rng_state", "set_rng_state",
+__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "claim", "release", "join_state", "rng_state", "set_rng_state",
            "shuffling_generators", "split_state"]
