@@ -322,7 +322,8 @@ def _resumed_invocation(argv: list[str]) -> list[str]:
         _input_error("compress", f"--resume RUN continues RUN with the settings it was started with; give only "
                                  f"{' / '.join(_RESUME_FLAGS)} beside it, not {' '.join(others)}")
     from bayescompress.io import read_json_record
-    from bayescompress.runs import INVOCATION_FILE, check_run_destination
+    from bayescompress.folders import INVOCATION_FILE
+    from bayescompress.runs import check_run_destination
 
     try:
         check_run_destination(known.resume, resume=True)
@@ -394,7 +395,7 @@ def _method_of_source_run(argv: list[str]) -> str | None:
     if source is None:
         return None
     from bayescompress.io import read_json_record
-    from bayescompress.runs import is_interrupted_run
+    from bayescompress.folders import is_interrupted_run
 
     if is_interrupted_run(source):
         _input_error("compress", f"--from-run {source} holds a run that has not finished; finish it first "
@@ -576,7 +577,8 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
     from bayescompress import distributed
     from bayescompress.io import FORMAT_VERSION, write_json
     from bayescompress.inference.checkpoint import claim
-    from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE, check_run_destination, is_interrupted_run
+    from bayescompress.folders import CHECKPOINT_DIR, INVOCATION_FILE, is_interrupted_run
+    from bayescompress.runs import check_run_destination
 
     if not distributed.is_main():  # rank 0 checks and writes the folder; the others only read the checkpoint
         return Path(args.out) / CHECKPOINT_DIR
@@ -607,12 +609,12 @@ def _start_run_folder(args: argparse.Namespace) -> Path:
 
 def _how_to_continue(args: argparse.Namespace) -> str:
     """What to run after an interruption outside training: --resume where a checkpointed phase exists."""
-    from bayescompress.runs import CHECKPOINT_DIR
+    from bayescompress.folders import CHECKPOINT_DIR
 
     if args.command == "compress" and args.out is not None and (Path(args.out) / CHECKPOINT_DIR).is_dir():
         return f"after its last checkpoint; continue with: bayescompress compress --resume {shlex.quote(args.out)}"
     if args.command == "compare":
-        from bayescompress.runs import is_interrupted_run, is_run_folder
+        from bayescompress.folders import is_interrupted_run, is_run_folder
 
         kept = Path(args.out).glob("*/seed*") if args.out is not None else ()
         if any(is_run_folder(folder) or is_interrupted_run(folder) for folder in kept):
@@ -636,7 +638,8 @@ def _forget_unstarted_run(args: argparse.Namespace) -> None:
     """Remove the invocation a run that failed before its first checkpoint wrote, its checkpoint folder if that
     holds only the run's settings (no phase was saved), and the run folder if the command made it and it is left
     empty: bad input leaves nothing behind, and nothing the same command would take for an interrupted run."""
-    from bayescompress.runs import INVOCATION_FILE, discard_unstarted_checkpoint
+    from bayescompress.folders import INVOCATION_FILE
+    from bayescompress.runs import discard_unstarted_checkpoint
 
     out = args.run_dir  # where a symbolic link --out points
     if not (out / INVOCATION_FILE).is_file() or not discard_unstarted_checkpoint(out):

@@ -47,14 +47,8 @@ from bayescompress.io import (
 from bayescompress.methods.base import Method, effective_settings, setting_differences
 from bayescompress.operating_points import DEFAULT_KEEP_FRACTIONS, operating_points
 from bayescompress.pruning.masks import copy_network
-from bayescompress.runs import (
-    CHECKPOINT_DIR,
-    damaged_run_files,
-    discard_unstarted_checkpoint,
-    files_not_of_a_run,
-    is_interrupted_run,
-    is_run_folder,
-)
+from bayescompress.folders import CHECKPOINT_DIR, is_interrupted_run, is_run_folder
+from bayescompress.runs import damaged_run_files, discard_unstarted_checkpoint, files_not_of_a_run
 
 # (column, how to read it from a run's metrics, how to write it); the order of the table
 COLUMNS: tuple[tuple[str, str, str], ...] = (

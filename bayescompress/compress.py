@@ -70,7 +70,8 @@ from bayescompress.pruning.export import (
 from bayescompress.pruning.batchnorm import fold_batchnorm_, foldable_pairs
 from bayescompress.pruning.graph_export import GraphSurgery, bayesian_export, to_plain_network
 from bayescompress.pruning.masks import Masks, copy_network
-from bayescompress.runs import CompressionResult, ExportRecord, is_interrupted_run, layer_names, units_per_layer
+from bayescompress.folders import is_interrupted_run
+from bayescompress.runs import CompressionResult, ExportRecord, layer_names, units_per_layer
 from bayescompress.settings import Flag, Integer, Real, Settings, setting
 
 # The method of a compress call that names none (and starts from no run's posterior).
@@ -331,8 +332,8 @@ def _check_trainable(model: nn.Module) -> None:
 
 
 def _labels_in_memory(**loaders) -> dict[str, Tensor]:
-    """The whole label tensor (per name given) of each loader over an in-memory ``(inputs, labels)`` ``TensorDataset`` that it
-    yields as stored (no pass over the data; a collate_fn of one's own may change the labels, so it is skipped)."""
+    """The whole label tensor (per name given) of each loader over an in-memory ``(inputs, labels)``
+    ``TensorDataset`` that it yields as stored (no pass over the data; a collate_fn of one's own may change the labels, so it is skipped)."""
     return {name: dataset.tensors[1] for name, loader in loaders.items()
             if isinstance(dataset := getattr(loader, "dataset", None), TensorDataset) and len(dataset.tensors) == 2
             and getattr(loader, "collate_fn", None) in (default_collate, default_convert)

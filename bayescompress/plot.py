@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from bayescompress.io import atomic_write  # noqa: E402
 from bayescompress.pruning import Masks  # noqa: E402
-from bayescompress.runs import is_figure_name, is_interrupted_run, is_run_folder  # noqa: E402
+from bayescompress.folders import is_figure_name, is_interrupted_run, is_run_folder  # noqa: E402
 
 
 _REMOVED = torch.tensor([0.85, 0.1, 0.1, 0.35])

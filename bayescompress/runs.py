@@ -52,6 +52,7 @@ from bayescompress.io import (
     save_weights,
     write_json,
 )
+from bayescompress.folders import CHECKPOINT_DIR, IN_PROGRESS_FILES, is_figure_name, is_interrupted_run, is_run_folder
 from bayescompress.inference.checkpoint import OWNER_FILE, check_unclaimed, claim
 from bayescompress.priors.gaussian import GaussianPrior
 from bayescompress.pruning import Masks, Structure
@@ -264,12 +265,6 @@ def _caller_source(original: nn.Module) -> dict:
     return {"kind": "caller", "class": f"{type(original).__module__}.{type(original).__qualname__}"}
 
 
-# What a run folder holds while its run trains: the checkpoint and, from the command line, the invocation.
-CHECKPOINT_DIR = "checkpoint"
-INVOCATION_FILE = "invocation.json"
-IN_PROGRESS_FILES = frozenset({CHECKPOINT_DIR, INVOCATION_FILE})
-
-
 def discard_unstarted_checkpoint(directory: str | os.PathLike) -> bool:
     """Remove ``directory``'s checkpoint folder when it holds only the run's settings (no training phase was
     saved: the run failed before its first checkpoint), so the same command later starts afresh instead of being
@@ -282,16 +277,6 @@ def discard_unstarted_checkpoint(directory: str | os.PathLike) -> bool:
         return False  # progress was saved: the run can be resumed
     shutil.rmtree(checkpoint)
     return True
-
-
-# the figures `bayescompress plot` and save write into a run's plots/ (filters-<layer>.png besides)
-FIGURE_NAMES = frozenset({"masks.png", "units.png", "scores.png", "reliability.png", "training.png", "pixels.png",
-                          "inclusion.png", "pareto.png"})
-
-
-def is_figure_name(name: str) -> bool:
-    """Whether ``name`` is one of the figures this package draws (:data:`FIGURE_NAMES`, ``filters-<layer>.png``)."""
-    return name in FIGURE_NAMES or (name.startswith("filters-") and name.endswith(".png"))
 
 
 def files_not_of_a_run(directory: Path) -> list[str]:
@@ -331,24 +316,6 @@ def damaged_run_files(directory: str | os.PathLike) -> list[str]:
     return found
 
 
-def is_interrupted_run(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a run that has not finished: its checkpoint (a finished run's folder is
-    written without one; an interrupted ``--overwrite`` run also still holds the run it replaces)."""
-    return (Path(directory) / CHECKPOINT_DIR / "run.json").is_file()
-
-
-def is_run_folder(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a run folder this package wrote (its metrics.json names a method)."""
-    metrics = Path(directory) / "metrics.json"
-    if not (metrics.is_file() and (Path(directory) / "architecture.json").is_file()):
-        return False
-    try:
-        record = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "format_version" in record and "method" in record
-
-
 def check_run_destination(directory: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
     """``directory`` as a Path if a run folder may be written there, else a ``ValueError`` that says why.
 
@@ -368,8 +335,9 @@ def check_run_destination(directory: str | os.PathLike, overwrite: bool = False,
                              "move them out first (nothing was touched)")
         if not (resume or overwrite):
             raise ValueError(f"{directory} holds an interrupted run; continue it with `bayescompress compress "
-                             f"--resume {shlex.quote(str(directory))}` (compress(..., checkpoint={str(directory / CHECKPOINT_DIR)!r}) "
-                             "from Python), or pass overwrite=True (--overwrite) to start again")
+                             f"--resume {shlex.quote(str(directory))}` (compress(..., "
+                             f"checkpoint={str(directory / CHECKPOINT_DIR)!r}) from Python), or pass overwrite=True "
+                             "(--overwrite) to start again")
         return directory
     if resume and not directory.exists():
         raise ValueError(f"{directory} does not exist; give the run folder of the interrupted run")

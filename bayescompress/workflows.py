@@ -45,12 +45,7 @@ def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_clas
         record_path = weights.with_suffix(".json")
         if record_path.is_file():
             model, record = load_pretrained(weights)
-            recorded = record["architecture"].get("model")
-            if recorded != spec:
-                raise ValueError(
-                    f"{weights.name} was pretrained as {recorded!r} (its record {record_path.name} says so), not "
-                    f"{spec!r}: pass --model {recorded}, or weights of a {spec}"
-                )
+            _check_recorded_model(spec, weights, record)
             return model, {"kind": "reference", "architecture": record["architecture"]}
         model, architecture = build_model(spec, input_shape, num_classes)
         source = {"kind": "reference", "architecture": architecture}
@@ -66,6 +61,15 @@ def load_user_model(spec: str, weights: str | os.PathLike, input_shape, num_clas
     return load_weights_(model, load_state_dict_file(weights), source=f"weights in {weights.name}"), source
 
 
+def _check_recorded_model(spec: str, weights: Path, record: dict) -> None:
+    """Refuse weights whose pretrain record names another reference model than ``spec``."""
+    recorded = record.get("architecture", {}).get("model")
+    if recorded != spec:
+        record_name = weights.with_suffix(".json").name
+        raise ValueError(f"{weights.name} was pretrained as {recorded!r} (its record {record_name} says so), not "
+                         f"{spec!r}: pass --model {recorded}, or weights of a {spec}")
+
+
 def dataset_for(model_spec: str, weights: str | os.PathLike, dataset: str | None) -> str:
     """The data set to compress on: ``dataset``, or, where it is None, the one a reference network's weights were
     pretrained on (their ``pretrain`` record beside them), else digits. A data set given that differs from the
@@ -73,7 +77,9 @@ def dataset_for(model_spec: str, weights: str | os.PathLike, dataset: str | None
     record_path = Path(weights).with_suffix(".json")
     recorded = None
     if model_spec in REQUIRED_IMAGE_SIZE and record_path.is_file():
-        recorded = read_json_record(record_path, f"the pretrain record of {Path(weights).name}").get("dataset")
+        record = read_json_record(record_path, f"the pretrain record of {Path(weights).name}")
+        _check_recorded_model(model_spec, Path(weights), record)  # the record is of these weights: said first
+        recorded = record.get("dataset")
     if dataset is None:
         return recorded or "digits"
     if recorded is not None and recorded != dataset:

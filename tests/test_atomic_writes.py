@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from bayescompress.inference.checkpoint import PhaseCheckpoint
-from bayescompress.runs import is_run_folder, load
+from bayescompress.folders import is_run_folder
+from bayescompress.runs import load
 
 HELPER = Path(__file__).parent / "helpers" / "rewrite_forever.py"
 KILLS = 6

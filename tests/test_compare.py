@@ -289,6 +289,9 @@ def test_all_sets_every_compared_methods_setting_and_a_methods_own_change_wins()
     (["--set", "magnitude.keep_fraction=lots"], "keep_fraction must be"),
     (["--set", "magnitude.keep_fraction=2"], "--set for magnitude: keep_fraction must be in (0.0, 1.0)"),
     (["--set", "magnitude.keep_fraction=0.2", "magnitude.keep-fraction=0.3"], "gives magnitude.keep-fraction twice"),
+    # --set given twice keeps both (the first was silently dropped, so this ran at keep_fraction 0.3 alone)
+    (["--set", "magnitude.keep_fraction=0.2", "--set", "magnitude.keep_fraction=0.3"],
+     "gives magnitude.keep_fraction twice"),
 ])
 def test_bad_compare_flags_exit_2_naming_the_problem(tmp_path, capsys, argv, message):
     code = main(["compare", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--methods", "magnitude",

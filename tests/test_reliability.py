@@ -238,7 +238,7 @@ def test_the_weights_fingerprint_tells_state_dicts_apart():
 def test_a_resume_continues_the_run_where_it_is_now_with_the_paths_it_was_started_with(tmp_path, monkeypatch):
     from bayescompress import cli
     from bayescompress.io import write_json
-    from bayescompress.runs import CHECKPOINT_DIR, INVOCATION_FILE
+    from bayescompress.folders import CHECKPOINT_DIR, INVOCATION_FILE
 
     started = tmp_path / "start"
     (started / "data").mkdir(parents=True)
