@@ -508,18 +508,20 @@ def _flag_words(names: Collection[str], argv: Sequence[str] = ()) -> Callable[[s
     flags = re.compile(r"(?<![^\s(,;])(" + "|".join(sorted((n for n in names if "_" in n), key=len, reverse=True))
                        + r")(?![\w./-])")
     # what the user typed (paths, values) stays as typed, even a folder named target_macs
-    typed = sorted({value for value in argv if not value.startswith("-")}, key=len, reverse=True)
+    typed = {value for value in argv if not value.startswith("-")}
 
     def words(text: str) -> str:
         text = _PYTHON_THEN_FLAG.sub(r"\1", _FROM_PYTHON.sub("", text))
-        masked = {}
-        for index, value in enumerate(value for value in typed if value in text):
-            masked[f"\0{index}\0"] = value
-            text = text.replace(value, f"\0{index}\0")
-        text = flags.sub(lambda match: "--" + match.group(1).replace("_", "-"), text)
-        for token, value in masked.items():
-            text = text.replace(token, value)
-        return text
+        # where the typed values that could hold a setting's name stand in the text: left as they are
+        typed_spans = [(found.start(), found.end()) for value in typed if "_" in value
+                       for found in re.finditer(re.escape(value), text)]
+
+        def flag(match: re.Match) -> str:
+            if any(start < match.end() and match.start() < end for start, end in typed_spans):
+                return match.group(0)
+            return "--" + match.group(1).replace("_", "-")
+
+        return flags.sub(flag, text)
 
     return words
 

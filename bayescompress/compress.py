@@ -204,7 +204,8 @@ def compress(
     if (checkpoint is not None or start is not None) and _shuffles(val_loader):
         raise ValueError("val_loader shuffles (its sampler draws at random): a checkpointed run, or one started from "
                          "a run's posterior, knows its data by the first validation inputs, which then differ on every "
-                         "pass; give an unshuffled validation loader (shuffle=False)")
+                         "pass; give an unshuffled validation loader (shuffle=False; for a split by indices, a "
+                         "torch.utils.data.Subset instead of a SubsetRandomSampler)")
     if checkpoint is not None and (why := _unrestorable_order(train_loader)):
         warnings.warn(f"train_loader {why}, which a checkpoint cannot put back: a run resumed from it may see other "
                       "batches than an uninterrupted one (it still finishes, but not with the same numbers)",
@@ -214,11 +215,12 @@ def compress(
         raise ValueError("val_loader yields no batch; compress needs validation data (with load_dataset, a "
                          "val_fraction > 0; with a drop_last loader, at least one full batch)")
     first = as_batch(first, "val_loader")
+    first_test = None
     if test_loader is not None:  # read only after the training: its first batch checked now, as the validation's
         first_test = next(iter(test_loader), None)
         if first_test is None:
             raise ValueError("test_loader yields no batch; give test data, or none (the validation data is then used)")
-        _check_same_format(as_batch(first_test, "test_loader"), first)
+        first_test = as_batch(first_test, "test_loader")
     if start is not None:  # before any work
         start.check(method_config, original_weights, first[0][:PROBE_SIZE])
     # a few inputs: the graph export recognises constant channels by their being equal on all of them
@@ -232,6 +234,8 @@ def compress(
     labels = {"validation": first[1], **_labels_in_memory(training=train_loader, validation=val_loader,
                                                           test=test_loader)}
     _check_model_fits_data(original, probe, labels)
+    if first_test is not None:  # after the validation data's own check: a fault of theirs is named as theirs
+        _check_same_format(first_test, first)
     if idle := uncalled_layers(original, example):
         them = "it" if len(idle) == 1 else "them"
         warnings.warn(f"the eval-mode forward pass never calls {', '.join(idle)}: the data never reach {them}, so "

@@ -436,3 +436,8 @@ def test_messages_on_the_command_line_name_flags_not_python_arguments():
         "dataset folder data_dir is missing train.npz; runs/target_macs/2 x holds an interrupted run"
     assert typed("weights file keep_fraction-0.1.safetensors does not exist; got 'mc_samples=3'") == \
         "weights file keep_fraction-0.1.safetensors does not exist; got 'mc_samples=3'"
+    # short values typed beside them (--seed 0, the command's name) are text too, not placeholders
+    short = _shell_words(argparse.Namespace(command="compress", method="ssvi", argv=[
+        "compress", "--seed", "0", "--epochs", "1", "--out", "my run"]))
+    assert short("my run holds an interrupted run; continue it with `bayescompress compress --resume 'my run'`") == \
+        "my run holds an interrupted run; continue it with `bayescompress compress --resume 'my run'`"

@@ -218,6 +218,11 @@ def test_output_layers_trace_a_network_that_changes_its_input_in_place_and_keep_
     assert net.training and net.body.training and not net.norm.training
 
 
+class _Float(nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
 class _Stream(torch.utils.data.IterableDataset):
     """``batches`` batches of an IterableDataset without a length."""
 
@@ -256,6 +261,13 @@ def test_the_test_loader_is_checked_before_the_training_not_after():
                  test_loader=[{"x": x, "y": y}], pipeline=QUIET)
 
 
+def test_float64_validation_data_is_named_as_the_validation_datas_fault_not_the_test_datas():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"a validation batch of float64 inputs .* convert the inputs"):
+        compress(_net(), _batches(x, y), _batches(x.double(), y), GaussianSNR(epochs=1), test_loader=_batches(x, y),
+                 pipeline=QUIET)
+
+
 def test_a_checkpointed_run_refuses_a_shuffled_validation_loader(tmp_path):
     x, y = _data()
     shuffled = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
@@ -266,9 +278,12 @@ def test_a_checkpointed_run_refuses_a_shuffled_validation_loader(tmp_path):
 def test_training_inputs_of_another_float_type_and_a_stream_without_length_are_named():
     x, y = _data()
     net = bayesianize_(_net(), GaussianPrior())
-    with pytest.raises(ValueError, match=r"train_loader gives float64 inputs to a network of float32 weights: "
-                                         r"convert them"):
+    with pytest.raises(ValueError, match=r"train_loader gives float64 inputs to a network of float32 weights, "
+                                         r"which failed .*: convert them"):
         fit(net, _batches(x.double(), y), None, TrainConfig(epochs=1, quiet=True))
+    # a network that converts its inputs itself trains on them
+    converting = nn.Sequential(_Float(), bayesianize_(_net(), GaussianPrior()))
+    fit(converting, _batches(x.double(), y), None, TrainConfig(epochs=1, quiet=True))
     with pytest.raises(ValueError, match=r"DataLoader over a _Stream without a length.*give the dataset a __len__"):
         fit(net, DataLoader(_Stream(3), batch_size=None), None, TrainConfig(epochs=1, quiet=True))
 

@@ -424,14 +424,18 @@ class Trainer:
                   disable=self.config.quiet or not distributed.is_main()) as progress:
             for batch, item in progress:
                 x, y = as_batch(item, "train_loader")
-                if x.is_floating_point() and self._dtype is not None and x.dtype != self._dtype:
-                    raise ValueError(f"train_loader gives {str(x.dtype).removeprefix('torch.')} inputs to a network "
-                                     f"of {str(self._dtype).removeprefix('torch.')} weights: convert them (x.float() "
-                                     "in the dataset, or in a collate_fn)")
                 x, y = x.to(self.device), y.to(self.device)
                 self.batch_size = x.shape[0]
                 self.beta = self._beta()
-                loss, nll, kl = self.loss(x, y)
+                try:
+                    loss, nll, kl = self.loss(x, y)
+                except RuntimeError as error:  # a network that converts its inputs itself takes any float type
+                    if x.is_floating_point() and self._dtype is not None and x.dtype != self._dtype:
+                        raise ValueError(f"train_loader gives {str(x.dtype).removeprefix('torch.')} inputs to a "
+                                         f"network of {str(self._dtype).removeprefix('torch.')} weights, which "
+                                         f"failed ({error}): convert them (x.float() in the dataset, or in a "
+                                         "collate_fn)") from error
+                    raise
                 # the three on the host in one copy: on a GPU each .item() is a wait of its own
                 values = torch.stack([loss.detach(), nll.detach(), kl.detach()]).to("cpu", torch.float64)
                 if not torch.isfinite(values[0]):
