@@ -580,8 +580,9 @@ def _warn_units_left(exported: nn.Module, masks: Masks) -> None:
     if left:
         warnings.warn(f"the export keeps units the masks switch off, in {', '.join(left)}: their channels are tied to "
                       "kept ones (a residual sum, a grouped convolution, a normalisation over the features such as "
-                      "LayerNorm, a layer called more than once, a layer left unconverted that reads them, or a "
-                      "constant channel that padding makes vary at the border), so they compute what the masks "
+                      "LayerNorm, a layer called more than once, a layer left unconverted that reads them, a layer "
+                      "the forward pass never calls, or a constant channel that padding makes vary at the border), "
+                      "so they compute what the masks "
                       "say but still cost MACs "
                       "(architecture.exported)", stacklevel=4)
 

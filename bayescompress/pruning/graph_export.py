@@ -283,7 +283,8 @@ def plan_and_prune(
     if skipped:
         warnings.warn(f"channels of {', '.join(skipped)} were kept: removing them breaks the traced graph (a "
                       "skip from the network input, a reshape that moves channels, a layer left unconverted that "
-                      "reads them such as a recurrent one, or a tensor detached from the graph)", stacklevel=3)
+                      "reads them such as a recurrent one, a tensor detached from the graph, or a layer the forward "
+                      "pass never calls)", stacklevel=3)
     return pruned if surgery.steps else copy.deepcopy(plain), surgery
 
 
