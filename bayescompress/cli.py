@@ -512,8 +512,9 @@ def _flag_words(names: Collection[str], argv: Sequence[str] = ()) -> Callable[[s
 
     def words(text: str) -> str:
         text = _PYTHON_THEN_FLAG.sub(r"\1", _FROM_PYTHON.sub("", text))
-        # where the typed values that could hold a setting's name stand in the text: left as they are
-        typed_spans = [(found.start(), found.end()) for value in typed if "_" in value
+        # where typed values holding a setting's name within them stand in the text (a path runs/target_macs/x):
+        # left as they are; a value that is exactly a name is told from it by its quotes alone
+        typed_spans = [(found.start(), found.end()) for value in typed if "_" in value and value not in names
                        for found in re.finditer(re.escape(value), text)]
 
         def flag(match: re.Match) -> str:

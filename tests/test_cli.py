@@ -432,8 +432,10 @@ def test_messages_on_the_command_line_name_flags_not_python_arguments():
     # paths and values the user typed, and quoted text, stay as written (a hint pasted back must work)
     typed = _shell_words(argparse.Namespace(command="compress", method="ssvi",
                                             argv=["compress", "--data-dir", "data_dir", "--out", "runs/target_macs/2 x"]))
-    assert typed("dataset folder data_dir is missing train.npz; runs/target_macs/2 x holds an interrupted run") == \
-        "dataset folder data_dir is missing train.npz; runs/target_macs/2 x holds an interrupted run"
+    assert typed("runs/target_macs/2 x holds an interrupted run") == "runs/target_macs/2 x holds an interrupted run"
+    # a value typed exactly as a setting's name is told from the name by its quotes
+    assert typed("data_dir 'data_dir' is given but the dataset is 'digits'") == \
+        "--data-dir 'data_dir' is given but the dataset is 'digits'"
     assert typed("weights file keep_fraction-0.1.safetensors does not exist; got 'mc_samples=3'") == \
         "weights file keep_fraction-0.1.safetensors does not exist; got 'mc_samples=3'"
     # short values typed beside them (--seed 0, the command's name) are text too, not placeholders
