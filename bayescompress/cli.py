@@ -100,7 +100,9 @@ def _pipeline(parser: argparse.ArgumentParser, title: str, words: Callable[[str]
     for info in describe(PipelineConfig):
         if info.name not in _COMMON:
             _add_setting(group, info, info.default, words)
-    parser.add_argument("--batch-size", type=_WHOLE, default=128)
+    parser.add_argument("--batch-size", type=_WHOLE, default=128,
+                        help="examples per training step (default 128; under torchrun the global batch, shared among "
+                             "the processes)")
 
 
 def _method_in(argv: Sequence[str]) -> str:
@@ -121,7 +123,7 @@ def _parser(method: str = "gaussian-snr") -> argparse.ArgumentParser:
     pre.add_argument("--epochs", type=_WHOLE, required=True)
     pre.add_argument("--lr", type=_flag_parser(SettingInfo("lr", 1e-3, "", Real(0.0, 10.0, low_open=True))),
                      default=1e-3)
-    pre.add_argument("--batch-size", type=_WHOLE, default=128)
+    pre.add_argument("--batch-size", type=_WHOLE, default=128, help="examples per training step (default 128)")
     pre.add_argument("--hidden", type=_WHOLE, nargs="+", help="mlp hidden widths (default 100); the mlp only")
     pre.add_argument("--out", required=True, help="weights file, WEIGHTS.safetensors (WEIGHTS.json beside it)")
     _overwrite(pre, "an existing weights file at --out and the .json beside it")
@@ -768,7 +770,9 @@ def _run(args: argparse.Namespace) -> int:
         moved = ("; a resumed run reads the files it was started with (its invocation.json): put it back there"
                  if isinstance(error, FileNotFoundError) and args.command == "compress" and args.resume is not None
                  and str(Path(args.resume).resolve()) not in str(error) and args.resume not in str(error) else "")
-        print(f"bayescompress {args.command}{where}: error: {_shell_words(args)(str(error))}{moved}", file=sys.stderr)
+        message = _shell_words(args)(str(error))
+        print(f"bayescompress {args.command}{where}: error: {message.rstrip('.') if moved else message}{moved}",
+              file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(output))
