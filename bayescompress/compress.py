@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.data import (
-    BatchSampler,
     IterableDataset,
     RandomSampler,
     SubsetRandomSampler,
@@ -36,7 +35,7 @@ from torch.utils.data import (
 
 from bayescompress import distributed, methods
 from bayescompress._validation import check_device, check_module
-from bayescompress.data import as_batch, batches_per_epoch
+from bayescompress.data import as_batch, batches_per_epoch, index_sampler
 from bayescompress.inference.checkpoint import Checkpoint
 from bayescompress.inference.cost import TrainingCost
 from bayescompress.inference.train import CheckpointMismatchError
@@ -337,7 +336,8 @@ def _check_trainable(model: nn.Module) -> None:
 
 def _labels_in_memory(**loaders) -> dict[str, Tensor]:
     """The whole label tensor (per name given) of each loader over an in-memory ``(inputs, labels)``
-    ``TensorDataset`` that it yields as stored (no pass over the data; a collate_fn of one's own may change the labels, so it is skipped)."""
+    ``TensorDataset`` that it yields as stored (no pass over the data; a collate_fn of one's own may change the
+    labels, so it is skipped)."""
     return {name: dataset.tensors[1] for name, loader in loaders.items()
             if isinstance(dataset := getattr(loader, "dataset", None), TensorDataset) and len(dataset.tensors) == 2
             and getattr(loader, "collate_fn", None) in (default_collate, default_convert)
@@ -386,9 +386,7 @@ def _check_model_fits_data(model: nn.Module, inputs: Tensor, labels: dict[str, T
 
 def _shuffles(loader: object) -> bool:
     """Whether ``loader`` is a DataLoader whose (batch) sampler draws its indices at random."""
-    sampler = getattr(loader, "sampler", None)
-    sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
-    return isinstance(sampler, (RandomSampler, SubsetRandomSampler, WeightedRandomSampler))
+    return isinstance(index_sampler(loader), (RandomSampler, SubsetRandomSampler, WeightedRandomSampler))
 
 
 def _unrestorable_order(loader: object) -> str | None:
@@ -582,9 +580,7 @@ def _warn_units_left(exported: nn.Module, masks: Masks) -> None:
                       "kept ones (a residual sum, a grouped convolution, a normalisation over the features such as "
                       "LayerNorm, a layer called more than once, a layer left unconverted that reads them, a layer "
                       "the forward pass never calls, or a constant channel that padding makes vary at the border), "
-                      "so they compute what the masks "
-                      "say but still cost MACs "
-                      "(architecture.exported)", stacklevel=4)
+                      "so they compute what the masks say but still cost MACs (architecture.exported)", stacklevel=4)
 
 
 def _fold_batchnorm(network: nn.Module, probe: Tensor) -> list[tuple[str, str]]:

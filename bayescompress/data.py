@@ -50,6 +50,12 @@ def batches_per_epoch(loader: object) -> int | None:
         return None
 
 
+def index_sampler(loader: object) -> object:
+    """The sampler that draws ``loader``'s indices (inside a ``BatchSampler``, the one it batches), or None."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler.sampler if isinstance(sampler, BatchSampler) else sampler
+
+
 def as_batch(item: object, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One item of a loader as the (inputs, labels) pair training and evaluation need, or a ``ValueError``
     naming ``source`` (the loader), what it yields and what to give instead. Labels must be integer class indices

@@ -68,8 +68,8 @@ def masks(run_masks: Masks, path: str | os.PathLike | None = None, max_columns: 
         # removed, so a block of 3 with one removed unit is a third as red (an image resampled by matplotlib
         # would fade one removed row among 1000 to nothing; a block drawn red for any would overstate removal)
         rows, columns = -(-keep.shape[0] // _MAX_MASK_PIXELS), -(-keep.shape[1] // _MAX_MASK_PIXELS)
-        row_share = _block_share(~units.bool(), rows)[:, None]
-        column_share = _block_share(removed_columns, columns)[None, :]
+        row_share = _block_mean((~units.bool()).float()[:, None], rows, 1)  # (row blocks, 1)
+        column_share = _block_mean(removed_columns.float()[None, :], 1, columns)  # (1, column blocks)
         extent = (-0.5, keep.shape[1] - 0.5, keep.shape[0] - 0.5, -0.5)  # axes in units and inputs, not blocks
         ax.imshow(_block_mean(keep, rows, columns).numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto",
                   interpolation="nearest", extent=extent)
@@ -103,20 +103,12 @@ _MAX_MASK_PIXELS = 400
 
 
 def _block_mean(image: Tensor, rows: int, columns: int) -> Tensor:
-    """``image`` averaged over blocks of ``rows`` x ``columns`` (the last blocks may be smaller)."""
+    """``image`` averaged over blocks of ``rows`` x ``columns`` (the last blocks may be smaller, averaged over
+    what they hold); of 0/1 flags, the share set per block."""
     if rows == columns == 1:
         return image
     pooled = torch.nn.functional.avg_pool2d(image[None, None], (rows, columns), ceil_mode=True)
     return pooled[0, 0]
-
-
-def _block_share(flags: Tensor, size: int) -> Tensor:
-    """Per block of ``size`` consecutive entries of the 1-D ``flags`` (the last block may be shorter): the share
-    of them set."""
-    padded = torch.cat([flags.float(), flags.new_zeros(-len(flags) % size, dtype=torch.float32)])
-    counts = torch.full((len(padded) // size,), float(size))
-    counts[-1] = len(flags) - size * (len(counts) - 1)
-    return padded.view(-1, size).sum(dim=1) / counts
 
 
 def _below_suptitle(figure: Figure) -> float:

@@ -168,7 +168,7 @@ class CompressionResult:
     history: list[dict] = field(default_factory=list)
     inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
     posterior: nn.Module | None = None
-    folder: Path | None = None  # where it was read from: what re-reads more of it (operating points) open
+    folder: Path | None = None  # the folder it was read from: operating points re-read its other files
     export_record: ExportRecord | None = None
     source: dict | None = None
     before_pruning: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -398,7 +398,7 @@ class SavedRun:
     architecture: dict
     inclusion: dict[str, torch.Tensor] = field(default_factory=dict)
     posterior: nn.Module | None = None
-    folder: Path | None = None  # where it was read from: what re-reads more of it (operating points) open
+    folder: Path | None = None  # the folder it was read from: operating points re-read its other files
 
 
 def factory_file(spec: str) -> Path | None:

@@ -212,9 +212,9 @@ def compress_files(
 ) -> CompressionResult:
     """``bayescompress compress``: load a network and its weights, then :func:`~bayescompress.compress` it
     (under torchrun, each rank on its share of every batch of ``batch_size``; from the trained state of the run
-    folder ``posterior`` when given), on ``dataset`` (none: :func:`dataset_for`). The data are split as ``pretrain`` splits them whatever the seed
-    (:data:`SPLIT_SEED`), so the validation and test images are ones the pretrained network never trained on;
-    the seed varies the training."""
+    folder ``posterior`` when given), on ``dataset`` (none: :func:`dataset_for`). The data are split as
+    ``pretrain`` splits them whatever the seed (:data:`SPLIT_SEED`), so the validation and test images are ones
+    the pretrained network never trained on; the seed varies the training."""
     pipeline = pipeline or PipelineConfig()
     image_size = REQUIRED_IMAGE_SIZE.get(model_spec)
     splits = load_dataset(dataset_for(model_spec, weights, dataset), data_dir, image_size=image_size,

@@ -251,5 +251,5 @@ def _release(path: Path, me: dict) -> None:
         pass
 
 
-__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "claim", "release", "join_state", "rng_state", "set_rng_state",
-           "shuffling_generators", "split_state"]
+__all__ = ["Checkpoint", "PhaseCheckpoint", "check_unclaimed", "claim", "join_state", "release", "rng_state",
+           "set_rng_state", "shuffling_generators", "split_state"]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import BatchSampler, SubsetRandomSampler
+from torch.utils.data import SubsetRandomSampler
 from tqdm.auto import tqdm
 
 from bayescompress._validation import (
@@ -29,7 +29,7 @@ from bayescompress._validation import (
     check_positive_int,
 )
 from bayescompress import distributed
-from bayescompress.data import as_batch, batches_per_epoch
+from bayescompress.data import as_batch, batches_per_epoch, index_sampler
 from bayescompress.inference.checkpoint import PhaseCheckpoint, rng_state, set_rng_state
 from bayescompress.io import WeightsMismatchError, load_weights_
 from bayescompress.metrics import evaluate
@@ -575,16 +575,16 @@ def _fused_adam_supported(device: torch.device) -> bool:
 
 def _dataset_size(loader: Iterable) -> int:
     """N of the ELBO's KL / N: the loader's dataset's length (the indices of a ``SubsetRandomSampler`` over it, the
-    usual way to split one dataset), or the examples a list (tuple) of (x, y) batches holds. Anything else must say (``n_train``): a wrapper of a distributed loader, say, would count one rank's
-    share, and an iterator would be used up by the counting."""
+    usual way to split one dataset), or the examples a list (tuple) of (x, y) batches holds. Anything else must say
+    (``n_train``): a wrapper of a distributed loader, say, would count one rank's share, and an iterator would be
+    used up by the counting."""
     dataset = getattr(loader, "dataset", None)
     if dataset is not None and batches_per_epoch(loader) is None:  # an IterableDataset without a length
         raise ValueError(f"cannot train on a DataLoader over a {type(dataset).__name__} without a length: epochs, "
                          "the learning-rate schedule and the KL's N need it; give the dataset a __len__ (its "
                          "examples per epoch)")
     if dataset is not None:
-        sampler = getattr(loader, "sampler", None)
-        sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
+        sampler = index_sampler(loader)
         if isinstance(sampler, SubsetRandomSampler):  # one dataset split by index lists: train only draws its own
             return len(sampler)
         return len(dataset)
